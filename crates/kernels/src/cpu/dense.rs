@@ -1,0 +1,174 @@
+//! Dense kernels: GEMM through `matrixmultiply`, fused linear layers, concatenation and
+//! element-wise activations.
+
+use crate::types::{Activation, MatMut, MatRef};
+
+/// The largest offset `(rows - 1) * rs + (cols - 1) * cs` of a non-empty strided matrix.
+fn last_offset(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
+    (rows - 1)
+        .checked_mul(rs)
+        .and_then(|a| (cols - 1).checked_mul(cs).and_then(|b| a.checked_add(b)))
+        .expect("gemm: matrix extent overflows usize")
+}
+
+/// A strided operand of [`gemm`]: element (i, j) is `data[i * rs + j * cs]`.
+#[derive(Clone, Copy)]
+pub(crate) struct Operand<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+/// `C = A B` where A is `m x k`, B is `k x n` and C is `m x n` with row stride `ldc` and unit
+/// column stride. Only the `m x n` region of C is written; C is not read.
+///
+/// # Panics
+///
+/// Panics if an operand's slice does not hold its strided extent, or if `ldc < n` when `m > 1`.
+pub(crate) fn gemm(m: usize, k: usize, n: usize, a: Operand<'_>, b: Operand<'_>, c: &mut [f32], ldc: usize) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(m == 1 || ldc >= n, "gemm: ldc {ldc} is smaller than n {n}");
+    assert!(last_offset(m, n, ldc, 1) < c.len(), "gemm: C slice too short");
+    if k > 0 {
+        assert!(last_offset(m, k, a.rs, a.cs) < a.data.len(), "gemm: A slice too short");
+        assert!(last_offset(k, n, b.rs, b.cs) < b.data.len(), "gemm: B slice too short");
+    }
+    let stride = |s: usize| isize::try_from(s).expect("gemm: stride overflows isize");
+    // SAFETY: `matrixmultiply::sgemm` reads A at offsets `i * rsa + p * csa` (i < m, p < k) and B
+    // at `p * rsb + j * csb` (p < k, j < n), and writes C at `i * rsc + j` (i < m, j < n). The
+    // assertions above check that the largest such offset of each matrix is inside its slice
+    // (all strides are non-negative, so every smaller offset is too, and no offset overflows),
+    // with A and B not dereferenced at all when k == 0. C's elements do not alias each other
+    // (unit column stride and `ldc >= n` whenever there is more than one row), and C is a unique
+    // `&mut` borrow, so it aliases neither A nor B. With beta = 0, C is never read.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.data.as_ptr(),
+            stride(a.rs),
+            stride(a.cs),
+            b.data.as_ptr(),
+            stride(b.rs),
+            stride(b.cs),
+            0.0,
+            c.as_mut_ptr(),
+            stride(ldc),
+            1,
+        );
+    }
+}
+
+/// Numerically stable logistic function: `exp` is only taken of non-positive values, so it never
+/// overflows, and tiny results keep their relative precision.
+#[inline(always)]
+fn sigmoid_scalar(x: f32) -> f32 {
+    let e = (-x.abs()).exp();
+    let r = 1.0 / (1.0 + e);
+    if x >= 0.0 {
+        r
+    } else {
+        e * r
+    }
+}
+
+/// Applies `act` to every element of `row`, after adding `bias` (same length) if given.
+#[inline(always)]
+fn bias_act_row(row: &mut [f32], bias: Option<&[f32]>, act: Activation) {
+    match (bias, act) {
+        (None, Activation::None) => {}
+        (None, Activation::Relu) => relu_inplace(row),
+        (None, Activation::Sigmoid) => sigmoid_inplace(row),
+        (Some(b), Activation::None) => row.iter_mut().zip(b).for_each(|(o, &b)| *o += b),
+        (Some(b), Activation::Relu) => row.iter_mut().zip(b).for_each(|(o, &b)| *o = (*o + b).max(0.0)),
+        (Some(b), Activation::Sigmoid) => {
+            row.iter_mut().zip(b).for_each(|(o, &b)| *o = sigmoid_scalar(*o + b))
+        }
+    }
+}
+
+/// Fully connected layer: `out = act(x · Wᵀ + bias)`.
+///
+/// `x` is `[B, in_features]`, `weight` is `[out_features, in_features]` row-major (the PyTorch
+/// `nn.Linear` layout), `bias` has `out_features` elements and `out` is `[B, out_features]`.
+///
+/// # Panics
+///
+/// Panics if `out.rows != x.rows`, `weight.len() != out.cols * x.cols`, or the bias length is not
+/// `out.cols`.
+pub fn linear(x: MatRef<'_>, weight: &[f32], bias: Option<&[f32]>, act: Activation, mut out: MatMut<'_>) {
+    let (m, k, n) = (x.rows, x.cols, out.cols);
+    assert_eq!(out.rows, m, "linear: out rows must equal x rows");
+    assert_eq!(weight.len(), n * k, "linear: weight must be [out_features, in_features]");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n, "linear: bias must have out_features elements");
+    }
+    // Wᵀ is `k x n`: element (p, j) is `weight[j * k + p]`.
+    gemm(
+        m,
+        k,
+        n,
+        Operand { data: x.data, rs: x.ld, cs: 1 },
+        Operand { data: weight, rs: 1, cs: k },
+        out.data,
+        out.ld,
+    );
+    if bias.is_some() || act != Activation::None {
+        for row in out.row_iter_mut() {
+            bias_act_row(row, bias, act);
+        }
+    }
+}
+
+/// Column-wise concatenation: row `r` of `out` is row `r` of every input, in order.
+///
+/// # Panics
+///
+/// Panics if an input does not have `out.rows` rows or the input widths do not sum to `out.cols`.
+pub fn concat(inputs: &[MatRef<'_>], mut out: MatMut<'_>) {
+    for (i, input) in inputs.iter().enumerate() {
+        assert_eq!(input.rows, out.rows, "concat: input {i} has a wrong row count");
+    }
+    let total: usize = inputs.iter().map(|m| m.cols).sum();
+    assert_eq!(total, out.cols, "concat: input widths must sum to out cols");
+    for (r, out_row) in out.row_iter_mut().enumerate() {
+        let mut rest = out_row;
+        for input in inputs {
+            let (seg, tail) = rest.split_at_mut(input.cols);
+            rest = tail;
+            seg.copy_from_slice(input.row(r));
+        }
+    }
+}
+
+/// Element-wise logistic function, `out = 1 / (1 + exp(-x))`, stable for any input magnitude.
+///
+/// # Panics
+///
+/// Panics if `x` and `out` differ in shape.
+pub fn sigmoid(x: MatRef<'_>, mut out: MatMut<'_>) {
+    assert_eq!((x.rows, x.cols), (out.rows, out.cols), "sigmoid: shapes differ");
+    for (src, dst) in x.row_iter().zip(out.row_iter_mut()) {
+        for (o, &v) in dst.iter_mut().zip(src) {
+            *o = sigmoid_scalar(v);
+        }
+    }
+}
+
+/// In-place element-wise logistic function, stable for any input magnitude.
+pub fn sigmoid_inplace(x: &mut [f32]) {
+    for v in x {
+        *v = sigmoid_scalar(*v);
+    }
+}
+
+/// In-place element-wise `max(x, 0)`.
+pub fn relu_inplace(x: &mut [f32]) {
+    for v in x {
+        *v = v.max(0.0);
+    }
+}

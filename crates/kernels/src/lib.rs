@@ -1,0 +1,6 @@
+//! StreamRec kernels: CPU reference and fast kernels, and CUDA kernels through cudarc.
+
+pub mod cpu;
+pub mod types;
+
+pub use types::*;

@@ -1,0 +1,1 @@
+//! StreamRec load generator: open-loop request replay with latency histograms.

@@ -1,0 +1,1 @@
+//! StreamRec runtime: backends, execution contexts and the engine that runs a plan.

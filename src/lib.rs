@@ -1,0 +1,1 @@
+//! StreamRec facade: re-exports the workspace crates for embedding in other programs.

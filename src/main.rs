@@ -1,0 +1,2 @@
+//! The `streamrec` command-line tool.
+fn main() {}

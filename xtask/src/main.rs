@@ -1,0 +1,2 @@
+//! `cargo xtask`: experiment orchestration for StreamRec.
+fn main() {}
