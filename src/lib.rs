@@ -1,1 +1,10 @@
 //! StreamRec facade: re-exports the workspace crates for embedding in other programs.
+//!
+//! `streamrec::graph` holds specs, operator graphs and stream assignment; `streamrec::runtime`
+//! the backends and the engine; `streamrec::kernels` the kernels.
+
+pub use streamrec_graph as graph;
+pub use streamrec_kernels as kernels;
+pub use streamrec_runtime as runtime;
+
+pub mod cli;

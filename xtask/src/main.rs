@@ -1,2 +1,32 @@
-//! `cargo xtask`: experiment orchestration for StreamRec.
-fn main() {}
+//! `cargo xtask`: experiment orchestration for StreamRec (`bench`, `device-bundle`).
+
+mod bench;
+
+use anyhow::Result;
+
+const HELP: &str = "\
+cargo xtask <task> [options]
+
+tasks:
+  bench [--quick] [--out DIR] [--row-cap N]
+        CPU engine experiments: every algorithm at K in {1,2,4,8} on tiny and streamrec-26 at
+        batch 1, 16, 128, 1024 (p50/p99 latency, throughput, ratio to single measured in the same
+        run), 1 vs 2 execution contexts, and measured vs simulated multi-stream speed-ups.
+        Writes DIR/engine.csv, DIR/contexts.csv and DIR/prediction.csv
+        (default DIR: results/<date>-cpu). --quick runs tiny only at batch 1 and 16.
+";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("bench") => bench::run(&args[1..]),
+        Some("help") | Some("--help") | Some("-h") | None => {
+            print!("{HELP}");
+            Ok(())
+        }
+        Some(other) => {
+            eprint!("unknown task `{other}`\n\n{HELP}");
+            std::process::exit(2);
+        }
+    }
+}

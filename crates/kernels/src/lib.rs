@@ -4,3 +4,4 @@ pub mod cpu;
 pub mod types;
 
 pub use types::*;
+pub mod cuda;

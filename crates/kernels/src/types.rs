@@ -58,7 +58,10 @@ impl Index for i64 {
 
 /// Checks the strided-view invariant shared by [`MatRef`] and [`MatMut`].
 fn check_view(len: usize, rows: usize, cols: usize, ld: usize) {
-    assert!(ld >= cols, "matrix view: ld {ld} is smaller than cols {cols}");
+    assert!(
+        ld >= cols,
+        "matrix view: ld {ld} is smaller than cols {cols}"
+    );
     if rows > 0 {
         let needed = (rows - 1)
             .checked_mul(ld)
@@ -95,7 +98,12 @@ impl<'a> MatRef<'a> {
     /// Panics if `ld < cols` or `data` is too short for `rows` rows.
     pub fn new(data: &'a [f32], rows: usize, cols: usize, ld: usize) -> Self {
         check_view(data.len(), rows, cols, ld);
-        Self { data, rows, cols, ld }
+        Self {
+            data,
+            rows,
+            cols,
+            ld,
+        }
     }
 
     /// A contiguous view (`ld == cols`).
@@ -140,7 +148,12 @@ impl<'a> MatRef<'a> {
             self.cols
         );
         if self.rows == 0 {
-            return MatRef { data: &[], rows: 0, cols, ld: self.ld };
+            return MatRef {
+                data: &[],
+                rows: 0,
+                cols,
+                ld: self.ld,
+            };
         }
         MatRef::new(&self.data[start..], self.rows, cols, self.ld)
     }
@@ -170,7 +183,12 @@ impl<'a> MatMut<'a> {
     /// Panics if `ld < cols` or `data` is too short for `rows` rows.
     pub fn new(data: &'a mut [f32], rows: usize, cols: usize, ld: usize) -> Self {
         check_view(data.len(), rows, cols, ld);
-        Self { data, rows, cols, ld }
+        Self {
+            data,
+            rows,
+            cols,
+            ld,
+        }
     }
 
     /// A contiguous view (`ld == cols`).
@@ -202,17 +220,32 @@ impl<'a> MatMut<'a> {
         } else {
             &mut self.data[..(self.rows - 1) * self.ld + self.cols]
         };
-        RowsMut { rest: data, left: self.rows, cols: self.cols, ld: self.ld }
+        RowsMut {
+            rest: data,
+            left: self.rows,
+            cols: self.cols,
+            ld: self.ld,
+        }
     }
 
     /// A shorter-lived view of the same region, so the view can be passed to a kernel twice.
     pub fn reborrow(&mut self) -> MatMut<'_> {
-        MatMut { data: &mut *self.data, rows: self.rows, cols: self.cols, ld: self.ld }
+        MatMut {
+            data: &mut *self.data,
+            rows: self.rows,
+            cols: self.cols,
+            ld: self.ld,
+        }
     }
 
     /// A read-only view of the same region.
     pub fn as_ref(&self) -> MatRef<'_> {
-        MatRef { data: &*self.data, rows: self.rows, cols: self.cols, ld: self.ld }
+        MatRef {
+            data: &*self.data,
+            rows: self.rows,
+            cols: self.cols,
+            ld: self.ld,
+        }
     }
 
     /// The view of columns `[start, start + cols)`.
@@ -227,7 +260,12 @@ impl<'a> MatMut<'a> {
             self.cols
         );
         if self.rows == 0 {
-            return MatMut { data: &mut [], rows: 0, cols, ld: self.ld };
+            return MatMut {
+                data: &mut [],
+                rows: 0,
+                cols,
+                ld: self.ld,
+            };
         }
         MatMut::new(&mut self.data[start..], self.rows, cols, self.ld)
     }
@@ -294,7 +332,10 @@ mod tests {
         assert_eq!(m.row(0), &[0.0, 1.0, 2.0, 3.0]);
         assert_eq!(m.row(2), &[10.0, 11.0, 12.0, 13.0]);
         let s = m.col_slice(1, 2);
-        assert_eq!(s.row_iter().collect::<Vec<_>>(), vec![&[1.0, 2.0][..], &[6.0, 7.0], &[11.0, 12.0]]);
+        assert_eq!(
+            s.row_iter().collect::<Vec<_>>(),
+            vec![&[1.0, 2.0][..], &[6.0, 7.0], &[11.0, 12.0]]
+        );
 
         let mut buf = vec![0.0f32; 14];
         let mut out = MatMut::new(&mut buf, 3, 4, 5).col_slice(1, 2);
@@ -303,7 +344,10 @@ mod tests {
         }
         assert_eq!(out.as_ref().row(1), &[2.0, 2.0]);
         assert_eq!(out.row_mut(2), &[3.0, 3.0]);
-        assert_eq!(buf, [0., 1., 1., 0., 0., 0., 2., 2., 0., 0., 0., 3., 3., 0.]);
+        assert_eq!(
+            buf,
+            [0., 1., 1., 0., 0., 0., 2., 2., 0., 0., 0., 3., 3., 0.]
+        );
     }
 
     #[test]

@@ -31,7 +31,13 @@ impl Input {
     fn new(rng: &mut StdRng, rows: usize, cols: usize, strided: bool) -> Self {
         let (c0, ld) = if strided { (3, cols + 5) } else { (0, cols) };
         let buf = uniform(rng, rows * ld);
-        Self { buf, rows, cols, ld, c0 }
+        Self {
+            buf,
+            rows,
+            cols,
+            ld,
+            c0,
+        }
     }
 
     fn view(&self) -> MatRef<'_> {
@@ -55,7 +61,13 @@ struct Output {
 impl Output {
     fn new(rows: usize, cols: usize, strided: bool) -> Self {
         let (c0, ld) = if strided { (2, cols + 7) } else { (0, cols) };
-        Self { buf: vec![f32::NAN; rows * ld], rows, cols, ld, c0 }
+        Self {
+            buf: vec![f32::NAN; rows * ld],
+            rows,
+            cols,
+            ld,
+            c0,
+        }
     }
 
     fn view(&mut self) -> MatMut<'_> {
@@ -71,7 +83,10 @@ impl Output {
         for (i, &x) in self.buf.iter().enumerate() {
             let (r, c) = (i / self.ld, i % self.ld);
             if c < self.c0 || c >= self.c0 + self.cols {
-                assert!(x.is_nan(), "{what}: element ({r}, {c}) outside the output region was written");
+                assert!(
+                    x.is_nan(),
+                    "{what}: element ({r}, {c}) outside the output region was written"
+                );
                 continue;
             }
             let w = want[r * self.cols + c - self.c0];
@@ -121,11 +136,21 @@ where
 }
 
 /// Reference pooled lookups, `[offsets.len(), dim]` row-major.
-fn embedding_bag_ref<I: Index>(table: &[f32], dim: usize, indices: &[I], offsets: &[I], mode: Pooling) -> Vec<f64> {
+fn embedding_bag_ref<I: Index>(
+    table: &[f32],
+    dim: usize,
+    indices: &[I],
+    offsets: &[I],
+    mode: Pooling,
+) -> Vec<f64> {
     let mut out = vec![0.0f64; offsets.len() * dim];
     for b in 0..offsets.len() {
         let start = offsets[b].to_i64() as usize;
-        let end = if b + 1 < offsets.len() { offsets[b + 1].to_i64() as usize } else { indices.len() };
+        let end = if b + 1 < offsets.len() {
+            offsets[b + 1].to_i64() as usize
+        } else {
+            indices.len()
+        };
         for &i in &indices[start..end] {
             let r = i.to_i64() as usize;
             for c in 0..dim {
@@ -141,7 +166,14 @@ fn embedding_bag_ref<I: Index>(table: &[f32], dim: usize, indices: &[I], offsets
     out
 }
 
-const EMB_SHAPES: [(usize, usize, usize); 6] = [(1, 1, 1), (7, 3, 1), (50, 16, 5), (1000, 128, 32), (13, 5, 17), (300, 64, 1)];
+const EMB_SHAPES: [(usize, usize, usize); 6] = [
+    (1, 1, 1),
+    (7, 3, 1),
+    (50, 16, 5),
+    (1000, 128, 32),
+    (13, 5, 17),
+    (300, 64, 1),
+];
 
 fn embedding_bag_case<I: Index + TryFrom<usize>>(seed: u64)
 where
@@ -159,12 +191,17 @@ where
                 let mut out = Output::new(bags, dim, strided);
                 cpu::embedding_bag(&table, rows, dim, &indices, &offsets, mode, out.view());
                 let want = embedding_bag_ref(&table, dim, &indices, &offsets, mode);
-                let what = format!("embedding_bag rows={rows} dim={dim} B={bags} {mode:?} strided={strided}");
+                let what = format!(
+                    "embedding_bag rows={rows} dim={dim} B={bags} {mode:?} strided={strided}"
+                );
                 max_err = max_err.max(out.check(&want, tol, tol, &what));
             }
         }
     }
-    println!("embedding_bag<{}>: max abs error {max_err:e} (tolerance {tol:e})", std::any::type_name::<I>());
+    println!(
+        "embedding_bag<{}>: max abs error {max_err:e} (tolerance {tol:e} + {tol:e} relative)",
+        std::any::type_name::<I>()
+    );
 }
 
 #[test]
@@ -185,7 +222,11 @@ fn embedding_bag_empty_bags_give_zeros() {
     for mode in [Pooling::Sum, Pooling::Mean] {
         let mut out = Output::new(4, 2, true);
         cpu::embedding_bag(&table, 2, 2, &indices, &offsets, mode, out.view());
-        let pooled = if mode == Pooling::Sum { [4.0, 6.0] } else { [2.0, 3.0] };
+        let pooled = if mode == Pooling::Sum {
+            [4.0, 6.0]
+        } else {
+            [2.0, 3.0]
+        };
         let want = [0.0, 0.0, pooled[0], pooled[1], 0.0, 0.0, 0.0, 0.0];
         out.check(&want, 0.0, 0.0, "embedding_bag empty bags");
     }
@@ -197,7 +238,15 @@ fn embedding_bag_bad_index_panics() {
     for bad in [3i64, -1] {
         let result = std::panic::catch_unwind(|| {
             let mut out = vec![0.0f32; 2];
-            cpu::embedding_bag(&table, 3, 2, &[0i64, bad], &[0i64], Pooling::Sum, MatMut::contiguous(&mut out, 1, 2));
+            cpu::embedding_bag(
+                &table,
+                3,
+                2,
+                &[0i64, bad],
+                &[0i64],
+                Pooling::Sum,
+                MatMut::contiguous(&mut out, 1, 2),
+            );
         });
         assert!(result.is_err(), "index {bad} must panic");
     }
@@ -211,19 +260,43 @@ where
     // Tolerance: relative-or-absolute 1e-5, as for embedding_bag.
     let tol = 1e-5;
     let mut max_err = 0.0f64;
-    let configs: [&[(usize, usize)]; 4] = [&[(1, 1)], &[(10, 4), (100, 16), (3, 1)], &[(500, 128); 5], &[(7, 3), (64, 8), (1, 5), (200, 32)]];
+    let configs: [&[(usize, usize)]; 4] = [
+        &[(1, 1)],
+        &[(10, 4), (100, 16), (3, 1)],
+        &[(500, 128); 5],
+        &[(7, 3), (64, 8), (1, 5), (200, 32)],
+    ];
     for (k, &shapes) in configs.iter().enumerate() {
         for bags in [1, 9, 40] {
             let strided = k % 2 == 1 || bags == 9;
-            let datas: Vec<Vec<f32>> = shapes.iter().map(|&(r, d)| uniform(&mut rng, r * d)).collect();
-            let modes: Vec<Pooling> = (0..shapes.len()).map(|t| if (t + k) % 2 == 0 { Pooling::Sum } else { Pooling::Mean }).collect();
+            let datas: Vec<Vec<f32>> = shapes
+                .iter()
+                .map(|&(r, d)| uniform(&mut rng, r * d))
+                .collect();
+            let modes: Vec<Pooling> = (0..shapes.len())
+                .map(|t| {
+                    if (t + k) % 2 == 0 {
+                        Pooling::Sum
+                    } else {
+                        Pooling::Mean
+                    }
+                })
+                .collect();
             let tables: Vec<TableRef<'_>> = shapes
                 .iter()
                 .zip(&datas)
                 .zip(&modes)
-                .map(|((&(rows, dim), data), &mode)| TableRef { data, rows, dim, mode })
+                .map(|((&(rows, dim), data), &mode)| TableRef {
+                    data,
+                    rows,
+                    dim,
+                    mode,
+                })
                 .collect();
-            let bags_per_table: Vec<(Vec<I>, Vec<I>)> = shapes.iter().map(|&(rows, _)| random_bags(&mut rng, rows, bags)).collect();
+            let bags_per_table: Vec<(Vec<I>, Vec<I>)> = shapes
+                .iter()
+                .map(|&(rows, _)| random_bags(&mut rng, rows, bags))
+                .collect();
             let indices: Vec<&[I]> = bags_per_table.iter().map(|(i, _)| i.as_slice()).collect();
             let offsets: Vec<&[I]> = bags_per_table.iter().map(|(_, o)| o.as_slice()).collect();
             let total: usize = shapes.iter().map(|&(_, d)| d).sum();
@@ -255,10 +328,16 @@ where
                 c0 += t.dim;
             }
             let batched: Vec<f32> = out.view().as_ref().row_iter().flatten().copied().collect();
-            assert_eq!(batched, per_table, "{what}: differs from per-table embedding_bag");
+            assert_eq!(
+                batched, per_table,
+                "{what}: differs from per-table embedding_bag"
+            );
         }
     }
-    println!("table_batched_embedding_bag<{}>: max abs error {max_err:e} (tolerance {tol:e})", std::any::type_name::<I>());
+    println!(
+        "table_batched_embedding_bag<{}>: max abs error {max_err:e} (tolerance {tol:e} + {tol:e} relative)",
+        std::any::type_name::<I>()
+    );
 }
 
 #[test]
@@ -278,12 +357,21 @@ fn sigmoid_f64(x: f64) -> f64 {
 #[test]
 fn linear_matches_reference() {
     let mut rng = rng(5);
-    let shapes = [(1, 1, 1), (1, 17, 5), (3, 64, 33), (32, 300, 70), (128, 512, 64), (1, 3456, 16), (4, 0, 3)];
+    let shapes = [
+        (1, 1, 1),
+        (1, 17, 5),
+        (3, 64, 33),
+        (32, 300, 70),
+        (128, 512, 64),
+        (1, 3456, 16),
+        (1, 0, 2),
+        (4, 0, 3),
+    ];
     let mut max_err = 0.0f64;
     for (s, &(m, k, n)) in shapes.iter().enumerate() {
         for act in [Activation::None, Activation::Relu, Activation::Sigmoid] {
             for with_bias in [false, true] {
-                let strided = (s + with_bias as usize) % 2 == 0;
+                let strided = (s + usize::from(with_bias)) & 1 == 0;
                 let x = Input::new(&mut rng, m, k, strided);
                 let w = uniform(&mut rng, n * k);
                 let bias = uniform(&mut rng, n);
@@ -294,7 +382,8 @@ fn linear_matches_reference() {
                 let mut want = Vec::with_capacity(m * n);
                 for i in 0..m {
                     for j in 0..n {
-                        let mut acc: f64 = (0..k).map(|p| x.at(i, p) * f64::from(w[j * k + p])).sum();
+                        let mut acc: f64 =
+                            (0..k).map(|p| x.at(i, p) * f64::from(w[j * k + p])).sum();
                         if with_bias {
                             acc += f64::from(bias[j]);
                         }
@@ -319,9 +408,18 @@ fn linear_matches_reference() {
 #[test]
 fn concat_matches_reference() {
     let mut rng = rng(6);
-    for (rows, widths) in [(1, vec![1]), (5, vec![3, 1, 4]), (17, vec![128, 16, 0, 7]), (64, vec![13; 27])] {
+    for (rows, widths) in [
+        (1, vec![1]),
+        (5, vec![3, 1, 4]),
+        (17, vec![128, 16, 0, 7]),
+        (64, vec![13; 27]),
+    ] {
         for strided in [false, true] {
-            let inputs: Vec<Input> = widths.iter().enumerate().map(|(i, &w)| Input::new(&mut rng, rows, w, strided ^ (i % 2 == 0))).collect();
+            let inputs: Vec<Input> = widths
+                .iter()
+                .enumerate()
+                .map(|(i, &w)| Input::new(&mut rng, rows, w, strided ^ (i % 2 == 0)))
+                .collect();
             let views: Vec<MatRef<'_>> = inputs.iter().map(Input::view).collect();
             let total = widths.iter().sum();
             let mut out = Output::new(rows, total, strided);
@@ -333,7 +431,12 @@ fn concat_matches_reference() {
                 }
             }
             // Tolerance: exact (a copy).
-            out.check(&want, 0.0, 0.0, &format!("concat rows={rows} widths={widths:?}"));
+            out.check(
+                &want,
+                0.0,
+                0.0,
+                &format!("concat rows={rows} widths={widths:?}"),
+            );
         }
     }
     println!("concat: exact");
@@ -343,7 +446,14 @@ fn concat_matches_reference() {
 fn dot_interaction_matches_reference() {
     let mut rng = rng(7);
     let mut max_err = 0.0f64;
-    for &(bsz, n, d) in &[(1, 1, 1), (1, 2, 3), (4, 3, 16), (33, 27, 128), (8, 27, 16), (2, 5, 13)] {
+    for &(bsz, n, d) in &[
+        (1, 1, 1),
+        (1, 2, 3),
+        (4, 3, 16),
+        (33, 27, 128),
+        (8, 27, 16),
+        (2, 5, 13),
+    ] {
         for strided in [false, true] {
             // When strided, the inputs are column slices of one wide buffer, as when the
             // embeddings come out of the table-batched kernel.
@@ -357,23 +467,41 @@ fn dot_interaction_matches_reference() {
                 want.extend((0..d).map(|c| wide.at(b, c)));
                 for i in 1..n {
                     for j in 0..i {
-                        want.push((0..d).map(|c| wide.at(b, i * d + c) * wide.at(b, j * d + c)).sum());
+                        want.push(
+                            (0..d)
+                                .map(|c| wide.at(b, i * d + c) * wide.at(b, j * d + c))
+                                .sum(),
+                        );
                     }
                 }
             }
             // Tolerance: absolute 1e-5 * sqrt(d) plus relative 1e-5.
             let atol = 1e-5 * (d as f64).sqrt();
-            max_err = max_err.max(out.check(&want, atol, 1e-5, &format!("dot_interaction B={bsz} n={n} d={d}")));
+            max_err = max_err.max(out.check(
+                &want,
+                atol,
+                1e-5,
+                &format!("dot_interaction B={bsz} n={n} d={d}"),
+            ));
         }
     }
-    println!("dot_interaction: max abs error {max_err:e} (tolerance 1e-5 * sqrt(d) + 1e-5 relative)");
+    println!(
+        "dot_interaction: max abs error {max_err:e} (tolerance 1e-5 * sqrt(d) + 1e-5 relative)"
+    );
 }
 
 #[test]
 fn dcn_cross_matches_reference() {
     let mut rng = rng(8);
     let mut max_err = 0.0f64;
-    for &(bsz, w, rank) in &[(1, 1, 1), (1, 8, 4), (7, 64, 32), (64, 200, 16), (3, 33, 0), (16, 256, 64)] {
+    for &(bsz, w, rank) in &[
+        (1, 1, 1),
+        (1, 8, 4),
+        (7, 64, 32),
+        (64, 200, 16),
+        (3, 33, 0),
+        (16, 256, 64),
+    ] {
         for strided in [false, true] {
             let x0 = Input::new(&mut rng, bsz, w, strided);
             let xl = Input::new(&mut rng, bsz, w, !strided);
@@ -382,24 +510,56 @@ fn dcn_cross_matches_reference() {
             let bias = uniform(&mut rng, w);
             let mut scratch = vec![f32::NAN; bsz * rank + 3];
             let mut out = Output::new(bsz, w, strided);
-            cpu::dcn_cross(x0.view(), xl.view(), &v, &u, &bias, rank, &mut scratch, out.view());
+            cpu::dcn_cross(
+                x0.view(),
+                xl.view(),
+                &v,
+                &u,
+                &bias,
+                rank,
+                &mut scratch,
+                out.view(),
+            );
             let mut want = Vec::with_capacity(bsz * w);
             for b in 0..bsz {
-                let t: Vec<f64> = (0..rank).map(|r| (0..w).map(|p| f64::from(v[r * w + p]) * xl.at(b, p)).sum()).collect();
+                let t: Vec<f64> = (0..rank)
+                    .map(|r| (0..w).map(|p| f64::from(v[r * w + p]) * xl.at(b, p)).sum())
+                    .collect();
                 for c in 0..w {
-                    let y: f64 = (0..rank).map(|r| f64::from(u[c * rank + r]) * t[r]).sum::<f64>() + f64::from(bias[c]);
+                    let y: f64 = (0..rank)
+                        .map(|r| f64::from(u[c * rank + r]) * t[r])
+                        .sum::<f64>()
+                        + f64::from(bias[c]);
                     want.push(x0.at(b, c) * y + xl.at(b, c));
                 }
             }
             // Tolerance: absolute 1e-5 * sqrt(w * rank + 1) (two chained GEMMs) plus relative 1e-5.
             let atol = 1e-5 * ((w * rank + 1) as f64).sqrt();
-            max_err = max_err.max(out.check(&want, atol, 1e-5, &format!("dcn_cross B={bsz} w={w} rank={rank}")));
+            max_err = max_err.max(out.check(
+                &want,
+                atol,
+                1e-5,
+                &format!("dcn_cross B={bsz} w={w} rank={rank}"),
+            ));
         }
     }
     println!("dcn_cross: max abs error {max_err:e} (tolerance 1e-5 * sqrt(w * rank + 1) + 1e-5 relative)");
 }
 
-const EXTREMES: [f32; 12] = [100.0, -100.0, 1e4, -1e4, 88.8, -88.8, 104.0, -104.0, 0.0, f32::MAX, f32::MIN, -20.0];
+const EXTREMES: [f32; 12] = [
+    100.0,
+    -100.0,
+    1e4,
+    -1e4,
+    88.8,
+    -88.8,
+    104.0,
+    -104.0,
+    0.0,
+    f32::MAX,
+    f32::MIN,
+    -20.0,
+];
 
 #[test]
 fn sigmoid_matches_reference() {
@@ -415,7 +575,10 @@ fn sigmoid_matches_reference() {
             for (c, &e) in EXTREMES.iter().enumerate().take(cols) {
                 x.buf[x.c0 + c] = e;
             }
-            let want: Vec<f64> = (0..rows).flat_map(|r| (0..cols).map(move |c| (r, c))).map(|(r, c)| sigmoid_f64(x.at(r, c))).collect();
+            let want: Vec<f64> = (0..rows)
+                .flat_map(|r| (0..cols).map(move |c| (r, c)))
+                .map(|(r, c)| sigmoid_f64(x.at(r, c)))
+                .collect();
             let mut out = Output::new(rows, cols, strided);
             cpu::sigmoid(x.view(), out.view());
             // Tolerance: relative 1e-6, absolute 1e-7 (a few f32 ulps; tiny outputs keep their
@@ -433,13 +596,32 @@ fn sigmoid_matches_reference() {
 
 #[test]
 fn sigmoid_saturates_without_nan() {
-    let mut x = vec![100.0f32, -100.0, 1e4, -1e4, f32::INFINITY, f32::NEG_INFINITY, f32::MAX, f32::MIN];
+    let inputs = [
+        100.0f32,
+        -100.0,
+        1e4,
+        -1e4,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::MAX,
+        f32::MIN,
+    ];
+    let want = [1.0f32, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0];
+    let mut x = inputs;
     cpu::sigmoid_inplace(&mut x);
-    assert_eq!(x, [1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0]);
-    // sigmoid(-100) is about 3.7e-44, which f32 holds as a subnormal; it must not be NaN.
-    let mut y = [-100.0f32];
-    cpu::sigmoid_inplace(&mut y);
-    assert!(y[0] >= 0.0 && y[0] < 1e-40);
+    let mut out = [f32::NAN; 8];
+    cpu::sigmoid(
+        MatRef::contiguous(&inputs, 2, 4),
+        MatMut::contiguous(&mut out, 2, 4),
+    );
+    assert_eq!(x, out, "sigmoid and sigmoid_inplace differ");
+    // Tolerance: absolute 1e-30 (sigmoid(-100) is about 3.7e-44, kept as an f32 subnormal).
+    for ((&i, &got), &w) in inputs.iter().zip(&x).zip(&want) {
+        assert!(
+            got.is_finite() && (got - w).abs() <= 1e-30,
+            "sigmoid({i}) = {got}, want {w}"
+        );
+    }
 }
 
 #[test]

@@ -26,7 +26,11 @@ fn pool_bag<I: Index>(
     out.fill(0.0);
     for &i in bag {
         let r = i.to_usize();
-        assert!(r < rows, "embedding index {} out of range for {rows} rows", i.to_i64());
+        assert!(
+            r < rows,
+            "embedding index {} out of range for {rows} rows",
+            i.to_i64()
+        );
         // `r < rows` and `rows * dim <= table.len()` make this slice in range without overflow.
         let src = &table[r * dim..r * dim + dim];
         for (o, &s) in out.iter_mut().zip(src) {
@@ -61,10 +65,20 @@ pub fn embedding_bag<I: Index>(
     mode: Pooling,
     mut out: MatMut<'_>,
 ) {
-    assert_eq!(out.rows, offsets.len(), "embedding_bag: out rows must equal the number of bags");
+    assert_eq!(
+        out.rows,
+        offsets.len(),
+        "embedding_bag: out rows must equal the number of bags"
+    );
     assert_eq!(out.cols, dim, "embedding_bag: out cols must equal dim");
-    let size = rows.checked_mul(dim).expect("embedding_bag: table size overflows usize");
-    assert!(table.len() >= size, "embedding_bag: table has {} elements, needs {size}", table.len());
+    let size = rows
+        .checked_mul(dim)
+        .expect("embedding_bag: table size overflows usize");
+    assert!(
+        table.len() >= size,
+        "embedding_bag: table has {} elements, needs {size}",
+        table.len()
+    );
     let table = &table[..size];
     for (b, out_row) in out.row_iter_mut().enumerate() {
         let bag = &indices[offsets[b].to_usize()..bag_end(offsets, b, indices.len())];
@@ -88,12 +102,27 @@ pub fn table_batched_embedding_bag<I: Index>(
     offsets: &[&[I]],
     mut out: MatMut<'_>,
 ) {
-    assert_eq!(indices.len(), tables.len(), "table_batched_embedding_bag: one index list per table");
-    assert_eq!(offsets.len(), tables.len(), "table_batched_embedding_bag: one offset list per table");
+    assert_eq!(
+        indices.len(),
+        tables.len(),
+        "table_batched_embedding_bag: one index list per table"
+    );
+    assert_eq!(
+        offsets.len(),
+        tables.len(),
+        "table_batched_embedding_bag: one offset list per table"
+    );
     let mut total = 0usize;
     for (t, (table, offs)) in tables.iter().zip(offsets).enumerate() {
-        assert_eq!(offs.len(), out.rows, "table_batched_embedding_bag: table {t} has a wrong bag count");
-        let size = table.rows.checked_mul(table.dim).expect("table size overflows usize");
+        assert_eq!(
+            offs.len(),
+            out.rows,
+            "table_batched_embedding_bag: table {t} has a wrong bag count"
+        );
+        let size = table
+            .rows
+            .checked_mul(table.dim)
+            .expect("table size overflows usize");
         assert!(
             table.data.len() >= size,
             "table_batched_embedding_bag: table {t} has {} elements, needs {size}",
@@ -101,15 +130,20 @@ pub fn table_batched_embedding_bag<I: Index>(
         );
         total += table.dim;
     }
-    assert_eq!(out.cols, total, "table_batched_embedding_bag: out cols must equal the sum of dims");
+    assert_eq!(
+        out.cols, total,
+        "table_batched_embedding_bag: out cols must equal the sum of dims"
+    );
 
-    for (b, out_row) in out.row_iter_mut().enumerate() {
-        let mut rest = out_row;
-        for ((table, idx), offs) in tables.iter().zip(indices).zip(offsets) {
-            let (seg, tail) = rest.split_at_mut(table.dim);
-            rest = tail;
+    // Table-major order: each table's bags are pooled together, so the working set (rows and
+    // page-table entries) is one table at a time.
+    let mut c0 = 0;
+    for ((table, idx), offs) in tables.iter().zip(indices).zip(offsets) {
+        let mut seg = out.reborrow().col_slice(c0, table.dim);
+        c0 += table.dim;
+        for (b, out_row) in seg.row_iter_mut().enumerate() {
             let bag = &idx[offs[b].to_usize()..bag_end(offs, b, idx.len())];
-            pool_bag(table.data, table.rows, table.dim, bag, table.mode, seg);
+            pool_bag(table.data, table.rows, table.dim, bag, table.mode, out_row);
         }
     }
 }

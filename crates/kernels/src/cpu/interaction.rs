@@ -1,29 +1,7 @@
 //! Feature-interaction kernels: the DLRM dot interaction and the DCNv2 low-rank cross layer.
 
-use super::dense::{gemm, Operand};
+use super::dense::{dot, gemm, Operand};
 use crate::types::{MatMut, MatRef};
-
-/// Dot product with eight independent accumulators, so LLVM can vectorise the reduction.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0.0f32; 8];
-    let (ac, ar) = (a.chunks_exact(8), a.chunks_exact(8).remainder());
-    let bc = b.chunks_exact(8);
-    let br = bc.remainder();
-    for (x, y) in ac.zip(bc) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut tail = 0.0f32;
-    for (x, y) in ar.iter().zip(br) {
-        tail += x * y;
-    }
-    let s = (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]);
-    s + tail
-}
 
 /// DLRM dot interaction.
 ///
@@ -36,13 +14,24 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 ///
 /// Panics if `inputs` is empty or the shapes disagree.
 pub fn dot_interaction(inputs: &[MatRef<'_>], mut out: MatMut<'_>) {
-    assert!(!inputs.is_empty(), "dot_interaction: needs at least one input");
+    assert!(
+        !inputs.is_empty(),
+        "dot_interaction: needs at least one input"
+    );
     let n = inputs.len();
     let d = inputs[0].cols;
     for (i, input) in inputs.iter().enumerate() {
-        assert_eq!((input.rows, input.cols), (out.rows, d), "dot_interaction: input {i} has a wrong shape");
+        assert_eq!(
+            (input.rows, input.cols),
+            (out.rows, d),
+            "dot_interaction: input {i} has a wrong shape"
+        );
     }
-    assert_eq!(out.cols, d + n * (n - 1) / 2, "dot_interaction: out cols must be d + n (n - 1) / 2");
+    assert_eq!(
+        out.cols,
+        d + n * (n - 1) / 2,
+        "dot_interaction: out cols must be d + n (n - 1) / 2"
+    );
     for (b, out_row) in out.row_iter_mut().enumerate() {
         let (dense, pairs) = out_row.split_at_mut(d);
         dense.copy_from_slice(inputs[0].row(b));
@@ -78,18 +67,61 @@ pub fn dcn_cross(
     mut out: MatMut<'_>,
 ) {
     let (bsz, w) = (out.rows, out.cols);
-    assert_eq!((x0.rows, x0.cols), (bsz, w), "dcn_cross: x0 has a wrong shape");
-    assert_eq!((xl.rows, xl.cols), (bsz, w), "dcn_cross: xl has a wrong shape");
+    assert_eq!(
+        (x0.rows, x0.cols),
+        (bsz, w),
+        "dcn_cross: x0 has a wrong shape"
+    );
+    assert_eq!(
+        (xl.rows, xl.cols),
+        (bsz, w),
+        "dcn_cross: xl has a wrong shape"
+    );
     assert_eq!(v.len(), rank * w, "dcn_cross: v must be [rank, w]");
     assert_eq!(u.len(), w * rank, "dcn_cross: u must be [w, rank]");
     assert_eq!(bias.len(), w, "dcn_cross: bias must have w elements");
-    assert!(scratch.len() >= bsz * rank, "dcn_cross: scratch needs B * rank elements");
+    assert!(
+        scratch.len() >= bsz * rank,
+        "dcn_cross: scratch needs B * rank elements"
+    );
     let t = &mut scratch[..bsz * rank];
 
     // T = xl Vᵀ, [B, rank]; Vᵀ element (p, r) is v[r * w + p].
-    gemm(bsz, w, rank, Operand { data: xl.data, rs: xl.ld, cs: 1 }, Operand { data: v, rs: 1, cs: w }, t, rank);
+    gemm(
+        bsz,
+        w,
+        rank,
+        Operand {
+            data: xl.data,
+            rs: xl.ld,
+            cs: 1,
+        },
+        Operand {
+            data: v,
+            rs: 1,
+            cs: w,
+        },
+        t,
+        rank,
+    );
     // Y = T Uᵀ, [B, w], written into out; Uᵀ element (r, c) is u[c * rank + r].
-    gemm(bsz, rank, w, Operand { data: t, rs: rank, cs: 1 }, Operand { data: u, rs: 1, cs: rank }, out.data, out.ld);
+    gemm(
+        bsz,
+        rank,
+        w,
+        Operand {
+            data: t,
+            rs: rank,
+            cs: 1,
+        },
+        Operand {
+            data: u,
+            rs: 1,
+            cs: rank,
+        },
+        out.data,
+        out.ld,
+    );
 
     for (b, y) in out.row_iter_mut().enumerate() {
         let (a, l) = (x0.row(b), xl.row(b));

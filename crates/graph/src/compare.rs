@@ -1,0 +1,110 @@
+//! Text and JSON output for the CLI: a plan's per-stream steps, and the comparison of algorithms.
+//!
+//! [`compare`] plans the graph with every algorithm (the concrete ones unfused, `auto` choosing its
+//! fusion for graph mode) and predicts each plan's latency in both modes. The ratio column is the
+//! plan's graph-mode latency over `single`'s, so below 1 is faster.
+
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use crate::assign::{assign, AssignConfig, Algorithm, Planned};
+use crate::cost::CostModel;
+use crate::error::GraphError;
+use crate::ir::OpGraph;
+use crate::plan::{Plan, Step};
+use crate::sim::{simulate, SimMode};
+
+/// One row of `--compare`.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct CompareRow {
+    /// The plan's algorithm (for `auto`, `auto:` and what it chose).
+    pub algo: String,
+    /// Streams the plan uses.
+    pub streams: usize,
+    /// Waits in the plan.
+    pub waits: usize,
+    /// Predicted latency launching op by op, in microseconds.
+    pub predicted_us_eager: f64,
+    /// Predicted latency replaying a captured graph, in microseconds.
+    pub predicted_us_graph: f64,
+    /// `predicted_us_graph` over `single`'s (below 1 is faster than `single`).
+    pub ratio_to_single_graph: f64,
+}
+
+/// One row per algorithm (the five concrete ones, then `auto`) for at most `max_streams` streams
+/// at this batch size.
+pub fn compare(g: &OpGraph, max_streams: usize, batch: usize, cost: &CostModel) -> Result<Vec<CompareRow>, GraphError> {
+    let mut rows: Vec<CompareRow> = Vec::new();
+    for algo in Algorithm::ALL.into_iter().chain([Algorithm::Auto]) {
+        let cfg = AssignConfig {
+            algo,
+            max_streams,
+            batch,
+            mode: SimMode::Graph,
+            fuse: None,
+        };
+        let Planned { graph, plan } = assign(g, &cfg, cost)?;
+        let eager = simulate(&graph, &plan, cost, batch, SimMode::Eager).latency_us;
+        let graph_us = simulate(&graph, &plan, cost, batch, SimMode::Graph).latency_us;
+        rows.push(CompareRow {
+            algo: plan.algo.clone(),
+            streams: plan.num_streams(),
+            waits: plan.num_waits(),
+            predicted_us_eager: eager,
+            predicted_us_graph: graph_us,
+            ratio_to_single_graph: 0.0,
+        });
+    }
+    let single = rows[0].predicted_us_graph;
+    for r in &mut rows {
+        r.ratio_to_single_graph = r.predicted_us_graph / single;
+    }
+    Ok(rows)
+}
+
+/// The comparison as an aligned text table.
+pub fn render_compare(rows: &[CompareRow]) -> String {
+    let w = rows.iter().map(|r| r.algo.len()).max().unwrap_or(4).max(4);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<w$}  {:>7}  {:>5}  {:>12}  {:>12}  {:>14}",
+        "algo", "streams", "waits", "eager us", "graph us", "graph / single"
+    );
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "{:<w$}  {:>7}  {:>5}  {:>12.1}  {:>12.1}  {:>14.3}",
+            r.algo, r.streams, r.waits, r.predicted_us_eager, r.predicted_us_graph, r.ratio_to_single_graph
+        );
+    }
+    s
+}
+
+/// A plan as text: a summary line, then per stream its ops with the events it records and waits on.
+pub fn render_plan(g: &OpGraph, plan: &Plan) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "plan {}: {} ops on {} streams, {} events, {} waits",
+        plan.algo,
+        plan.num_ops(),
+        plan.num_streams(),
+        plan.num_events(),
+        plan.num_waits()
+    );
+    for (i, steps) in plan.streams.iter().enumerate() {
+        let items: Vec<String> = steps
+            .iter()
+            .map(|step| match *step {
+                Step::Launch(op) => g.op(op).name.clone(),
+                Step::Record(e) => format!("[record e{e}]"),
+                Step::Wait(e) => format!("[wait e{e}]"),
+            })
+            .collect();
+        let ops = steps.iter().filter(|s| matches!(s, Step::Launch(_))).count();
+        let _ = writeln!(s, "stream {i} ({ops} ops): {}", items.join(" "));
+    }
+    s
+}

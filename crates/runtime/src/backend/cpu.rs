@@ -1,0 +1,434 @@
+//! The CPU backend: each stream is an OS thread with a FIFO of commands; an event is a
+//! generation counter with a condition variable.
+//!
+//! A record issued on the host takes the event's next generation; the stream thread publishes it
+//! when it reaches the record. A wait issued on the host captures the latest generation issued so
+//! far and blocks only its own stream's thread until that generation is published. A failing or
+//! panicking kernel poisons the rest of the current request on its stream (later launches are
+//! skipped, records still publish so no other stream deadlocks) and the error is returned by the
+//! next [`Backend::synchronize`] of that stream.
+//!
+//! Memory: every op owns one `[max_batch, width]` activation buffer, allocated once per context.
+//! Kernels on different streams read and write these buffers concurrently; that is sound because
+//! a validated plan orders every reader after its writer (events give the happens-before edge),
+//! no two ops write the same buffer, and a context runs one request at a time.
+
+use std::cell::UnsafeCell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use streamrec_graph::{OpGraph, OpId, OpKind};
+
+use super::{Backend, Span};
+use crate::batch::Batch;
+use crate::error::{Result, RuntimeError};
+use crate::exec::{self, OpWeights};
+use crate::weights::Weights;
+
+/// The CPU backend.
+#[derive(Debug)]
+pub struct CpuBackend {
+    epoch: Instant,
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CpuBackend {
+    /// A CPU backend; span times count from now.
+    pub fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+        }
+    }
+}
+
+/// A host-visible f32 buffer shared between stream threads (see the module docs for why the
+/// unsynchronised access is sound).
+pub(crate) struct SharedBuf {
+    data: UnsafeCell<Box<[f32]>>,
+}
+
+// SAFETY: access is ordered by the plan's stream order and events (module docs); the buffer is
+// never resized after creation.
+unsafe impl Sync for SharedBuf {}
+// SAFETY: a boxed slice of f32 can move between threads.
+unsafe impl Send for SharedBuf {}
+
+impl SharedBuf {
+    fn new(len: usize) -> Self {
+        Self {
+            data: UnsafeCell::new(vec![f32::NAN; len].into_boxed_slice()),
+        }
+    }
+
+    /// # Safety
+    /// No other thread may write this buffer while the returned slice is alive.
+    pub(crate) unsafe fn get(&self) -> &[f32] {
+        // SAFETY: the caller guarantees no concurrent writer.
+        unsafe { &*self.data.get() }
+    }
+
+    /// # Safety
+    /// No other thread may read or write this buffer while the returned slice is alive.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn get_mut(&self) -> &mut [f32] {
+        // SAFETY: the caller guarantees exclusive access.
+        unsafe { &mut *self.data.get() }
+    }
+}
+
+/// Per-context memory of the CPU backend.
+pub struct CpuBuffers {
+    inner: Arc<BufInner>,
+}
+
+pub(crate) struct BufInner {
+    /// One activation buffer per op (DCN layers carry their `[B, rank]` scratch after it).
+    pub(crate) acts: Vec<SharedBuf>,
+    scores: SharedBuf,
+    input: Mutex<Option<Arc<Batch>>>,
+    max_batch: usize,
+}
+
+/// Weights of the CPU backend, resolved per op once.
+pub struct CpuWeights {
+    pub(crate) by_op: Vec<OpWeights>,
+}
+
+/// An event: a generation counter published by stream threads.
+pub struct CpuEvent {
+    inner: Arc<EventInner>,
+}
+
+struct EventInner {
+    issued: AtomicU64,
+    done: Mutex<u64>,
+    cv: Condvar,
+}
+
+enum Cmd {
+    Op {
+        graph: Arc<OpGraph>,
+        op: OpId,
+        weights: Arc<CpuWeights>,
+        bufs: Arc<BufInner>,
+        input: Option<Arc<Batch>>,
+        batch: usize,
+    },
+    Download {
+        bufs: Arc<BufInner>,
+        op: OpId,
+        batch: usize,
+    },
+    Record(Arc<EventInner>, u64),
+    Wait(Arc<EventInner>, u64),
+}
+
+struct StreamShared {
+    state: Mutex<StreamState>,
+    cv: Condvar,
+    tracing: AtomicBool,
+    spans: Mutex<Vec<Span>>,
+}
+
+#[derive(Default)]
+struct StreamState {
+    issued: u64,
+    done: u64,
+    error: Option<String>,
+}
+
+/// A stream: one OS thread draining a FIFO of commands.
+pub struct CpuStream {
+    tx: Mutex<Option<mpsc::Sender<Cmd>>>,
+    shared: Arc<StreamShared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl CpuStream {
+    fn push(&self, cmd: Cmd) -> Result<()> {
+        self.shared.state.lock().expect("stream state").issued += 1;
+        let tx = self.tx.lock().expect("stream sender");
+        tx.as_ref()
+            .and_then(|t| t.send(cmd).ok())
+            .ok_or_else(|| RuntimeError::Execution("stream thread has stopped".into()))
+    }
+}
+
+impl Drop for CpuStream {
+    fn drop(&mut self) {
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn stream_main(rx: mpsc::Receiver<Cmd>, shared: Arc<StreamShared>, epoch: Instant) {
+    while let Ok(cmd) = rx.recv() {
+        match cmd {
+            Cmd::Op {
+                graph,
+                op,
+                weights,
+                bufs,
+                input,
+                batch,
+            } => {
+                let poisoned = shared.state.lock().expect("stream state").error.is_some();
+                if !poisoned {
+                    let tracing = shared.tracing.load(Ordering::Relaxed);
+                    let t0 = epoch.elapsed();
+                    let res = catch_unwind(AssertUnwindSafe(|| {
+                        exec::run_op(
+                            &graph,
+                            op,
+                            &weights.by_op[op],
+                            &bufs,
+                            input.as_deref(),
+                            batch,
+                        )
+                    }));
+                    let t1 = epoch.elapsed();
+                    if tracing {
+                        shared.spans.lock().expect("spans").push(Span {
+                            op,
+                            start_us: t0.as_secs_f64() * 1e6,
+                            end_us: t1.as_secs_f64() * 1e6,
+                        });
+                    }
+                    let err = match res {
+                        Ok(Ok(())) => None,
+                        Ok(Err(e)) => Some(format!("op `{}`: {e}", graph.op(op).name)),
+                        Err(p) => Some(format!(
+                            "op `{}` panicked: {}",
+                            graph.op(op).name,
+                            panic_message(&p)
+                        )),
+                    };
+                    if let Some(e) = err {
+                        shared
+                            .state
+                            .lock()
+                            .expect("stream state")
+                            .error
+                            .get_or_insert(e);
+                    }
+                }
+            }
+            Cmd::Download { bufs, op, batch } => {
+                let poisoned = shared.state.lock().expect("stream state").error.is_some();
+                if !poisoned {
+                    // SAFETY: the op's writer ran earlier on this stream or was waited for; only
+                    // this command writes the scores buffer, and the host reads it after
+                    // synchronising.
+                    unsafe {
+                        let src = bufs.acts[op].get();
+                        bufs.scores.get_mut()[..batch].copy_from_slice(&src[..batch]);
+                    }
+                }
+            }
+            Cmd::Record(ev, gen) => {
+                let mut d = ev.done.lock().expect("event");
+                if *d < gen {
+                    *d = gen;
+                }
+                ev.cv.notify_all();
+            }
+            Cmd::Wait(ev, gen) => {
+                let mut d = ev.done.lock().expect("event");
+                while *d < gen {
+                    d = ev.cv.wait(d).expect("event");
+                }
+            }
+        }
+        let mut st = shared.state.lock().expect("stream state");
+        st.done += 1;
+        if st.done == st.issued {
+            shared.cv.notify_all();
+        }
+    }
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".into()
+    }
+}
+
+impl Backend for CpuBackend {
+    type Stream = CpuStream;
+    type Event = CpuEvent;
+    type Buffers = CpuBuffers;
+    type DeviceWeights = CpuWeights;
+    type Graph = ();
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn load_weights(&self, graph: &OpGraph, weights: &Weights) -> Result<CpuWeights> {
+        let by_op = (0..graph.len())
+            .map(|id| exec::resolve_weights(graph, id, weights))
+            .collect::<Result<_>>()?;
+        Ok(CpuWeights { by_op })
+    }
+
+    fn new_stream(&self) -> Result<CpuStream> {
+        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(StreamShared {
+            state: Mutex::new(StreamState::default()),
+            cv: Condvar::new(),
+            tracing: AtomicBool::new(false),
+            spans: Mutex::new(Vec::new()),
+        });
+        let s2 = Arc::clone(&shared);
+        let epoch = self.epoch;
+        let thread = std::thread::Builder::new()
+            .name("streamrec-cpu-stream".into())
+            .spawn(move || stream_main(rx, s2, epoch))
+            .map_err(|e| RuntimeError::Execution(format!("cannot start a stream thread: {e}")))?;
+        Ok(CpuStream {
+            tx: Mutex::new(Some(tx)),
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    fn new_event(&self) -> Result<CpuEvent> {
+        Ok(CpuEvent {
+            inner: Arc::new(EventInner {
+                issued: AtomicU64::new(0),
+                done: Mutex::new(0),
+                cv: Condvar::new(),
+            }),
+        })
+    }
+
+    fn alloc_buffers(&self, graph: &OpGraph, max_batch: usize) -> Result<CpuBuffers> {
+        let acts = graph
+            .ops()
+            .map(|op| {
+                let extra = match op.kind {
+                    OpKind::DcnCross { rank, .. } => rank,
+                    _ => 0,
+                };
+                SharedBuf::new(max_batch * (op.width + extra))
+            })
+            .collect();
+        Ok(CpuBuffers {
+            inner: Arc::new(BufInner {
+                acts,
+                scores: SharedBuf::new(max_batch),
+                input: Mutex::new(None),
+                max_batch,
+            }),
+        })
+    }
+
+    fn upload(&self, _stream: &CpuStream, bufs: &CpuBuffers, batch: &Arc<Batch>) -> Result<()> {
+        if batch.size > bufs.inner.max_batch {
+            return Err(RuntimeError::BatchTooLarge {
+                batch: batch.size,
+                max: bufs.inner.max_batch,
+            });
+        }
+        // Host memory is shared: staging is just handing the batch to the launches that follow.
+        *bufs.inner.input.lock().expect("input slot") = Some(Arc::clone(batch));
+        Ok(())
+    }
+
+    fn launch(
+        &self,
+        stream: &CpuStream,
+        graph: &Arc<OpGraph>,
+        op: OpId,
+        weights: &Arc<CpuWeights>,
+        bufs: &CpuBuffers,
+        batch: usize,
+    ) -> Result<()> {
+        if batch > bufs.inner.max_batch {
+            return Err(RuntimeError::BatchTooLarge {
+                batch,
+                max: bufs.inner.max_batch,
+            });
+        }
+        let input = bufs.inner.input.lock().expect("input slot").clone();
+        stream.push(Cmd::Op {
+            graph: Arc::clone(graph),
+            op,
+            weights: Arc::clone(weights),
+            bufs: Arc::clone(&bufs.inner),
+            input,
+            batch,
+        })
+    }
+
+    fn record(&self, stream: &CpuStream, event: &CpuEvent) -> Result<()> {
+        let gen = event.inner.issued.fetch_add(1, Ordering::AcqRel) + 1;
+        stream.push(Cmd::Record(Arc::clone(&event.inner), gen))
+    }
+
+    fn wait(&self, stream: &CpuStream, event: &CpuEvent) -> Result<()> {
+        let gen = event.inner.issued.load(Ordering::Acquire);
+        if gen == 0 {
+            // Waiting on an event that was never recorded completes at once, as in CUDA.
+            return Ok(());
+        }
+        stream.push(Cmd::Wait(Arc::clone(&event.inner), gen))
+    }
+
+    fn download(
+        &self,
+        stream: &CpuStream,
+        bufs: &CpuBuffers,
+        op: OpId,
+        batch: usize,
+    ) -> Result<()> {
+        stream.push(Cmd::Download {
+            bufs: Arc::clone(&bufs.inner),
+            op,
+            batch,
+        })
+    }
+
+    fn synchronize(&self, stream: &CpuStream) -> Result<()> {
+        let sh = &stream.shared;
+        let mut st = sh.state.lock().expect("stream state");
+        while st.done < st.issued {
+            st = sh.cv.wait(st).expect("stream state");
+        }
+        match st.error.take() {
+            Some(e) => Err(RuntimeError::Execution(e)),
+            None => Ok(()),
+        }
+    }
+
+    fn scores(&self, bufs: &CpuBuffers, batch: usize) -> Result<Vec<f32>> {
+        // SAFETY: called after synchronising every stream of the context; nothing runs on it.
+        let s = unsafe { bufs.inner.scores.get() };
+        Ok(s[..batch].to_vec())
+    }
+
+    fn set_tracing(&self, stream: &CpuStream, on: bool) {
+        stream.shared.tracing.store(on, Ordering::Relaxed);
+    }
+
+    fn take_spans(&self, stream: &CpuStream) -> Vec<Span> {
+        std::mem::take(&mut *stream.shared.spans.lock().expect("spans"))
+    }
+}

@@ -1,0 +1,1235 @@
+//! The CUDA backend: cudarc streams and events, NVRTC kernels, cuBLAS GEMMs, and CUDA-graph
+//! capture per batch bucket.
+//!
+//! # Memory
+//!
+//! * Weights are uploaded once: every embedding table into one allocation, every dense weight
+//!   (linear, bias, cross) into another, each tensor 256-byte aligned, plus the small metadata
+//!   arrays of the table-batched ops.
+//! * Each context ([`CudaBuffers`]) has one activation arena holding every op's
+//!   `[max_batch, width]` output and the DCN scratch. An op whose only consumer is a
+//!   concatenation writes straight into its column slice of the concatenation's output (its
+//!   output is an alias with the concatenation's leading dimension), so the concatenation copies
+//!   only the inputs that could not be aliased (often none). Activations start as NaN so that an
+//!   element a kernel fails to write shows up in the scores.
+//! * Inputs are staged into pinned host memory and copied by two asynchronous copies per request
+//!   into fixed device buffers that captured graphs read: the dense rows, and one "packet" with
+//!   the staged sample count, every feature's offsets and all indices (layout in
+//!   `kernels/embedding.cu` and [`stage_packet`]). Samples past the staged count are empty bags,
+//!   so a graph captured for a bucket of `2^k` samples can run any batch up to `2^k`; dense rows
+//!   past the batch are not read by any op that mixes rows (every op is row-wise) and their
+//!   scores are never returned.
+//! * Index capacity: the packet holds `4 x max_batch x pooling` indices per feature (summed
+//!   over the features; one feature may use another's room). A batch with more indices grows
+//!   the packet (a new device address): eager runs just continue, but a graph captured before
+//!   the growth reads the old packet, so [`Backend::replay`] refuses it with an
+//!   [`RuntimeError::Execution`] whose message starts with [`STALE_GRAPH`]; the engine must then
+//!   drop its graphs for that context and capture again (or run eagerly).
+//!
+//! # Streams, events, graphs
+//!
+//! Every stream gets its own cuBLAS handle bound to it (a handle used inside a capture must be
+//! bound to the capturing stream). Events are created without timing. cudarc's per-buffer event
+//! tracking is off: the engine's plan orders every reader after its writer. Capture uses
+//! `CU_STREAM_CAPTURE_MODE_THREAD_LOCAL` on stream 0; the engine forks the other streams off it
+//! with an event and joins them back, so they join the capture. The graph is instantiated and
+//! uploaded once in [`Backend::end_capture`] and launched per replay.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use streamrec_graph::{Act, OpGraph, OpId, OpKind, PoolingMode, Source, TensorRef};
+use streamrec_kernels::cuda::cudarc::driver::{
+    sys, CudaContext, CudaEvent, CudaGraph, CudaSlice, CudaStream, PinnedHostSlice,
+};
+use streamrec_kernels::cuda::{
+    self as kc, concat_meta, dot_meta, lanes, tbe_meta, Blas, ConcatPart, CudaError, CudaKernels,
+    DevPtr, EmbeddingBagArgs, GemmMath, IndexWidth, TbeArgs, TbeTable, PACKET_HEADER_WORDS,
+};
+use streamrec_kernels::Activation;
+
+use super::{Backend, Span};
+use crate::batch::{Batch, IndexVec};
+use crate::error::{Result, RuntimeError};
+use crate::exec::{self, OpWeights};
+use crate::weights::{Tensor, Weights};
+
+/// The start of the error message of a replay refused because the inputs it was captured with
+/// have been reallocated (see the module docs).
+pub const STALE_GRAPH: &str = "CUDA graph is stale";
+
+/// Alignment of every tensor and buffer region, in f32 elements (256 bytes).
+const ALIGN: usize = 64;
+
+/// Whether CUDA can be used here: the driver loads and reports a device, and NVRTC and cuBLAS
+/// load. The error says what is missing.
+pub fn cuda_available() -> std::result::Result<(), String> {
+    kc::cuda_available()?;
+    kc::nvrtc_available()?;
+    kc::cublas_available()
+}
+
+/// Which integer type the staged indices use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum IndexChoice {
+    /// 32-bit when every table has at most `i32::MAX` rows (always, in practice), else 64-bit.
+    #[default]
+    Auto,
+    /// Always 32-bit (refused when a table is larger).
+    I32,
+    /// Always 64-bit.
+    I64,
+}
+
+/// How the CUDA backend is set up.
+#[derive(Clone, Debug)]
+pub struct CudaConfig {
+    /// The device ordinal.
+    pub device: usize,
+    /// fp32 GEMMs (default) or TF32 tensor cores.
+    pub math: GemmMath,
+    /// The staged index type.
+    pub index: IndexChoice,
+    /// Initial index capacity per feature, as a multiple of `max_batch x pooling`.
+    pub index_headroom: usize,
+    /// Let ops whose only consumer is a concatenation write straight into its output.
+    pub alias_concat: bool,
+}
+
+impl Default for CudaConfig {
+    fn default() -> Self {
+        Self {
+            device: 0,
+            math: GemmMath::Fp32,
+            index: IndexChoice::Auto,
+            index_headroom: 4,
+            alias_concat: true,
+        }
+    }
+}
+
+fn unavailable(reason: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Unavailable(format!("CUDA backend unavailable: {reason}"))
+}
+
+fn exec_err(e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Execution(format!("CUDA: {e}"))
+}
+
+fn cuda_err(e: CudaError) -> RuntimeError {
+    match e {
+        CudaError::Unavailable(m) => unavailable(m),
+        other => exec_err(other),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn align(n: usize) -> usize {
+    n.div_ceil(ALIGN) * ALIGN
+}
+
+/// Address of element `i` of an f32 allocation starting at `base`.
+fn f32_at(base: DevPtr, i: usize) -> DevPtr {
+    base + (i * std::mem::size_of::<f32>()) as u64
+}
+
+fn device_ptr<T>(s: &CudaSlice<T>, stream: &CudaStream) -> DevPtr {
+    let (p, _guard) = streamrec_kernels::cuda::cudarc::driver::DevicePtr::device_ptr(s, stream);
+    p
+}
+
+thread_local! {
+    /// The capture this thread is issuing, if any (captures are thread-local): the generation
+    /// counters of the buffers its launches used, with their values at capture time.
+    static CAPTURE: RefCell<Option<Vec<(Arc<AtomicU64>, u64)>>> = const { RefCell::new(None) };
+}
+
+fn capturing() -> bool {
+    CAPTURE.with(|c| c.borrow().is_some())
+}
+
+/// The CUDA backend on one device.
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    kernels: Arc<CudaKernels>,
+    /// Allocations, weight uploads and metadata copies go here (and are synchronised before
+    /// any other stream uses them).
+    alloc: Arc<CudaStream>,
+    /// A timing event recorded at creation: span times count from it.
+    epoch: CudaEvent,
+    cfg: CudaConfig,
+    next_buffers: AtomicU64,
+}
+
+impl std::fmt::Debug for CudaBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaBackend")
+            .field("device", &self.cfg.device)
+            .field("arch", &self.kernels.arch())
+            .field("cfg", &self.cfg)
+            .finish()
+    }
+}
+
+impl CudaBackend {
+    /// The backend on device `device` with the default configuration, or
+    /// [`RuntimeError::Unavailable`] ("CUDA backend unavailable: <reason>") when there is no
+    /// driver, no such device, or NVRTC or cuBLAS cannot be loaded.
+    pub fn new(device: usize) -> Result<Self> {
+        Self::with_config(CudaConfig {
+            device,
+            ..CudaConfig::default()
+        })
+    }
+
+    /// The backend with a configuration.
+    pub fn with_config(cfg: CudaConfig) -> Result<Self> {
+        cuda_available().map_err(unavailable)?;
+        let count = CudaContext::device_count().map_err(unavailable)?;
+        if cfg.device >= count.max(0) as usize {
+            return Err(unavailable(format!(
+                "device {} requested but the driver reports {count}",
+                cfg.device
+            )));
+        }
+        let device = cfg.device;
+        let ctx = std::panic::catch_unwind(move || CudaContext::new(device))
+            .map_err(|_| unavailable("creating the context panicked (a missing driver symbol?)"))?
+            .map_err(unavailable)?;
+        // SAFETY: no buffer of this context object exists yet; from here on the runtime orders
+        // every use of a buffer across streams itself (plan events, synchronised allocations).
+        unsafe { ctx.disable_event_tracking() };
+        let kernels = CudaKernels::load(&ctx).map_err(|e| match e {
+            CudaError::Unavailable(m) => unavailable(m),
+            other => unavailable(other),
+        })?;
+        let alloc = ctx.new_stream().map_err(unavailable)?;
+        let epoch = ctx
+            .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(unavailable)?;
+        epoch.record(&alloc).map_err(unavailable)?;
+        alloc.synchronize().map_err(unavailable)?;
+        Ok(Self {
+            ctx,
+            kernels,
+            alloc,
+            epoch,
+            cfg,
+            next_buffers: AtomicU64::new(0),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &CudaConfig {
+        &self.cfg
+    }
+
+    /// The device's name and the NVRTC architecture the kernels were compiled for.
+    pub fn describe(&self) -> String {
+        let name = self.ctx.name().unwrap_or_else(|_| "unknown device".into());
+        format!("{name} ({})", self.kernels.arch())
+    }
+
+    fn index_width(&self, graph: &OpGraph) -> Result<IndexWidth> {
+        let max_rows = graph.spec.features.iter().map(|f| f.rows).max().unwrap_or(0);
+        let fits = max_rows <= i32::MAX as usize;
+        match self.cfg.index {
+            IndexChoice::Auto if fits => Ok(IndexWidth::I32),
+            IndexChoice::Auto | IndexChoice::I64 => Ok(IndexWidth::I64),
+            IndexChoice::I32 if fits => Ok(IndexWidth::I32),
+            IndexChoice::I32 => Err(RuntimeError::Input(format!(
+                "32-bit indices requested but a table has {max_rows} rows"
+            ))),
+        }
+    }
+
+    /// A zeroed device allocation on the allocation stream.
+    fn zeros<T: kc::cudarc::driver::DeviceRepr + kc::cudarc::driver::ValidAsZeroBits>(
+        &self,
+        len: usize,
+    ) -> Result<CudaSlice<T>> {
+        self.alloc.alloc_zeros::<T>(len.max(1)).map_err(|e| {
+            exec_err(format!(
+                "allocating {} bytes failed: {e}",
+                len * std::mem::size_of::<T>()
+            ))
+        })
+    }
+
+    /// A device copy of `v` (a small metadata array).
+    fn upload_meta(&self, v: &[i32]) -> Result<CudaSlice<i32>> {
+        self.alloc.clone_htod(v).map_err(exec_err)
+    }
+
+    /// Pinned host memory of `len` elements (cacheable, so the host may read it back).
+    fn pinned<T: kc::cudarc::driver::DeviceRepr>(&self, len: usize) -> Result<PinnedHostSlice<T>> {
+        // SAFETY: the memory is uninitialised; it is only used as f32 or i32 staging, for which
+        // every bit pattern is valid, and every element is written before it is copied.
+        unsafe { self.ctx.alloc_pinned_with_flags::<T>(len.max(1), 0) }.map_err(exec_err)
+    }
+
+    /// The input-packet capacity in 32-bit words for `indices` indices.
+    fn packet_words(slots: usize, max_batch: usize, indices: usize, index: IndexWidth) -> usize {
+        let head = PACKET_HEADER_WORDS + (max_batch + 1) * slots;
+        head + 2 + indices * index.bytes() / 4
+    }
+
+    fn alloc_input(&self, words: usize, dense_len: usize) -> Result<InputStage> {
+        Ok(InputStage {
+            packet: self.zeros::<i32>(words)?,
+            host: self.pinned::<i32>(words)?,
+            dense: self.zeros::<f32>(dense_len)?,
+            dense_host: self.pinned::<f32>(dense_len)?,
+            capacity: words,
+            done: self.ctx.new_event(None).map_err(exec_err)?,
+        })
+    }
+}
+
+/// A stream with its cuBLAS handle and span log.
+pub struct CudaStreamHandle {
+    stream: Arc<CudaStream>,
+    blas: Mutex<Blas>,
+    tracing: AtomicBool,
+    spans: Mutex<Vec<(OpId, CudaEvent, CudaEvent)>>,
+}
+
+impl CudaStreamHandle {
+    /// The cudarc stream.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+}
+
+/// An event (no timing).
+pub struct CudaEventHandle {
+    event: CudaEvent,
+}
+
+/// One op's weights on the device.
+#[derive(Clone, Copy, Debug)]
+enum OpW {
+    None,
+    Table {
+        table: DevPtr,
+        dim: usize,
+        vec: bool,
+        mean: bool,
+    },
+    Tbe {
+        meta: DevPtr,
+        tables: usize,
+        max_lanes: usize,
+    },
+    Linear {
+        weight: DevPtr,
+        bias: DevPtr,
+        act: Activation,
+    },
+    Cross {
+        v: DevPtr,
+        u: DevPtr,
+        bias: DevPtr,
+    },
+}
+
+/// The weights on the device, shared by every context.
+pub struct CudaWeights {
+    _tables: CudaSlice<f32>,
+    _dense: CudaSlice<f32>,
+    _meta: Vec<CudaSlice<i32>>,
+    ops: Vec<OpW>,
+    bytes: usize,
+}
+
+impl CudaWeights {
+    /// Bytes of weights on the device.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// Where an op's output lives: first element and leading dimension (in floats).
+#[derive(Clone, Copy, Debug)]
+struct Loc {
+    ptr: DevPtr,
+    ld: usize,
+    /// Offset in the arena (f32 elements) when the op owns its buffer.
+    arena: Option<usize>,
+}
+
+/// Input staging of one context (guarded by a mutex; its device addresses are mirrored in
+/// atomics for the launches).
+struct InputStage {
+    packet: CudaSlice<i32>,
+    host: PinnedHostSlice<i32>,
+    dense: CudaSlice<f32>,
+    dense_host: PinnedHostSlice<f32>,
+    /// Packet capacity in 32-bit words.
+    capacity: usize,
+    /// Recorded after the copies out of the pinned staging; waited on before rewriting it.
+    done: CudaEvent,
+}
+
+struct ScoreStage {
+    host: PinnedHostSlice<f32>,
+    done: CudaEvent,
+}
+
+/// One execution context's device memory.
+pub struct CudaBuffers {
+    max_batch: usize,
+    slots: usize,
+    dense_width: usize,
+    rows: Vec<usize>,
+    index: IndexWidth,
+    arena: CudaSlice<f32>,
+    loc: Vec<Loc>,
+    scratch: Vec<DevPtr>,
+    concat: Vec<Option<(DevPtr, usize, usize)>>,
+    dot: Vec<Option<DevPtr>>,
+    _meta: Vec<CudaSlice<i32>>,
+    dense_ptr: DevPtr,
+    packet_ptr: AtomicU64,
+    /// Bumped whenever the packet moves; graphs remember the value they were captured with.
+    generation: Arc<AtomicU64>,
+    input: Mutex<InputStage>,
+    scores: Mutex<ScoreStage>,
+    id: u64,
+}
+
+impl CudaBuffers {
+    /// How many times the input packet has been reallocated (graphs captured before the last
+    /// reallocation are stale).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The current input-packet capacity in 32-bit words.
+    pub fn packet_capacity_words(&self) -> usize {
+        lock(&self.input).capacity
+    }
+
+    /// A unique id of these buffers within their backend.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn input_loc(&self, graph: &OpGraph, t: &TensorRef) -> Result<(DevPtr, usize)> {
+        match t.src {
+            Source::Op(p) => {
+                let l = self.loc[p];
+                Ok((f32_at(l.ptr, t.col), l.ld))
+            }
+            Source::Dense => Ok((f32_at(self.dense_ptr, t.col), graph.spec.dense)),
+            Source::Sparse(f) => Err(exec_err(format!(
+                "sparse feature {f} cannot be read as a matrix"
+            ))),
+        }
+    }
+}
+
+/// A captured plan: the graph and the buffer generations it was captured with.
+pub struct CudaGraphHandle {
+    graph: Mutex<SendGraph>,
+    guards: Vec<(Arc<AtomicU64>, u64)>,
+}
+
+struct SendGraph(CudaGraph);
+
+// SAFETY: a CUDA graph exec may be launched from any thread of the process; every use goes
+// through the mutex in `CudaGraphHandle`, so it is never used by two threads at once.
+unsafe impl Send for SendGraph {}
+
+/// Lays out the input packet of `batch` (see `kernels/embedding.cu`) into `out` and returns the
+/// number of 32-bit words used: word 0 = the sample count `n`, offsets sample-major from word
+/// [`PACKET_HEADER_WORDS`] (`(n + 1) x slots` of them, each an element position in the packet
+/// viewed as an array of the index type), then the indices of all features packed from an
+/// 8-byte boundary. Checks every offset and index on the way (`rows[f]` per feature), so no
+/// kernel ever reads out of bounds. Returns `Ok(None)` when `out` is too short.
+pub fn stage_packet(
+    batch: &Batch,
+    rows: &[usize],
+    index: IndexWidth,
+    out: &mut [i32],
+) -> Result<Option<usize>> {
+    let n = batch.size;
+    let slots = batch.sparse.len();
+    if slots != rows.len() {
+        return Err(RuntimeError::Input(format!(
+            "expected {} sparse features, got {slots}",
+            rows.len()
+        )));
+    }
+    let head = PACKET_HEADER_WORDS + (n + 1) * slots;
+    let idx_start = head.div_ceil(2) * 2;
+    let per = index.bytes() / 4;
+    let total: usize = batch.sparse.iter().map(|s| s.indices.len()).sum();
+    let words = idx_start + total * per;
+    if words > out.len() {
+        return Ok(None);
+    }
+    if words > i32::MAX as usize {
+        return Err(RuntimeError::Input(format!(
+            "the batch has {total} indices, more than one packet can address"
+        )));
+    }
+    // Element position of the first index, in units of the index type.
+    let base = idx_start / per;
+    out[0] = n as i32;
+    out[1..PACKET_HEADER_WORDS].fill(0);
+    // Offsets, written in packet order (sample-major).
+    let mut starts = Vec::with_capacity(slots);
+    let mut acc = 0usize;
+    for (f, s) in batch.sparse.iter().enumerate() {
+        if s.offsets.len() != n {
+            return Err(RuntimeError::Input(format!(
+                "feature {f}: expected {n} offsets, got {}",
+                s.offsets.len()
+            )));
+        }
+        starts.push(base + acc);
+        acc += s.indices.len();
+    }
+    let offs = &mut out[PACKET_HEADER_WORDS..head];
+    let mut prev = vec![0i64; slots];
+    for b in 0..=n {
+        for (f, s) in batch.sparse.iter().enumerate() {
+            let len = s.indices.len() as i64;
+            let o = if b < n { s.offsets.get(b) } else { len };
+            if (b == 0 && o != 0) || o < prev[f] || o > len {
+                return Err(RuntimeError::Input(format!(
+                    "feature {f}: offset {o} at position {b} is not in order within 0..={len}"
+                )));
+            }
+            prev[f] = o;
+            offs[b * slots + f] = (starts[f] + o as usize) as i32;
+        }
+    }
+    out[head..idx_start].fill(0);
+    // Indices, feature by feature, range-checked with a vectorisable min/max pass.
+    let mut pos = idx_start;
+    for (f, s) in batch.sparse.iter().enumerate() {
+        let len = s.indices.len();
+        let (lo, hi) = match &s.indices {
+            IndexVec::I32(v) => v.iter().fold((i64::MAX, i64::MIN), |(a, b), &x| {
+                (a.min(i64::from(x)), b.max(i64::from(x)))
+            }),
+            IndexVec::I64(v) => v
+                .iter()
+                .fold((i64::MAX, i64::MIN), |(a, b), &x| (a.min(x), b.max(x))),
+        };
+        if len > 0 && (lo < 0 || hi >= rows[f] as i64) {
+            let bad = (0..len)
+                .map(|i| s.indices.get(i))
+                .find(|&v| v < 0 || v >= rows[f] as i64)
+                .unwrap_or(lo);
+            return Err(RuntimeError::Input(format!(
+                "feature {f}: index {bad} out of range for a table of {} rows",
+                rows[f]
+            )));
+        }
+        let dst = &mut out[pos..pos + len * per];
+        match (&s.indices, index) {
+            (IndexVec::I32(v), IndexWidth::I32) => dst.copy_from_slice(v),
+            (IndexVec::I64(v), IndexWidth::I32) => {
+                for (d, &x) in dst.iter_mut().zip(v) {
+                    *d = x as i32;
+                }
+            }
+            (IndexVec::I32(v), IndexWidth::I64) => {
+                for (d, &x) in dst.chunks_exact_mut(2).zip(v) {
+                    d[0] = x;
+                    d[1] = if x < 0 { -1 } else { 0 };
+                }
+            }
+            (IndexVec::I64(v), IndexWidth::I64) => {
+                for (d, &x) in dst.chunks_exact_mut(2).zip(v) {
+                    d[0] = x as u64 as u32 as i32;
+                    d[1] = ((x as u64) >> 32) as u32 as i32;
+                }
+            }
+        }
+        pos += len * per;
+    }
+    Ok(Some(words))
+}
+
+impl Backend for CudaBackend {
+    type Stream = CudaStreamHandle;
+    type Event = CudaEventHandle;
+    type Buffers = CudaBuffers;
+    type DeviceWeights = CudaWeights;
+    type Graph = CudaGraphHandle;
+
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn load_weights(&self, graph: &OpGraph, weights: &Weights) -> Result<CudaWeights> {
+        let by_op = (0..graph.len())
+            .map(|id| exec::resolve_weights(graph, id, weights))
+            .collect::<Result<Vec<_>>>()?;
+        // Lay out every distinct tensor once: tables in one allocation, the rest in another.
+        let mut table_off: HashMap<*const Tensor, usize> = HashMap::new();
+        let mut dense_off: HashMap<*const Tensor, usize> = HashMap::new();
+        let mut tables: Vec<&Arc<Tensor>> = Vec::new();
+        let mut dense: Vec<&Arc<Tensor>> = Vec::new();
+        let (mut t_len, mut d_len) = (0usize, 0usize);
+        for w in &by_op {
+            match w {
+                OpWeights::Tables(ts) => {
+                    for t in ts {
+                        table_off.entry(Arc::as_ptr(t)).or_insert_with(|| {
+                            let o = t_len;
+                            t_len += align(t.data.len());
+                            tables.push(t);
+                            o
+                        });
+                    }
+                }
+                OpWeights::Linear { weight, bias } => {
+                    for t in [weight, bias] {
+                        dense_off.entry(Arc::as_ptr(t)).or_insert_with(|| {
+                            let o = d_len;
+                            d_len += align(t.data.len());
+                            dense.push(t);
+                            o
+                        });
+                    }
+                }
+                OpWeights::Cross { v, u, bias } => {
+                    for t in [v, u, bias] {
+                        dense_off.entry(Arc::as_ptr(t)).or_insert_with(|| {
+                            let o = d_len;
+                            d_len += align(t.data.len());
+                            dense.push(t);
+                            o
+                        });
+                    }
+                }
+                OpWeights::None => {}
+            }
+        }
+        let mut t_dev = self.zeros::<f32>(t_len)?;
+        let mut d_dev = self.zeros::<f32>(d_len)?;
+        for (list, offs, dev) in [(&tables, &table_off, &mut t_dev), (&dense, &dense_off, &mut d_dev)] {
+            for t in list.iter() {
+                let o = offs[&Arc::as_ptr(t)];
+                let mut view = dev.slice_mut(o..o + t.data.len());
+                self.alloc
+                    .memcpy_htod(&t.data[..], &mut view)
+                    .map_err(exec_err)?;
+            }
+        }
+        let t_base = device_ptr(&t_dev, &self.alloc);
+        let d_base = device_ptr(&d_dev, &self.alloc);
+        let tptr = |t: &Arc<Tensor>| f32_at(t_base, table_off[&Arc::as_ptr(t)]);
+        let dptr = |t: &Arc<Tensor>| f32_at(d_base, dense_off[&Arc::as_ptr(t)]);
+        let mean = |f: usize| graph.spec.features[f].mode == PoolingMode::Mean;
+        let mut metas = Vec::new();
+        let mut ops = Vec::with_capacity(graph.len());
+        for (id, w) in by_op.iter().enumerate() {
+            let op = graph.op(id);
+            let ow = match (&op.kind, w) {
+                (OpKind::EmbeddingBag { feature }, OpWeights::Tables(ts)) => {
+                    let dim = graph.spec.features[*feature].dim;
+                    let table = tptr(&ts[0]);
+                    OpW::Table {
+                        table,
+                        dim,
+                        vec: dim.is_multiple_of(4) && table % 16 == 0,
+                        mean: mean(*feature),
+                    }
+                }
+                (OpKind::TableBatchedEmbeddingBag { features }, OpWeights::Tables(ts)) => {
+                    let mut col = 0;
+                    let mut list = Vec::with_capacity(features.len());
+                    for (&f, t) in features.iter().zip(ts) {
+                        let dim = graph.spec.features[f].dim;
+                        let table = tptr(t);
+                        list.push(TbeTable {
+                            table,
+                            dim,
+                            out_col: col,
+                            slot: f,
+                            mean: mean(f),
+                            vec: dim.is_multiple_of(4) && table % 16 == 0,
+                        });
+                        col += dim;
+                    }
+                    if col != op.width {
+                        return Err(exec_err(format!(
+                            "op `{}`: table dims sum to {col}, output width is {}",
+                            op.name, op.width
+                        )));
+                    }
+                    let max_lanes = list.iter().map(|t| lanes(t.dim, t.vec)).max().unwrap_or(0);
+                    let meta = self.upload_meta(&tbe_meta(&list).map_err(cuda_err)?)?;
+                    let p = device_ptr(&meta, &self.alloc);
+                    metas.push(meta);
+                    OpW::Tbe {
+                        meta: p,
+                        tables: list.len(),
+                        max_lanes,
+                    }
+                }
+                (OpKind::Linear { act, .. }, OpWeights::Linear { weight, bias }) => OpW::Linear {
+                    weight: dptr(weight),
+                    bias: dptr(bias),
+                    act: match act {
+                        Act::None => Activation::None,
+                        Act::Relu => Activation::Relu,
+                        Act::Sigmoid => Activation::Sigmoid,
+                    },
+                },
+                (OpKind::DcnCross { .. }, OpWeights::Cross { v, u, bias }) => OpW::Cross {
+                    v: dptr(v),
+                    u: dptr(u),
+                    bias: dptr(bias),
+                },
+                _ => OpW::None,
+            };
+            ops.push(ow);
+        }
+        self.alloc.synchronize().map_err(exec_err)?;
+        Ok(CudaWeights {
+            _tables: t_dev,
+            _dense: d_dev,
+            _meta: metas,
+            ops,
+            bytes: (t_len + d_len) * 4,
+        })
+    }
+
+    fn new_stream(&self) -> Result<CudaStreamHandle> {
+        let stream = self.ctx.new_stream().map_err(exec_err)?;
+        let blas = Blas::new(Arc::clone(&stream), self.cfg.math).map_err(cuda_err)?;
+        // The handle's workspace was allocated on its own stream; finish that before any use.
+        stream.synchronize().map_err(exec_err)?;
+        Ok(CudaStreamHandle {
+            stream,
+            blas: Mutex::new(blas),
+            tracing: AtomicBool::new(false),
+            spans: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn new_event(&self) -> Result<CudaEventHandle> {
+        Ok(CudaEventHandle {
+            event: self.ctx.new_event(None).map_err(exec_err)?,
+        })
+    }
+
+    fn alloc_buffers(&self, graph: &OpGraph, max_batch: usize) -> Result<CudaBuffers> {
+        if max_batch == 0 {
+            return Err(RuntimeError::Input("max batch must be > 0".into()));
+        }
+        let n = graph.len();
+        let spec = &graph.spec;
+        let index = self.index_width(graph)?;
+        // Output locations, consumers before producers so that an alias can point into its
+        // concatenation's buffer.
+        let mut off: Vec<Option<usize>> = vec![None; n];
+        let mut alias: Vec<Option<(OpId, usize)>> = vec![None; n];
+        let mut len = 0usize;
+        for id in (0..n).rev() {
+            let op = graph.op(id);
+            if self.cfg.alias_concat && id != graph.output() {
+                let succ = graph.succs(id);
+                if let [c] = succ[..] {
+                    let cop = graph.op(c);
+                    if cop.kind == OpKind::Concat {
+                        let uses: Vec<usize> = cop
+                            .inputs
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, t)| t.src == Source::Op(id))
+                            .map(|(i, _)| i)
+                            .collect();
+                        if let [i] = uses[..] {
+                            let t = cop.inputs[i];
+                            if t.col == 0 && t.width == op.width {
+                                let col: usize = cop.inputs[..i].iter().map(|t| t.width).sum();
+                                alias[id] = Some((c, col));
+                                continue;
+                            }
+                        }
+                    }
+                }
+            }
+            off[id] = Some(len);
+            len += align(max_batch * op.width);
+        }
+        let mut scratch_off: Vec<Option<usize>> = vec![None; n];
+        for (id, op) in graph.ops().enumerate() {
+            if let OpKind::DcnCross { rank, .. } = op.kind {
+                scratch_off[id] = Some(len);
+                len += align(max_batch * rank);
+            }
+        }
+        // The arena starts as NaN so that an element no kernel wrote poisons the scores.
+        let arena = {
+            let nan = vec![f32::NAN; len.max(1)];
+            self.alloc.clone_htod(&nan).map_err(exec_err)?
+        };
+        let base = device_ptr(&arena, &self.alloc);
+        let mut loc: Vec<Loc> = vec![
+            Loc {
+                ptr: 0,
+                ld: 0,
+                arena: None,
+            };
+            n
+        ];
+        for id in (0..n).rev() {
+            loc[id] = match (off[id], alias[id]) {
+                (Some(o), _) => Loc {
+                    ptr: f32_at(base, o),
+                    ld: graph.op(id).width,
+                    arena: Some(o),
+                },
+                (None, Some((c, col))) => Loc {
+                    ptr: f32_at(loc[c].ptr, col),
+                    ld: loc[c].ld,
+                    arena: None,
+                },
+                (None, None) => unreachable!("every op is placed or aliased"),
+            };
+        }
+        let scratch = scratch_off
+            .iter()
+            .map(|o| o.map_or(0, |o| f32_at(base, o)))
+            .collect();
+
+        // Input staging.
+        let slots = spec.features.len();
+        let indices: usize = spec
+            .features
+            .iter()
+            .map(|f| max_batch * f.pooling.max(1) * self.cfg.index_headroom.max(1))
+            .sum();
+        let words = Self::packet_words(slots, max_batch, indices, index);
+        let input = self.alloc_input(words, max_batch * spec.dense)?;
+        let dense_ptr = device_ptr(&input.dense, &self.alloc);
+        let packet_ptr = device_ptr(&input.packet, &self.alloc);
+        let scores = ScoreStage {
+            host: self.pinned::<f32>(max_batch)?,
+            done: self.ctx.new_event(None).map_err(exec_err)?,
+        };
+
+        // Metadata of concatenations (non-aliased parts) and dot interactions.
+        let view = |t: &TensorRef| -> Result<(DevPtr, usize)> {
+            match t.src {
+                Source::Op(p) => Ok((f32_at(loc[p].ptr, t.col), loc[p].ld)),
+                Source::Dense => Ok((f32_at(dense_ptr, t.col), spec.dense)),
+                Source::Sparse(f) => Err(exec_err(format!(
+                    "sparse feature {f} cannot be read as a matrix"
+                ))),
+            }
+        };
+        let mut metas = Vec::new();
+        let mut concat = vec![None; n];
+        let mut dot = vec![None; n];
+        for (id, op) in graph.ops().enumerate() {
+            match op.kind {
+                OpKind::Concat => {
+                    let mut parts = Vec::new();
+                    let mut col = 0;
+                    for t in &op.inputs {
+                        let aliased = matches!(t.src, Source::Op(p) if alias[p].is_some_and(|(c, _)| c == id));
+                        if !aliased {
+                            let (src, src_ld) = view(t)?;
+                            parts.push(ConcatPart {
+                                src,
+                                src_ld,
+                                width: t.width,
+                                out_col: col,
+                            });
+                        }
+                        col += t.width;
+                    }
+                    if col != op.width {
+                        return Err(exec_err(format!(
+                            "op `{}`: inputs are {col} wide, output {}",
+                            op.name, op.width
+                        )));
+                    }
+                    if !parts.is_empty() {
+                        let max_w = parts.iter().map(|p| p.width).max().unwrap_or(0);
+                        let m = self.upload_meta(&concat_meta(&parts).map_err(cuda_err)?)?;
+                        concat[id] = Some((device_ptr(&m, &self.alloc), parts.len(), max_w));
+                        metas.push(m);
+                    }
+                }
+                OpKind::DotInteraction => {
+                    let d = op.inputs.first().map_or(0, |t| t.width);
+                    let k = op.inputs.len();
+                    if op.inputs.iter().any(|t| t.width != d) || op.width != d + k * (k - 1) / 2 {
+                        return Err(exec_err(format!(
+                            "op `{}`: dot interaction shapes disagree",
+                            op.name
+                        )));
+                    }
+                    let ins = op.inputs.iter().map(view).collect::<Result<Vec<_>>>()?;
+                    let m = self.upload_meta(&dot_meta(&ins).map_err(cuda_err)?)?;
+                    dot[id] = Some(device_ptr(&m, &self.alloc));
+                    metas.push(m);
+                }
+                _ => {}
+            }
+        }
+        self.alloc.synchronize().map_err(exec_err)?;
+        Ok(CudaBuffers {
+            max_batch,
+            slots,
+            dense_width: spec.dense,
+            rows: spec.features.iter().map(|f| f.rows).collect(),
+            index,
+            arena,
+            loc,
+            scratch,
+            concat,
+            dot,
+            _meta: metas,
+            dense_ptr,
+            packet_ptr: AtomicU64::new(packet_ptr),
+            generation: Arc::new(AtomicU64::new(0)),
+            input: Mutex::new(input),
+            scores: Mutex::new(scores),
+            id: self.next_buffers.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+
+    fn upload(&self, stream: &CudaStreamHandle, bufs: &CudaBuffers, batch: &Arc<Batch>) -> Result<()> {
+        let n = batch.size;
+        if n > bufs.max_batch {
+            return Err(RuntimeError::BatchTooLarge {
+                batch: n,
+                max: bufs.max_batch,
+            });
+        }
+        if batch.dense.len() != n * bufs.dense_width {
+            return Err(RuntimeError::Input(format!(
+                "dense: expected {} values, got {}",
+                n * bufs.dense_width,
+                batch.dense.len()
+            )));
+        }
+        let mut st = lock(&bufs.input);
+        // The previous request's copies out of the staging must be done before rewriting it.
+        st.done.synchronize().map_err(exec_err)?;
+        let words = {
+            let host = st.host.as_mut_slice().map_err(exec_err)?;
+            stage_packet(batch, &bufs.rows, bufs.index, host)?
+        };
+        let words = match words {
+            Some(w) => w,
+            None => {
+                // Grow the packet (and its staging) to twice what this batch needs.
+                let total: usize = batch.sparse.iter().map(|s| s.indices.len()).sum();
+                let need = Self::packet_words(bufs.slots, bufs.max_batch, total, bufs.index);
+                let cap = need.max(st.capacity * 2);
+                st.packet = self.zeros::<i32>(cap)?;
+                st.host = self.pinned::<i32>(cap)?;
+                st.capacity = cap;
+                self.alloc.synchronize().map_err(exec_err)?;
+                bufs.packet_ptr
+                    .store(device_ptr(&st.packet, &self.alloc), Ordering::Release);
+                bufs.generation.fetch_add(1, Ordering::AcqRel);
+                let host = st.host.as_mut_slice().map_err(exec_err)?;
+                stage_packet(batch, &bufs.rows, bufs.index, host)?
+                    .ok_or_else(|| exec_err("the grown input packet is still too small"))?
+            }
+        };
+        let dl = batch.dense.len();
+        let st = &mut *st;
+        st.dense_host.as_mut_slice().map_err(exec_err)?[..dl].copy_from_slice(&batch.dense);
+        let s = &stream.stream;
+        if dl > 0 {
+            let src = &st.dense_host.as_slice().map_err(exec_err)?[..dl];
+            s.memcpy_htod(src, &mut st.dense.slice_mut(..dl)).map_err(exec_err)?;
+        }
+        let src = &st.host.as_slice().map_err(exec_err)?[..words];
+        s.memcpy_htod(src, &mut st.packet.slice_mut(..words)).map_err(exec_err)?;
+        st.done.record(s).map_err(exec_err)?;
+        Ok(())
+    }
+
+    fn launch(
+        &self,
+        stream: &CudaStreamHandle,
+        graph: &Arc<OpGraph>,
+        op_id: OpId,
+        weights: &Arc<CudaWeights>,
+        bufs: &CudaBuffers,
+        batch: usize,
+    ) -> Result<()> {
+        if batch > bufs.max_batch {
+            return Err(RuntimeError::BatchTooLarge {
+                batch,
+                max: bufs.max_batch,
+            });
+        }
+        let capture = capturing();
+        if capture {
+            // Remember which buffers (and which packet) this graph reads.
+            CAPTURE.with(|c| {
+                if let Some(list) = c.borrow_mut().as_mut() {
+                    if !list.iter().any(|(g, _)| Arc::ptr_eq(g, &bufs.generation)) {
+                        list.push((Arc::clone(&bufs.generation), bufs.generation()));
+                    }
+                }
+            });
+        }
+        let trace = !capture && stream.tracing.load(Ordering::Relaxed);
+        let s = &stream.stream;
+        let start = if trace {
+            let e = self
+                .ctx
+                .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(exec_err)?;
+            e.record(s).map_err(exec_err)?;
+            Some(e)
+        } else {
+            None
+        };
+        let op = graph.op(op_id);
+        let out = bufs.loc[op_id];
+        let k = &self.kernels;
+        let packet = bufs.packet_ptr.load(Ordering::Acquire);
+        match (&op.kind, weights.ops[op_id]) {
+            (OpKind::EmbeddingBag { feature }, OpW::Table { table, dim, vec, mean }) => {
+                let a = EmbeddingBagArgs {
+                    table,
+                    dim,
+                    vec,
+                    packet,
+                    slots: bufs.slots,
+                    slot: *feature,
+                    batch,
+                    mean,
+                    out: out.ptr,
+                    out_ld: out.ld,
+                    index: bufs.index,
+                };
+                // SAFETY: the table is a live `[rows, dim]` region of the weights (16-byte
+                // aligned when `vec`), the packet was staged by `upload` with `slots` slots and
+                // range-checked indices of type `bufs.index`, and `out` is this op's `[max_batch,
+                // dim]` output (or its slice of a concatenation) with `batch <= max_batch`.
+                unsafe { k.embedding_bag(s, &a) }.map_err(cuda_err)?;
+            }
+            (OpKind::TableBatchedEmbeddingBag { .. }, OpW::Tbe { meta, tables, max_lanes }) => {
+                let a = TbeArgs {
+                    meta,
+                    tables,
+                    max_lanes,
+                    packet,
+                    slots: bufs.slots,
+                    batch,
+                    out: out.ptr,
+                    out_ld: out.ld,
+                    index: bufs.index,
+                };
+                // SAFETY: the metadata lists live tables of the weights with their dims and
+                // output columns summing to this op's width; packet and output as above.
+                unsafe { k.tbe(s, &a) }.map_err(cuda_err)?;
+            }
+            (OpKind::Linear { .. }, OpW::Linear { weight, bias, act }) => {
+                let t = &op.inputs[0];
+                let (x, x_ld) = bufs.input_loc(graph, t)?;
+                let mut blas = lock(&stream.blas);
+                // SAFETY: x is `batch` rows of `t.width` floats with leading dimension x_ld (a
+                // producer's output or the dense input), the weight is `[op.width, t.width]`,
+                // and out is this op's output with leading dimension out.ld >= op.width; the
+                // output region is distinct from the input's.
+                unsafe { blas.linear(batch, op.width, t.width, x, x_ld, weight, out.ptr, out.ld) }
+                    .map_err(cuda_err)?;
+                drop(blas);
+                // SAFETY: out as above, bias has op.width floats.
+                unsafe { k.bias_act(s, out.ptr, out.ld, Some(bias), batch, op.width, act) }
+                    .map_err(cuda_err)?;
+            }
+            (OpKind::Concat, _) => {
+                if let Some((meta, parts, max_w)) = bufs.concat[op_id] {
+                    // SAFETY: the metadata lists the non-aliased inputs (live producer outputs
+                    // or the dense input, `batch` rows each) and their columns inside this op's
+                    // output, which is `[max_batch, op.width]`.
+                    unsafe { k.concat(s, meta, parts, max_w, out.ptr, out.ld, batch) }
+                        .map_err(cuda_err)?;
+                }
+            }
+            (OpKind::DotInteraction, _) => {
+                let meta = bufs.dot[op_id]
+                    .ok_or_else(|| exec_err(format!("op `{}` has no metadata", op.name)))?;
+                let d = op.inputs[0].width;
+                // SAFETY: the metadata lists the inputs' live `batch`-row slices of width d;
+                // out is this op's `[max_batch, d + n (n - 1) / 2]` output (checked when the
+                // buffers were allocated), distinct from every input.
+                unsafe { k.dot_interaction(s, meta, op.inputs.len(), d, out.ptr, out.ld, batch) }
+                    .map_err(cuda_err)?;
+            }
+            (OpKind::DcnCross { rank, .. }, OpW::Cross { v, u, bias }) => {
+                let w = op.width;
+                let x0 = bufs.input_loc(graph, &op.inputs[0])?;
+                let xl = bufs.input_loc(graph, &op.inputs[1])?;
+                let t = bufs.scratch[op_id];
+                let mut blas = lock(&stream.blas);
+                // SAFETY: T[batch, rank] = xl · Vᵀ with xl `batch` rows of w floats (ld xl.1),
+                // V `[rank, w]`, T this op's `[max_batch, rank]` scratch (ld rank); then
+                // out[batch, w] = T · Uᵀ with U `[w, rank]` into this op's output (ld out.ld);
+                // scratch, inputs and output are distinct regions.
+                unsafe {
+                    blas.linear(batch, *rank, w, xl.0, xl.1, v, t, *rank)
+                        .and_then(|_| blas.linear(batch, w, *rank, t, *rank, u, out.ptr, out.ld))
+                }
+                .map_err(cuda_err)?;
+                drop(blas);
+                // SAFETY: out, x0 and xl are `batch` rows of w floats with their leading
+                // dimensions; bias has w floats; out overlaps neither input.
+                unsafe { k.dcn_epilogue(s, out.ptr, out.ld, x0, xl, bias, batch, w) }
+                    .map_err(cuda_err)?;
+            }
+            (OpKind::Synthetic { .. }, _) => {
+                return Err(exec_err(format!(
+                    "op `{}` is synthetic and has no CUDA kernel",
+                    op.name
+                )))
+            }
+            _ => {
+                return Err(exec_err(format!(
+                    "op `{}` has weights of the wrong kind",
+                    op.name
+                )))
+            }
+        }
+        if let Some(start) = start {
+            let end = self
+                .ctx
+                .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(exec_err)?;
+            end.record(s).map_err(exec_err)?;
+            lock(&stream.spans).push((op_id, start, end));
+        }
+        Ok(())
+    }
+
+    fn record(&self, stream: &CudaStreamHandle, event: &CudaEventHandle) -> Result<()> {
+        event.event.record(&stream.stream).map_err(exec_err)
+    }
+
+    fn wait(&self, stream: &CudaStreamHandle, event: &CudaEventHandle) -> Result<()> {
+        stream.stream.wait(&event.event).map_err(exec_err)
+    }
+
+    fn download(&self, stream: &CudaStreamHandle, bufs: &CudaBuffers, op: OpId, batch: usize) -> Result<()> {
+        if batch > bufs.max_batch {
+            return Err(RuntimeError::BatchTooLarge {
+                batch,
+                max: bufs.max_batch,
+            });
+        }
+        let l = bufs.loc[op];
+        let o = match l.arena {
+            Some(o) if l.ld == 1 => o,
+            _ => {
+                return Err(exec_err(format!(
+                    "op {op} is not a contiguous [batch, 1] output and cannot be downloaded"
+                )))
+            }
+        };
+        let mut sc = lock(&bufs.scores);
+        // The host may still be reading nothing here: scores() copies out under this lock.
+        let sc = &mut *sc;
+        let dst = &mut sc.host.as_mut_slice().map_err(exec_err)?[..batch];
+        let s = &stream.stream;
+        s.memcpy_dtoh(&bufs.arena.slice(o..o + batch), dst)
+            .map_err(exec_err)?;
+        sc.done.record(s).map_err(exec_err)
+    }
+
+    fn synchronize(&self, stream: &CudaStreamHandle) -> Result<()> {
+        stream.stream.synchronize().map_err(exec_err)?;
+        self.ctx.check_err().map_err(exec_err)
+    }
+
+    fn scores(&self, bufs: &CudaBuffers, batch: usize) -> Result<Vec<f32>> {
+        if batch > bufs.max_batch {
+            return Err(RuntimeError::BatchTooLarge {
+                batch,
+                max: bufs.max_batch,
+            });
+        }
+        let sc = lock(&bufs.scores);
+        sc.done.synchronize().map_err(exec_err)?;
+        Ok(sc.host.as_slice().map_err(exec_err)?[..batch].to_vec())
+    }
+
+    fn set_tracing(&self, stream: &CudaStreamHandle, on: bool) {
+        stream.tracing.store(on, Ordering::Relaxed);
+    }
+
+    fn take_spans(&self, stream: &CudaStreamHandle) -> Vec<Span> {
+        let pending = std::mem::take(&mut *lock(&stream.spans));
+        let mut out = Vec::with_capacity(pending.len());
+        for (op, start, end) in pending {
+            let t0 = self.epoch.elapsed_ms(&start);
+            let t1 = self.epoch.elapsed_ms(&end);
+            if let (Ok(a), Ok(b)) = (t0, t1) {
+                out.push(Span {
+                    op,
+                    start_us: f64::from(a) * 1e3,
+                    end_us: f64::from(b) * 1e3,
+                });
+            }
+        }
+        out
+    }
+
+    fn begin_capture(&self, stream: &CudaStreamHandle) -> Result<bool> {
+        if capturing() {
+            return Err(exec_err("a capture is already in progress on this thread"));
+        }
+        stream
+            .stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(exec_err)?;
+        CAPTURE.with(|c| *c.borrow_mut() = Some(Vec::new()));
+        Ok(true)
+    }
+
+    fn end_capture(&self, stream: &CudaStreamHandle) -> Result<CudaGraphHandle> {
+        let guards = CAPTURE.with(|c| c.borrow_mut().take()).unwrap_or_default();
+        let graph = stream
+            .stream
+            .end_capture(sys::CUgraphInstantiate_flags(0))
+            .map_err(exec_err)?
+            .ok_or_else(|| exec_err("the capture recorded no work"))?;
+        graph.upload().map_err(exec_err)?;
+        Ok(CudaGraphHandle {
+            graph: Mutex::new(SendGraph(graph)),
+            guards,
+        })
+    }
+
+    fn replay(&self, stream: &CudaStreamHandle, graph: &CudaGraphHandle) -> Result<()> {
+        for (g, at) in &graph.guards {
+            let now = g.load(Ordering::Acquire);
+            if now != *at {
+                return Err(RuntimeError::Execution(format!(
+                    "{STALE_GRAPH}: the input packet was reallocated (generation {at} -> {now}) \
+                     after the capture; capture again"
+                )));
+            }
+        }
+        let g = lock(&graph.graph);
+        // A graph launches on the stream it was captured on (the engine replays on it too).
+        let _ = stream;
+        g.0.launch().map_err(exec_err)
+    }
+}

@@ -1,0 +1,183 @@
+//! The backend interface: streams, events, device buffers and op launches.
+//!
+//! The engine drives a backend with the same commands a CUDA runtime takes: it enqueues op
+//! launches on streams in plan order, records an event on one stream and makes another stream
+//! wait on it, and synchronises once at the end of a request. A wait orders the waiting stream
+//! after the most recent record of the event *issued before the wait* (the CUDA semantics), so
+//! the engine issues every record before the waits on it ([`streamrec_graph::Plan::issue_order`]).
+//!
+//! Backends own their kernels; the engine never touches memory or kernels directly.
+
+pub mod cpu;
+
+use std::sync::Arc;
+
+use streamrec_graph::{OpGraph, OpId};
+
+use crate::batch::Batch;
+use crate::error::Result;
+use crate::weights::Weights;
+
+/// One op's execution on a stream, as recorded for timelines.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Span {
+    /// The op.
+    pub op: OpId,
+    /// Start, in microseconds since the backend's epoch.
+    pub start_us: f64,
+    /// End, in microseconds since the backend's epoch.
+    pub end_us: f64,
+}
+
+/// A compute device with streams and events.
+pub trait Backend: Send + Sync + 'static {
+    /// An ordered queue of device work.
+    type Stream: Send + Sync;
+    /// A marker recorded on one stream and waited on by others.
+    type Event: Send + Sync;
+    /// One execution context's memory: per-op activations for the max batch, input staging,
+    /// score staging.
+    type Buffers: Send + Sync;
+    /// Weights resident on the device, shared by every context.
+    type DeviceWeights: Send + Sync;
+    /// A captured, replayable plan (a CUDA graph), if the backend supports capture.
+    type Graph: Send + Sync;
+
+    /// Short backend name (`cpu`, `cuda`).
+    fn name(&self) -> &'static str;
+
+    /// Uploads the weights once.
+    fn load_weights(&self, graph: &OpGraph, weights: &Weights) -> Result<Self::DeviceWeights>;
+
+    /// A new stream.
+    fn new_stream(&self) -> Result<Self::Stream>;
+
+    /// A new event.
+    fn new_event(&self) -> Result<Self::Event>;
+
+    /// Per-context buffers for every op of the graph at up to `max_batch` samples.
+    fn alloc_buffers(&self, graph: &OpGraph, max_batch: usize) -> Result<Self::Buffers>;
+
+    /// Stages a validated batch's inputs into the buffers, ordered on `stream`.
+    fn upload(&self, stream: &Self::Stream, bufs: &Self::Buffers, batch: &Arc<Batch>)
+        -> Result<()>;
+
+    /// Enqueues `op` on `stream` for `batch` samples; its inputs are the outputs of earlier ops
+    /// (ordered by the caller) and the staged request inputs.
+    fn launch(
+        &self,
+        stream: &Self::Stream,
+        graph: &Arc<OpGraph>,
+        op: OpId,
+        weights: &Arc<Self::DeviceWeights>,
+        bufs: &Self::Buffers,
+        batch: usize,
+    ) -> Result<()>;
+
+    /// Enqueues a record of `event` on `stream`.
+    fn record(&self, stream: &Self::Stream, event: &Self::Event) -> Result<()>;
+
+    /// Makes `stream` wait for the most recent record of `event` issued so far.
+    fn wait(&self, stream: &Self::Stream, event: &Self::Event) -> Result<()>;
+
+    /// Enqueues the copy of `op`'s `[batch, 1]` output (the scores) to the host staging area.
+    fn download(
+        &self,
+        stream: &Self::Stream,
+        bufs: &Self::Buffers,
+        op: OpId,
+        batch: usize,
+    ) -> Result<()>;
+
+    /// Blocks the host until everything enqueued on `stream` has run; reports the first error
+    /// raised on that stream since the last synchronise.
+    fn synchronize(&self, stream: &Self::Stream) -> Result<()>;
+
+    /// The scores staged by the last [`Backend::download`], valid after synchronising.
+    fn scores(&self, bufs: &Self::Buffers, batch: usize) -> Result<Vec<f32>>;
+
+    /// Turns per-op timing on or off for a stream.
+    fn set_tracing(&self, _stream: &Self::Stream, _on: bool) {}
+
+    /// Takes the spans recorded on a stream since the last call.
+    fn take_spans(&self, _stream: &Self::Stream) -> Vec<Span> {
+        Vec::new()
+    }
+
+    /// Starts capturing the work issued on `stream` (and streams forked from it by events).
+    /// Backends without capture return `Ok(false)` and run eagerly.
+    fn begin_capture(&self, _stream: &Self::Stream) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// Ends a capture begun on `stream` and returns the replayable graph.
+    fn end_capture(&self, _stream: &Self::Stream) -> Result<Self::Graph> {
+        Err(crate::error::RuntimeError::Unavailable(format!(
+            "the {} backend cannot capture graphs",
+            self.name()
+        )))
+    }
+
+    /// Replays a captured graph on `stream`.
+    fn replay(&self, _stream: &Self::Stream, _graph: &Self::Graph) -> Result<()> {
+        Err(crate::error::RuntimeError::Unavailable(format!(
+            "the {} backend cannot replay graphs",
+            self.name()
+        )))
+    }
+}
+
+/// Which backend to run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    /// CUDA when a device is present, else the CPU.
+    Auto,
+    /// The CPU backend.
+    Cpu,
+    /// The CUDA backend.
+    Cuda,
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda),
+            _ => Err(format!(
+                "unknown backend `{s}` (expected auto, cpu or cuda)"
+            )),
+        }
+    }
+}
+
+/// Builds an engine on the chosen backend, type-erased.
+pub fn build_engine(
+    kind: BackendKind,
+    graph: Arc<OpGraph>,
+    plan: streamrec_graph::Plan,
+    weights: &Weights,
+    cfg: crate::EngineConfig,
+) -> Result<Box<dyn crate::Infer>> {
+    match resolve(kind)? {
+        BackendKind::Cpu => Ok(Box::new(crate::Engine::new(
+            cpu::CpuBackend::new(),
+            graph,
+            plan,
+            weights,
+            cfg,
+        )?)),
+        _ => Err(crate::RuntimeError::Unavailable(
+            "CUDA backend unavailable: this build has no CUDA backend".into(),
+        )),
+    }
+}
+
+/// Resolves `auto` to the backend that will be used.
+pub fn resolve(kind: BackendKind) -> Result<BackendKind> {
+    match kind {
+        BackendKind::Auto => Ok(BackendKind::Cpu),
+        k => Ok(k),
+    }
+}

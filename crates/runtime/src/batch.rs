@@ -1,0 +1,163 @@
+//! Request batches: dense features plus per-feature indices and offsets, and their validation.
+//!
+//! A batch of `B` samples holds `dense` as `[B, dense_width]` row-major and, per sparse feature,
+//! a flat index list with `B` offsets: bag `b` is `indices[offsets[b] .. offsets[b + 1]]` (the last
+//! bag ends at the end of the list). [`Batch::validate`] checks everything a kernel relies on, so
+//! an out-of-range index never reaches a kernel.
+
+use streamrec_graph::ModelSpec;
+
+use crate::error::{Result, RuntimeError};
+
+/// Indices (or offsets) of one feature, in the request's integer type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IndexVec {
+    /// 32-bit indices.
+    I32(Vec<i32>),
+    /// 64-bit indices.
+    I64(Vec<i64>),
+}
+
+impl IndexVec {
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        match self {
+            IndexVec::I32(v) => v.len(),
+            IndexVec::I64(v) => v.len(),
+        }
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Entry `i` widened to i64.
+    pub fn get(&self, i: usize) -> i64 {
+        match self {
+            IndexVec::I32(v) => i64::from(v[i]),
+            IndexVec::I64(v) => v[i],
+        }
+    }
+
+    /// All entries widened to i64.
+    pub fn to_i64(&self) -> Vec<i64> {
+        match self {
+            IndexVec::I32(v) => v.iter().map(|&x| i64::from(x)).collect(),
+            IndexVec::I64(v) => v.clone(),
+        }
+    }
+
+    /// The KServe datatype name.
+    pub fn datatype(&self) -> &'static str {
+        match self {
+            IndexVec::I32(_) => "INT32",
+            IndexVec::I64(_) => "INT64",
+        }
+    }
+}
+
+/// One sparse feature's lookups for a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SparseInput {
+    /// Flat row indices of all bags.
+    pub indices: IndexVec,
+    /// Start of each bag in `indices` (`B` entries).
+    pub offsets: IndexVec,
+}
+
+/// A batch of requests for one model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch {
+    /// Number of samples.
+    pub size: usize,
+    /// Dense features, `[size, dense]` row-major.
+    pub dense: Vec<f32>,
+    /// One entry per feature, in spec order.
+    pub sparse: Vec<SparseInput>,
+}
+
+impl Batch {
+    /// Checks shapes, offsets and index ranges against the spec; the error names the input,
+    /// the position and the value.
+    pub fn validate(&self, spec: &ModelSpec) -> Result<()> {
+        let bad = |m: String| Err(RuntimeError::Input(m));
+        if self.size == 0 {
+            return bad("batch size must be > 0".into());
+        }
+        if self.dense.len() != self.size * spec.dense {
+            return bad(format!(
+                "dense: expected {} values ([{}, {}]), got {}",
+                self.size * spec.dense,
+                self.size,
+                spec.dense,
+                self.dense.len()
+            ));
+        }
+        if let Some(i) = self.dense.iter().position(|v| !v.is_finite()) {
+            return bad(format!(
+                "dense: value at position {i} is {}, must be finite",
+                self.dense[i]
+            ));
+        }
+        if self.sparse.len() != spec.features.len() {
+            return bad(format!(
+                "expected {} sparse features, got {}",
+                spec.features.len(),
+                self.sparse.len()
+            ));
+        }
+        for (f, (inp, feat)) in self.sparse.iter().zip(&spec.features).enumerate() {
+            let name = &feat.name;
+            let _ = f;
+            if inp.offsets.len() != self.size {
+                return bad(format!(
+                    "{name}_offsets: expected {} offsets (one per sample), got {}",
+                    self.size,
+                    inp.offsets.len()
+                ));
+            }
+            let n = inp.indices.len() as i64;
+            let mut prev = 0i64;
+            for b in 0..self.size {
+                let o = inp.offsets.get(b);
+                if b == 0 && o != 0 {
+                    return bad(format!("{name}_offsets: position 0 is {o}, must be 0"));
+                }
+                if o < prev {
+                    return bad(format!(
+                        "{name}_offsets: position {b} is {o}, less than the previous offset {prev} (offsets must not decrease)"
+                    ));
+                }
+                if o > n {
+                    return bad(format!(
+                        "{name}_offsets: position {b} is {o}, beyond the {n} indices"
+                    ));
+                }
+                prev = o;
+            }
+            let rows = feat.rows as i64;
+            for i in 0..inp.indices.len() {
+                let v = inp.indices.get(i);
+                if v < 0 || v >= rows {
+                    return bad(format!(
+                        "{name}: index at position {i} is {v}, out of range for a table of {rows} rows"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Bag `b` of feature `f` as a range into its indices.
+    pub fn bag(&self, f: usize, b: usize) -> std::ops::Range<usize> {
+        let s = &self.sparse[f];
+        let start = s.offsets.get(b) as usize;
+        let end = if b + 1 < self.size {
+            s.offsets.get(b + 1) as usize
+        } else {
+            s.indices.len()
+        };
+        start..end
+    }
+}

@@ -1,0 +1,42 @@
+//! Errors of the runtime: bad inputs, bad weights, backend failures.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while loading a model or running a request.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// A request input is malformed; the message names the input, position and value.
+    #[error("{0}")]
+    Input(String),
+    /// A weight tensor is missing or has the wrong shape or dtype.
+    #[error("weights: {0}")]
+    Weights(String),
+    /// A file could not be read or written.
+    #[error("{path}: {reason}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The batch is larger than the engine was built for.
+    #[error("batch size {batch} exceeds the engine's max batch {max}")]
+    BatchTooLarge {
+        /// Requested.
+        batch: usize,
+        /// Allowed.
+        max: usize,
+    },
+    /// A kernel or stream failed while running a request.
+    #[error("execution failed: {0}")]
+    Execution(String),
+    /// The backend cannot be used (e.g. no CUDA device).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A planning or graph error.
+    #[error(transparent)]
+    Graph(#[from] streamrec_graph::GraphError),
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;

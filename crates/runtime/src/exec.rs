@@ -1,0 +1,253 @@
+//! Runs one op of the graph with the CPU kernels: resolves its weights and its input slices.
+
+use std::sync::Arc;
+
+use streamrec_graph::{Act, OpGraph, OpId, OpKind, PoolingMode, Source, TensorRef};
+use streamrec_kernels::cpu;
+use streamrec_kernels::{Activation, MatMut, MatRef, Pooling, TableRef};
+
+use crate::backend::cpu::BufInner;
+use crate::batch::{Batch, IndexVec};
+use crate::error::{Result, RuntimeError};
+use crate::weights::{Tensor, Weights};
+
+/// The weights one op reads, looked up once when the engine starts.
+pub enum OpWeights {
+    /// Ops without weights.
+    None,
+    /// Embedding tables (one for a bag, several for a table-batched op).
+    Tables(Vec<Arc<Tensor>>),
+    /// A linear layer.
+    Linear {
+        /// `[out, in]`.
+        weight: Arc<Tensor>,
+        /// `[out]`.
+        bias: Arc<Tensor>,
+    },
+    /// A DCNv2 cross layer.
+    Cross {
+        /// `[rank, width]`.
+        v: Arc<Tensor>,
+        /// `[width, rank]`.
+        u: Arc<Tensor>,
+        /// `[width]`.
+        bias: Arc<Tensor>,
+    },
+}
+
+/// Looks up the weights of `op`, checking their shapes.
+pub fn resolve_weights(graph: &OpGraph, id: OpId, w: &Weights) -> Result<OpWeights> {
+    let op = graph.op(id);
+    let get = |name: &str, shape: &[usize]| -> Result<Arc<Tensor>> {
+        let t = w.get(name)?;
+        if t.shape != shape {
+            return Err(RuntimeError::Weights(format!(
+                "tensor `{name}` has shape {:?}, op `{}` needs {:?}",
+                t.shape, op.name, shape
+            )));
+        }
+        Ok(Arc::clone(t))
+    };
+    let table = |f: usize| {
+        let feat = &graph.spec.features[f];
+        get(
+            &streamrec_graph::ir::table_name(&feat.name),
+            &[feat.rows, feat.dim],
+        )
+    };
+    Ok(match &op.kind {
+        OpKind::EmbeddingBag { feature } => OpWeights::Tables(vec![table(*feature)?]),
+        OpKind::TableBatchedEmbeddingBag { features } => {
+            OpWeights::Tables(features.iter().map(|&f| table(f)).collect::<Result<_>>()?)
+        }
+        OpKind::Linear { weight, bias, .. } => OpWeights::Linear {
+            weight: get(weight, &[op.width, op.inputs[0].width])?,
+            bias: get(bias, &[op.width])?,
+        },
+        OpKind::DcnCross { layer, rank } => OpWeights::Cross {
+            v: get(&format!("cross.{layer}.v"), &[*rank, op.width])?,
+            u: get(&format!("cross.{layer}.u"), &[op.width, *rank])?,
+            bias: get(&format!("cross.{layer}.bias"), &[op.width])?,
+        },
+        OpKind::Concat | OpKind::DotInteraction | OpKind::Synthetic { .. } => OpWeights::None,
+    })
+}
+
+fn pooling(m: PoolingMode) -> Pooling {
+    match m {
+        PoolingMode::Sum => Pooling::Sum,
+        PoolingMode::Mean => Pooling::Mean,
+    }
+}
+
+fn activation(a: Act) -> Activation {
+    match a {
+        Act::None => Activation::None,
+        Act::Relu => Activation::Relu,
+        Act::Sigmoid => Activation::Sigmoid,
+    }
+}
+
+/// Runs `op` for `batch` samples, reading its inputs from the buffers and the request.
+pub(crate) fn run_op(
+    graph: &OpGraph,
+    id: OpId,
+    weights: &OpWeights,
+    bufs: &BufInner,
+    input: Option<&Batch>,
+    batch: usize,
+) -> std::result::Result<(), String> {
+    let op = graph.op(id);
+    let request = || input.ok_or_else(|| "no request staged".to_string());
+    // SAFETY: the plan orders this op after every producer it reads and before every consumer
+    // of its output; no other op writes this op's buffer (see backend::cpu).
+    let out_buf = unsafe { bufs.acts[id].get_mut() };
+    let (out_act, scratch) = out_buf.split_at_mut(bufs_width(op.width, batch));
+    let out = MatMut::new(out_act, batch, op.width, op.width);
+    let view = |t: &TensorRef| -> std::result::Result<MatRef<'_>, String> {
+        match t.src {
+            Source::Op(p) => {
+                let w = graph.op(p).width;
+                // SAFETY: producer `p` finished before this op (plan order or an event wait).
+                let data = unsafe { bufs.acts[p].get() };
+                Ok(MatRef::new(&data[t.col..], batch, t.width, w))
+            }
+            Source::Dense => {
+                let b = request()?;
+                let w = graph.spec.dense;
+                Ok(MatRef::new(&b.dense[t.col..], batch, t.width, w))
+            }
+            Source::Sparse(_) => Err("a sparse input cannot be read as a matrix".into()),
+        }
+    };
+    match (&op.kind, weights) {
+        (OpKind::EmbeddingBag { feature }, OpWeights::Tables(t)) => {
+            let b = request()?;
+            let f = &graph.spec.features[*feature];
+            let s = &b.sparse[*feature];
+            let mode = pooling(f.mode);
+            match (&s.indices, &s.offsets) {
+                (IndexVec::I64(i), IndexVec::I64(o)) => {
+                    cpu::embedding_bag(&t[0].data, f.rows, f.dim, i, &o[..batch], mode, out)
+                }
+                (IndexVec::I32(i), IndexVec::I32(o)) => {
+                    cpu::embedding_bag(&t[0].data, f.rows, f.dim, i, &o[..batch], mode, out)
+                }
+                _ => return Err("indices and offsets must have the same integer type".into()),
+            }
+        }
+        (OpKind::TableBatchedEmbeddingBag { features }, OpWeights::Tables(t)) => {
+            let b = request()?;
+            let tables: Vec<TableRef<'_>> = features
+                .iter()
+                .zip(t)
+                .map(|(&f, t)| {
+                    let f = &graph.spec.features[f];
+                    TableRef {
+                        data: &t.data,
+                        rows: f.rows,
+                        dim: f.dim,
+                        mode: pooling(f.mode),
+                    }
+                })
+                .collect();
+            let all64 = features
+                .iter()
+                .all(|&f| matches!(b.sparse[f].indices, IndexVec::I64(_)));
+            if all64 {
+                let (i, o): (Vec<&[i64]>, Vec<&[i64]>) = features
+                    .iter()
+                    .map(|&f| match (&b.sparse[f].indices, &b.sparse[f].offsets) {
+                        (IndexVec::I64(i), IndexVec::I64(o)) => Ok((&i[..], &o[..batch])),
+                        _ => Err("indices and offsets must have the same integer type".to_string()),
+                    })
+                    .collect::<std::result::Result<Vec<_>, _>>()?
+                    .into_iter()
+                    .unzip();
+                cpu::table_batched_embedding_bag(&tables, &i, &o, out);
+            } else {
+                let conv: Vec<(Vec<i64>, Vec<i64>)> = features
+                    .iter()
+                    .map(|&f| (b.sparse[f].indices.to_i64(), b.sparse[f].offsets.to_i64()))
+                    .collect();
+                let i: Vec<&[i64]> = conv.iter().map(|c| &c.0[..]).collect();
+                let o: Vec<&[i64]> = conv.iter().map(|c| &c.1[..batch]).collect();
+                cpu::table_batched_embedding_bag(&tables, &i, &o, out);
+            }
+        }
+        (OpKind::Linear { act, .. }, OpWeights::Linear { weight, bias }) => {
+            let x = view(&op.inputs[0])?;
+            cpu::linear(x, &weight.data, Some(&bias.data), activation(*act), out);
+        }
+        (OpKind::Concat, _) => {
+            let xs = op
+                .inputs
+                .iter()
+                .map(view)
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            cpu::concat(&xs, out);
+        }
+        (OpKind::DotInteraction, _) => {
+            let xs = op
+                .inputs
+                .iter()
+                .map(view)
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            cpu::dot_interaction(&xs, out);
+        }
+        (OpKind::DcnCross { rank, .. }, OpWeights::Cross { v, u, bias }) => {
+            let x0 = view(&op.inputs[0])?;
+            let xl = view(&op.inputs[1])?;
+            cpu::dcn_cross(
+                x0,
+                xl,
+                &v.data,
+                &u.data,
+                &bias.data,
+                *rank,
+                &mut scratch[..batch * rank],
+                out,
+            );
+        }
+        (OpKind::Synthetic { flops, .. }, _) => {
+            // A deterministic stand-in computation for scheduler and runtime tests: each sample
+            // mixes the op id, the dense input and every input op's value; `flops` is spent as
+            // busy time (nanoseconds per sample, at most 200 us) so that streams overlap.
+            let spin =
+                std::time::Duration::from_nanos((flops * batch as f64).min(200_000.0) as u64);
+            let t0 = std::time::Instant::now();
+            while t0.elapsed() < spin {
+                std::hint::spin_loop();
+            }
+            let ins = op
+                .inputs
+                .iter()
+                .map(view)
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let dense = request()?;
+            let mut out = out;
+            for r in 0..batch {
+                out.row_mut(r)[0] = synthetic_value(
+                    id,
+                    dense.dense[r * graph.spec.dense],
+                    ins.iter().map(|m| m.row(r)[0]),
+                );
+            }
+        }
+        _ => return Err(format!("op `{}` has weights of the wrong kind", op.name)),
+    }
+    Ok(())
+}
+
+/// The value a synthetic op computes for one sample (also used by sequential references).
+pub fn synthetic_value(id: OpId, dense: f32, inputs: impl Iterator<Item = f32>) -> f32 {
+    let mut acc = (id as f32 + 1.0) * dense;
+    for v in inputs {
+        acc = acc * 0.5 + v;
+    }
+    acc
+}
+
+fn bufs_width(width: usize, batch: usize) -> usize {
+    width * batch
+}

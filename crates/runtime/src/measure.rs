@@ -1,0 +1,101 @@
+//! Closed-loop measurement of an engine: latency percentiles and throughput over a bounded
+//! number of requests, from one or several client threads.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::batch::Batch;
+use crate::error::Result;
+use crate::stats::{LatencyRecorder, LatencySummary};
+
+/// Anything that turns a batch into scores (an [`crate::Engine`] on any backend).
+pub trait Infer: Send + Sync {
+    /// Runs one batch.
+    fn infer(&self, batch: &Arc<Batch>) -> Result<Vec<f32>>;
+    /// Takes the per-op spans recorded so far (engines built with tracing on).
+    fn take_trace(&self) -> Vec<crate::trace::TraceEvent>;
+    /// The backend's name.
+    fn backend_name(&self) -> &'static str;
+}
+
+impl<B: crate::Backend> Infer for crate::Engine<B> {
+    fn infer(&self, batch: &Arc<Batch>) -> Result<Vec<f32>> {
+        crate::Engine::infer(self, batch)
+    }
+    fn take_trace(&self) -> Vec<crate::trace::TraceEvent> {
+        crate::Engine::take_trace(self)
+    }
+    fn backend_name(&self) -> &'static str {
+        self.backend().name()
+    }
+}
+
+/// How long a measurement runs.
+#[derive(Clone, Debug)]
+pub struct MeasureConfig {
+    /// Requests issued before timing starts.
+    pub warmup: usize,
+    /// Timed requests (the run stops after this many).
+    pub iters: usize,
+    /// Client threads issuing requests concurrently.
+    pub threads: usize,
+    /// Stop early once this much time has passed (at least one request per thread runs).
+    pub max_time: Option<Duration>,
+}
+
+/// Runs `cfg.iters` requests over `batches` (cycled) and summarises their latency.
+pub fn measure(
+    engine: &dyn Infer,
+    batches: &[Arc<Batch>],
+    cfg: &MeasureConfig,
+) -> Result<LatencySummary> {
+    assert!(!batches.is_empty(), "measure needs at least one batch");
+    for i in 0..cfg.warmup {
+        engine.infer(&batches[i % batches.len()])?;
+    }
+    let next = AtomicUsize::new(0);
+    let threads = cfg.threads.max(1);
+    let start = Instant::now();
+    let results: Vec<Result<(LatencyRecorder, u64)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let next = &next;
+                s.spawn(move || {
+                    let mut rec = LatencyRecorder::new();
+                    let mut samples = 0u64;
+                    let mut mine = 0usize;
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= cfg.iters {
+                            break;
+                        }
+                        if mine > 0 && cfg.max_time.is_some_and(|m| start.elapsed() > m) {
+                            break;
+                        }
+                        let b = &batches[i % batches.len()];
+                        let t0 = Instant::now();
+                        engine.infer(b)?;
+                        rec.record(t0.elapsed());
+                        samples += b.size as u64;
+                        mine += 1;
+                    }
+                    Ok((rec, samples))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("measurement thread"))
+            .collect()
+    });
+    let wall = start.elapsed();
+    let mut all = LatencyRecorder::new();
+    let mut samples = 0;
+    for r in results {
+        let (rec, n) = r?;
+        all.merge(&rec);
+        samples += n;
+    }
+    Ok(all.summary(samples, wall))
+}

@@ -1,0 +1,66 @@
+//! Latency statistics: an HdrHistogram of request latencies and the derived percentiles.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Latency summary of a run.
+#[derive(Clone, Debug, Serialize)]
+pub struct LatencySummary {
+    /// Requests measured.
+    pub count: u64,
+    /// Median latency, us.
+    pub p50_us: f64,
+    /// 90th percentile, us.
+    pub p90_us: f64,
+    /// 99th percentile, us.
+    pub p99_us: f64,
+    /// Mean, us.
+    pub mean_us: f64,
+    /// Samples per second over the run's wall time.
+    pub samples_per_s: f64,
+}
+
+/// Collects latencies in nanoseconds.
+#[derive(Clone, Debug)]
+pub struct LatencyRecorder {
+    hist: Histogram<u64>,
+}
+
+impl Default for LatencyRecorder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LatencyRecorder {
+    /// An empty recorder (1 ns to 100 s, 3 significant digits).
+    pub fn new() -> Self {
+        Self {
+            hist: Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid bounds"),
+        }
+    }
+
+    /// Records one latency.
+    pub fn record(&mut self, d: std::time::Duration) {
+        let ns = (d.as_nanos() as u64).clamp(1, 100_000_000_000);
+        self.hist.record(ns).expect("value within bounds");
+    }
+
+    /// Merges another recorder into this one.
+    pub fn merge(&mut self, other: &LatencyRecorder) {
+        self.hist.add(&other.hist).expect("same bounds");
+    }
+
+    /// Percentiles, and throughput given the samples processed over `wall`.
+    pub fn summary(&self, samples: u64, wall: std::time::Duration) -> LatencySummary {
+        let q = |p: f64| self.hist.value_at_quantile(p) as f64 / 1e3;
+        LatencySummary {
+            count: self.hist.len(),
+            p50_us: q(0.5),
+            p90_us: q(0.9),
+            p99_us: q(0.99),
+            mean_us: self.hist.mean() / 1e3,
+            samples_per_s: samples as f64 / wall.as_secs_f64().max(1e-12),
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! Model weights: generated deterministically from a seed, or loaded from a safetensors file.
+//!
+//! Tensor names and shapes (row-major f32):
+//!
+//! | tensor | shape |
+//! |---|---|
+//! | `bottom.{i}.weight`, `top.{i}.weight`, `branch.{feature}.{i}.weight` | `[out, in]` |
+//! | `bottom.{i}.bias`, `top.{i}.bias`, `branch.{feature}.{i}.bias` | `[out]` |
+//! | `emb.{feature}.weight` | `[rows, dim]` (rows after `row_cap`) |
+//! | `cross.{l}.v` / `cross.{l}.u` / `cross.{l}.bias` | `[rank, width]` / `[width, rank]` / `[width]` |
+//!
+//! Generated values are a pure function of (seed, tensor name, element index), so they do not
+//! depend on thread count or load order, and a row-capped table is a prefix of the full one.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use streamrec_graph::{OpGraph, WeightSource, WeightSpec};
+
+use crate::error::{Result, RuntimeError};
+
+/// One f32 tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Row-major values.
+    pub data: Vec<f32>,
+}
+
+/// All weights of a model, by tensor name.
+#[derive(Clone, Debug, Default)]
+pub struct Weights {
+    tensors: HashMap<String, Arc<Tensor>>,
+}
+
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn name_hash(seed: u64, name: &str) -> u64 {
+    name.bytes()
+        .fold(splitmix64(seed), |h, b| splitmix64(h ^ u64::from(b)))
+}
+
+/// Initialisation scale of a tensor: values are uniform in `[-scale, scale]`.
+fn init_scale(w: &WeightSpec) -> f32 {
+    let last = |n: usize| 1.0 / (n.max(1) as f32).sqrt();
+    if w.name.starts_with("emb.") {
+        0.05
+    } else if w.name.ends_with(".bias") {
+        0.02
+    } else if w.name.starts_with("cross.") {
+        // v is [rank, width]: fan-in width; u is [width, rank]: fan-in rank.
+        last(w.shape[1]) * 0.5
+    } else {
+        // Linear [out, in]: fan-in `in`; a gain keeps activations from vanishing under relu.
+        last(w.shape[1]) * 1.7
+    }
+}
+
+fn fill(data: &mut [f32], base: u64, start: usize, scale: f32) {
+    for (i, v) in data.iter_mut().enumerate() {
+        let r = splitmix64(base ^ ((start + i) as u64).wrapping_mul(0xd134_2543_de82_ef95));
+        // 24 random bits -> [0, 1) -> [-scale, scale).
+        let u = (r >> 40) as f32 * (1.0 / (1u64 << 24) as f32);
+        *v = (2.0 * u - 1.0) * scale;
+    }
+}
+
+impl Weights {
+    /// Weights for a graph from the spec's source (seed or safetensors file).
+    pub fn for_graph(graph: &OpGraph) -> Result<Self> {
+        check_memory(&graph.weights())?;
+        match &graph.spec.weights {
+            WeightSource::Seed(s) => Ok(Self::generate(graph, *s)),
+            WeightSource::File(p) => Self::load(graph, p),
+        }
+    }
+
+    /// Generates every tensor the graph needs from `seed`.
+    pub fn generate(graph: &OpGraph, seed: u64) -> Self {
+        let specs = graph.weights();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut tensors = HashMap::new();
+        for w in &specs {
+            let len: usize = w.shape.iter().product();
+            let mut data = vec![0f32; len];
+            let base = name_hash(seed, &w.name);
+            let scale = init_scale(w);
+            let chunk = len.div_ceil(threads).max(1 << 16);
+            std::thread::scope(|s| {
+                for (c, part) in data.chunks_mut(chunk).enumerate() {
+                    s.spawn(move || fill(part, base, c * chunk, scale));
+                }
+            });
+            tensors.insert(
+                w.name.clone(),
+                Arc::new(Tensor {
+                    shape: w.shape.clone(),
+                    data,
+                }),
+            );
+        }
+        Self { tensors }
+    }
+
+    /// Loads every tensor the graph needs from a safetensors file; a missing tensor, a wrong
+    /// dtype or a wrong shape is an error naming the tensor. Extra tensors are ignored.
+    pub fn load(graph: &OpGraph, path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| RuntimeError::Io {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
+            RuntimeError::Weights(format!("{}: not a safetensors file: {e}", path.display()))
+        })?;
+        let mut tensors = HashMap::new();
+        for w in graph.weights() {
+            let view = st.tensor(&w.name).map_err(|_| {
+                RuntimeError::Weights(format!(
+                    "{}: tensor `{}` is missing (expected f32 {:?})",
+                    path.display(),
+                    w.name,
+                    w.shape
+                ))
+            })?;
+            if view.dtype() != safetensors::Dtype::F32 {
+                return Err(RuntimeError::Weights(format!(
+                    "{}: tensor `{}` has dtype {:?}, expected F32",
+                    path.display(),
+                    w.name,
+                    view.dtype()
+                )));
+            }
+            if view.shape() != w.shape.as_slice() {
+                return Err(RuntimeError::Weights(format!(
+                    "{}: tensor `{}` has shape {:?}, expected {:?}",
+                    path.display(),
+                    w.name,
+                    view.shape(),
+                    w.shape
+                )));
+            }
+            let data: Vec<f32> = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            tensors.insert(
+                w.name.clone(),
+                Arc::new(Tensor {
+                    shape: w.shape.clone(),
+                    data,
+                }),
+            );
+        }
+        Ok(Self { tensors })
+    }
+
+    /// Writes all tensors to a safetensors file.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut names: Vec<&String> = self.tensors.keys().collect();
+        names.sort();
+        let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = names
+            .iter()
+            .map(|n| {
+                let t = &self.tensors[*n];
+                let b = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+                ((*n).clone(), b, t.shape.clone())
+            })
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+            .iter()
+            .map(|(n, b, s)| {
+                let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .map_err(|e| RuntimeError::Weights(format!("tensor `{n}`: {e}")))?;
+                Ok((n.clone(), v))
+            })
+            .collect::<Result<_>>()?;
+        safetensors::serialize_to_file(views, None, path).map_err(|e| RuntimeError::Io {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The tensor with this name.
+    pub fn get(&self, name: &str) -> Result<&Arc<Tensor>> {
+        self.tensors
+            .get(name)
+            .ok_or_else(|| RuntimeError::Weights(format!("tensor `{name}` is missing")))
+    }
+
+    /// Tensor names.
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.tensors.keys()
+    }
+
+    /// Total bytes of all tensors.
+    pub fn bytes(&self) -> usize {
+        self.tensors.values().map(|t| t.data.len() * 4).sum()
+    }
+
+    /// Inserts or replaces a tensor.
+    pub fn insert(&mut self, name: impl Into<String>, t: Tensor) {
+        self.tensors.insert(name.into(), Arc::new(t));
+    }
+}
+
+/// Refuses weights that cannot fit in this machine's available memory.
+fn check_memory(specs: &[WeightSpec]) -> Result<()> {
+    let need: usize = specs
+        .iter()
+        .map(|w| w.shape.iter().product::<usize>() * 4)
+        .sum();
+    let Ok(info) = std::fs::read_to_string("/proc/meminfo") else {
+        return Ok(());
+    };
+    let avail_kb = info
+        .lines()
+        .find(|l| l.starts_with("MemAvailable:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(kb) = avail_kb {
+        let avail = kb * 1024;
+        if need > avail / 10 * 9 {
+            return Err(RuntimeError::Weights(format!(
+                "the model's weights need {:.1} GiB but only {:.1} GiB of memory is available; \
+                 shrink the tables with --row-cap N (or `row_cap` in the spec)",
+                need as f64 / (1u64 << 30) as f64,
+                avail as f64 / (1u64 << 30) as f64
+            )));
+        }
+    }
+    Ok(())
+}

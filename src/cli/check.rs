@@ -1,0 +1,107 @@
+//! `streamrec check`: a backend's scores against the single-stream CPU engine on the same
+//! random batches.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use clap::Args;
+use streamrec_graph::{Algorithm, OpGraph};
+use streamrec_runtime::backend::BackendKind;
+use streamrec_runtime::gen::{random_batch, Skew};
+use streamrec_runtime::{EngineConfig, Weights};
+
+use super::run::build;
+use super::{ModelArgs, PlanOpts};
+
+/// Arguments of `streamrec check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    plan: PlanOpts,
+    /// Backend under test: auto, cpu or cuda.
+    #[arg(long, default_value = "auto")]
+    backend: BackendKind,
+    /// Capture CUDA graphs: on or off.
+    #[arg(long, default_value = "off", value_parser = ["on", "off"])]
+    graph: String,
+    /// Samples per batch.
+    #[arg(long, value_name = "B", default_value_t = 64)]
+    batch: usize,
+    /// Number of random batches compared.
+    #[arg(long, default_value_t = 3)]
+    batches: u64,
+    /// Largest relative error allowed: |a - b| / max(|b|, 1e-3).
+    #[arg(long, default_value_t = 1e-4)]
+    tolerance: f64,
+}
+
+/// Runs `streamrec check`.
+pub fn main(a: CheckArgs) -> Result<()> {
+    if a.batch == 0 {
+        anyhow::bail!("--batch: must be > 0");
+    }
+    let spec = a.model.load()?;
+    let graph = OpGraph::from_spec(&spec);
+    let weights = Weights::for_graph(&graph)?;
+    let cfg = EngineConfig {
+        contexts: 1,
+        max_batch: a.batch,
+        graphs: a.graph == "on",
+        trace: false,
+        validate: true,
+    };
+    let reference = build(
+        BackendKind::Cpu,
+        &graph,
+        &a.plan,
+        Algorithm::Single,
+        a.batch,
+        &weights,
+        EngineConfig {
+            graphs: false,
+            ..cfg.clone()
+        },
+    )?;
+    let tested = build(
+        a.backend,
+        &graph,
+        &a.plan,
+        a.plan.algo,
+        a.batch,
+        &weights,
+        cfg,
+    )?;
+    let (mut max_abs, mut max_rel) = (0f64, 0f64);
+    for i in 0..a.batches {
+        let b = Arc::new(random_batch(&spec, a.batch, Skew::Uniform, 1000 + i));
+        let want = reference.engine.infer(&b)?;
+        let got = tested.engine.infer(&b)?;
+        for (x, y) in got.iter().zip(&want) {
+            let d = (f64::from(*x) - f64::from(*y)).abs();
+            max_abs = max_abs.max(d);
+            max_rel = max_rel.max(d / f64::from(y.abs()).max(1e-3));
+        }
+    }
+    println!(
+        "{}: backend {} plan {} x{} graph {} vs cpu single: {} batches of {}, max abs error {:.3e}, max rel error {:.3e} (tolerance {:.0e})",
+        spec.name,
+        tested.engine.backend_name(),
+        tested.plan.algo,
+        tested.plan.num_streams(),
+        a.graph,
+        a.batches,
+        a.batch,
+        max_abs,
+        max_rel,
+        a.tolerance
+    );
+    if !(max_rel <= a.tolerance) {
+        anyhow::bail!(
+            "check failed: max relative error {max_rel:.3e} exceeds {:.0e}",
+            a.tolerance
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! Command-line interface: argument parsing and the `plan`, `run` and `check` subcommands.
+
+mod check;
+mod plan;
+mod run;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use streamrec_graph::{
+    Algorithm, AssignConfig, CostModel, DeviceProfile, MeasuredCosts, ModelSpec, OpGraph, Planned,
+    SimMode,
+};
+use streamrec_runtime::RuntimeError;
+
+/// StreamRec: multi-stream inference for deep-learning recommendation models.
+#[derive(Debug, Parser)]
+#[command(name = "streamrec", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Build the operator graph, assign it to streams and print the plan (or DOT, or a comparison).
+    Plan(plan::PlanArgs),
+    /// Run a model on random batches (latency and throughput) or on a request file (scores).
+    Run(run::RunArgs),
+    /// Compare a backend's scores with the single-stream CPU engine on the same random batches.
+    Check(check::CheckArgs),
+}
+
+/// The model to load.
+#[derive(Debug, Args, Clone)]
+pub struct ModelArgs {
+    /// Model spec (TOML), e.g. workloads/tiny.toml.
+    pub spec: PathBuf,
+    /// Cap every table at N rows (shrinks large tables for small machines).
+    #[arg(long, value_name = "N")]
+    pub row_cap: Option<usize>,
+}
+
+impl ModelArgs {
+    /// Loads and validates the spec.
+    pub fn load(&self) -> Result<ModelSpec> {
+        Ok(ModelSpec::load(&self.spec, self.row_cap)
+            .with_context(|| format!("{}", self.spec.display()))?)
+    }
+}
+
+/// How the graph is mapped onto streams.
+#[derive(Debug, Args, Clone)]
+pub struct PlanOpts {
+    /// Stream-assignment algorithm: single, round-robin, streamrec, nimble, critical-path, auto.
+    #[arg(long, default_value = "single")]
+    pub algo: Algorithm,
+    /// Maximum number of streams.
+    #[arg(long, value_name = "K", default_value_t = 4)]
+    pub streams: usize,
+    /// Fuse the embedding lookups into G table-batched groups first (auto decides when unset).
+    #[arg(long, value_name = "G")]
+    pub fuse: Option<usize>,
+    /// Device profile for the cost model: h200, cpu, or a TOML file (default: the backend's).
+    #[arg(long, value_name = "NAME|FILE")]
+    pub device: Option<String>,
+    /// Measured per-op times (JSON or TOML, as written by `run --profile`).
+    #[arg(long, value_name = "FILE")]
+    pub costs: Option<PathBuf>,
+}
+
+impl PlanOpts {
+    /// The cost model: the named profile (or `default_device`) plus measured times.
+    pub fn cost_model(&self, default_device: &str) -> Result<CostModel> {
+        let name = self.device.as_deref().unwrap_or(default_device);
+        let profile = DeviceProfile::by_name_or_path(name)?;
+        let mut cost = CostModel::new(profile);
+        if let Some(p) = &self.costs {
+            cost = cost.with_measured(MeasuredCosts::load(p)?);
+        }
+        Ok(cost)
+    }
+
+    /// Plans the graph.
+    pub fn assign(
+        &self,
+        graph: &OpGraph,
+        batch: usize,
+        mode: SimMode,
+        cost: &CostModel,
+    ) -> Result<Planned> {
+        if self.streams == 0 {
+            anyhow::bail!("--streams: must be > 0");
+        }
+        if self.fuse == Some(0) {
+            anyhow::bail!("--fuse: must be > 0");
+        }
+        let cfg = AssignConfig {
+            algo: self.algo,
+            max_streams: self.streams,
+            batch,
+            mode,
+            fuse: self.fuse,
+        };
+        Ok(streamrec_graph::assign(graph, &cfg, cost)?)
+    }
+}
+
+/// Runs a parsed command line.
+pub fn dispatch(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Plan(a) => plan::main(a),
+        Cmd::Run(a) => run::main(a),
+        Cmd::Check(a) => check::main(a),
+    }
+}
+
+/// The process exit status for an error: 2 when a backend is unavailable, else 1.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<RuntimeError>(),
+            Some(RuntimeError::Unavailable(_))
+        )
+    }) {
+        2
+    } else {
+        1
+    }
+}
+
+/// Shares a graph.
+pub fn shared(g: OpGraph) -> Arc<OpGraph> {
+    Arc::new(g)
+}

@@ -1,0 +1,337 @@
+//! `streamrec run`: latency and throughput on random batches, scores for a request file,
+//! side-by-side comparison with `single`, per-op profiles and timelines.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use streamrec_graph::{Algorithm, MeasuredCosts, OpGraph, Plan, SimMode};
+use streamrec_runtime::backend::{build_engine, resolve, BackendKind};
+use streamrec_runtime::gen::{random_batch, Skew};
+use streamrec_runtime::request::{response_json, InferRequest};
+use streamrec_runtime::stats::LatencySummary;
+use streamrec_runtime::{measure, Batch, EngineConfig, Infer, MeasureConfig, Weights};
+
+use super::{ModelArgs, PlanOpts};
+
+/// Arguments of `streamrec run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    plan: PlanOpts,
+    /// Backend: auto (CUDA when a device is present, else CPU), cpu or cuda.
+    #[arg(long, default_value = "auto")]
+    backend: BackendKind,
+    /// Capture the plan as a CUDA graph per batch bucket: on or off (CUDA only).
+    #[arg(long, default_value = "off", value_parser = ["on", "off"])]
+    graph: String,
+    /// Samples per request.
+    #[arg(long, value_name = "B", default_value_t = 128)]
+    batch: usize,
+    /// Timed requests.
+    #[arg(long, value_name = "K", default_value_t = 100)]
+    iters: usize,
+    /// Untimed requests first.
+    #[arg(long, value_name = "W", default_value_t = 5)]
+    warmup: usize,
+    /// Execution contexts (requests that run at once).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    contexts: usize,
+    /// Client threads issuing requests (default: one per context).
+    #[arg(long, value_name = "T")]
+    threads: Option<usize>,
+    /// Index distribution of random batches: uniform or zipf:S.
+    #[arg(long, default_value = "uniform")]
+    skew: Skew,
+    /// Seed of the random batches.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Read one KServe v2 request body from this file and print the scores as JSON.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["emit_request", "compare", "profile"])]
+    input: Option<PathBuf>,
+    /// Write a random request body (KServe v2 JSON) for --batch samples to stdout and exit.
+    #[arg(long)]
+    emit_request: bool,
+    /// Also run `single` in the same process and print the ratio.
+    #[arg(long)]
+    compare: bool,
+    /// Measure each op's time (median per batch size) and write it for the cost model (JSON or
+    /// TOML by extension; an existing file gains this batch size).
+    #[arg(long, value_name = "FILE")]
+    profile: Option<PathBuf>,
+    /// Write a Chrome trace-event timeline of the timed requests.
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+    /// Print the result as one CSV row (with a header) instead of text.
+    #[arg(long)]
+    csv: bool,
+}
+
+/// A planned, loaded engine with what the report needs.
+pub struct Built {
+    /// The engine.
+    pub engine: Box<dyn Infer>,
+    /// The plan it runs.
+    pub plan: Plan,
+    /// The graph it runs.
+    pub graph: Arc<OpGraph>,
+}
+
+/// Builds an engine for `algo` with the shared weights.
+pub fn build(
+    backend: BackendKind,
+    graph: &OpGraph,
+    plan_opts: &PlanOpts,
+    algo: Algorithm,
+    batch: usize,
+    weights: &Weights,
+    cfg: EngineConfig,
+) -> Result<Built> {
+    let resolved = resolve(backend)?;
+    let default_device = if resolved == BackendKind::Cuda {
+        "h200"
+    } else {
+        "cpu"
+    };
+    let cost = plan_opts.cost_model(default_device)?;
+    let mode = if cfg.graphs {
+        SimMode::Graph
+    } else {
+        SimMode::Eager
+    };
+    let mut opts = plan_opts.clone();
+    opts.algo = algo;
+    let planned = opts.assign(graph, batch, mode, &cost)?;
+    let graph = Arc::new(planned.graph);
+    let engine = build_engine(
+        resolved,
+        Arc::clone(&graph),
+        planned.plan.clone(),
+        weights,
+        cfg,
+    )?;
+    Ok(Built {
+        engine,
+        plan: planned.plan,
+        graph,
+    })
+}
+
+/// Runs `streamrec run`.
+pub fn main(a: RunArgs) -> Result<()> {
+    if a.batch == 0 {
+        anyhow::bail!("--batch: must be > 0");
+    }
+    if a.contexts == 0 {
+        anyhow::bail!("--contexts: must be > 0");
+    }
+    let spec = a.model.load()?;
+    if a.emit_request {
+        let b = random_batch(&spec, a.batch, a.skew, a.seed);
+        println!(
+            "{}",
+            serde_json::to_string(&InferRequest::from_batch(&spec, &b))?
+        );
+        return Ok(());
+    }
+    let input = match &a.input {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?;
+            let req = InferRequest::from_json(&text).with_context(|| format!("{}", p.display()))?;
+            Some((
+                req.to_batch(&spec)
+                    .with_context(|| format!("{}", p.display()))?,
+                req.id,
+            ))
+        }
+        None => None,
+    };
+    let graph = OpGraph::from_spec(&spec);
+    let weights = Weights::for_graph(&graph)?;
+    let max_batch = input.as_ref().map_or(a.batch, |(b, _)| b.size);
+    let cfg = EngineConfig {
+        contexts: a.contexts,
+        max_batch,
+        graphs: a.graph == "on",
+        trace: a.trace.is_some() || a.profile.is_some(),
+        validate: true,
+    };
+    if let Some((batch, id)) = input {
+        let built = build(
+            a.backend,
+            &graph,
+            &a.plan,
+            a.plan.algo,
+            batch.size,
+            &weights,
+            cfg,
+        )?;
+        let scores = built.engine.infer(&Arc::new(batch))?;
+        println!("{}", response_json(&spec.name, id.as_deref(), &scores));
+        return Ok(());
+    }
+    let batches: Vec<Arc<Batch>> = (0..4)
+        .map(|i| Arc::new(random_batch(&spec, a.batch, a.skew, a.seed.wrapping_add(i))))
+        .collect();
+    let mcfg = MeasureConfig {
+        warmup: a.warmup,
+        iters: a.iters,
+        threads: a.threads.unwrap_or(a.contexts),
+        max_time: None,
+    };
+    // Profiles time each op alone: they always run the single-stream plan.
+    let algo = if a.profile.is_some() {
+        Algorithm::Single
+    } else {
+        a.plan.algo
+    };
+    let built = build(
+        a.backend,
+        &graph,
+        &a.plan,
+        algo,
+        a.batch,
+        &weights,
+        cfg.clone(),
+    )?;
+    let name = built.engine.backend_name();
+    if !a.csv {
+        eprintln!(
+            "{}: {} ops, backend {name}, plan {} on {} stream(s) ({} waits), {} context(s), batch {}, {} iterations",
+            spec.name,
+            built.graph.len(),
+            built.plan.algo,
+            built.plan.num_streams(),
+            built.plan.num_waits(),
+            a.contexts,
+            a.batch,
+            a.iters
+        );
+    }
+    if a.compare {
+        let base = build(
+            a.backend,
+            &graph,
+            &a.plan,
+            Algorithm::Single,
+            a.batch,
+            &weights,
+            cfg,
+        )?;
+        // Alternate rounds so both see the same machine conditions.
+        let rounds = 4usize;
+        let per = MeasureConfig {
+            iters: a.iters.div_ceil(rounds),
+            ..mcfg.clone()
+        };
+        let (mut sb, mut sm) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            sb.push(measure(base.engine.as_ref(), &batches, &per)?);
+            sm.push(measure(built.engine.as_ref(), &batches, &per)?);
+        }
+        let (b, m) = (merge(&sb), merge(&sm));
+        print_summary(&a, "single", 1, &b, name);
+        print_summary(&a, &built.plan.algo, built.plan.num_streams(), &m, name);
+        if !a.csv {
+            println!(
+                "ratio single/{}: latency p50 {:.2}x, throughput {:.2}x",
+                built.plan.algo,
+                b.p50_us / m.p50_us,
+                m.samples_per_s / b.samples_per_s
+            );
+        }
+        return Ok(());
+    }
+    let s = measure(built.engine.as_ref(), &batches, &mcfg)?;
+    print_summary(&a, &built.plan.algo, built.plan.num_streams(), &s, name);
+    let events = built.engine.take_trace();
+    if let Some(p) = &a.trace {
+        streamrec_runtime::trace::write_chrome_trace(p, &events)?;
+        eprintln!("wrote {} spans to {}", events.len(), p.display());
+    }
+    if let Some(p) = &a.profile {
+        let mut m = if p.exists() {
+            MeasuredCosts::load(p)?
+        } else {
+            MeasuredCosts::default()
+        };
+        m.device = format!(
+            "{name} ({} threads)",
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        );
+        let mut per_op: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        for e in &events {
+            per_op
+                .entry(&e.name)
+                .or_default()
+                .push(e.end_us - e.start_us);
+        }
+        for (op, mut v) in per_op {
+            v.sort_by(f64::total_cmp);
+            m.ops
+                .entry(op.to_string())
+                .or_default()
+                .insert(a.batch.to_string(), v[v.len() / 2]);
+        }
+        m.save(p)?;
+        eprintln!(
+            "wrote per-op medians for {} ops at batch {} to {}",
+            m.ops.len(),
+            a.batch,
+            p.display()
+        );
+    }
+    Ok(())
+}
+
+/// Combines rounds: medians of the per-round percentiles, total throughput.
+fn merge(v: &[LatencySummary]) -> LatencySummary {
+    let med = |f: fn(&LatencySummary) -> f64| {
+        let mut x: Vec<f64> = v.iter().map(f).collect();
+        x.sort_by(f64::total_cmp);
+        x[x.len() / 2]
+    };
+    LatencySummary {
+        count: v.iter().map(|s| s.count).sum(),
+        p50_us: med(|s| s.p50_us),
+        p90_us: med(|s| s.p90_us),
+        p99_us: med(|s| s.p99_us),
+        mean_us: med(|s| s.mean_us),
+        samples_per_s: med(|s| s.samples_per_s),
+    }
+}
+
+fn print_summary(a: &RunArgs, algo: &str, streams: usize, s: &LatencySummary, backend: &str) {
+    if a.csv {
+        println!("model,backend,algo,streams,contexts,graph,batch,iters,p50_us,p90_us,p99_us,mean_us,samples_per_s");
+        println!(
+            "{},{backend},{algo},{streams},{},{},{},{},{:.1},{:.1},{:.1},{:.1},{:.1}",
+            a.model
+                .spec
+                .file_stem()
+                .map_or_else(String::new, |s| s.to_string_lossy().into_owned()),
+            a.contexts,
+            a.graph,
+            a.batch,
+            s.count,
+            s.p50_us,
+            s.p90_us,
+            s.p99_us,
+            s.mean_us,
+            s.samples_per_s
+        );
+    } else {
+        println!(
+            "{algo:>13} x{streams:<2} latency p50 {:>10.1} us  p90 {:>10.1} us  p99 {:>10.1} us  throughput {:>10.1} samples/s ({:.1} req/s)",
+            s.p50_us,
+            s.p90_us,
+            s.p99_us,
+            s.samples_per_s,
+            s.samples_per_s / a.batch as f64
+        );
+    }
+}

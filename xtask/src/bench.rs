@@ -1,0 +1,304 @@
+//! `cargo xtask bench`: the CPU engine experiments, measured side by side in one process.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use streamrec_graph::{
+    assign, simulate, Algorithm, AssignConfig, CostModel, DeviceProfile, MeasuredCosts, ModelSpec,
+    OpGraph, Plan, SimMode,
+};
+use streamrec_runtime::gen::{random_batch, Skew};
+use streamrec_runtime::stats::LatencySummary;
+use streamrec_runtime::{measure, Batch, CpuBackend, Engine, EngineConfig, MeasureConfig, Weights};
+
+struct Opts {
+    quick: bool,
+    out: PathBuf,
+    row_cap: usize,
+}
+
+fn parse(args: &[String]) -> Result<Opts> {
+    let mut o = Opts {
+        quick: false,
+        out: PathBuf::from("results").join(format!("{}-cpu", today())),
+        row_cap: 100_000,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => o.quick = true,
+            "--out" => o.out = PathBuf::from(it.next().context("--out needs a folder")?),
+            "--row-cap" => {
+                o.row_cap = it
+                    .next()
+                    .context("--row-cap needs a number")?
+                    .parse()
+                    .context("--row-cap needs a number")?
+            }
+            x => bail!("bench: unknown option `{x}`"),
+        }
+    }
+    Ok(o)
+}
+
+fn today() -> String {
+    std::process::Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "undated".into())
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+struct Model {
+    spec: ModelSpec,
+    graph: OpGraph,
+    weights: Weights,
+}
+
+fn load(name: &str, cap: Option<usize>) -> Result<Model> {
+    let p = workspace().join("workloads").join(name);
+    let spec = ModelSpec::load(&p, cap).with_context(|| p.display().to_string())?;
+    let graph = OpGraph::from_spec(&spec);
+    let weights = Weights::for_graph(&graph)?;
+    Ok(Model {
+        spec,
+        graph,
+        weights,
+    })
+}
+
+fn batches(spec: &ModelSpec, b: usize) -> Vec<Arc<Batch>> {
+    (0..4)
+        .map(|i| Arc::new(random_batch(spec, b, Skew::Uniform, 17 + i)))
+        .collect()
+}
+
+/// Runs an engine for about `budget`, at least 3 timed requests and at most 400.
+fn time_engine(
+    m: &Model,
+    graph: &OpGraph,
+    plan: Plan,
+    b: usize,
+    contexts: usize,
+    input: &[Arc<Batch>],
+    budget: Duration,
+    trace: bool,
+) -> Result<(LatencySummary, Vec<streamrec_runtime::trace::TraceEvent>)> {
+    let engine = Engine::new(
+        CpuBackend::new(),
+        Arc::new(graph.clone()),
+        plan,
+        &m.weights,
+        EngineConfig {
+            contexts,
+            max_batch: b,
+            graphs: false,
+            trace,
+            validate: true,
+        },
+    )?;
+    let s = measure(
+        &engine,
+        input,
+        &MeasureConfig {
+            warmup: 2 * contexts,
+            iters: 400,
+            threads: contexts,
+            max_time: Some(budget),
+        },
+    )?;
+    Ok((s, engine.take_trace()))
+}
+
+/// Per-op medians of a single-stream run: the calibration of the `cpu` profile.
+fn profile(m: &Model, b: usize, input: &[Arc<Batch>], budget: Duration) -> Result<MeasuredCosts> {
+    let (_, events) = time_engine(
+        m,
+        &m.graph,
+        Plan::single(&m.graph),
+        b,
+        1,
+        input,
+        budget,
+        true,
+    )?;
+    let mut costs = MeasuredCosts {
+        device: "cpu (measured by cargo xtask bench)".into(),
+        ..Default::default()
+    };
+    let mut per: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    for e in events {
+        per.entry(e.name).or_default().push(e.end_us - e.start_us);
+    }
+    for (op, mut v) in per {
+        v.sort_by(f64::total_cmp);
+        costs
+            .ops
+            .entry(op)
+            .or_default()
+            .insert(b.to_string(), v[v.len() / 2]);
+    }
+    Ok(costs)
+}
+
+/// Runs the experiments.
+pub fn run(args: &[String]) -> Result<()> {
+    let o = parse(args)?;
+    std::fs::create_dir_all(&o.out).with_context(|| o.out.display().to_string())?;
+    let models: Vec<(&str, Option<usize>)> = if o.quick {
+        vec![("tiny.toml", None)]
+    } else {
+        vec![("tiny.toml", None), ("streamrec-26.toml", Some(o.row_cap))]
+    };
+    let sizes: &[usize] = if o.quick {
+        &[1, 16]
+    } else {
+        &[1, 16, 128, 1024]
+    };
+    let ks = [1usize, 2, 4, 8];
+    let total = (models.len() * sizes.len() * Algorithm::ALL.len() * ks.len()) as u64;
+    let bar = ProgressBar::new(total).with_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} {elapsed_precise} {msg}")
+            .expect("valid template"),
+    );
+    let mut csv = String::from("model,batch,algo,streams_max,streams,waits,p50_us,p99_us,samples_per_s,ratio_p50_to_single,ratio_throughput_to_single,predicted_ratio\n");
+    let mut pred_csv = String::from("model,batch,algo,streams,measured_single_us,measured_us,measured_ratio,predicted_single_us,predicted_us,predicted_ratio,within_25pct\n");
+    let mut table = String::new();
+    let mut pred_table = String::new();
+    for (name, cap) in &models {
+        bar.set_message(format!("loading {name}"));
+        let m = load(name, *cap)?;
+        for &b in sizes {
+            let input = batches(&m.spec, b);
+            let budget = Duration::from_millis(if o.quick { 150 } else { 700 });
+            bar.set_message(format!("{} batch {b}: calibrating", m.spec.name));
+            let costs = profile(&m, b, &input, budget)?;
+            let cost = CostModel::new(DeviceProfile::cpu()).with_measured(costs);
+            let mut single: Option<LatencySummary> = None;
+            let mut single_pred = 0.0;
+            for &k in &ks {
+                for algo in Algorithm::ALL {
+                    bar.set_message(format!("{} batch {b}: {algo} x{k}", m.spec.name));
+                    let planned = assign(
+                        &m.graph,
+                        &AssignConfig {
+                            algo,
+                            max_streams: k,
+                            batch: b,
+                            mode: SimMode::Eager,
+                            fuse: None,
+                        },
+                        &cost,
+                    )?;
+                    let pred = simulate(&planned.graph, &planned.plan, &cost, b, SimMode::Eager)
+                        .latency_us;
+                    let (streams, waits) = (planned.plan.num_streams(), planned.plan.num_waits());
+                    let (s, _) = time_engine(
+                        &m,
+                        &planned.graph,
+                        planned.plan,
+                        b,
+                        1,
+                        &input,
+                        budget,
+                        false,
+                    )?;
+                    if algo == Algorithm::Single && k == 1 {
+                        single = Some(s.clone());
+                        single_pred = pred;
+                    }
+                    let base = single.as_ref().expect("single runs first");
+                    let r_lat = base.p50_us / s.p50_us;
+                    let r_tput = s.samples_per_s / base.samples_per_s;
+                    let r_pred = single_pred / pred;
+                    let _ = writeln!(
+                        csv,
+                        "{},{b},{algo},{k},{streams},{waits},{:.1},{:.1},{:.1},{r_lat:.3},{r_tput:.3},{r_pred:.3}",
+                        m.spec.name, s.p50_us, s.p99_us, s.samples_per_s
+                    );
+                    let _ = writeln!(
+                        table,
+                        "{:<13} {b:>5} {algo:>13} {k:>2} {streams:>3} {waits:>5} {:>11.1} {:>11.1} {:>12.1} {r_lat:>7.2}x {r_pred:>7.2}x",
+                        m.spec.name, s.p50_us, s.p99_us, s.samples_per_s
+                    );
+                    if k == 2
+                        && matches!(
+                            algo,
+                            Algorithm::StreamRec | Algorithm::Nimble | Algorithm::CriticalPath
+                        )
+                    {
+                        let ok = (r_lat / r_pred - 1.0).abs() <= 0.25;
+                        let _ = writeln!(
+                            pred_csv,
+                            "{},{b},{algo},{streams},{:.1},{:.1},{r_lat:.3},{single_pred:.1},{pred:.1},{r_pred:.3},{ok}",
+                            m.spec.name, base.p50_us, s.p50_us
+                        );
+                        let _ = writeln!(
+                            pred_table,
+                            "{:<13} {b:>5} {algo:>13} measured {r_lat:>5.2}x predicted {r_pred:>5.2}x {}",
+                            m.spec.name,
+                            if ok { "within 25%" } else { "MISSED by more than 25%" }
+                        );
+                    }
+                    bar.inc(1);
+                }
+            }
+        }
+        if m.spec.name == "streamrec-26" || o.quick {
+            bar.set_message(format!("{}: contexts", m.spec.name));
+            let b = if o.quick { 16 } else { 128 };
+            let input = batches(&m.spec, b);
+            let budget = Duration::from_secs(if o.quick { 1 } else { 3 });
+            let plan = Plan::single(&m.graph);
+            let (one, _) = time_engine(&m, &m.graph, plan.clone(), b, 1, &input, budget, false)?;
+            let (two, _) = time_engine(&m, &m.graph, plan, b, 2, &input, budget, false)?;
+            let ratio = two.samples_per_s / one.samples_per_s;
+            let text = format!(
+                "model,batch,contexts,p50_us,p99_us,samples_per_s\n{n},{b},1,{:.1},{:.1},{:.1}\n{n},{b},2,{:.1},{:.1},{:.1}\n",
+                one.p50_us, one.p99_us, one.samples_per_s, two.p50_us, two.p99_us, two.samples_per_s,
+                n = m.spec.name
+            );
+            std::fs::write(o.out.join("contexts.csv"), text)?;
+            bar.println(format!(
+                "{} batch {b}: 1 context {:.1} samples/s, 2 contexts {:.1} samples/s: {ratio:.2}x",
+                m.spec.name, one.samples_per_s, two.samples_per_s
+            ));
+        }
+    }
+    bar.finish_and_clear();
+    std::fs::write(o.out.join("engine.csv"), &csv)?;
+    std::fs::write(o.out.join("prediction.csv"), &pred_csv)?;
+    println!(
+        "{:<13} {:>5} {:>13} {:>2} {:>3} {:>5} {:>11} {:>11} {:>12} {:>8} {:>8}",
+        "model",
+        "batch",
+        "algo",
+        "K",
+        "str",
+        "waits",
+        "p50 us",
+        "p99 us",
+        "samples/s",
+        "vs single",
+        "predicted"
+    );
+    print!("{table}");
+    println!("\nmulti-stream speed-up on 2 streams, measured vs simulated (cpu profile calibrated in this run):");
+    print!("{pred_table}");
+    println!(
+        "\nwrote {}/engine.csv, prediction.csv, contexts.csv",
+        o.out.display()
+    );
+    Ok(())
+}
