@@ -13,13 +13,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let profile = DeviceProfile::by_name_or_path(args.get(1).map_or("h200", String::as_str))?;
     let list = |i: usize, d: &str| -> Vec<usize> {
-        args.get(i).map_or(d, String::as_str).split(',').filter_map(|x| x.parse().ok()).collect()
+        args.get(i)
+            .map_or(d, String::as_str)
+            .split(',')
+            .filter_map(|x| x.parse().ok())
+            .collect()
     };
     let g = OpGraph::from_spec(&ModelSpec::load(&spec, Some(1000))?);
     let cost = CostModel::new(profile.clone());
     for batch in list(2, "1,4096") {
         for k in list(3, "8,26") {
-            println!("{} on {}, batch {batch}, K = {k}:", g.spec.name, profile.name);
+            println!(
+                "{} on {}, batch {batch}, K = {k}:",
+                g.spec.name, profile.name
+            );
             print!("{}", render_compare(&compare(&g, k, batch, &cost)?));
             println!();
         }

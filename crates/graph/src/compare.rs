@@ -8,7 +8,7 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use crate::assign::{assign, AssignConfig, Algorithm, Planned};
+use crate::assign::{assign, Algorithm, AssignConfig, Planned};
 use crate::cost::CostModel;
 use crate::error::GraphError;
 use crate::ir::OpGraph;
@@ -34,7 +34,12 @@ pub struct CompareRow {
 
 /// One row per algorithm (the five concrete ones, then `auto`) for at most `max_streams` streams
 /// at this batch size.
-pub fn compare(g: &OpGraph, max_streams: usize, batch: usize, cost: &CostModel) -> Result<Vec<CompareRow>, GraphError> {
+pub fn compare(
+    g: &OpGraph,
+    max_streams: usize,
+    batch: usize,
+    cost: &CostModel,
+) -> Result<Vec<CompareRow>, GraphError> {
     let mut rows: Vec<CompareRow> = Vec::new();
     for algo in Algorithm::ALL.into_iter().chain([Algorithm::Auto]) {
         let cfg = AssignConfig {
@@ -76,7 +81,12 @@ pub fn render_compare(rows: &[CompareRow]) -> String {
         let _ = writeln!(
             s,
             "{:<w$}  {:>7}  {:>5}  {:>12.1}  {:>12.1}  {:>14.3}",
-            r.algo, r.streams, r.waits, r.predicted_us_eager, r.predicted_us_graph, r.ratio_to_single_graph
+            r.algo,
+            r.streams,
+            r.waits,
+            r.predicted_us_eager,
+            r.predicted_us_graph,
+            r.ratio_to_single_graph
         );
     }
     s
@@ -103,7 +113,10 @@ pub fn render_plan(g: &OpGraph, plan: &Plan) -> String {
                 Step::Wait(e) => format!("[wait e{e}]"),
             })
             .collect();
-        let ops = steps.iter().filter(|s| matches!(s, Step::Launch(_))).count();
+        let ops = steps
+            .iter()
+            .filter(|s| matches!(s, Step::Launch(_)))
+            .count();
         let _ = writeln!(s, "stream {i} ({ops} ops): {}", items.join(" "));
     }
     s

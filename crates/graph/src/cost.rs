@@ -41,8 +41,9 @@ impl MeasuredCosts {
         let m: Self = match extension(path)? {
             Format::Json => serde_json::from_str(&text)
                 .map_err(|e| GraphError::Invalid(format!("{}: {e}", path.display())))?,
-            Format::Toml => toml::from_str(&text)
-                .map_err(|e| GraphError::Toml(format!("{}: {}", path.display(), e.message().trim())))?,
+            Format::Toml => toml::from_str(&text).map_err(|e| {
+                GraphError::Toml(format!("{}: {}", path.display(), e.message().trim()))
+            })?,
         };
         m.check()?;
         Ok(m)
@@ -53,7 +54,9 @@ impl MeasuredCosts {
         let path = path.as_ref();
         let text = match extension(path)? {
             Format::Json => serde_json::to_string_pretty(self).expect("measured costs serialise"),
-            Format::Toml => toml::to_string(self).map_err(|e| GraphError::Invalid(e.to_string()))?,
+            Format::Toml => {
+                toml::to_string(self).map_err(|e| GraphError::Invalid(e.to_string()))?
+            }
         };
         std::fs::write(path, text).map_err(|e| GraphError::Io {
             path: path.to_path_buf(),
@@ -82,7 +85,10 @@ impl MeasuredCosts {
 
     /// Records one measurement.
     pub fn insert(&mut self, op: &str, batch: usize, us: f64) {
-        self.ops.entry(op.to_string()).or_default().insert(batch.to_string(), us);
+        self.ops
+            .entry(op.to_string())
+            .or_default()
+            .insert(batch.to_string(), us);
     }
 }
 

@@ -15,7 +15,11 @@ pub fn to_dot(graph: &OpGraph, stream_of: Option<&[usize]>) -> String {
     let name = graph.spec.name.replace('"', "'");
     let _ = writeln!(s, "digraph \"{name}\" {{");
     let _ = writeln!(s, "  rankdir=TB;\n  node [shape=box, style=filled, fontname=\"Helvetica\", fillcolor=\"#ffffff\"];");
-    let _ = writeln!(s, "  dense [shape=ellipse, label=\"dense [B,{}]\"];", graph.spec.dense);
+    let _ = writeln!(
+        s,
+        "  dense [shape=ellipse, label=\"dense [B,{}]\"];",
+        graph.spec.dense
+    );
     let mut sparse_seen = vec![false; graph.spec.features.len()];
     for (id, op) in graph.ops().enumerate() {
         let kind = match &op.kind {

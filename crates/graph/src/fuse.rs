@@ -12,14 +12,18 @@ use crate::ir::{Op, OpGraph, OpId, OpKind, Source, Stage, TensorRef};
 
 /// Number of per-feature embedding bags in a graph.
 pub fn count_embedding_bags(g: &OpGraph) -> usize {
-    g.ops().filter(|o| matches!(o.kind, OpKind::EmbeddingBag { .. })).count()
+    g.ops()
+        .filter(|o| matches!(o.kind, OpKind::EmbeddingBag { .. }))
+        .count()
 }
 
 /// Rewrites the graph with its embedding bags fused into `groups` table-batched ops (at most one
 /// per bag). A graph without embedding bags is returned unchanged.
 pub fn fuse_embeddings(g: &OpGraph, groups: usize) -> Result<OpGraph, GraphError> {
     if groups == 0 {
-        return Err(GraphError::Invalid("embedding fusion needs at least one group".into()));
+        return Err(GraphError::Invalid(
+            "embedding fusion needs at least one group".into(),
+        ));
     }
     let mut bags: Vec<(usize, OpId)> = g
         .ops()
@@ -48,7 +52,13 @@ pub fn fuse_embeddings(g: &OpGraph, groups: usize) -> Result<OpGraph, GraphError
             col += g.op(id).width;
         }
         members.push(range.iter().map(|&(f, _)| f).collect());
-        first.push(range.iter().map(|&(_, id)| id).min().expect("groups <= bags"));
+        first.push(
+            range
+                .iter()
+                .map(|&(_, id)| id)
+                .min()
+                .expect("groups <= bags"),
+        );
         width.push(col);
     }
     let mut new_id: Vec<OpId> = vec![usize::MAX; n];
@@ -74,7 +84,11 @@ pub fn fuse_embeddings(g: &OpGraph, groups: usize) -> Result<OpGraph, GraphError
                         })
                         .collect(),
                     width: width[gi],
-                    feature: if features.len() == 1 { Some(features[0]) } else { None },
+                    feature: if features.len() == 1 {
+                        Some(features[0])
+                    } else {
+                        None
+                    },
                     stage: Stage::Embedding,
                     kind: OpKind::TableBatchedEmbeddingBag { features },
                 });

@@ -174,7 +174,14 @@ impl OpGraph {
             });
             let mut v = whole(id, feat.dim);
             for (i, &w) in feat.branch.iter().enumerate() {
-                v = b.linear(format!("branch.{}.{i}", feat.name), v, w, Act::Relu, Some(f), Stage::Branch);
+                v = b.linear(
+                    format!("branch.{}.{i}", feat.name),
+                    v,
+                    w,
+                    Act::Relu,
+                    Some(f),
+                    Stage::Branch,
+                );
             }
             vectors.push(v);
         }
@@ -254,7 +261,9 @@ impl OpGraph {
         }
         let n = b.dag.node_count();
         if n == 0 {
-            return Err(crate::GraphError::Invalid("a graph needs at least one op".into()));
+            return Err(crate::GraphError::Invalid(
+                "a graph needs at least one op".into(),
+            ));
         }
         Ok(Self {
             spec,
@@ -265,11 +274,17 @@ impl OpGraph {
 
     /// A synthetic graph of `n` ops with the given edges `(from, to)`, `from < to`, and per-op
     /// costs `(flops, bytes)` per sample. Used by tests and benchmarks of the scheduler.
-    pub fn synthetic(n: usize, edges: &[(usize, usize)], costs: &[(f64, f64)]) -> Result<Self, crate::GraphError> {
+    pub fn synthetic(
+        n: usize,
+        edges: &[(usize, usize)],
+        costs: &[(f64, f64)],
+    ) -> Result<Self, crate::GraphError> {
         let mut preds: Vec<Vec<usize>> = vec![Vec::new(); n];
         for &(a, b) in edges {
             if a >= b || b >= n {
-                return Err(crate::GraphError::Invalid(format!("edge ({a}, {b}) is not forward in 0..{n}")));
+                return Err(crate::GraphError::Invalid(format!(
+                    "edge ({a}, {b}) is not forward in 0..{n}"
+                )));
             }
             if !preds[b].contains(&a) {
                 preds[b].push(a);
@@ -376,7 +391,10 @@ impl OpGraph {
         let op = self.op(id);
         match &op.kind {
             OpKind::TableBatchedEmbeddingBag { features } => {
-                let dims: Vec<usize> = features.iter().map(|&f| self.spec.features[f].dim).collect();
+                let dims: Vec<usize> = features
+                    .iter()
+                    .map(|&f| self.spec.features[f].dim)
+                    .collect();
                 if dims.iter().all(|&d| d == dims[0]) {
                     vec![batch, features.len(), dims[0]]
                 } else {

@@ -15,13 +15,13 @@ pub mod profile;
 pub mod sim;
 pub mod spec;
 
-pub use error::GraphError;
-pub use ir::{Act, Op, OpGraph, OpId, OpKind, Source, Stage, TensorRef, WeightSpec};
-pub use spec::{Feature, Interaction, ModelSpec, PoolingMode, WeightSource};
-pub use assign::{assign, plan_with, AssignConfig, Algorithm, Planned};
+pub use assign::{assign, plan_with, Algorithm, AssignConfig, Planned};
 pub use compare::{compare, render_compare, render_plan, CompareRow};
 pub use cost::{CostModel, MeasuredCosts};
+pub use error::GraphError;
 pub use fuse::fuse_embeddings;
+pub use ir::{Act, Op, OpGraph, OpId, OpKind, Source, Stage, TensorRef, WeightSpec};
 pub use plan::{EventId, Plan, Step};
 pub use profile::DeviceProfile;
 pub use sim::{simulate, SimMode, SimResult};
+pub use spec::{Feature, Interaction, ModelSpec, PoolingMode, WeightSource};

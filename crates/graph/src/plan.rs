@@ -123,7 +123,11 @@ impl Plan {
     /// cross-stream dependencies the happens-before closure does not already imply. Empty streams
     /// are dropped. Fails when the lists are not a partition of the ops or contradict the graph's
     /// dependencies. In debug builds the result is validated.
-    pub fn from_streams(g: &OpGraph, algo: &str, streams: Vec<Vec<OpId>>) -> Result<Plan, GraphError> {
+    pub fn from_streams(
+        g: &OpGraph,
+        algo: &str,
+        streams: Vec<Vec<OpId>>,
+    ) -> Result<Plan, GraphError> {
         let preds: Vec<Vec<OpId>> = (0..g.len()).map(|v| g.preds(v)).collect();
         Self::from_streams_with(g, algo, streams, &preds)
     }
@@ -144,27 +148,37 @@ impl Plan {
         for (s, ops) in streams.iter().enumerate() {
             for (i, &op) in ops.iter().enumerate() {
                 if op >= n {
-                    return Err(GraphError::Invalid(format!("{algo}: op {op} is not in the graph")));
+                    return Err(GraphError::Invalid(format!(
+                        "{algo}: op {op} is not in the graph"
+                    )));
                 }
                 if pos[op].0 != usize::MAX {
-                    return Err(GraphError::Invalid(format!("{algo}: op {op} is assigned twice")));
+                    return Err(GraphError::Invalid(format!(
+                        "{algo}: op {op} is assigned twice"
+                    )));
                 }
                 pos[op] = (s, i);
             }
         }
         if let Some(op) = pos.iter().position(|p| p.0 == usize::MAX) {
-            return Err(GraphError::Invalid(format!("{algo}: op {op} ({}) is not assigned", g.op(op).name)));
+            return Err(GraphError::Invalid(format!(
+                "{algo}: op {op} ({}) is not assigned",
+                g.op(op).name
+            )));
         }
         // A global order consistent with the dependencies and every stream's order (Kahn,
         // smallest op id first).
-        let mut indeg: Vec<usize> = (0..n).map(|v| preds[v].len() + usize::from(pos[v].1 > 0)).collect();
+        let mut indeg: Vec<usize> = (0..n)
+            .map(|v| preds[v].len() + usize::from(pos[v].1 > 0))
+            .collect();
         let mut succs: Vec<Vec<OpId>> = vec![Vec::new(); n];
         for (v, ps) in preds.iter().enumerate() {
             for &p in ps {
                 succs[p].push(v);
             }
         }
-        let mut heap: BinaryHeap<Reverse<OpId>> = (0..n).filter(|&v| indeg[v] == 0).map(Reverse).collect();
+        let mut heap: BinaryHeap<Reverse<OpId>> =
+            (0..n).filter(|&v| indeg[v] == 0).map(Reverse).collect();
         let mut order = Vec::with_capacity(n);
         let mut rank = vec![0usize; n];
         while let Some(Reverse(v)) = heap.pop() {
@@ -332,7 +346,9 @@ impl Plan {
                 match *step {
                     Step::Launch(op) => {
                         if op >= n {
-                            return bad(format!("stream {s} launches op {op}, which is not in the graph"));
+                            return bad(format!(
+                                "stream {s} launches op {op}, which is not in the graph"
+                            ));
                         }
                         if pos[op].0 != usize::MAX {
                             return bad(format!("op {op} ({}) is launched twice", g.op(op).name));
@@ -342,7 +358,10 @@ impl Plan {
                     }
                     Step::Record(e) => {
                         if e >= self.num_events {
-                            return bad(format!("stream {s} records event {e} of {}", self.num_events));
+                            return bad(format!(
+                                "stream {s} records event {e} of {}",
+                                self.num_events
+                            ));
                         }
                         if record_at[e] != usize::MAX {
                             return bad(format!("event {e} is recorded twice"));
@@ -351,7 +370,10 @@ impl Plan {
                     }
                     Step::Wait(e) => {
                         if e >= self.num_events {
-                            return bad(format!("stream {s} waits on event {e} of {}", self.num_events));
+                            return bad(format!(
+                                "stream {s} waits on event {e} of {}",
+                                self.num_events
+                            ));
                         }
                     }
                 }
@@ -368,7 +390,9 @@ impl Plan {
             match step {
                 Step::Record(e) => issued[e] = true,
                 Step::Wait(e) if !issued[e] => {
-                    return bad(format!("stream {s} waits on event {e} before it is recorded"));
+                    return bad(format!(
+                        "stream {s} waits on event {e} before it is recorded"
+                    ));
                 }
                 _ => {}
             }

@@ -93,7 +93,8 @@ impl DeviceProfile {
 
     /// Parses and validates a profile written in TOML (every field is required).
     pub fn from_toml_str(text: &str) -> Result<Self, GraphError> {
-        let p: Self = toml::from_str(text).map_err(|e| GraphError::Toml(format!("device profile: {}", e.message().trim())))?;
+        let p: Self = toml::from_str(text)
+            .map_err(|e| GraphError::Toml(format!("device profile: {}", e.message().trim())))?;
         p.check()?;
         Ok(p)
     }

@@ -71,7 +71,9 @@ impl FromStr for SimMode {
         match s {
             "eager" => Ok(SimMode::Eager),
             "graph" => Ok(SimMode::Graph),
-            _ => Err(GraphError::Invalid(format!("unknown mode `{s}`: expected eager or graph"))),
+            _ => Err(GraphError::Invalid(format!(
+                "unknown mode `{s}`: expected eager or graph"
+            ))),
         }
     }
 }
@@ -103,11 +105,19 @@ struct Running {
 
 /// Simulates a valid plan of `g` at this batch size and returns its predicted latency. A plan that
 /// deadlocks (which [`Plan::validate`] rejects) gets an infinite latency.
-pub fn simulate(g: &OpGraph, plan: &Plan, cost: &CostModel, batch: usize, mode: SimMode) -> SimResult {
+pub fn simulate(
+    g: &OpGraph,
+    plan: &Plan,
+    cost: &CostModel,
+    batch: usize,
+    mode: SimMode,
+) -> SimResult {
     let p = cost.profile();
     let k = plan.streams.len();
     let n = g.len();
-    let alone: Vec<f64> = (0..n).map(|op| cost.op_us(g, op, batch).max(1e-6)).collect();
+    let alone: Vec<f64> = (0..n)
+        .map(|op| cost.op_us(g, op, batch).max(1e-6))
+        .collect();
     let units: Vec<f64> = (0..n).map(|op| cost.op_units(g, op, batch)).collect();
 
     // When each step reaches its stream, and when each stream may start (fork).
@@ -165,7 +175,9 @@ pub fn simulate(g: &OpGraph, plan: &Plan, cost: &CostModel, batch: usize, mode: 
             progress = false;
             for s in 0..k {
                 while !busy_stream[s] && pending[s].is_none() {
-                    let Some(&step) = plan.streams[s].get(head[s]) else { break };
+                    let Some(&step) = plan.streams[s].get(head[s]) else {
+                        break;
+                    };
                     let at = avail[s][head[s]];
                     match step {
                         Step::Record(e) => {
@@ -214,7 +226,11 @@ pub fn simulate(g: &OpGraph, plan: &Plan, cost: &CostModel, batch: usize, mode: 
         }
         // The next moment something happens.
         let demand: f64 = running.iter().map(|r| r.units).sum();
-        let speed = if demand > p.units { p.units / demand } else { 1.0 };
+        let speed = if demand > p.units {
+            p.units / demand
+        } else {
+            1.0
+        };
         let next_end = running
             .iter()
             .map(|r| now + r.left * r.alone_us / speed)
@@ -246,7 +262,8 @@ pub fn simulate(g: &OpGraph, plan: &Plan, cost: &CostModel, batch: usize, mode: 
         }
     }
 
-    let done = (0..k).all(|s| head[s] == plan.streams[s].len() && !busy_stream[s] && pending[s].is_none());
+    let done =
+        (0..k).all(|s| head[s] == plan.streams[s].len() && !busy_stream[s] && pending[s].is_none());
     let device_end = (0..k)
         .map(|s| free_at[s] + if s > 0 { p.event_us } else { 0.0 })
         .fold(0.0, f64::max);

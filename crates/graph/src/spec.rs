@@ -238,11 +238,7 @@ fn widths(field: &str, v: &[i64]) -> Result<Vec<usize>, GraphError> {
         .collect()
 }
 
-fn per_feature(
-    field: &str,
-    v: &OneOrMany,
-    count: usize,
-) -> Result<Vec<i64>, GraphError> {
+fn per_feature(field: &str, v: &OneOrMany, count: usize) -> Result<Vec<i64>, GraphError> {
     match v {
         OneOrMany::One(x) => Ok(vec![*x; count]),
         OneOrMany::Many(xs) if xs.len() == count => Ok(xs.clone()),
@@ -276,13 +272,21 @@ impl ModelSpec {
     }
 
     /// Parses and validates spec text; `default_name` is used when the spec has no name.
-    pub fn parse(text: &str, default_name: &str, row_cap: Option<usize>) -> Result<Self, GraphError> {
+    pub fn parse(
+        text: &str,
+        default_name: &str,
+        row_cap: Option<usize>,
+    ) -> Result<Self, GraphError> {
         let raw: RawSpec = toml::from_str(text).map_err(|e| GraphError::Toml(toml_message(&e)))?;
         Self::from_raw(raw, default_name, row_cap)
     }
 
     /// Validates a raw spec.
-    pub fn from_raw(raw: RawSpec, default_name: &str, row_cap: Option<usize>) -> Result<Self, GraphError> {
+    pub fn from_raw(
+        raw: RawSpec,
+        default_name: &str,
+        row_cap: Option<usize>,
+    ) -> Result<Self, GraphError> {
         let name = raw.name.clone().unwrap_or_else(|| default_name.to_string());
         if name.is_empty() {
             return Err(err("name", "must not be empty"));
@@ -322,9 +326,9 @@ impl ModelSpec {
             InteractionKind::Dcn => Interaction::Dcn {
                 layers: positive(
                     "interaction.layers",
-                    raw.interaction
-                        .layers
-                        .ok_or_else(|| err("interaction.layers", "is required for kind = \"dcn\""))?,
+                    raw.interaction.layers.ok_or_else(|| {
+                        err("interaction.layers", "is required for kind = \"dcn\"")
+                    })?,
                 )?,
                 rank: positive(
                     "interaction.rank",
@@ -369,7 +373,10 @@ impl ModelSpec {
         let cap = |rows: usize| row_cap.map_or(rows, |c| rows.min(c));
         let out: Vec<Feature> = match (&s.features, s.count) {
             (Some(_), Some(_)) => {
-                return Err(err("sparse", "give either count (compact form) or features, not both"))
+                return Err(err(
+                    "sparse",
+                    "give either count (compact form) or features, not both",
+                ))
             }
             (None, None) => return Err(err("sparse", "needs count (compact form) or features")),
             (Some(list), None) => {
@@ -408,7 +415,9 @@ impl ModelSpec {
                 let count = positive("sparse.count", count)?;
                 let rows = per_feature(
                     "sparse.rows",
-                    s.rows.as_ref().ok_or_else(|| err("sparse.rows", "is required"))?,
+                    s.rows
+                        .as_ref()
+                        .ok_or_else(|| err("sparse.rows", "is required"))?,
                     count,
                 )?;
                 let pooling = per_feature(
@@ -473,7 +482,8 @@ impl ModelSpec {
 
     /// Width of the interaction's output (the top MLP's input).
     pub fn interaction_out(&self) -> usize {
-        let cat: usize = self.bottom_out() + self.features.iter().map(Feature::out_width).sum::<usize>();
+        let cat: usize =
+            self.bottom_out() + self.features.iter().map(Feature::out_width).sum::<usize>();
         match self.interaction {
             Interaction::Dot => {
                 let n = self.features.len() + 1;

@@ -7,7 +7,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use streamrec_graph::assign::nimble;
 use streamrec_graph::{
-    assign, simulate, AssignConfig, Algorithm, CostModel, DeviceProfile, OpGraph, Plan, SimMode, Step,
+    assign, simulate, Algorithm, AssignConfig, CostModel, DeviceProfile, OpGraph, Plan, SimMode,
+    Step,
 };
 
 /// A random DAG of `n` ops: each forward pair is an edge with probability `p`; random costs.
@@ -35,20 +36,44 @@ fn all_algorithms() -> impl Iterator<Item = Algorithm> {
 fn check_plan(g: &OpGraph, plan: &Plan, k: usize) -> Result<(), TestCaseError> {
     let mut ops: Vec<usize> = plan.stream_ops().concat();
     ops.sort_unstable();
-    prop_assert_eq!(ops, (0..g.len()).collect::<Vec<_>>(), "each op exactly once");
-    prop_assert!(plan.validate(g).is_ok(), "{}: {:?}", plan.algo, plan.validate(g));
+    prop_assert_eq!(
+        ops,
+        (0..g.len()).collect::<Vec<_>>(),
+        "each op exactly once"
+    );
+    prop_assert!(
+        plan.validate(g).is_ok(),
+        "{}: {:?}",
+        plan.algo,
+        plan.validate(g)
+    );
     prop_assert!(plan.num_streams() <= k && plan.num_streams() >= 1);
     let mut recorded = vec![false; plan.num_events()];
     for (_, step) in plan.issue_order() {
         match step {
             Step::Record(e) => recorded[e] = true,
-            Step::Wait(e) => prop_assert!(recorded[e], "{}: wait on e{} before its record", plan.algo, e),
+            Step::Wait(e) => prop_assert!(
+                recorded[e],
+                "{}: wait on e{} before its record",
+                plan.algo,
+                e
+            ),
             Step::Launch(_) => {}
         }
     }
     let stream_of = plan.stream_of();
-    let cross = g.edges().iter().filter(|(a, b)| stream_of[*a] != stream_of[*b]).count();
-    prop_assert!(plan.num_waits() <= cross, "{}: {} waits > {} cross edges", plan.algo, plan.num_waits(), cross);
+    let cross = g
+        .edges()
+        .iter()
+        .filter(|(a, b)| stream_of[*a] != stream_of[*b])
+        .count();
+    prop_assert!(
+        plan.num_waits() <= cross,
+        "{}: {} waits > {} cross edges",
+        plan.algo,
+        plan.num_waits(),
+        cross
+    );
     prop_assert!(plan.num_events() <= plan.num_waits());
     Ok(())
 }
@@ -161,7 +186,13 @@ fn validate_rejects_hand_made_errors() {
     let good = Plan {
         algo: "hand".into(),
         streams: vec![
-            vec![Step::Launch(0), Step::Record(0), Step::Launch(1), Step::Wait(1), Step::Launch(3)],
+            vec![
+                Step::Launch(0),
+                Step::Record(0),
+                Step::Launch(1),
+                Step::Wait(1),
+                Step::Launch(3),
+            ],
             vec![Step::Wait(0), Step::Launch(2), Step::Record(1)],
         ],
         num_events: 2,
@@ -171,21 +202,43 @@ fn validate_rejects_hand_made_errors() {
     assert_eq!(good.stream_of(), vec![0, 0, 1, 0]);
     let mut out_of_order = good.clone();
     out_of_order.streams[0].swap(0, 2);
-    assert!(out_of_order.validate(&g).unwrap_err().to_string().contains("not ordered"));
+    assert!(out_of_order
+        .validate(&g)
+        .unwrap_err()
+        .to_string()
+        .contains("not ordered"));
     let mut twice = good.clone();
     twice.streams[1].push(Step::Record(0));
-    assert!(twice.validate(&g).unwrap_err().to_string().contains("recorded twice"));
+    assert!(twice
+        .validate(&g)
+        .unwrap_err()
+        .to_string()
+        .contains("recorded twice"));
     let mut never = good.clone();
     never.num_events = 3;
-    assert!(never.validate(&g).unwrap_err().to_string().contains("never recorded"));
+    assert!(never
+        .validate(&g)
+        .unwrap_err()
+        .to_string()
+        .contains("never recorded"));
     let mut empty = good.clone();
     empty.streams.push(Vec::new());
-    assert!(empty.validate(&g).unwrap_err().to_string().contains("empty"));
+    assert!(empty
+        .validate(&g)
+        .unwrap_err()
+        .to_string()
+        .contains("empty"));
     // A wait whose record only comes after something that waits on this stream: deadlock.
     let deadlock = Plan {
         algo: "hand".into(),
         streams: vec![
-            vec![Step::Launch(0), Step::Wait(1), Step::Launch(1), Step::Record(0), Step::Launch(3)],
+            vec![
+                Step::Launch(0),
+                Step::Wait(1),
+                Step::Launch(1),
+                Step::Record(0),
+                Step::Launch(3),
+            ],
             vec![Step::Wait(0), Step::Launch(2), Step::Record(1)],
         ],
         num_events: 2,
@@ -193,7 +246,10 @@ fn validate_rejects_hand_made_errors() {
     assert!(deadlock.validate(&g).is_err());
     // Issue order puts every record before its waits.
     let order = good.issue_order();
-    let rec = order.iter().position(|x| *x == (0, Step::Record(0))).unwrap();
+    let rec = order
+        .iter()
+        .position(|x| *x == (0, Step::Record(0)))
+        .unwrap();
     let wait = order.iter().position(|x| *x == (1, Step::Wait(0))).unwrap();
     assert!(rec < wait);
     assert_eq!(order.len(), 8);

@@ -5,7 +5,9 @@ use std::path::Path;
 use streamrec_graph::{ModelSpec, OpGraph, OpKind};
 
 fn workload(name: &str) -> ModelSpec {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../workloads").join(name);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../workloads")
+        .join(name);
     ModelSpec::load(&p, Some(1000)).expect("workload parses")
 }
 
@@ -29,7 +31,10 @@ fn workloads_build_with_expected_shapes() {
     let emb = g.find("emb.C7").unwrap();
     let br = g.find("branch.C7.0").unwrap();
     assert_eq!(g.succs(emb), vec![br]);
-    assert!(matches!(g.op(emb).kind, OpKind::EmbeddingBag { feature: 6 }));
+    assert!(matches!(
+        g.op(emb).kind,
+        OpKind::EmbeddingBag { feature: 6 }
+    ));
     assert_eq!(g.out_shape(emb, 64), vec![64, 128]);
     assert!(g.flops(g.find("top.0").unwrap(), 2) > 2.0 * 2.0 * 3456.0 * 1000.0);
     let t = workload("tiny.toml");
@@ -56,18 +61,28 @@ fn spec_errors_name_the_field() {
         "{BASE}\n[sparse]\ncount = 4\nrows = [10, 10, 10, 0]\ndim = 16\n"
     ));
     assert_eq!(e, "sparse[3].rows: must be > 0");
-    let e = spec_err(&format!("{BASE}\n[sparse]\ncount = 4\nrows = [10, 10]\ndim = 16\n"));
+    let e = spec_err(&format!(
+        "{BASE}\n[sparse]\ncount = 4\nrows = [10, 10]\ndim = 16\n"
+    ));
     assert_eq!(e, "sparse.rows: has 2 entries but sparse.count is 4");
     let e = spec_err(&format!("{BASE}\n[sparse]\ncount = 2\nrows = 5\ndim = 8\n"));
     assert!(e.starts_with("sparse[0].dim: dot interaction needs"), "{e}");
-    let e = spec_err(&format!("{BASE}\n[sparse]\ncount = 2\nrows = 5\ndim = 16\ncolour = 3\n"));
+    let e = spec_err(&format!(
+        "{BASE}\n[sparse]\ncount = 2\nrows = 5\ndim = 16\ncolour = 3\n"
+    ));
     assert!(e.contains("unknown field `colour`"), "{e}");
     let e = spec_err(&format!(
         "{BASE}\n[[sparse.features]]\nname = \"a\"\nrows = 3\ndim = 16\n[[sparse.features]]\nname = \"a\"\nrows = 3\ndim = 16\n"
     ));
     assert_eq!(e, "sparse[1].name: `a` is already the name of sparse[0]");
-    let e = spec_err(&BASE.replace("[8, 1]", "[8, 2]").replace("dense = 13", "dense = 13\n[sparse]\ncount = 1\nrows = 3\ndim = 16"));
-    assert_eq!(e, "top.layers[1]: the last layer must have width 1 (the score)");
+    let e = spec_err(&BASE.replace("[8, 1]", "[8, 2]").replace(
+        "dense = 13",
+        "dense = 13\n[sparse]\ncount = 1\nrows = 3\ndim = 16",
+    ));
+    assert_eq!(
+        e,
+        "top.layers[1]: the last layer must have width 1 (the score)"
+    );
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! number of lookups). The first candidate with the lowest predicted latency wins, so on a tie the
 //! simpler plan (unfused, fewer streams in [`Algorithm::ALL`] order) is kept.
 
-use super::{fuse_suffix, plan_with, AssignConfig, Algorithm, Planned};
+use super::{fuse_suffix, plan_with, Algorithm, AssignConfig, Planned};
 use crate::cost::CostModel;
 use crate::error::GraphError;
 use crate::fuse::{count_embedding_bags, fuse_embeddings};
@@ -13,7 +13,11 @@ use crate::ir::OpGraph;
 use crate::sim::simulate;
 
 /// Runs the selection, fusing as the config says.
-pub(crate) fn run(g: &OpGraph, cfg: &AssignConfig, cost: &CostModel) -> Result<Planned, GraphError> {
+pub(crate) fn run(
+    g: &OpGraph,
+    cfg: &AssignConfig,
+    cost: &CostModel,
+) -> Result<Planned, GraphError> {
     let bags = count_embedding_bags(g);
     let mut graphs: Vec<(OpGraph, String)> = Vec::new();
     match cfg.fuse {
@@ -35,7 +39,9 @@ pub(crate) fn run(g: &OpGraph, cfg: &AssignConfig, cost: &CostModel) -> Result<P
     }
     let mut best: Option<(f64, Planned)> = None;
     for (graph, suffix) in graphs {
-        let Some((us, mut planned)) = best_on(&graph, cfg, cost)? else { continue };
+        let Some((us, mut planned)) = best_on(&graph, cfg, cost)? else {
+            continue;
+        };
         planned.plan.algo.push_str(&suffix);
         if best.as_ref().is_none_or(|(b, _)| us < *b) {
             best = Some((us, planned));
@@ -47,13 +53,21 @@ pub(crate) fn run(g: &OpGraph, cfg: &AssignConfig, cost: &CostModel) -> Result<P
 }
 
 /// Runs the selection on the graph as it is.
-pub(crate) fn run_on(g: &OpGraph, cfg: &AssignConfig, cost: &CostModel) -> Result<Planned, GraphError> {
+pub(crate) fn run_on(
+    g: &OpGraph,
+    cfg: &AssignConfig,
+    cost: &CostModel,
+) -> Result<Planned, GraphError> {
     let (_, mut planned) = best_on(g, cfg, cost)?.expect("at least one algorithm");
     planned.plan.algo = format!("auto:{}", planned.plan.algo);
     Ok(planned)
 }
 
-fn best_on(g: &OpGraph, cfg: &AssignConfig, cost: &CostModel) -> Result<Option<(f64, Planned)>, GraphError> {
+fn best_on(
+    g: &OpGraph,
+    cfg: &AssignConfig,
+    cost: &CostModel,
+) -> Result<Option<(f64, Planned)>, GraphError> {
     let mut best: Option<(f64, crate::plan::Plan)> = None;
     for algo in Algorithm::ALL {
         let plan = plan_with(g, algo, cfg.max_streams, cfg.batch, cost)?;

@@ -37,7 +37,12 @@ impl PartialOrd for Ready {
 }
 
 /// The critical-path plan over at most `k` streams, with costs at this batch size.
-pub(crate) fn plan(g: &OpGraph, k: usize, batch: usize, cost: &CostModel) -> Result<Plan, GraphError> {
+pub(crate) fn plan(
+    g: &OpGraph,
+    k: usize,
+    batch: usize,
+    cost: &CostModel,
+) -> Result<Plan, GraphError> {
     let n = g.len();
     let ev = cost.profile().event_us;
     let c: Vec<f64> = (0..n).map(|v| cost.stream_us(g, v, batch)).collect();
@@ -50,7 +55,10 @@ pub(crate) fn plan(g: &OpGraph, k: usize, batch: usize, cost: &CostModel) -> Res
     let mut indeg: Vec<usize> = preds.iter().map(Vec::len).collect();
     let mut heap: BinaryHeap<Ready> = (0..n)
         .filter(|&v| indeg[v] == 0)
-        .map(|v| Ready { rank: rank[v], op: v })
+        .map(|v| Ready {
+            rank: rank[v],
+            op: v,
+        })
         .collect();
     let mut avail = vec![0.0f64; k];
     let mut finish = vec![0.0f64; n];
@@ -97,7 +105,10 @@ pub(crate) fn plan(g: &OpGraph, k: usize, batch: usize, cost: &CostModel) -> Res
         for &w in &succs[v] {
             indeg[w] -= 1;
             if indeg[w] == 0 {
-                heap.push(Ready { rank: rank[w], op: w });
+                heap.push(Ready {
+                    rank: rank[w],
+                    op: w,
+                });
             }
         }
     }

@@ -166,11 +166,19 @@ fn hopcroft_karp(n: usize, adj: &[Vec<usize>]) -> Vec<Option<usize>> {
             }
         }
     }
-    mate_l.into_iter().map(|m| (m != NONE).then_some(m)).collect()
+    mate_l
+        .into_iter()
+        .map(|m| (m != NONE).then_some(m))
+        .collect()
 }
 
 /// The nimble plan over at most `k` streams, with costs at this batch size.
-pub(crate) fn plan(g: &OpGraph, k: usize, batch: usize, cost: &CostModel) -> Result<Plan, GraphError> {
+pub(crate) fn plan(
+    g: &OpGraph,
+    k: usize,
+    batch: usize,
+    cost: &CostModel,
+) -> Result<Plan, GraphError> {
     let chains = min_chain_cover(g);
     let items: Vec<(f64, usize)> = chains
         .iter()

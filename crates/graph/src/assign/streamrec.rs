@@ -17,7 +17,12 @@ use crate::ir::OpGraph;
 use crate::plan::Plan;
 
 /// The streamrec plan over at most `k` streams, with costs at this batch size.
-pub(crate) fn plan(g: &OpGraph, k: usize, batch: usize, cost: &CostModel) -> Result<Plan, GraphError> {
+pub(crate) fn plan(
+    g: &OpGraph,
+    k: usize,
+    batch: usize,
+    cost: &CostModel,
+) -> Result<Plan, GraphError> {
     let n = g.len();
     let (chain_of, chains) = super::chains(g);
     let nc = chains.len();

@@ -72,7 +72,8 @@ impl Blas {
         // set before the workspace because setting a stream resets the workspace.
         unsafe {
             result::set_stream(blas.handle, blas.stream.cu_stream() as _)?;
-            sys::cublasSetWorkspace_v2(blas.handle, ws as *mut std::ffi::c_void, WORKSPACE_BYTES).result()?;
+            sys::cublasSetWorkspace_v2(blas.handle, ws as *mut std::ffi::c_void, WORKSPACE_BYTES)
+                .result()?;
             sys::cublasSetMathMode(blas.handle, mode).result()?;
         }
         drop(_guard);
@@ -113,10 +114,16 @@ impl Blas {
             )));
         }
         let int = |what: &str, v: usize| {
-            i32::try_from(v).map_err(|_| CudaError::Invalid(format!("gemm: {what} = {v} does not fit in an int")))
+            i32::try_from(v).map_err(|_| {
+                CudaError::Invalid(format!("gemm: {what} = {v} does not fit in an int"))
+            })
         };
         let (mm, nn, kk) = (int("n", n)?, int("m", m)?, int("k", k)?);
-        let (lda, ldb, ldc) = (int("k", k.max(1))?, int("x_ld", x_ld.max(1))?, int("y_ld", y_ld)?);
+        let (lda, ldb, ldc) = (
+            int("k", k.max(1))?,
+            int("x_ld", x_ld.max(1))?,
+            int("y_ld", y_ld)?,
+        );
         let alpha = 1.0f32;
         let beta = 0.0f32;
         self.stream.context().bind_to_thread()?;

@@ -25,7 +25,12 @@ pub const SOURCES: &[KernelSource] = &[
     KernelSource {
         file: "embedding.cu",
         source: include_str!("../../../../kernels/embedding.cu"),
-        functions: &["embedding_bag_i32", "embedding_bag_i64", "tbe_i32", "tbe_i64"],
+        functions: &[
+            "embedding_bag_i32",
+            "embedding_bag_i64",
+            "tbe_i32",
+            "tbe_i64",
+        ],
     },
     KernelSource {
         file: "dense.cu",

@@ -6,7 +6,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaStream, LaunchConfig, PushKernelArg,
+};
 
 use super::compile::{compile_all, device_arch, SOURCES};
 use super::{CudaError, DevPtr};
@@ -54,7 +56,8 @@ pub fn lanes(dim: usize, vec: bool) -> usize {
 
 /// A size as the kernels' `int`.
 fn int(what: &str, v: usize) -> Result<i32, CudaError> {
-    i32::try_from(v).map_err(|_| CudaError::Invalid(format!("{what} = {v} does not fit in a 32-bit int")))
+    i32::try_from(v)
+        .map_err(|_| CudaError::Invalid(format!("{what} = {v} does not fit in a 32-bit int")))
 }
 
 /// Blocks of [`BLOCK`] threads covering `threads` threads.
@@ -120,7 +123,10 @@ pub fn tbe_meta(tables: &[TbeTable]) -> Result<Vec<i32>, CudaError> {
     let mut m = Vec::with_capacity(tables.len() * 8);
     for t in tables {
         if t.vec && !t.dim.is_multiple_of(4) {
-            return Err(CudaError::Invalid(format!("float4 lookups need dim % 4 == 0, got {}", t.dim)));
+            return Err(CudaError::Invalid(format!(
+                "float4 lookups need dim % 4 == 0, got {}",
+                t.dim
+            )));
         }
         let [lo, hi] = ptr_words(t.table);
         m.extend_from_slice(&[
@@ -285,12 +291,19 @@ impl CudaKernels {
     /// `a.index`; `a.out` addresses `a.batch` rows of `a.dim` writable f32 with leading dimension
     /// `a.out_ld >= a.dim`, not read by any concurrent work. All of it stays alive until the
     /// stream has run the launch.
-    pub unsafe fn embedding_bag(&self, stream: &CudaStream, a: &EmbeddingBagArgs) -> Result<(), CudaError> {
+    pub unsafe fn embedding_bag(
+        &self,
+        stream: &CudaStream,
+        a: &EmbeddingBagArgs,
+    ) -> Result<(), CudaError> {
         if a.batch == 0 || a.dim == 0 {
             return Ok(());
         }
         if a.vec && !a.dim.is_multiple_of(4) {
-            return Err(CudaError::Invalid(format!("float4 lookups need dim % 4 == 0, got {}", a.dim)));
+            return Err(CudaError::Invalid(format!(
+                "float4 lookups need dim % 4 == 0, got {}",
+                a.dim
+            )));
         }
         let threads = a.batch * lanes(a.dim, a.vec);
         let cfg = LaunchConfig {
@@ -346,7 +359,9 @@ impl CudaKernels {
         let tables = u32::try_from(a.tables)
             .ok()
             .filter(|&t| t <= 65_535)
-            .ok_or_else(|| CudaError::Invalid(format!("{} tables exceed the grid's y limit", a.tables)))?;
+            .ok_or_else(|| {
+                CudaError::Invalid(format!("{} tables exceed the grid's y limit", a.tables))
+            })?;
         let cfg = LaunchConfig {
             grid_dim: (blocks(a.batch * a.max_lanes)?, tables, 1),
             block_dim: (BLOCK, 1, 1),
@@ -445,7 +460,9 @@ impl CudaKernels {
         let parts = u32::try_from(parts)
             .ok()
             .filter(|&p| p <= 65_535)
-            .ok_or_else(|| CudaError::Invalid(format!("{parts} concat parts exceed the grid's y limit")))?;
+            .ok_or_else(|| {
+                CudaError::Invalid(format!("{parts} concat parts exceed the grid's y limit"))
+            })?;
         let cfg = LaunchConfig {
             grid_dim: (blocks(rows * max_width)?, parts, 1),
             block_dim: (BLOCK, 1, 1),

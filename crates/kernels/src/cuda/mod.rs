@@ -19,8 +19,8 @@ mod launch;
 pub use blas::{Blas, GemmMath};
 pub use compile::{compile, compile_all, device_arch, KernelSource, SOURCES};
 pub use launch::{
-    concat_meta, dot_meta, lanes, tbe_meta, ConcatPart, CudaKernels, EmbeddingBagArgs,
-    IndexWidth, TbeArgs, TbeTable, BLOCK, PACKET_HEADER_WORDS,
+    concat_meta, dot_meta, lanes, tbe_meta, ConcatPart, CudaKernels, EmbeddingBagArgs, IndexWidth,
+    TbeArgs, TbeTable, BLOCK, PACKET_HEADER_WORDS,
 };
 
 /// The cudarc crate this module is built on, re-exported so that dependants use the same version
@@ -65,7 +65,10 @@ pub enum CudaError {
 
 /// Runs a probe that may panic inside cudarc (a missing library or symbol) and turns a panic
 /// into an error message.
-fn probe(what: &str, f: impl FnOnce() -> Result<(), String> + std::panic::UnwindSafe) -> Result<(), String> {
+fn probe(
+    what: &str,
+    f: impl FnOnce() -> Result<(), String> + std::panic::UnwindSafe,
+) -> Result<(), String> {
     match std::panic::catch_unwind(f) {
         Ok(r) => r,
         Err(p) => {
@@ -88,7 +91,9 @@ pub fn cuda_available() -> Result<(), String> {
             probe("libcuda", || {
                 // SAFETY: `is_culib_present` only tries to dlopen the candidate library names.
                 if !unsafe { cudarc::driver::sys::is_culib_present() } {
-                    return Err("libcuda.so could not be loaded (no NVIDIA driver on this machine)".into());
+                    return Err(
+                        "libcuda.so could not be loaded (no NVIDIA driver on this machine)".into(),
+                    );
                 }
                 cudarc::driver::result::init().map_err(|e| format!("cuInit failed: {e}"))?;
                 let n = cudarc::driver::result::device::get_count()
@@ -130,7 +135,10 @@ pub fn cublas_available() -> Result<(), String> {
                 if unsafe { cudarc::cublas::sys::is_culib_present() } {
                     Ok(())
                 } else {
-                    Err("libcublas.so could not be loaded (no CUDA libraries on the library path)".into())
+                    Err(
+                        "libcublas.so could not be loaded (no CUDA libraries on the library path)"
+                            .into(),
+                    )
                 }
             })
         })

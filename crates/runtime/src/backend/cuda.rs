@@ -143,10 +143,13 @@ fn device_ptr<T>(s: &CudaSlice<T>, stream: &CudaStream) -> DevPtr {
     p
 }
 
+/// A buffers' generation counter and its value when a graph was captured.
+type Guard = (Arc<AtomicU64>, u64);
+
 thread_local! {
     /// The capture this thread is issuing, if any (captures are thread-local): the generation
     /// counters of the buffers its launches used, with their values at capture time.
-    static CAPTURE: RefCell<Option<Vec<(Arc<AtomicU64>, u64)>>> = const { RefCell::new(None) };
+    static CAPTURE: RefCell<Option<Vec<Guard>>> = const { RefCell::new(None) };
 }
 
 fn capturing() -> bool {
@@ -236,7 +239,13 @@ impl CudaBackend {
     }
 
     fn index_width(&self, graph: &OpGraph) -> Result<IndexWidth> {
-        let max_rows = graph.spec.features.iter().map(|f| f.rows).max().unwrap_or(0);
+        let max_rows = graph
+            .spec
+            .features
+            .iter()
+            .map(|f| f.rows)
+            .max()
+            .unwrap_or(0);
         let fits = max_rows <= i32::MAX as usize;
         match self.cfg.index {
             IndexChoice::Auto if fits => Ok(IndexWidth::I32),
@@ -437,7 +446,8 @@ impl CudaBuffers {
 /// A captured plan: the graph and the buffer generations it was captured with.
 pub struct CudaGraphHandle {
     graph: Mutex<SendGraph>,
-    guards: Vec<(Arc<AtomicU64>, u64)>,
+    stream: Arc<CudaStream>,
+    guards: Vec<Guard>,
 }
 
 struct SendGraph(CudaGraph);
@@ -618,7 +628,10 @@ impl Backend for CudaBackend {
         }
         let mut t_dev = self.zeros::<f32>(t_len)?;
         let mut d_dev = self.zeros::<f32>(d_len)?;
-        for (list, offs, dev) in [(&tables, &table_off, &mut t_dev), (&dense, &dense_off, &mut d_dev)] {
+        for (list, offs, dev) in [
+            (&tables, &table_off, &mut t_dev),
+            (&dense, &dense_off, &mut d_dev),
+        ] {
             for t in list.iter() {
                 let o = offs[&Arc::as_ptr(t)];
                 let mut view = dev.slice_mut(o..o + t.data.len());
@@ -906,7 +919,12 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn upload(&self, stream: &CudaStreamHandle, bufs: &CudaBuffers, batch: &Arc<Batch>) -> Result<()> {
+    fn upload(
+        &self,
+        stream: &CudaStreamHandle,
+        bufs: &CudaBuffers,
+        batch: &Arc<Batch>,
+    ) -> Result<()> {
         let n = batch.size;
         if n > bufs.max_batch {
             return Err(RuntimeError::BatchTooLarge {
@@ -953,10 +971,12 @@ impl Backend for CudaBackend {
         let s = &stream.stream;
         if dl > 0 {
             let src = &st.dense_host.as_slice().map_err(exec_err)?[..dl];
-            s.memcpy_htod(src, &mut st.dense.slice_mut(..dl)).map_err(exec_err)?;
+            s.memcpy_htod(src, &mut st.dense.slice_mut(..dl))
+                .map_err(exec_err)?;
         }
         let src = &st.host.as_slice().map_err(exec_err)?[..words];
-        s.memcpy_htod(src, &mut st.packet.slice_mut(..words)).map_err(exec_err)?;
+        s.memcpy_htod(src, &mut st.packet.slice_mut(..words))
+            .map_err(exec_err)?;
         st.done.record(s).map_err(exec_err)?;
         Ok(())
     }
@@ -1004,7 +1024,15 @@ impl Backend for CudaBackend {
         let k = &self.kernels;
         let packet = bufs.packet_ptr.load(Ordering::Acquire);
         match (&op.kind, weights.ops[op_id]) {
-            (OpKind::EmbeddingBag { feature }, OpW::Table { table, dim, vec, mean }) => {
+            (
+                OpKind::EmbeddingBag { feature },
+                OpW::Table {
+                    table,
+                    dim,
+                    vec,
+                    mean,
+                },
+            ) => {
                 let a = EmbeddingBagArgs {
                     table,
                     dim,
@@ -1024,7 +1052,14 @@ impl Backend for CudaBackend {
                 // dim]` output (or its slice of a concatenation) with `batch <= max_batch`.
                 unsafe { k.embedding_bag(s, &a) }.map_err(cuda_err)?;
             }
-            (OpKind::TableBatchedEmbeddingBag { .. }, OpW::Tbe { meta, tables, max_lanes }) => {
+            (
+                OpKind::TableBatchedEmbeddingBag { .. },
+                OpW::Tbe {
+                    meta,
+                    tables,
+                    max_lanes,
+                },
+            ) => {
                 let a = TbeArgs {
                     meta,
                     tables,
@@ -1127,7 +1162,13 @@ impl Backend for CudaBackend {
         stream.stream.wait(&event.event).map_err(exec_err)
     }
 
-    fn download(&self, stream: &CudaStreamHandle, bufs: &CudaBuffers, op: OpId, batch: usize) -> Result<()> {
+    fn download(
+        &self,
+        stream: &CudaStreamHandle,
+        bufs: &CudaBuffers,
+        op: OpId,
+        batch: usize,
+    ) -> Result<()> {
         if batch > bufs.max_batch {
             return Err(RuntimeError::BatchTooLarge {
                 batch,
@@ -1143,8 +1184,8 @@ impl Backend for CudaBackend {
                 )))
             }
         };
+        // scores() reads the staging under the same lock, after waiting for `done`.
         let mut sc = lock(&bufs.scores);
-        // The host may still be reading nothing here: scores() copies out under this lock.
         let sc = &mut *sc;
         let dst = &mut sc.host.as_mut_slice().map_err(exec_err)?[..batch];
         let s = &stream.stream;
@@ -1213,6 +1254,7 @@ impl Backend for CudaBackend {
         graph.upload().map_err(exec_err)?;
         Ok(CudaGraphHandle {
             graph: Mutex::new(SendGraph(graph)),
+            stream: Arc::clone(&stream.stream),
             guards,
         })
     }
@@ -1228,8 +1270,14 @@ impl Backend for CudaBackend {
             }
         }
         let g = lock(&graph.graph);
-        // A graph launches on the stream it was captured on (the engine replays on it too).
-        let _ = stream;
-        g.0.launch().map_err(exec_err)
+        if *graph.stream == *stream.stream {
+            return g.0.launch().map_err(exec_err);
+        }
+        // A graph launches on the stream it was captured on: order that stream after `stream`'s
+        // work, launch, and order `stream` after the graph.
+        let err = |e| exec_err(e);
+        graph.stream.join(&stream.stream).map_err(err)?;
+        g.0.launch().map_err(exec_err)?;
+        stream.stream.join(&graph.stream).map_err(err)
     }
 }

@@ -9,6 +9,7 @@
 //! Backends own their kernels; the engine never touches memory or kernels directly.
 
 pub mod cpu;
+pub mod cuda;
 
 use std::sync::Arc;
 

@@ -1,0 +1,242 @@
+//! Multi-stream execution on the CPU backend: bit-identical scores for every algorithm and
+//! stream count, concurrent requests over a context pool, error isolation and timelines.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use streamrec::graph::{
+    assign, Algorithm, AssignConfig, CostModel, DeviceProfile, ModelSpec, OpGraph, Plan, SimMode,
+};
+use streamrec::runtime::gen::{random_batch, Skew};
+use streamrec::runtime::trace::chrome_trace;
+use streamrec::runtime::{Batch, CpuBackend, Engine, EngineConfig, IndexVec, Weights};
+
+fn load(name: &str, cap: usize) -> (ModelSpec, Arc<OpGraph>, Weights) {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("workloads")
+        .join(name);
+    let spec = ModelSpec::load(&p, Some(cap)).expect("workload loads");
+    let graph = Arc::new(OpGraph::from_spec(&spec));
+    let weights = Weights::for_graph(&graph).expect("weights");
+    (spec, graph, weights)
+}
+
+fn engine(graph: &Arc<OpGraph>, plan: Plan, w: &Weights, cfg: EngineConfig) -> Engine<CpuBackend> {
+    Engine::new(CpuBackend::new(), Arc::clone(graph), plan, w, cfg).expect("engine builds")
+}
+
+#[test]
+fn every_algorithm_and_stream_count_is_bit_identical_to_single() {
+    for (name, cap, b) in [
+        ("tiny.toml", 1000, 9),
+        ("dlrm-kaggle.toml", 2000, 8),
+        ("streamrec-26.toml", 1000, 3),
+    ] {
+        let (spec, graph, w) = load(name, cap);
+        let cfg = EngineConfig {
+            max_batch: b,
+            ..EngineConfig::default()
+        };
+        let batch = Arc::new(random_batch(&spec, b, Skew::Zipf(1.05), 5));
+        let want = engine(&graph, Plan::single(&graph), &w, cfg.clone())
+            .infer(&batch)
+            .unwrap();
+        let cost = CostModel::new(DeviceProfile::cpu());
+        let mut checked = 0;
+        for algo in Algorithm::ALL.into_iter().chain([Algorithm::Auto]) {
+            for k in [1, 2, 3, 4, 8] {
+                for fuse in [None, Some(2)] {
+                    let planned = assign(
+                        &graph,
+                        &AssignConfig {
+                            algo,
+                            max_streams: k,
+                            batch: b,
+                            mode: SimMode::Eager,
+                            fuse,
+                        },
+                        &cost,
+                    )
+                    .unwrap();
+                    assert!(planned.plan.num_streams() <= k);
+                    let g = Arc::new(planned.graph);
+                    let e = engine(&g, planned.plan, &w, cfg.clone());
+                    for _ in 0..2 {
+                        let got = e.infer(&batch).unwrap();
+                        assert_eq!(
+                            got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                            want.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                            "{name}: {algo} on {k} streams (fuse {fuse:?}) differs from single"
+                        );
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        println!("{name}: {checked} plans bit-identical to single");
+    }
+}
+
+#[test]
+fn concurrent_requests_over_a_context_pool_match_sequential_results() {
+    let (spec, graph, w) = load("tiny.toml", 1000);
+    let cost = CostModel::new(DeviceProfile::cpu());
+    let planned = assign(
+        &graph,
+        &AssignConfig {
+            algo: Algorithm::StreamRec,
+            max_streams: 3,
+            batch: 4,
+            mode: SimMode::Eager,
+            fuse: None,
+        },
+        &cost,
+    )
+    .unwrap();
+    let sizes = [1usize, 2, 3, 4];
+    let inputs: Vec<Arc<Batch>> = (0..32)
+        .map(|i| {
+            Arc::new(random_batch(
+                &spec,
+                sizes[i % 4],
+                Skew::Uniform,
+                100 + i as u64,
+            ))
+        })
+        .collect();
+    let seq = engine(
+        &graph,
+        Plan::single(&graph),
+        &w,
+        EngineConfig {
+            max_batch: 4,
+            ..Default::default()
+        },
+    );
+    let expected: Vec<Vec<f32>> = inputs.iter().map(|b| seq.infer(b).unwrap()).collect();
+    let pool = engine(
+        &Arc::new(planned.graph),
+        planned.plan,
+        &w,
+        EngineConfig {
+            contexts: 4,
+            max_batch: 4,
+            ..Default::default()
+        },
+    );
+    let total = 10_000usize;
+    let threads = 8usize;
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let (pool, inputs, expected) = (&pool, &inputs, &expected);
+            s.spawn(move || {
+                for r in (t..total).step_by(threads) {
+                    let i = (r * 7 + t) % inputs.len();
+                    let got = pool.infer(&inputs[i]).unwrap();
+                    assert_eq!(got, expected[i], "request {r} (input {i}) on thread {t}");
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn a_kernel_panic_fails_only_its_request() {
+    let (spec, graph, w) = load("tiny.toml", 1000);
+    let cost = CostModel::new(DeviceProfile::cpu());
+    let planned = assign(
+        &graph,
+        &AssignConfig {
+            algo: Algorithm::RoundRobin,
+            max_streams: 4,
+            batch: 8,
+            mode: SimMode::Eager,
+            fuse: None,
+        },
+        &cost,
+    )
+    .unwrap();
+    let e = engine(
+        &Arc::new(planned.graph),
+        planned.plan,
+        &w,
+        EngineConfig {
+            max_batch: 8,
+            validate: false,
+            ..Default::default()
+        },
+    );
+    let good = Arc::new(random_batch(&spec, 8, Skew::Uniform, 1));
+    let want = e.infer(&good).unwrap();
+    let mut bad = (*good).clone();
+    bad.sparse[2].indices = IndexVec::I64(vec![1_000_000; bad.sparse[2].indices.len()]);
+    let err = e.infer(&Arc::new(bad)).unwrap_err().to_string();
+    assert!(err.contains("emb.C3") && err.contains("panicked"), "{err}");
+    // The engine is still healthy.
+    assert_eq!(e.infer(&good).unwrap(), want);
+    // With validation on, the same batch never reaches a kernel.
+    let mut bad = (*good).clone();
+    bad.sparse[2].indices = IndexVec::I64(vec![250; bad.sparse[2].indices.len()]);
+    let err = bad.validate(&spec).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "C3: index at position 0 is 250, out of range for a table of 250 rows"
+    );
+}
+
+#[test]
+fn trace_has_one_track_per_stream_without_overlap() {
+    let (spec, graph, w) = load("tiny.toml", 1000);
+    let cost = CostModel::new(DeviceProfile::cpu());
+    let planned = assign(
+        &graph,
+        &AssignConfig {
+            algo: Algorithm::StreamRec,
+            max_streams: 4,
+            batch: 16,
+            mode: SimMode::Eager,
+            fuse: None,
+        },
+        &cost,
+    )
+    .unwrap();
+    let streams = planned.plan.num_streams();
+    assert!(streams > 1);
+    let e = engine(
+        &Arc::new(planned.graph),
+        planned.plan,
+        &w,
+        EngineConfig {
+            max_batch: 16,
+            trace: true,
+            ..Default::default()
+        },
+    );
+    for i in 0..5 {
+        e.infer(&Arc::new(random_batch(&spec, 16, Skew::Uniform, i)))
+            .unwrap();
+    }
+    let events = e.take_trace();
+    let text = serde_json::to_string(&chrome_trace(&events)).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let evs = doc["traceEvents"].as_array().unwrap();
+    let tracks: Vec<&serde_json::Value> =
+        evs.iter().filter(|e| e["name"] == "thread_name").collect();
+    assert_eq!(tracks.len(), streams, "one track per stream");
+    let mut per: std::collections::BTreeMap<i64, Vec<(f64, f64)>> = Default::default();
+    for ev in evs.iter().filter(|e| e["ph"] == "X") {
+        assert!(ev["args"]["batch"] == 16 && ev["args"]["request"].is_u64());
+        let ts = ev["ts"].as_f64().unwrap();
+        per.entry(ev["tid"].as_i64().unwrap())
+            .or_default()
+            .push((ts, ts + ev["dur"].as_f64().unwrap()));
+    }
+    assert_eq!(per.len(), streams);
+    assert_eq!(per.values().map(Vec::len).sum::<usize>(), 5 * graph.len());
+    for spans in per.values_mut() {
+        spans.sort_by(|a, b| a.0.total_cmp(&b.0));
+        for w in spans.windows(2) {
+            assert!(w[1].0 >= w[0].1, "overlapping spans on one track: {w:?}");
+        }
+    }
+}
