@@ -35,6 +35,9 @@ pub struct CheckArgs {
     /// Largest relative error allowed: |a - b| / max(|b|, 1e-3).
     #[arg(long, default_value_t = 1e-4)]
     tolerance: f64,
+    /// Let CUDA GEMMs use TF32 tensor cores (raise --tolerance to ~1e-2 with it).
+    #[arg(long)]
+    tf32: bool,
 }
 
 /// Runs `streamrec check`.
@@ -63,6 +66,7 @@ pub fn main(a: CheckArgs) -> Result<()> {
             graphs: false,
             ..cfg.clone()
         },
+        false,
     )?;
     let tested = build(
         a.backend,
@@ -72,6 +76,7 @@ pub fn main(a: CheckArgs) -> Result<()> {
         a.batch,
         &weights,
         cfg,
+        a.tf32,
     )?;
     let (mut max_abs, mut max_rel) = (0f64, 0f64);
     for i in 0..a.batches {

@@ -1,6 +1,7 @@
 //! `cargo xtask`: experiment orchestration for StreamRec (`bench`, `device-bundle`).
 
 mod bench;
+mod device_bundle;
 
 use anyhow::Result;
 
@@ -14,12 +15,17 @@ tasks:
         run), 1 vs 2 execution contexts, and measured vs simulated multi-stream speed-ups.
         Writes DIR/engine.csv, DIR/contexts.csv and DIR/prediction.csv
         (default DIR: results/<date>-cpu). --quick runs tiny only at batch 1 and 16.
+  device-bundle
+        Builds release binaries and the CUDA test binary into .device/ with .device/run.sh, which
+        on a GPU machine (no cargo there) runs the CUDA tests, the CUDA-vs-CPU correctness check
+        and the streamrec-26 benchmark (writes $OUT/gpu-bench.csv when OUT is set).
 ";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("bench") => bench::run(&args[1..]),
+        Some("device-bundle") => device_bundle::run(&args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
             print!("{HELP}");
             Ok(())

@@ -176,25 +176,27 @@ impl<B: Backend> Engine<B> {
 
     fn run(&self, ctx: &mut Context<B>, batch: &Arc<Batch>, request: u64) -> Result<Vec<f32>> {
         let be = &self.backend;
-        let s0 = &ctx.streams[0];
         let res = if self.cfg.graphs {
             let bucket = batch.size.next_power_of_two().min(self.cfg.max_batch);
-            if !ctx.graphs.contains_key(&bucket) && be.begin_capture(s0)? {
-                let issued = self.issue_plan(ctx, bucket, false);
-                let g = be.end_capture(&ctx.streams[0]);
-                issued?;
-                ctx.graphs.insert(bucket, g?);
+            if !ctx.graphs.contains_key(&bucket) {
+                self.capture(ctx, bucket)?;
             }
-            match ctx.graphs.get(&bucket) {
-                Some(g) => {
-                    let padded = pad(batch, bucket);
-                    let s0 = &ctx.streams[0];
-                    be.upload(s0, &ctx.bufs, &padded)?;
-                    be.replay(s0, g)?;
-                    be.download(s0, &ctx.bufs, self.graph.output(), bucket)?;
-                    self.sync_all(ctx)
+            if ctx.graphs.contains_key(&bucket) {
+                let padded = pad(batch, bucket);
+                be.upload(&ctx.streams[0], &ctx.bufs, &padded)?;
+                let replayed = be.replay(&ctx.streams[0], &ctx.graphs[&bucket]);
+                if let Err(RuntimeError::StaleGraph(_)) = replayed {
+                    // The upload reallocated a buffer the graph reads: capture again.
+                    ctx.graphs.remove(&bucket);
+                    self.capture(ctx, bucket)?;
+                    be.replay(&ctx.streams[0], &ctx.graphs[&bucket])?;
+                } else {
+                    replayed?;
                 }
-                None => self.run_eager(ctx, batch),
+                be.download(&ctx.streams[0], &ctx.bufs, self.graph.output(), bucket)?;
+                self.sync_all(ctx)
+            } else {
+                self.run_eager(ctx, batch)
             }
         } else {
             self.run_eager(ctx, batch)
@@ -223,6 +225,19 @@ impl<B: Backend> Engine<B> {
         }
         res?;
         be.scores(&ctx.bufs, batch.size)
+    }
+
+    /// Captures the plan for `bucket` samples into a graph; false when the backend cannot.
+    fn capture(&self, ctx: &mut Context<B>, bucket: usize) -> Result<bool> {
+        let be = &self.backend;
+        if !be.begin_capture(&ctx.streams[0])? {
+            return Ok(false);
+        }
+        let issued = self.issue_plan(ctx, bucket, false);
+        let g = be.end_capture(&ctx.streams[0]);
+        issued?;
+        ctx.graphs.insert(bucket, g?);
+        Ok(true)
     }
 
     fn run_eager(&self, ctx: &Context<B>, batch: &Arc<Batch>) -> Result<()> {

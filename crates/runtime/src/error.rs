@@ -30,6 +30,9 @@ pub enum RuntimeError {
     /// A kernel or stream failed while running a request.
     #[error("execution failed: {0}")]
     Execution(String),
+    /// A captured graph no longer matches its buffers (they were reallocated); capture again.
+    #[error("stale graph: {0}")]
+    StaleGraph(String),
     /// The backend cannot be used (e.g. no CUDA device).
     #[error("{0}")]
     Unavailable(String),

@@ -23,7 +23,7 @@
 //!   over the features; one feature may use another's room). A batch with more indices grows
 //!   the packet (a new device address): eager runs just continue, but a graph captured before
 //!   the growth reads the old packet, so [`Backend::replay`] refuses it with an
-//!   [`RuntimeError::Execution`] whose message starts with [`STALE_GRAPH`]; the engine must then
+//!   [`RuntimeError::StaleGraph`] whose message starts with [`STALE_GRAPH`]; the engine must then
 //!   drop its graphs for that context and capture again (or run eagerly).
 //!
 //! # Streams, events, graphs
@@ -181,7 +181,7 @@ impl std::fmt::Debug for CudaBackend {
 
 impl CudaBackend {
     /// The backend on device `device` with the default configuration, or
-    /// [`RuntimeError::Unavailable`] ("CUDA backend unavailable: <reason>") when there is no
+    /// [`RuntimeError::Unavailable`] (`"CUDA backend unavailable: <reason>"`) when there is no
     /// driver, no such device, or NVRTC or cuBLAS cannot be loaded.
     pub fn new(device: usize) -> Result<Self> {
         Self::with_config(CudaConfig {
@@ -456,6 +456,83 @@ struct SendGraph(CudaGraph);
 // through the mutex in `CudaGraphHandle`, so it is never used by two threads at once.
 unsafe impl Send for SendGraph {}
 
+/// Where every op's output lives in a context's activation arena, in f32 elements.
+///
+/// Ops are placed consumers first, so that an op whose only consumer is a concatenation (and
+/// which feeds it once, whole) can be placed inside the concatenation's output: its region is
+/// the concatenation's offset plus its first column, with the concatenation's leading
+/// dimension. Every other op owns a `[max_batch, width]` region (256-byte aligned); each DCN
+/// layer also owns a `[max_batch, rank]` scratch region.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArenaLayout {
+    /// Per op: the offset of its output's first element and its leading dimension.
+    pub out: Vec<(usize, usize)>,
+    /// Per op: the concatenation it writes into and its first column there, when aliased.
+    pub alias: Vec<Option<(OpId, usize)>>,
+    /// Per op: the offset of its scratch region (DCN layers).
+    pub scratch: Vec<Option<usize>>,
+    /// Arena length in f32 elements.
+    pub len: usize,
+}
+
+impl ArenaLayout {
+    /// The layout of `graph`'s outputs for up to `max_batch` samples; `alias_concat` turns the
+    /// in-place concatenation on.
+    pub fn new(graph: &OpGraph, max_batch: usize, alias_concat: bool) -> Self {
+        let n = graph.len();
+        let mut own: Vec<Option<usize>> = vec![None; n];
+        let mut alias: Vec<Option<(OpId, usize)>> = vec![None; n];
+        let mut len = 0usize;
+        for id in (0..n).rev() {
+            let op = graph.op(id);
+            if alias_concat && id != graph.output() {
+                if let [c] = graph.succs(id)[..] {
+                    let cop = graph.op(c);
+                    let uses: Vec<usize> = cop
+                        .inputs
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, t)| t.src == Source::Op(id))
+                        .map(|(i, _)| i)
+                        .collect();
+                    if let (OpKind::Concat, [i]) = (&cop.kind, &uses[..]) {
+                        let t = cop.inputs[*i];
+                        if t.col == 0 && t.width == op.width {
+                            let col = cop.inputs[..*i].iter().map(|t| t.width).sum();
+                            alias[id] = Some((c, col));
+                            continue;
+                        }
+                    }
+                }
+            }
+            own[id] = Some(len);
+            len += align(max_batch * op.width);
+        }
+        let mut scratch: Vec<Option<usize>> = vec![None; n];
+        for (id, op) in graph.ops().enumerate() {
+            if let OpKind::DcnCross { rank, .. } = op.kind {
+                scratch[id] = Some(len);
+                len += align(max_batch * rank);
+            }
+        }
+        // Consumers first, so an alias finds its concatenation's place already set.
+        let mut out = vec![(0usize, 0usize); n];
+        for id in (0..n).rev() {
+            out[id] = match (own[id], alias[id]) {
+                (Some(o), _) => (o, graph.op(id).width),
+                (None, Some((c, col))) => (out[c].0 + col, out[c].1),
+                (None, None) => unreachable!("every op is placed or aliased"),
+            };
+        }
+        Self {
+            out,
+            alias,
+            scratch,
+            len,
+        }
+    }
+}
+
 /// Lays out the input packet of `batch` (see `kernels/embedding.cu`) into `out` and returns the
 /// number of 32-bit words used: word 0 = the sample count `n`, offsets sample-major from word
 /// [`PACKET_HEADER_WORDS`] (`(n + 1) x slots` of them, each an element position in the packet
@@ -481,13 +558,13 @@ pub fn stage_packet(
     let per = index.bytes() / 4;
     let total: usize = batch.sparse.iter().map(|s| s.indices.len()).sum();
     let words = idx_start + total * per;
-    if words > out.len() {
-        return Ok(None);
-    }
     if words > i32::MAX as usize {
         return Err(RuntimeError::Input(format!(
             "the batch has {total} indices, more than one packet can address"
         )));
+    }
+    if words > out.len() {
+        return Ok(None);
     }
     // Element position of the first index, in units of the index type.
     let base = idx_start / per;
@@ -522,52 +599,89 @@ pub fn stage_packet(
         }
     }
     out[head..idx_start].fill(0);
-    // Indices, feature by feature, range-checked with a vectorisable min/max pass.
-    let mut pos = idx_start;
+    // Indices, feature by feature into disjoint parts of the packet (in parallel for large
+    // batches), converted and range-checked in one pass.
+    let mut rest = &mut out[idx_start..words];
+    let mut jobs = Vec::with_capacity(slots);
     for (f, s) in batch.sparse.iter().enumerate() {
-        let len = s.indices.len();
-        let (lo, hi) = match &s.indices {
-            IndexVec::I32(v) => v.iter().fold((i64::MAX, i64::MIN), |(a, b), &x| {
-                (a.min(i64::from(x)), b.max(i64::from(x)))
-            }),
-            IndexVec::I64(v) => v
-                .iter()
-                .fold((i64::MAX, i64::MIN), |(a, b), &x| (a.min(x), b.max(x))),
-        };
-        if len > 0 && (lo < 0 || hi >= rows[f] as i64) {
-            let bad = (0..len)
-                .map(|i| s.indices.get(i))
+        let (dst, r) = std::mem::take(&mut rest).split_at_mut(s.indices.len() * per);
+        rest = r;
+        jobs.push((f, &s.indices, dst));
+    }
+    let run = |(f, idx, dst): (usize, &IndexVec, &mut [i32])| {
+        if stage_indices(idx, rows[f] as u64, index, dst) {
+            Ok(())
+        } else {
+            let bad = (0..idx.len())
+                .map(|i| idx.get(i))
                 .find(|&v| v < 0 || v >= rows[f] as i64)
-                .unwrap_or(lo);
-            return Err(RuntimeError::Input(format!(
+                .unwrap_or(-1);
+            Err(RuntimeError::Input(format!(
                 "feature {f}: index {bad} out of range for a table of {} rows",
                 rows[f]
-            )));
+            )))
         }
-        let dst = &mut out[pos..pos + len * per];
-        match (&s.indices, index) {
-            (IndexVec::I32(v), IndexWidth::I32) => dst.copy_from_slice(v),
-            (IndexVec::I64(v), IndexWidth::I32) => {
-                for (d, &x) in dst.iter_mut().zip(v) {
-                    *d = x as i32;
-                }
-            }
-            (IndexVec::I32(v), IndexWidth::I64) => {
-                for (d, &x) in dst.chunks_exact_mut(2).zip(v) {
-                    d[0] = x;
-                    d[1] = if x < 0 { -1 } else { 0 };
-                }
-            }
-            (IndexVec::I64(v), IndexWidth::I64) => {
-                for (d, &x) in dst.chunks_exact_mut(2).zip(v) {
-                    d[0] = x as u64 as u32 as i32;
-                    d[1] = ((x as u64) >> 32) as u32 as i32;
-                }
-            }
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(slots);
+    if total < PARALLEL_STAGING || threads < 2 {
+        jobs.into_iter().try_for_each(run)?;
+    } else {
+        let mut groups: Vec<Vec<_>> = (0..threads).map(|_| Vec::new()).collect();
+        for (i, j) in jobs.into_iter().enumerate() {
+            groups[i % threads].push(j);
         }
-        pos += len * per;
+        std::thread::scope(|sc| {
+            let handles: Vec<_> = groups
+                .into_iter()
+                .map(|g| sc.spawn(move || g.into_iter().try_for_each(run)))
+                .collect();
+            handles.into_iter().try_for_each(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(exec_err("index staging thread panicked")))
+            })
+        })?;
     }
     Ok(Some(words))
+}
+
+/// Indices at which [`stage_packet`] splits the index copy over threads.
+const PARALLEL_STAGING: usize = 1 << 19;
+
+/// Writes `idx` into `dst` as `index` words and returns whether every index is in
+/// `0..rows` (one branch-free pass).
+fn stage_indices(idx: &IndexVec, rows: u64, index: IndexWidth, dst: &mut [i32]) -> bool {
+    let mut ok = true;
+    match (idx, index) {
+        (IndexVec::I32(v), IndexWidth::I32) => {
+            for (d, &x) in dst.iter_mut().zip(v) {
+                ok &= (i64::from(x) as u64) < rows;
+                *d = x;
+            }
+        }
+        (IndexVec::I64(v), IndexWidth::I32) => {
+            for (d, &x) in dst.iter_mut().zip(v) {
+                ok &= (x as u64) < rows;
+                *d = x as i32;
+            }
+        }
+        (IndexVec::I32(v), IndexWidth::I64) => {
+            for (d, &x) in dst.chunks_exact_mut(2).zip(v) {
+                ok &= (i64::from(x) as u64) < rows;
+                d[0] = x;
+                d[1] = if x < 0 { -1 } else { 0 };
+            }
+        }
+        (IndexVec::I64(v), IndexWidth::I64) => {
+            for (d, &x) in dst.chunks_exact_mut(2).zip(v) {
+                ok &= (x as u64) < rows;
+                d[0] = x as u64 as u32 as i32;
+                d[1] = ((x as u64) >> 32) as u32 as i32;
+            }
+        }
+    }
+    ok
 }
 
 impl Backend for CudaBackend {
@@ -746,76 +860,26 @@ impl Backend for CudaBackend {
         let n = graph.len();
         let spec = &graph.spec;
         let index = self.index_width(graph)?;
-        // Output locations, consumers before producers so that an alias can point into its
-        // concatenation's buffer.
-        let mut off: Vec<Option<usize>> = vec![None; n];
-        let mut alias: Vec<Option<(OpId, usize)>> = vec![None; n];
-        let mut len = 0usize;
-        for id in (0..n).rev() {
-            let op = graph.op(id);
-            if self.cfg.alias_concat && id != graph.output() {
-                let succ = graph.succs(id);
-                if let [c] = succ[..] {
-                    let cop = graph.op(c);
-                    if cop.kind == OpKind::Concat {
-                        let uses: Vec<usize> = cop
-                            .inputs
-                            .iter()
-                            .enumerate()
-                            .filter(|(_, t)| t.src == Source::Op(id))
-                            .map(|(i, _)| i)
-                            .collect();
-                        if let [i] = uses[..] {
-                            let t = cop.inputs[i];
-                            if t.col == 0 && t.width == op.width {
-                                let col: usize = cop.inputs[..i].iter().map(|t| t.width).sum();
-                                alias[id] = Some((c, col));
-                                continue;
-                            }
-                        }
-                    }
-                }
-            }
-            off[id] = Some(len);
-            len += align(max_batch * op.width);
-        }
-        let mut scratch_off: Vec<Option<usize>> = vec![None; n];
-        for (id, op) in graph.ops().enumerate() {
-            if let OpKind::DcnCross { rank, .. } = op.kind {
-                scratch_off[id] = Some(len);
-                len += align(max_batch * rank);
-            }
-        }
+        let lay = ArenaLayout::new(graph, max_batch, self.cfg.alias_concat);
+        let alias = &lay.alias;
         // The arena starts as NaN so that an element no kernel wrote poisons the scores.
         let arena = {
-            let nan = vec![f32::NAN; len.max(1)];
+            let nan = vec![f32::NAN; lay.len.max(1)];
             self.alloc.clone_htod(&nan).map_err(exec_err)?
         };
         let base = device_ptr(&arena, &self.alloc);
-        let mut loc: Vec<Loc> = vec![
-            Loc {
-                ptr: 0,
-                ld: 0,
-                arena: None,
-            };
-            n
-        ];
-        for id in (0..n).rev() {
-            loc[id] = match (off[id], alias[id]) {
-                (Some(o), _) => Loc {
+        let loc: Vec<Loc> = (0..n)
+            .map(|id| {
+                let (o, ld) = lay.out[id];
+                Loc {
                     ptr: f32_at(base, o),
-                    ld: graph.op(id).width,
-                    arena: Some(o),
-                },
-                (None, Some((c, col))) => Loc {
-                    ptr: f32_at(loc[c].ptr, col),
-                    ld: loc[c].ld,
-                    arena: None,
-                },
-                (None, None) => unreachable!("every op is placed or aliased"),
-            };
-        }
-        let scratch = scratch_off
+                    ld,
+                    arena: alias[id].is_none().then_some(o),
+                }
+            })
+            .collect();
+        let scratch = lay
+            .scratch
             .iter()
             .map(|o| o.map_or(0, |o| f32_at(base, o)))
             .collect();
@@ -883,7 +947,10 @@ impl Backend for CudaBackend {
                 OpKind::DotInteraction => {
                     let d = op.inputs.first().map_or(0, |t| t.width);
                     let k = op.inputs.len();
-                    if op.inputs.iter().any(|t| t.width != d) || op.width != d + k * (k - 1) / 2 {
+                    if k == 0
+                        || op.inputs.iter().any(|t| t.width != d)
+                        || op.width != d + k * (k - 1) / 2
+                    {
                         return Err(exec_err(format!(
                             "op `{}`: dot interaction shapes disagree",
                             op.name
@@ -949,7 +1016,7 @@ impl Backend for CudaBackend {
         let words = match words {
             Some(w) => w,
             None => {
-                // Grow the packet (and its staging) to twice what this batch needs.
+                // Grow the packet (and its staging) to what this batch needs, at least doubling.
                 let total: usize = batch.sparse.iter().map(|s| s.indices.len()).sum();
                 let need = Self::packet_words(bufs.slots, bufs.max_batch, total, bufs.index);
                 let cap = need.max(st.capacity * 2);
@@ -1019,6 +1086,11 @@ impl Backend for CudaBackend {
         } else {
             None
         };
+        if op_id >= graph.len() || op_id >= weights.ops.len() || op_id >= bufs.loc.len() {
+            return Err(exec_err(format!(
+                "op {op_id} is not in the graph the weights and buffers were made for"
+            )));
+        }
         let op = graph.op(op_id);
         let out = bufs.loc[op_id];
         let k = &self.kernels;
@@ -1047,9 +1119,10 @@ impl Backend for CudaBackend {
                     index: bufs.index,
                 };
                 // SAFETY: the table is a live `[rows, dim]` region of the weights (16-byte
-                // aligned when `vec`), the packet was staged by `upload` with `slots` slots and
-                // range-checked indices of type `bufs.index`, and `out` is this op's `[max_batch,
-                // dim]` output (or its slice of a concatenation) with `batch <= max_batch`.
+                // aligned when `vec`); the packet is either zeroed (no sample staged yet: every
+                // bag is empty) or was staged by `upload` with `slots` slots and range-checked
+                // indices of type `bufs.index`; `out` is this op's `[max_batch, dim]` output (or
+                // its slice of a concatenation) and `batch <= max_batch`.
                 unsafe { k.embedding_bag(s, &a) }.map_err(cuda_err)?;
             }
             (
@@ -1263,7 +1336,7 @@ impl Backend for CudaBackend {
         for (g, at) in &graph.guards {
             let now = g.load(Ordering::Acquire);
             if now != *at {
-                return Err(RuntimeError::Execution(format!(
+                return Err(RuntimeError::StaleGraph(format!(
                     "{STALE_GRAPH}: the input packet was reallocated (generation {at} -> {now}) \
                      after the capture; capture again"
                 )));

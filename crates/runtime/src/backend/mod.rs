@@ -153,13 +153,15 @@ impl std::str::FromStr for BackendKind {
     }
 }
 
-/// Builds an engine on the chosen backend, type-erased.
+/// Builds an engine on the chosen backend, type-erased; `tf32` lets CUDA GEMMs use TF32 tensor
+/// cores.
 pub fn build_engine(
     kind: BackendKind,
     graph: Arc<OpGraph>,
     plan: streamrec_graph::Plan,
     weights: &Weights,
     cfg: crate::EngineConfig,
+    tf32: bool,
 ) -> Result<Box<dyn crate::Infer>> {
     match resolve(kind)? {
         BackendKind::Cpu => Ok(Box::new(crate::Engine::new(
@@ -169,16 +171,31 @@ pub fn build_engine(
             weights,
             cfg,
         )?)),
-        _ => Err(crate::RuntimeError::Unavailable(
-            "CUDA backend unavailable: this build has no CUDA backend".into(),
-        )),
+        _ => Ok(Box::new(crate::Engine::new(
+            cuda::CudaBackend::with_config(cuda::CudaConfig {
+                math: if tf32 {
+                    streamrec_kernels::cuda::GemmMath::Tf32
+                } else {
+                    streamrec_kernels::cuda::GemmMath::Fp32
+                },
+                ..cuda::CudaConfig::default()
+            })?,
+            graph,
+            plan,
+            weights,
+            cfg,
+        )?)),
     }
 }
 
 /// Resolves `auto` to the backend that will be used.
 pub fn resolve(kind: BackendKind) -> Result<BackendKind> {
     match kind {
-        BackendKind::Auto => Ok(BackendKind::Cpu),
+        BackendKind::Auto => Ok(if cuda::cuda_available().is_ok() {
+            BackendKind::Cuda
+        } else {
+            BackendKind::Cpu
+        }),
         k => Ok(k),
     }
 }

@@ -1,0 +1,241 @@
+//! `cargo xtask device-bundle`: builds everything a GPU machine without cargo needs into one
+//! git-ignored folder (`.device/` by default) and writes its `run.sh`.
+//!
+//! The folder holds `bin/streamrec` (release CLI), `bin/cuda-tests` (the release build of
+//! `crates/runtime/tests/cuda.rs`), `bin/cuda-bench` (the `cuda_kernels` criterion bench),
+//! `workloads/*.toml` and `run.sh` (from the template `xtask/device/run.sh`). Binaries are
+//! stripped of debug info when `strip` is available, so the folder stays well under the 64 MiB a
+//! device run may carry. On the GPU machine: `OUT=<dir> bash .device/run.sh`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+const TEMPLATE: &str = include_str!("../device/run.sh");
+
+const HELP: &str = "\
+cargo xtask device-bundle [--out DIR] [--no-strip]
+
+Builds the release CLI, the CUDA test binary and the CUDA kernel bench, and puts them with the
+workload specs and run.sh into DIR (default .device, git-ignored). Run it on the GPU machine with
+`OUT=<results dir> bash DIR/run.sh` (see the comment at the top of run.sh for its knobs).
+";
+
+/// Runs the task with the arguments after `device-bundle`.
+pub fn run(args: &[String]) -> Result<()> {
+    let mut out: Option<PathBuf> = None;
+    let mut strip = true;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--out" => out = Some(PathBuf::from(it.next().context("--out needs a folder")?)),
+            "--no-strip" => strip = false,
+            "-h" | "--help" => {
+                print!("{HELP}");
+                return Ok(());
+            }
+            other => bail!("device-bundle: unknown argument `{other}`\n\n{HELP}"),
+        }
+    }
+    let root = workspace_root()?;
+    let out = out.unwrap_or_else(|| root.join(".device"));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+
+    eprintln!("building the release CLI ...");
+    status(Command::new(&cargo).current_dir(&root).args([
+        "build",
+        "--release",
+        "--bin",
+        "streamrec",
+    ]))?;
+    let cli = root.join("target/release/streamrec");
+    if !cli.is_file() {
+        bail!("{} was not built", cli.display());
+    }
+
+    eprintln!("building the CUDA test binary ...");
+    let tests = artifact(
+        Command::new(&cargo).current_dir(&root).args([
+            "test",
+            "--release",
+            "-p",
+            "streamrec-runtime",
+            "--test",
+            "cuda",
+            "--no-run",
+            "--message-format=json",
+        ]),
+        "cuda",
+    )?;
+
+    eprintln!("building the CUDA kernel bench ...");
+    let bench = artifact(
+        Command::new(&cargo).current_dir(&root).args([
+            "bench",
+            "-p",
+            "streamrec-kernels",
+            "--bench",
+            "cuda_kernels",
+            "--no-run",
+            "--message-format=json",
+        ]),
+        "cuda_kernels",
+    )?;
+
+    if out.exists() {
+        std::fs::remove_dir_all(&out).with_context(|| format!("removing {}", out.display()))?;
+    }
+    let bin = out.join("bin");
+    std::fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
+    for (src, name) in [
+        (&cli, "streamrec"),
+        (&tests, "cuda-tests"),
+        (&bench, "cuda-bench"),
+    ] {
+        let dst = bin.join(name);
+        std::fs::copy(src, &dst)
+            .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+        if strip {
+            // Debug info is most of a release binary here; a missing `strip` only costs size.
+            let _ = Command::new("strip")
+                .arg("--strip-debug")
+                .arg(&dst)
+                .status();
+        }
+    }
+
+    let wl = out.join("workloads");
+    std::fs::create_dir_all(&wl)?;
+    for e in std::fs::read_dir(root.join("workloads")).context("reading workloads/")? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            std::fs::copy(&p, wl.join(p.file_name().expect("a file name")))?;
+        }
+    }
+
+    let when = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let info = format!("Bundle built at unix time {when} from {}.", root.display());
+    let script = out.join("run.sh");
+    std::fs::write(&script, TEMPLATE.replace("@BUNDLE_INFO@", &info))?;
+    set_executable(&script)?;
+
+    let bytes = dir_size(&out)?;
+    eprintln!(
+        "wrote {} ({:.1} MiB): bin/streamrec, bin/cuda-tests, bin/cuda-bench, workloads/, run.sh",
+        out.display(),
+        bytes as f64 / (1 << 20) as f64
+    );
+    if bytes > 56 << 20 {
+        eprintln!("warning: the bundle is close to the 64 MiB a device run can carry");
+    }
+    eprintln!(
+        "on the GPU machine: OUT=<results dir> bash {}/run.sh",
+        out.display()
+    );
+    Ok(())
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = here.parent().context("xtask has no parent folder")?;
+    Ok(root.to_path_buf())
+}
+
+fn status(cmd: &mut Command) -> Result<()> {
+    let st = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed: {st}");
+    }
+    Ok(())
+}
+
+/// Runs a cargo command with `--message-format=json` and returns the executable of the test or
+/// bench target named `target`.
+fn artifact(cmd: &mut Command, target: &str) -> Result<PathBuf> {
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", out.status);
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let name = format!("\"name\":\"{target}\"");
+    for line in text.lines() {
+        if line.contains("\"reason\":\"compiler-artifact\"") && line.contains(&name) {
+            if let Some(exe) = json_string(line, "executable") {
+                return Ok(PathBuf::from(exe));
+            }
+        }
+    }
+    bail!("{cmd:?} reported no executable for target `{target}`")
+}
+
+/// The string value of `"key":"..."` in one line of cargo's JSON output (no escapes expected in
+/// paths; `null` gives None).
+fn json_string(line: &str, key: &str) -> Option<String> {
+    let pat = format!("\"{key}\":\"");
+    let start = line.find(&pat)? + pat.len();
+    let mut s = String::new();
+    let mut chars = line[start..].chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return Some(s),
+            '\\' => s.push(chars.next()?),
+            c => s.push(c),
+        }
+    }
+    None
+}
+
+#[cfg(unix)]
+fn set_executable(p: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut perm = std::fs::metadata(p)?.permissions();
+    perm.set_mode(0o755);
+    std::fs::set_permissions(p, perm)?;
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn set_executable(_p: &Path) -> Result<()> {
+    Ok(())
+}
+
+fn dir_size(p: &Path) -> Result<u64> {
+    let mut n = 0;
+    for e in std::fs::read_dir(p)? {
+        let e = e?;
+        let m = e.metadata()?;
+        n += if m.is_dir() {
+            dir_size(&e.path())?
+        } else {
+            m.len()
+        };
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_string;
+
+    #[test]
+    fn finds_the_executable_in_cargo_json() {
+        let line = r#"{"reason":"compiler-artifact","target":{"kind":["test"],"name":"cuda"},"executable":"/w/target/release/deps/cuda-1f2e","fresh":true}"#;
+        assert_eq!(
+            json_string(line, "executable").as_deref(),
+            Some("/w/target/release/deps/cuda-1f2e")
+        );
+        assert_eq!(json_string(r#"{"executable":null}"#, "executable"), None);
+    }
+
+    #[test]
+    fn the_template_has_its_placeholder() {
+        assert!(super::TEMPLATE.contains("@BUNDLE_INFO@"));
+        assert!(super::TEMPLATE.starts_with("#!/usr/bin/env bash"));
+    }
+}
