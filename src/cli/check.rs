@@ -10,7 +10,7 @@ use streamrec_runtime::backend::BackendKind;
 use streamrec_runtime::gen::{random_batch, Skew};
 use streamrec_runtime::{EngineConfig, Weights};
 
-use super::run::build;
+use super::run::{build, Target};
 use super::{ModelArgs, PlanOpts};
 
 /// Arguments of `streamrec check`.
@@ -56,27 +56,31 @@ pub fn main(a: CheckArgs) -> Result<()> {
         validate: true,
     };
     let reference = build(
-        BackendKind::Cpu,
+        &Target {
+            backend: BackendKind::Cpu,
+            tf32: false,
+            cfg: EngineConfig {
+                graphs: false,
+                ..cfg.clone()
+            },
+        },
         &graph,
         &a.plan,
         Algorithm::Single,
         a.batch,
         &weights,
-        EngineConfig {
-            graphs: false,
-            ..cfg.clone()
-        },
-        false,
     )?;
     let tested = build(
-        a.backend,
+        &Target {
+            backend: a.backend,
+            tf32: a.tf32,
+            cfg,
+        },
         &graph,
         &a.plan,
         a.plan.algo,
         a.batch,
         &weights,
-        cfg,
-        a.tf32,
     )?;
     let (mut max_abs, mut max_rel) = (0f64, 0f64);
     for i in 0..a.batches {
@@ -102,7 +106,7 @@ pub fn main(a: CheckArgs) -> Result<()> {
         max_rel,
         a.tolerance
     );
-    if !(max_rel <= a.tolerance) {
+    if max_rel.is_nan() || max_rel > a.tolerance {
         anyhow::bail!(
             "check failed: max relative error {max_rel:.3e} exceeds {:.0e}",
             a.tolerance

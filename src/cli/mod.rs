@@ -46,8 +46,8 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// Loads and validates the spec.
     pub fn load(&self) -> Result<ModelSpec> {
-        Ok(ModelSpec::load(&self.spec, self.row_cap)
-            .with_context(|| format!("{}", self.spec.display()))?)
+        ModelSpec::load(&self.spec, self.row_cap)
+            .with_context(|| format!("{}", self.spec.display()))
     }
 }
 

@@ -84,18 +84,28 @@ pub struct Built {
     pub graph: Arc<OpGraph>,
 }
 
+/// Where and how an engine runs.
+pub struct Target {
+    /// The backend.
+    pub backend: BackendKind,
+    /// TF32 GEMMs on CUDA.
+    pub tf32: bool,
+    /// Contexts, max batch, graphs, tracing.
+    pub cfg: EngineConfig,
+}
+
 /// Builds an engine for `algo` with the shared weights.
 pub fn build(
-    backend: BackendKind,
+    target: &Target,
     graph: &OpGraph,
     plan_opts: &PlanOpts,
     algo: Algorithm,
     batch: usize,
     weights: &Weights,
-    cfg: EngineConfig,
-    tf32: bool,
 ) -> Result<Built> {
-    let resolved = resolve(backend)?;
+    let cfg = target.cfg.clone();
+    let tf32 = target.tf32;
+    let resolved = resolve(target.backend)?;
     let default_device = if resolved == BackendKind::Cuda {
         "h200"
     } else {
@@ -167,14 +177,16 @@ pub fn main(a: RunArgs) -> Result<()> {
     };
     if let Some((batch, id)) = input {
         let built = build(
-            a.backend,
+            &Target {
+                backend: a.backend,
+                tf32: a.tf32,
+                cfg,
+            },
             &graph,
             &a.plan,
             a.plan.algo,
             batch.size,
             &weights,
-            cfg,
-            a.tf32,
         )?;
         let scores = built.engine.infer(&Arc::new(batch))?;
         println!("{}", response_json(&spec.name, id.as_deref(), &scores));
@@ -196,14 +208,16 @@ pub fn main(a: RunArgs) -> Result<()> {
         a.plan.algo
     };
     let built = build(
-        a.backend,
+        &Target {
+            backend: a.backend,
+            tf32: a.tf32,
+            cfg: cfg.clone(),
+        },
         &graph,
         &a.plan,
         algo,
         a.batch,
         &weights,
-        cfg.clone(),
-        a.tf32,
     )?;
     let name = built.engine.backend_name();
     if !a.csv {
@@ -221,14 +235,16 @@ pub fn main(a: RunArgs) -> Result<()> {
     }
     if a.compare {
         let base = build(
-            a.backend,
+            &Target {
+                backend: a.backend,
+                tf32: a.tf32,
+                cfg,
+            },
             &graph,
             &a.plan,
             Algorithm::Single,
             a.batch,
             &weights,
-            cfg,
-            a.tf32,
         )?;
         // Alternate rounds so both see the same machine conditions.
         let rounds = 4usize;

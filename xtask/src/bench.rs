@@ -11,6 +11,7 @@ use streamrec_graph::{
     assign, simulate, Algorithm, AssignConfig, CostModel, DeviceProfile, MeasuredCosts, ModelSpec,
     OpGraph, Plan, SimMode,
 };
+use streamrec_runtime::calibrate;
 use streamrec_runtime::gen::{random_batch, Skew};
 use streamrec_runtime::stats::LatencySummary;
 use streamrec_runtime::{measure, Batch, CpuBackend, Engine, EngineConfig, MeasureConfig, Weights};
@@ -84,27 +85,32 @@ fn batches(spec: &ModelSpec, b: usize) -> Vec<Arc<Batch>> {
         .collect()
 }
 
-/// Runs an engine for about `budget`, at least 3 timed requests and at most 400.
+/// One engine configuration to time.
+struct Setup<'a> {
+    graph: &'a OpGraph,
+    plan: Plan,
+    contexts: usize,
+    trace: bool,
+}
+
+/// Runs an engine for about `budget` (at most 400 timed requests) on `input`.
 fn time_engine(
     m: &Model,
-    graph: &OpGraph,
-    plan: Plan,
-    b: usize,
-    contexts: usize,
+    setup: Setup<'_>,
     input: &[Arc<Batch>],
     budget: Duration,
-    trace: bool,
 ) -> Result<(LatencySummary, Vec<streamrec_runtime::trace::TraceEvent>)> {
+    let contexts = setup.contexts;
     let engine = Engine::new(
         CpuBackend::new(),
-        Arc::new(graph.clone()),
-        plan,
+        Arc::new(setup.graph.clone()),
+        setup.plan,
         &m.weights,
         EngineConfig {
             contexts,
-            max_batch: b,
+            max_batch: input[0].size,
             graphs: false,
-            trace,
+            trace: setup.trace,
             validate: true,
         },
     )?;
@@ -122,17 +128,15 @@ fn time_engine(
 }
 
 /// Per-op medians of a single-stream run: the calibration of the `cpu` profile.
-fn profile(m: &Model, b: usize, input: &[Arc<Batch>], budget: Duration) -> Result<MeasuredCosts> {
-    let (_, events) = time_engine(
-        m,
-        &m.graph,
-        Plan::single(&m.graph),
-        b,
-        1,
-        input,
-        budget,
-        true,
-    )?;
+fn profile(m: &Model, input: &[Arc<Batch>], budget: Duration) -> Result<MeasuredCosts> {
+    let b = input[0].size;
+    let setup = Setup {
+        graph: &m.graph,
+        plan: Plan::single(&m.graph),
+        contexts: 1,
+        trace: true,
+    };
+    let (_, events) = time_engine(m, setup, input, budget)?;
     let mut costs = MeasuredCosts {
         device: "cpu (measured by cargo xtask bench)".into(),
         ..Default::default()
@@ -175,6 +179,13 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut csv = String::from("model,batch,algo,streams_max,streams,waits,p50_us,p99_us,samples_per_s,ratio_p50_to_single,ratio_throughput_to_single,predicted_ratio\n");
     let mut pred_csv = String::from("model,batch,algo,streams,measured_single_us,measured_us,measured_ratio,predicted_single_us,predicted_us,predicted_ratio,within_25pct\n");
     let mut table = String::new();
+    bar.set_message("calibrating the cpu profile");
+    let cpu = calibrate::cpu_profile(DeviceProfile::cpu())?;
+    std::fs::write(o.out.join("cpu-profile.toml"), cpu.to_toml_string())?;
+    bar.println(format!(
+        "cpu profile calibrated: launch {:.2} us, per-op gap {:.2} us, event {:.2} us, wake {:.2} us, sync {:.2} us",
+        cpu.launch_us, cpu.graph_node_us, cpu.event_us, cpu.wake_us, cpu.sync_us
+    ));
     let mut pred_table = String::new();
     for (name, cap) in &models {
         bar.set_message(format!("loading {name}"));
@@ -183,12 +194,13 @@ pub fn run(args: &[String]) -> Result<()> {
             let input = batches(&m.spec, b);
             let budget = Duration::from_millis(if o.quick { 150 } else { 700 });
             bar.set_message(format!("{} batch {b}: calibrating", m.spec.name));
-            let costs = profile(&m, b, &input, budget)?;
-            let cost = CostModel::new(DeviceProfile::cpu()).with_measured(costs);
+            let costs = profile(&m, &input, budget)?;
+            let cost = CostModel::new(cpu.clone()).with_measured(costs);
             let mut single: Option<LatencySummary> = None;
             let mut single_pred = 0.0;
             for &k in &ks {
                 for algo in Algorithm::ALL {
+                    let algo_name = algo.to_string();
                     bar.set_message(format!("{} batch {b}: {algo} x{k}", m.spec.name));
                     let planned = assign(
                         &m.graph,
@@ -204,16 +216,13 @@ pub fn run(args: &[String]) -> Result<()> {
                     let pred = simulate(&planned.graph, &planned.plan, &cost, b, SimMode::Eager)
                         .latency_us;
                     let (streams, waits) = (planned.plan.num_streams(), planned.plan.num_waits());
-                    let (s, _) = time_engine(
-                        &m,
-                        &planned.graph,
-                        planned.plan,
-                        b,
-                        1,
-                        &input,
-                        budget,
-                        false,
-                    )?;
+                    let setup = Setup {
+                        graph: &planned.graph,
+                        plan: planned.plan,
+                        contexts: 1,
+                        trace: false,
+                    };
+                    let (s, _) = time_engine(&m, setup, &input, budget)?;
                     if algo == Algorithm::Single && k == 1 {
                         single = Some(s.clone());
                         single_pred = pred;
@@ -229,7 +238,7 @@ pub fn run(args: &[String]) -> Result<()> {
                     );
                     let _ = writeln!(
                         table,
-                        "{:<13} {b:>5} {algo:>13} {k:>2} {streams:>3} {waits:>5} {:>11.1} {:>11.1} {:>12.1} {r_lat:>7.2}x {r_pred:>7.2}x",
+                        "{:<13} {b:>5} {algo_name:>13} {k:>2} {streams:>3} {waits:>5} {:>11.1} {:>11.1} {:>12.1} {r_lat:>7.2}x {r_pred:>7.2}x",
                         m.spec.name, s.p50_us, s.p99_us, s.samples_per_s
                     );
                     if k == 2
@@ -246,7 +255,7 @@ pub fn run(args: &[String]) -> Result<()> {
                         );
                         let _ = writeln!(
                             pred_table,
-                            "{:<13} {b:>5} {algo:>13} measured {r_lat:>5.2}x predicted {r_pred:>5.2}x {}",
+                            "{:<13} {b:>5} {algo_name:>13} measured {r_lat:>5.2}x predicted {r_pred:>5.2}x {}",
                             m.spec.name,
                             if ok { "within 25%" } else { "MISSED by more than 25%" }
                         );
@@ -261,8 +270,14 @@ pub fn run(args: &[String]) -> Result<()> {
             let input = batches(&m.spec, b);
             let budget = Duration::from_secs(if o.quick { 1 } else { 3 });
             let plan = Plan::single(&m.graph);
-            let (one, _) = time_engine(&m, &m.graph, plan.clone(), b, 1, &input, budget, false)?;
-            let (two, _) = time_engine(&m, &m.graph, plan, b, 2, &input, budget, false)?;
+            let setup = |contexts| Setup {
+                graph: &m.graph,
+                plan: plan.clone(),
+                contexts,
+                trace: false,
+            };
+            let (one, _) = time_engine(&m, setup(1), &input, budget)?;
+            let (two, _) = time_engine(&m, setup(2), &input, budget)?;
             let ratio = two.samples_per_s / one.samples_per_s;
             let text = format!(
                 "model,batch,contexts,p50_us,p99_us,samples_per_s\n{n},{b},1,{:.1},{:.1},{:.1}\n{n},{b},2,{:.1},{:.1},{:.1}\n",

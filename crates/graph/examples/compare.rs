@@ -1,6 +1,6 @@
 //! Prints the `--compare` tables of a workload for a device profile, batch sizes and stream counts.
 //!
-//! Usage: `cargo run -p streamrec-graph --example compare -- [workload.toml] [profile] [batch,...] [K,...]`.
+//! Usage: `cargo run -p streamrec-graph --example compare -- [workload.toml|-] [profile] [batch,...] [K,...]`.
 
 use std::path::PathBuf;
 
@@ -8,9 +8,13 @@ use streamrec_graph::{compare, render_compare, CostModel, DeviceProfile, ModelSp
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let spec = args.first().map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../workloads/streamrec-26.toml")
-    });
+    let spec = args
+        .first()
+        .filter(|a| *a != "-")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../workloads/streamrec-26.toml")
+        });
     let profile = DeviceProfile::by_name_or_path(args.get(1).map_or("h200", String::as_str))?;
     let list = |i: usize, d: &str| -> Vec<usize> {
         args.get(i)

@@ -26,8 +26,10 @@
 //! - **End.** The latency is when the host has issued everything and the joined device work has
 //!   finished, plus `sync_us` for the final host synchronise.
 //!
-//! Not modelled: the host thread competing with CPU stream threads for cores, caches, and the
-//! lower efficiency of random gathers at mid-size batches (measured costs capture those).
+//! Not modelled: the host thread competing with CPU stream threads for cores, memory bandwidth
+//! shared by CPU cores, caches, and the lower efficiency of random gathers (estimated at full
+//! bandwidth; measured costs capture it, and a measured kernel slower than its roofline occupies
+//! fewer units, see [`crate::cost`]).
 
 use std::str::FromStr;
 
@@ -244,13 +246,15 @@ pub fn simulate(
         if !t.is_finite() {
             break;
         }
-        let dt = t - now;
+        let (before, dt) = (now, t - now);
         now = t;
         let mut i = 0;
         while i < running.len() {
             let r = &mut running[i];
+            // The same expression as for `next_end`, so the kernel that ends now surely ends.
+            let ends = before + r.left * r.alone_us / speed <= t;
             r.left -= dt * speed / r.alone_us;
-            if r.left * r.alone_us <= 1e-9 {
+            if ends || r.left * r.alone_us <= 1e-9 {
                 let r = running.swap_remove(i);
                 op_end[r.op] = now;
                 busy[r.stream] += now - op_start[r.op];

@@ -79,7 +79,7 @@ fn check_plan(g: &OpGraph, plan: &Plan, k: usize) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
     fn every_algorithm_gives_a_valid_plan(

@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod batch;
+pub mod calibrate;
 pub mod engine;
 pub mod error;
 pub mod exec;

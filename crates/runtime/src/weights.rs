@@ -89,7 +89,7 @@ impl Weights {
         let mut tensors = HashMap::new();
         for w in &specs {
             let len: usize = w.shape.iter().product();
-            let mut data = vec![0f32; len];
+            let mut data = alloc_table(len);
             let base = name_hash(seed, &w.name);
             let scale = init_scale(w);
             let chunk = len.div_ceil(threads).max(1 << 16);
@@ -209,6 +209,32 @@ impl Weights {
     pub fn insert(&mut self, name: impl Into<String>, t: Tensor) {
         self.tensors.insert(name.into(), Arc::new(t));
     }
+}
+
+/// A zeroed f32 buffer; large ones ask the kernel for transparent huge pages, which cut the
+/// TLB misses of random embedding-row gathers.
+fn alloc_table(len: usize) -> Vec<f32> {
+    let mut v: Vec<f32> = Vec::with_capacity(len);
+    const HUGE: usize = 2 << 20;
+    let bytes = len * 4;
+    if bytes >= 4 * HUGE {
+        let start = v.as_mut_ptr() as usize;
+        let aligned = start.next_multiple_of(HUGE);
+        let end = (start + bytes) / HUGE * HUGE;
+        if end > aligned {
+            // SAFETY: the range lies inside the allocation just made; madvise only changes how
+            // the kernel backs those pages and fails harmlessly where THP is unavailable.
+            unsafe {
+                libc::madvise(
+                    aligned as *mut libc::c_void,
+                    end - aligned,
+                    libc::MADV_HUGEPAGE,
+                );
+            }
+        }
+    }
+    v.resize(len, 0.0);
+    v
 }
 
 /// Refuses weights that cannot fit in this machine's available memory.

@@ -12,7 +12,10 @@ use streamrec_graph::{
 use streamrec_runtime::exec::synthetic_value;
 use streamrec_runtime::{Batch, CpuBackend, Engine, EngineConfig, Weights};
 
-fn dag() -> impl Strategy<Value = (usize, Vec<(usize, usize)>, Vec<(f64, f64)>)> {
+/// Op count, forward edges and per-op (spin ns per sample, bytes) costs.
+type Dag = (usize, Vec<(usize, usize)>, Vec<(f64, f64)>);
+
+fn dag() -> impl Strategy<Value = Dag> {
     (2usize..60).prop_flat_map(|n| {
         let edges = proptest::collection::vec((0..n, 0..n), 0..n * 2).prop_map(|v| {
             v.into_iter()

@@ -82,8 +82,8 @@ pub(crate) fn plan(
         } else {
             let home = cpreds[c].first().map(|&pc| stream_c[pc]);
             let mut best = (f64::INFINITY, true, usize::MAX);
-            for s in 0..k {
-                let end = avail[s].max(ready_on(s, &stream_c, &finish)) + ccost[c];
+            for (s, &free) in avail.iter().enumerate() {
+                let end = free.max(ready_on(s, &stream_c, &finish)) + ccost[c];
                 let key = (end, home != Some(s), s);
                 if key.0 < best.0 || (key.0 == best.0 && (key.1, key.2) < (best.1, best.2)) {
                     best = key;
