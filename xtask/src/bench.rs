@@ -182,10 +182,12 @@ pub fn run(args: &[String]) -> Result<()> {
     bar.set_message("calibrating the cpu profile");
     let cpu = calibrate::cpu_profile(DeviceProfile::cpu())?;
     std::fs::write(o.out.join("cpu-profile.toml"), cpu.to_toml_string())?;
-    bar.println(format!(
-        "cpu profile calibrated: launch {:.2} us, per-op gap {:.2} us, event {:.2} us, wake {:.2} us, sync {:.2} us",
-        cpu.launch_us, cpu.graph_node_us, cpu.event_us, cpu.wake_us, cpu.sync_us
-    ));
+    bar.suspend(|| {
+        eprintln!(
+            "cpu profile calibrated: launch {:.2} us, per-op gap {:.2} us, event {:.2} us, wake {:.2} us, sync {:.2} us",
+            cpu.launch_us, cpu.graph_node_us, cpu.event_us, cpu.wake_us, cpu.sync_us
+        )
+    });
     let mut pred_table = String::new();
     for (name, cap) in &models {
         bar.set_message(format!("loading {name}"));
@@ -285,10 +287,12 @@ pub fn run(args: &[String]) -> Result<()> {
                 n = m.spec.name
             );
             std::fs::write(o.out.join("contexts.csv"), text)?;
-            bar.println(format!(
-                "{} batch {b}: 1 context {:.1} samples/s, 2 contexts {:.1} samples/s: {ratio:.2}x",
-                m.spec.name, one.samples_per_s, two.samples_per_s
-            ));
+            bar.suspend(|| {
+                eprintln!(
+                    "{} batch {b}: 1 context {:.1} samples/s, 2 contexts {:.1} samples/s: {ratio:.2}x",
+                    m.spec.name, one.samples_per_s, two.samples_per_s
+                )
+            });
         }
     }
     bar.finish_and_clear();

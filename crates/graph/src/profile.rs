@@ -28,8 +28,12 @@ pub struct DeviceProfile {
     /// Device-side gap before each node of a replayed graph, in microseconds (eagerly launched
     /// kernels pay it too, after the host's launch cost).
     pub graph_node_us: f64,
-    /// Cost of one event record plus the wait on it, in microseconds.
+    /// Device-side latency of one event record plus the wait on it, in microseconds: from the
+    /// record firing to the waiting stream going on (on the CPU, waking the waiting thread).
     pub event_us: f64,
+    /// Host time to issue one event record or one wait (eager mode).
+    #[serde(default)]
+    pub event_host_us: f64,
     /// Host time of the final synchronise (from the last kernel's end to the host resuming).
     pub sync_us: f64,
     /// Latency for an idle stream to pick up work that became available (a sleeping stream
@@ -62,6 +66,7 @@ impl DeviceProfile {
             launch_us: 3.66,
             graph_node_us: 0.34,
             event_us: 0.52,
+            event_host_us: 0.26,
             sync_us: 5.04,
             wake_us: 0.0,
             min_kernel_us: 2.0,
@@ -81,7 +86,8 @@ impl DeviceProfile {
             mem_bandwidth: 20e9,
             launch_us: 2.0,
             graph_node_us: 0.5,
-            event_us: 1.0,
+            event_us: 10.0,
+            event_host_us: 1.0,
             sync_us: 5.0,
             wake_us: 5.0,
             min_kernel_us: 0.5,
@@ -144,6 +150,7 @@ impl DeviceProfile {
             ("launch_us", self.launch_us),
             ("graph_node_us", self.graph_node_us),
             ("event_us", self.event_us),
+            ("event_host_us", self.event_host_us),
             ("sync_us", self.sync_us),
             ("wake_us", self.wake_us),
         ] {

@@ -3,18 +3,20 @@
 //! The model, in order of what happens:
 //!
 //! - **Host.** In `eager` mode one host thread walks [`Plan::issue_order`]: each launch costs
-//!   `launch_us` of host time, each record and each wait `event_us / 2`; a step reaches its stream
-//!   when the host has issued it. In `graph` mode the host pays one `launch_us` for the whole
+//!   `launch_us` of host time, each record and each wait `event_host_us`; a step reaches its
+//!   stream when the host has issued it. In `graph` mode the host pays one `launch_us` for the whole
 //!   replay, and every step is available from then on.
 //! - **Fork and join.** The request's inputs are ready on stream 0. Every other stream first waits
-//!   on a fork event from stream 0 (in eager mode the host pays `event_us` per extra stream), and
+//!   on a fork event from stream 0 (in eager mode the host pays `event_host_us` per extra stream), and
 //!   stream 0 waits on a join event from every other stream at the end. A waited event lets the
 //!   waiting stream go on `event_us` after it fired.
 //! - **Streams.** Each stream is FIFO. An op starts at the latest of: its step reaching the stream,
 //!   the end of the stream's previous op, and the events waited on before it, plus the device's
 //!   dispatch gap `graph_node_us` (the per-node gap of a graph replay; eagerly launched kernels pay
-//!   it too, on top of the host's launch cost). In eager mode a stream that sat idle until the work
-//!   arrived also pays `wake_us` (a sleeping CPU stream thread; zero on a GPU). A record fires when
+//!   it too, on top of the host's launch cost). In eager mode a stream that sat idle until the host
+//!   issued its work also pays `wake_us` on that arrival (a sleeping CPU stream thread; zero on a
+//!   GPU); a stream held by an event wait pays only `event_us`, which already includes waking
+//!   it. A record fires when
 //!   everything before it on its stream has finished.
 //! - **Device.** An op running alone takes its standalone time from the [`CostModel`] (never less
 //!   than `min_kernel_us`) and occupies `units` of the device (see [`crate::cost`]): small kernels
@@ -130,14 +132,14 @@ pub fn simulate(
         SimMode::Eager => {
             host = 0.0;
             for gs in gate.iter_mut().skip(1) {
-                host += p.event_us;
+                host += p.event_host_us;
                 *gs = host + p.event_us;
             }
             let mut idx = vec![0usize; k];
             for (s, step) in plan.issue_order() {
                 host += match step {
                     Step::Launch(_) => p.launch_us,
-                    Step::Record(_) | Step::Wait(_) => p.event_us / 2.0,
+                    Step::Record(_) | Step::Wait(_) => p.event_host_us,
                 };
                 if let Some(a) = avail[s].get_mut(idx[s]) {
                     *a = host;
@@ -145,7 +147,7 @@ pub fn simulate(
                 idx[s] += 1;
             }
             // The host joins the other streams before synchronising.
-            host += p.event_us * k.saturating_sub(1) as f64;
+            host += p.event_host_us * k.saturating_sub(1) as f64;
         }
         SimMode::Graph => {
             host = p.launch_us;
@@ -192,11 +194,11 @@ pub fn simulate(
                             None => break,
                         },
                         Step::Launch(op) => {
-                            let ready = at.max(gate[s]);
-                            let start = match mode {
-                                SimMode::Eager if ready > free_at[s] => ready + p.wake_us,
-                                _ => ready.max(free_at[s]),
-                            } + p.graph_node_us;
+                            let arrive = match mode {
+                                SimMode::Eager if at > free_at[s] => at + p.wake_us,
+                                _ => at,
+                            };
+                            let start = arrive.max(gate[s]).max(free_at[s]) + p.graph_node_us;
                             pending[s] = Some((op, start.max(now)));
                         }
                     }

@@ -110,6 +110,7 @@ fn toy() -> DeviceProfile {
         launch_us: 3.0,
         graph_node_us: 0.5,
         event_us: 1.0,
+        event_host_us: 0.5,
         sync_us: 5.0,
         wake_us: 0.0,
         min_kernel_us: 2.0,

@@ -66,34 +66,49 @@ fn chain(n: usize, spin_us: f64) -> Result<(Arc<OpGraph>, Plan, Plan)> {
     Ok((g, one, two))
 }
 
+/// Host time of issuing one command onto a stream (an event record), in microseconds.
+fn enqueue_us() -> Result<f64> {
+    use crate::backend::Backend;
+    let be = CpuBackend::new();
+    let stream = be.new_stream()?;
+    let event = be.new_event()?;
+    let n = 2000;
+    let t = Instant::now();
+    for _ in 0..n {
+        be.record(&stream, &event)?;
+    }
+    let us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    be.synchronize(&stream)?;
+    Ok(us)
+}
+
 /// The `cpu` profile with its fixed costs measured on this machine (`base` gives the rest).
 pub fn cpu_profile(base: DeviceProfile) -> Result<DeviceProfile> {
     const SPIN: f64 = 20.0;
-    let reps = 41;
+    let reps = 101;
+    let (g1, one1, _) = chain(1, 0.0)?;
     let (g8, one8, _) = chain(8, SPIN)?;
     let (g32, one32, two32) = chain(32, SPIN)?;
-    let (g0, zero, _) = chain(8, 0.0)?;
+    let empty = median_us(&g1, one1, reps)?;
     let l8 = median_us(&g8, one8, reps)?;
     let l32 = median_us(&g32, one32, reps)?;
     let p32 = median_us(&g32, two32, reps)?;
-    let l0 = median_us(&g0, zero, reps)?;
+    let launch = enqueue_us()?;
     // A busy stream runs back-to-back ops with this gap between them.
     let per_op = ((l32 - l8) / 24.0 - SPIN).max(0.05);
-    // What a request costs beyond its ops: host launch of the first op, waking the stream
-    // thread, and the final synchronise.
-    let fixed = (l8 - 8.0 * (SPIN + per_op)).max(0.5);
-    // Each hop between streams: the record, the wait and the wake-up of the waiting thread.
+    // Each hop between streams: the record, and waking the thread blocked in the wait.
     let hop = ((p32 - l32) / 31.0).max(0.1);
-    // With nothing to run, the host's enqueue cost per launch shows.
-    let launch = ((l0 - fixed) / 8.0).clamp(0.1, 5.0);
-    let wake = (hop / 2.0).min(fixed / 2.0);
+    // One empty op: the host issues it, the sleeping stream thread wakes, runs it and wakes the
+    // host blocked in the synchronise; both wake-ups are the same mechanism.
+    let wakes = (empty - launch - per_op).max(0.2);
     Ok(DeviceProfile {
         name: "cpu (calibrated)".into(),
         launch_us: launch,
         graph_node_us: per_op,
-        event_us: hop - wake,
-        wake_us: wake,
-        sync_us: (fixed - launch - wake).max(0.1),
+        event_us: hop,
+        event_host_us: launch,
+        wake_us: wakes / 2.0,
+        sync_us: wakes / 2.0,
         ..base
     })
 }
