@@ -85,58 +85,92 @@ fn batches(spec: &ModelSpec, b: usize) -> Vec<Arc<Batch>> {
         .collect()
 }
 
-/// One engine configuration to time.
-struct Setup<'a> {
-    graph: &'a OpGraph,
+/// An engine on the CPU backend over the model's weights.
+fn cpu_engine(
+    m: &Model,
+    graph: &OpGraph,
     plan: Plan,
-    contexts: usize,
-    trace: bool,
+    cfg: EngineConfig,
+) -> Result<Engine<CpuBackend>> {
+    Ok(Engine::new(
+        CpuBackend::new(),
+        Arc::new(graph.clone()),
+        plan,
+        &m.weights,
+        cfg,
+    )?)
+}
+
+fn engine_cfg(b: usize, contexts: usize, trace: bool) -> EngineConfig {
+    EngineConfig {
+        contexts,
+        max_batch: b,
+        graphs: false,
+        trace,
+        validate: true,
+    }
 }
 
 /// Runs an engine for about `budget` (at most 400 timed requests) on `input`.
 fn time_engine(
-    m: &Model,
-    setup: Setup<'_>,
+    engine: &Engine<CpuBackend>,
+    contexts: usize,
     input: &[Arc<Batch>],
     budget: Duration,
-) -> Result<(LatencySummary, Vec<streamrec_runtime::trace::TraceEvent>)> {
-    let contexts = setup.contexts;
-    let engine = Engine::new(
-        CpuBackend::new(),
-        Arc::new(setup.graph.clone()),
-        setup.plan,
-        &m.weights,
-        EngineConfig {
-            contexts,
-            max_batch: input[0].size,
-            graphs: false,
-            trace: setup.trace,
-            validate: true,
-        },
-    )?;
-    let s = measure(
-        &engine,
+) -> Result<LatencySummary> {
+    Ok(measure(
+        engine,
         input,
         &MeasureConfig {
-            warmup: 2 * contexts,
+            warmup: contexts,
             iters: 400,
             threads: contexts,
             max_time: Some(budget),
         },
-    )?;
-    Ok((s, engine.take_trace()))
+    )?)
+}
+
+/// Times every engine in `rounds` interleaved rounds, so that machine noise spreads over all of
+/// them alike, and keeps the median of each figure over the rounds.
+fn time_side_by_side(
+    engines: &[(&Engine<CpuBackend>, usize)],
+    input: &[Arc<Batch>],
+    budget: Duration,
+    rounds: usize,
+    mut tick: impl FnMut(),
+) -> Result<Vec<LatencySummary>> {
+    let mut per: Vec<Vec<LatencySummary>> = vec![Vec::new(); engines.len()];
+    for _ in 0..rounds {
+        for (i, (e, contexts)) in engines.iter().enumerate() {
+            per[i].push(time_engine(e, *contexts, input, budget / rounds as u32)?);
+            tick();
+        }
+    }
+    Ok(per.iter().map(|v| median_summary(v)).collect())
+}
+
+fn median_summary(v: &[LatencySummary]) -> LatencySummary {
+    let med = |f: fn(&LatencySummary) -> f64| {
+        let mut x: Vec<f64> = v.iter().map(f).collect();
+        x.sort_by(f64::total_cmp);
+        x[x.len() / 2]
+    };
+    LatencySummary {
+        count: v.iter().map(|s| s.count).sum(),
+        p50_us: med(|s| s.p50_us),
+        p90_us: med(|s| s.p90_us),
+        p99_us: med(|s| s.p99_us),
+        mean_us: med(|s| s.mean_us),
+        samples_per_s: med(|s| s.samples_per_s),
+    }
 }
 
 /// Per-op medians of a single-stream run: the calibration of the `cpu` profile.
 fn profile(m: &Model, input: &[Arc<Batch>], budget: Duration) -> Result<MeasuredCosts> {
     let b = input[0].size;
-    let setup = Setup {
-        graph: &m.graph,
-        plan: Plan::single(&m.graph),
-        contexts: 1,
-        trace: true,
-    };
-    let (_, events) = time_engine(m, setup, input, budget)?;
+    let engine = cpu_engine(m, &m.graph, Plan::single(&m.graph), engine_cfg(b, 1, true))?;
+    time_engine(&engine, 1, input, budget)?;
+    let events = engine.take_trace();
     let mut costs = MeasuredCosts {
         device: "cpu (measured by cargo xtask bench)".into(),
         ..Default::default()
@@ -171,7 +205,7 @@ pub fn run(args: &[String]) -> Result<()> {
         &[1, 16, 128, 1024]
     };
     let ks = [1usize, 2, 4, 8];
-    let total = (models.len() * sizes.len() * Algorithm::ALL.len() * ks.len()) as u64;
+    let total = (models.len() * sizes.len() * Algorithm::ALL.len() * ks.len() * 3) as u64;
     let bar = ProgressBar::new(total).with_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} {elapsed_precise} {msg}")
             .expect("valid template"),
@@ -194,16 +228,14 @@ pub fn run(args: &[String]) -> Result<()> {
         let m = load(name, *cap)?;
         for &b in sizes {
             let input = batches(&m.spec, b);
-            let budget = Duration::from_millis(if o.quick { 150 } else { 700 });
+            let budget = Duration::from_millis(if o.quick { 150 } else { 900 });
             bar.set_message(format!("{} batch {b}: calibrating", m.spec.name));
             let costs = profile(&m, &input, budget)?;
             let cost = CostModel::new(cpu.clone()).with_measured(costs);
-            let mut single: Option<LatencySummary> = None;
-            let mut single_pred = 0.0;
+            // Plan every configuration, then time them all side by side.
+            let mut configs = Vec::new();
             for &k in &ks {
                 for algo in Algorithm::ALL {
-                    let algo_name = algo.to_string();
-                    bar.set_message(format!("{} batch {b}: {algo} x{k}", m.spec.name));
                     let planned = assign(
                         &m.graph,
                         &AssignConfig {
@@ -218,51 +250,55 @@ pub fn run(args: &[String]) -> Result<()> {
                     let pred = simulate(&planned.graph, &planned.plan, &cost, b, SimMode::Eager)
                         .latency_us;
                     let (streams, waits) = (planned.plan.num_streams(), planned.plan.num_waits());
-                    let setup = Setup {
-                        graph: &planned.graph,
-                        plan: planned.plan,
-                        contexts: 1,
-                        trace: false,
-                    };
-                    let (s, _) = time_engine(&m, setup, &input, budget)?;
-                    if algo == Algorithm::Single && k == 1 {
-                        single = Some(s.clone());
-                        single_pred = pred;
-                    }
-                    let base = single.as_ref().expect("single runs first");
-                    let r_lat = base.p50_us / s.p50_us;
-                    let r_tput = s.samples_per_s / base.samples_per_s;
-                    let r_pred = single_pred / pred;
+                    let engine =
+                        cpu_engine(&m, &planned.graph, planned.plan, engine_cfg(b, 1, false))?;
+                    configs.push((algo, k, streams, waits, pred, engine));
+                }
+            }
+            bar.set_message(format!(
+                "{} batch {b}: timing {} plans",
+                m.spec.name,
+                configs.len()
+            ));
+            let engines: Vec<(&Engine<CpuBackend>, usize)> =
+                configs.iter().map(|c| (&c.5, 1)).collect();
+            let rounds = 3;
+            let results = time_side_by_side(&engines, &input, budget, rounds, || bar.inc(1))?;
+            let (base, single_pred) = (&results[0], configs[0].4);
+            for ((algo, k, streams, waits, pred, _), s) in configs.iter().zip(&results) {
+                let (algo, k, streams, waits, pred) = (*algo, *k, *streams, *waits, *pred);
+                let algo_name = algo.to_string();
+                let r_lat = base.p50_us / s.p50_us;
+                let r_tput = s.samples_per_s / base.samples_per_s;
+                let r_pred = single_pred / pred;
+                let _ = writeln!(
+                    csv,
+                    "{},{b},{algo},{k},{streams},{waits},{:.1},{:.1},{:.1},{r_lat:.3},{r_tput:.3},{r_pred:.3}",
+                    m.spec.name, s.p50_us, s.p99_us, s.samples_per_s
+                );
+                let _ = writeln!(
+                    table,
+                    "{:<13} {b:>5} {algo_name:>13} {k:>2} {streams:>3} {waits:>5} {:>11.1} {:>11.1} {:>12.1} {r_lat:>7.2}x {r_pred:>7.2}x",
+                    m.spec.name, s.p50_us, s.p99_us, s.samples_per_s
+                );
+                if k == 2
+                    && matches!(
+                        algo,
+                        Algorithm::StreamRec | Algorithm::Nimble | Algorithm::CriticalPath
+                    )
+                {
+                    let ok = (r_lat / r_pred - 1.0).abs() <= 0.25;
                     let _ = writeln!(
-                        csv,
-                        "{},{b},{algo},{k},{streams},{waits},{:.1},{:.1},{:.1},{r_lat:.3},{r_tput:.3},{r_pred:.3}",
-                        m.spec.name, s.p50_us, s.p99_us, s.samples_per_s
+                        pred_csv,
+                        "{},{b},{algo},{streams},{:.1},{:.1},{r_lat:.3},{single_pred:.1},{pred:.1},{r_pred:.3},{ok}",
+                        m.spec.name, base.p50_us, s.p50_us
                     );
                     let _ = writeln!(
-                        table,
-                        "{:<13} {b:>5} {algo_name:>13} {k:>2} {streams:>3} {waits:>5} {:>11.1} {:>11.1} {:>12.1} {r_lat:>7.2}x {r_pred:>7.2}x",
-                        m.spec.name, s.p50_us, s.p99_us, s.samples_per_s
+                        pred_table,
+                        "{:<13} {b:>5} {algo_name:>13} measured {r_lat:>5.2}x predicted {r_pred:>5.2}x {}",
+                        m.spec.name,
+                        if ok { "within 25%" } else { "MISSED by more than 25%" }
                     );
-                    if k == 2
-                        && matches!(
-                            algo,
-                            Algorithm::StreamRec | Algorithm::Nimble | Algorithm::CriticalPath
-                        )
-                    {
-                        let ok = (r_lat / r_pred - 1.0).abs() <= 0.25;
-                        let _ = writeln!(
-                            pred_csv,
-                            "{},{b},{algo},{streams},{:.1},{:.1},{r_lat:.3},{single_pred:.1},{pred:.1},{r_pred:.3},{ok}",
-                            m.spec.name, base.p50_us, s.p50_us
-                        );
-                        let _ = writeln!(
-                            pred_table,
-                            "{:<13} {b:>5} {algo_name:>13} measured {r_lat:>5.2}x predicted {r_pred:>5.2}x {}",
-                            m.spec.name,
-                            if ok { "within 25%" } else { "MISSED by more than 25%" }
-                        );
-                    }
-                    bar.inc(1);
                 }
             }
         }
@@ -272,14 +308,10 @@ pub fn run(args: &[String]) -> Result<()> {
             let input = batches(&m.spec, b);
             let budget = Duration::from_secs(if o.quick { 1 } else { 3 });
             let plan = Plan::single(&m.graph);
-            let setup = |contexts| Setup {
-                graph: &m.graph,
-                plan: plan.clone(),
-                contexts,
-                trace: false,
-            };
-            let (one, _) = time_engine(&m, setup(1), &input, budget)?;
-            let (two, _) = time_engine(&m, setup(2), &input, budget)?;
+            let one = cpu_engine(&m, &m.graph, plan.clone(), engine_cfg(b, 1, false))?;
+            let two = cpu_engine(&m, &m.graph, plan, engine_cfg(b, 2, false))?;
+            let r = time_side_by_side(&[(&one, 1), (&two, 2)], &input, budget, 3, || {})?;
+            let (one, two) = (&r[0], &r[1]);
             let ratio = two.samples_per_s / one.samples_per_s;
             let text = format!(
                 "model,batch,contexts,p50_us,p99_us,samples_per_s\n{n},{b},1,{:.1},{:.1},{:.1}\n{n},{b},2,{:.1},{:.1},{:.1}\n",
