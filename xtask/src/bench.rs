@@ -140,9 +140,13 @@ fn time_side_by_side(
     mut tick: impl FnMut(),
 ) -> Result<Vec<LatencySummary>> {
     let mut per: Vec<Vec<LatencySummary>> = vec![Vec::new(); engines.len()];
-    for _ in 0..rounds {
-        for (i, (e, contexts)) in engines.iter().enumerate() {
-            per[i].push(time_engine(e, *contexts, input, budget / rounds as u32)?);
+    let n = engines.len();
+    for r in 0..rounds {
+        // Each round starts at a different engine, so no engine always runs first.
+        for j in 0..n {
+            let i = (j + r * n.div_ceil(rounds)) % n;
+            let (e, contexts) = engines[i];
+            per[i].push(time_engine(e, contexts, input, budget / rounds as u32)?);
             tick();
         }
     }
@@ -264,7 +268,16 @@ pub fn run(args: &[String]) -> Result<()> {
                 configs.iter().map(|c| (&c.5, 1)).collect();
             let rounds = 3;
             let results = time_side_by_side(&engines, &input, budget, rounds, || bar.inc(1))?;
-            let (base, single_pred) = (&results[0], configs[0].4);
+            // The baseline: `single` is planned once per K (the same plan each time); the median
+            // of those runs is steadier than any one of them.
+            let singles: Vec<LatencySummary> = configs
+                .iter()
+                .zip(&results)
+                .filter(|(c, _)| c.0 == Algorithm::Single)
+                .map(|(_, s)| s.clone())
+                .collect();
+            let base = &median_summary(&singles);
+            let single_pred = configs[0].4;
             for ((algo, k, streams, waits, pred, _), s) in configs.iter().zip(&results) {
                 let (algo, k, streams, waits, pred) = (*algo, *k, *streams, *waits, *pred);
                 let algo_name = algo.to_string();

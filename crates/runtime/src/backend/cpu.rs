@@ -14,9 +14,9 @@
 //! no two ops write the same buffer, and a context runs one request at a time.
 
 use std::cell::UnsafeCell;
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -33,6 +33,26 @@ use crate::weights::Weights;
 #[derive(Debug)]
 pub struct CpuBackend {
     epoch: Instant,
+    spin: Arc<SpinPolicy>,
+}
+
+/// Spinning before sleeping saves a wake-up but burns a core: stream threads spin only while
+/// this backend's streams fit on the machine's cores, and the host only while they leave one
+/// core free for it.
+#[derive(Debug)]
+struct SpinPolicy {
+    live_streams: AtomicUsize,
+    cores: usize,
+}
+
+impl SpinPolicy {
+    fn streams_may_spin(&self) -> bool {
+        self.live_streams.load(Ordering::Relaxed) <= self.cores
+    }
+
+    fn host_may_spin(&self) -> bool {
+        self.live_streams.load(Ordering::Relaxed) < self.cores
+    }
 }
 
 impl Default for CpuBackend {
@@ -46,6 +66,10 @@ impl CpuBackend {
     pub fn new() -> Self {
         Self {
             epoch: Instant::now(),
+            spin: Arc::new(SpinPolicy {
+                live_streams: AtomicUsize::new(0),
+                cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            }),
         }
     }
 }
@@ -110,8 +134,31 @@ pub struct CpuEvent {
 
 struct EventInner {
     issued: AtomicU64,
+    /// The last generation published, readable without the lock (for spinning waiters).
+    published: AtomicU64,
     done: Mutex<u64>,
     cv: Condvar,
+}
+
+/// How long an idle stream thread, or one waiting on an event, spins before it sleeps. Waking a
+/// sleeping thread costs tens of microseconds on a virtual machine; work that arrives within
+/// this window is picked up at once.
+const SPIN: std::time::Duration = std::time::Duration::from_micros(40);
+
+/// Spins until `ready()` holds or [`SPIN`] has passed; true when it holds.
+fn spin_until(ready: impl Fn() -> bool) -> bool {
+    let t0 = Instant::now();
+    loop {
+        if ready() {
+            return true;
+        }
+        if t0.elapsed() > SPIN {
+            return false;
+        }
+        for _ in 0..32 {
+            std::hint::spin_loop();
+        }
+    }
 }
 
 enum Cmd {
@@ -134,13 +181,24 @@ enum Cmd {
 
 struct StreamShared {
     state: Mutex<StreamState>,
+    /// Commands queued and not yet taken, readable without the lock (for spinning).
+    queued: AtomicU64,
+    /// Commands finished (mirrors `StreamState::done`), readable without the lock.
+    finished: AtomicU64,
+    /// Signalled when a command is queued (the stream thread waits on it).
+    work: Condvar,
+    /// Signalled when every issued command has run (the host waits on it).
     cv: Condvar,
     tracing: AtomicBool,
     spans: Mutex<Vec<Span>>,
 }
 
+/// A stream's queue and progress, under one lock. The queue keeps its capacity, so a steady
+/// stream of requests allocates nothing.
 #[derive(Default)]
 struct StreamState {
+    cmds: VecDeque<Cmd>,
+    closed: bool,
     issued: u64,
     done: u64,
     error: Option<String>,
@@ -148,34 +206,59 @@ struct StreamState {
 
 /// A stream: one OS thread draining a FIFO of commands.
 pub struct CpuStream {
-    tx: Mutex<Option<mpsc::Sender<Cmd>>>,
     shared: Arc<StreamShared>,
     thread: Option<JoinHandle<()>>,
+    spin: Arc<SpinPolicy>,
 }
 
 impl CpuStream {
     fn push(&self, cmd: Cmd) -> Result<()> {
-        self.shared.state.lock().expect("stream state").issued += 1;
-        let tx = self.tx.lock().expect("stream sender");
-        tx.as_ref()
-            .and_then(|t| t.send(cmd).ok())
-            .ok_or_else(|| RuntimeError::Execution("stream thread has stopped".into()))
+        let mut st = self.shared.state.lock().expect("stream state");
+        if st.closed {
+            return Err(RuntimeError::Execution("stream thread has stopped".into()));
+        }
+        st.issued += 1;
+        st.cmds.push_back(cmd);
+        self.shared.queued.fetch_add(1, Ordering::Release);
+        drop(st);
+        self.shared.work.notify_one();
+        Ok(())
     }
 }
 
 impl Drop for CpuStream {
     fn drop(&mut self) {
-        if let Ok(mut tx) = self.tx.lock() {
-            tx.take();
+        if let Ok(mut st) = self.shared.state.lock() {
+            st.closed = true;
         }
+        self.shared.work.notify_one();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        self.spin.live_streams.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-fn stream_main(rx: mpsc::Receiver<Cmd>, shared: Arc<StreamShared>, epoch: Instant) {
-    while let Ok(cmd) = rx.recv() {
+/// The next command, blocking while the queue is empty; `None` once the stream is closed.
+fn next_cmd(shared: &StreamShared, spin: &SpinPolicy) -> Option<Cmd> {
+    if shared.queued.load(Ordering::Acquire) == 0 && spin.streams_may_spin() {
+        spin_until(|| shared.queued.load(Ordering::Acquire) > 0);
+    }
+    let mut st = shared.state.lock().expect("stream state");
+    loop {
+        if let Some(c) = st.cmds.pop_front() {
+            shared.queued.fetch_sub(1, Ordering::AcqRel);
+            return Some(c);
+        }
+        if st.closed {
+            return None;
+        }
+        st = shared.work.wait(st).expect("stream state");
+    }
+}
+
+fn stream_main(shared: Arc<StreamShared>, epoch: Instant, spin: Arc<SpinPolicy>) {
+    while let Some(cmd) = next_cmd(&shared, &spin) {
         match cmd {
             Cmd::Op {
                 graph,
@@ -242,18 +325,24 @@ fn stream_main(rx: mpsc::Receiver<Cmd>, shared: Arc<StreamShared>, epoch: Instan
                 let mut d = ev.done.lock().expect("event");
                 if *d < gen {
                     *d = gen;
+                    ev.published.store(gen, Ordering::Release);
                 }
                 ev.cv.notify_all();
             }
             Cmd::Wait(ev, gen) => {
-                let mut d = ev.done.lock().expect("event");
-                while *d < gen {
-                    d = ev.cv.wait(d).expect("event");
+                let spun = spin.streams_may_spin()
+                    && spin_until(|| ev.published.load(Ordering::Acquire) >= gen);
+                if !spun {
+                    let mut d = ev.done.lock().expect("event");
+                    while *d < gen {
+                        d = ev.cv.wait(d).expect("event");
+                    }
                 }
             }
         }
         let mut st = shared.state.lock().expect("stream state");
         st.done += 1;
+        shared.finished.store(st.done, Ordering::Release);
         if st.done == st.issued {
             shared.cv.notify_all();
         }
@@ -289,23 +378,27 @@ impl Backend for CpuBackend {
     }
 
     fn new_stream(&self) -> Result<CpuStream> {
-        let (tx, rx) = mpsc::channel();
         let shared = Arc::new(StreamShared {
             state: Mutex::new(StreamState::default()),
+            queued: AtomicU64::new(0),
+            finished: AtomicU64::new(0),
+            work: Condvar::new(),
             cv: Condvar::new(),
             tracing: AtomicBool::new(false),
             spans: Mutex::new(Vec::new()),
         });
         let s2 = Arc::clone(&shared);
         let epoch = self.epoch;
+        let spin = Arc::clone(&self.spin);
+        self.spin.live_streams.fetch_add(1, Ordering::Relaxed);
         let thread = std::thread::Builder::new()
             .name("streamrec-cpu-stream".into())
-            .spawn(move || stream_main(rx, s2, epoch))
+            .spawn(move || stream_main(s2, epoch, spin))
             .map_err(|e| RuntimeError::Execution(format!("cannot start a stream thread: {e}")))?;
         Ok(CpuStream {
-            tx: Mutex::new(Some(tx)),
             shared,
             thread: Some(thread),
+            spin: Arc::clone(&self.spin),
         })
     }
 
@@ -313,6 +406,7 @@ impl Backend for CpuBackend {
         Ok(CpuEvent {
             inner: Arc::new(EventInner {
                 issued: AtomicU64::new(0),
+                published: AtomicU64::new(0),
                 done: Mutex::new(0),
                 cv: Condvar::new(),
             }),
@@ -408,6 +502,10 @@ impl Backend for CpuBackend {
 
     fn synchronize(&self, stream: &CpuStream) -> Result<()> {
         let sh = &stream.shared;
+        let target = sh.state.lock().expect("stream state").issued;
+        if self.spin.host_may_spin() {
+            spin_until(|| sh.finished.load(Ordering::Acquire) >= target);
+        }
         let mut st = sh.state.lock().expect("stream state");
         while st.done < st.issued {
             st = sh.cv.wait(st).expect("stream state");
