@@ -11,7 +11,7 @@ use streamrec_runtime::gen::{random_batch, Skew};
 use streamrec_runtime::{EngineConfig, Weights};
 
 use super::run::{build, Target};
-use super::{ModelArgs, PlanOpts};
+use super::{EngineArgs, ModelArgs, PlanOpts};
 
 /// Arguments of `streamrec check`.
 #[derive(Debug, Args)]
@@ -20,12 +20,8 @@ pub struct CheckArgs {
     model: ModelArgs,
     #[command(flatten)]
     plan: PlanOpts,
-    /// Backend under test: auto, cpu or cuda.
-    #[arg(long, default_value = "auto")]
-    backend: BackendKind,
-    /// Capture CUDA graphs: on or off.
-    #[arg(long, default_value = "off", value_parser = ["on", "off"])]
-    graph: String,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Samples per batch.
     #[arg(long, value_name = "B", default_value_t = 64)]
     batch: usize,
@@ -35,9 +31,6 @@ pub struct CheckArgs {
     /// Largest relative error allowed: |a - b| / max(|b|, 1e-3).
     #[arg(long, default_value_t = 1e-4)]
     tolerance: f64,
-    /// Let CUDA GEMMs use TF32 tensor cores (raise --tolerance to ~1e-2 with it).
-    #[arg(long)]
-    tf32: bool,
 }
 
 /// Runs `streamrec check`.
@@ -51,7 +44,7 @@ pub fn main(a: CheckArgs) -> Result<()> {
     let cfg = EngineConfig {
         contexts: 1,
         max_batch: a.batch,
-        graphs: a.graph == "on",
+        graphs: a.engine.graphs(),
         trace: false,
         validate: true,
     };
@@ -71,11 +64,7 @@ pub fn main(a: CheckArgs) -> Result<()> {
         &weights,
     )?;
     let tested = build(
-        &Target {
-            backend: a.backend,
-            tf32: a.tf32,
-            cfg,
-        },
+        &a.engine.target(cfg),
         &graph,
         &a.plan,
         a.plan.algo,
@@ -99,7 +88,7 @@ pub fn main(a: CheckArgs) -> Result<()> {
         tested.engine.backend_name(),
         tested.plan.algo,
         tested.plan.num_streams(),
-        a.graph,
+        a.engine.graph,
         a.batches,
         a.batch,
         max_abs,

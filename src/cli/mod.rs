@@ -13,7 +13,8 @@ use streamrec_graph::{
     Algorithm, AssignConfig, CostModel, DeviceProfile, MeasuredCosts, ModelSpec, OpGraph, Planned,
     SimMode,
 };
-use streamrec_runtime::RuntimeError;
+use streamrec_runtime::backend::BackendKind;
+use streamrec_runtime::{EngineConfig, RuntimeError};
 
 /// StreamRec: multi-stream inference for deep-learning recommendation models.
 #[derive(Debug, Parser)]
@@ -105,6 +106,36 @@ impl PlanOpts {
             fuse: self.fuse,
         };
         Ok(streamrec_graph::assign(graph, &cfg, cost)?)
+    }
+}
+
+/// Where an engine runs.
+#[derive(Debug, Args, Clone)]
+pub struct EngineArgs {
+    /// Backend: auto (CUDA when a device is present, else CPU), cpu or cuda.
+    #[arg(long, default_value = "auto")]
+    pub backend: BackendKind,
+    /// Capture the plan as a CUDA graph per batch bucket: on or off (CUDA only).
+    #[arg(long, default_value = "off", value_parser = ["on", "off"])]
+    pub graph: String,
+    /// Let CUDA GEMMs use TF32 tensor cores (faster, ~1e-3 relative error).
+    #[arg(long)]
+    pub tf32: bool,
+}
+
+impl EngineArgs {
+    /// True with `--graph on`.
+    pub fn graphs(&self) -> bool {
+        self.graph == "on"
+    }
+
+    /// The build target for an engine configuration.
+    pub fn target(&self, cfg: EngineConfig) -> run::Target {
+        run::Target {
+            backend: self.backend,
+            tf32: self.tf32,
+            cfg,
+        }
     }
 }
 

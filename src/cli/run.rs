@@ -1,7 +1,6 @@
 //! `streamrec run`: latency and throughput on random batches, scores for a request file,
 //! side-by-side comparison with `single`, per-op profiles and timelines.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -14,7 +13,7 @@ use streamrec_runtime::request::{response_json, InferRequest};
 use streamrec_runtime::stats::LatencySummary;
 use streamrec_runtime::{measure, Batch, EngineConfig, Infer, MeasureConfig, Weights};
 
-use super::{ModelArgs, PlanOpts};
+use super::{EngineArgs, ModelArgs, PlanOpts};
 
 /// Arguments of `streamrec run`.
 #[derive(Debug, Args)]
@@ -23,12 +22,8 @@ pub struct RunArgs {
     model: ModelArgs,
     #[command(flatten)]
     plan: PlanOpts,
-    /// Backend: auto (CUDA when a device is present, else CPU), cpu or cuda.
-    #[arg(long, default_value = "auto")]
-    backend: BackendKind,
-    /// Capture the plan as a CUDA graph per batch bucket: on or off (CUDA only).
-    #[arg(long, default_value = "off", value_parser = ["on", "off"])]
-    graph: String,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Samples per request.
     #[arg(long, value_name = "B", default_value_t = 128)]
     batch: usize,
@@ -69,9 +64,6 @@ pub struct RunArgs {
     /// Print the result as one CSV row (with a header) instead of text.
     #[arg(long)]
     csv: bool,
-    /// Let CUDA GEMMs use TF32 tensor cores (faster, ~1e-3 relative error).
-    #[arg(long)]
-    tf32: bool,
 }
 
 /// A planned, loaded engine with what the report needs.
@@ -171,17 +163,13 @@ pub fn main(a: RunArgs) -> Result<()> {
     let cfg = EngineConfig {
         contexts: a.contexts,
         max_batch,
-        graphs: a.graph == "on",
+        graphs: a.engine.graphs(),
         trace: a.trace.is_some() || a.profile.is_some(),
         validate: true,
     };
     if let Some((batch, id)) = input {
         let built = build(
-            &Target {
-                backend: a.backend,
-                tf32: a.tf32,
-                cfg,
-            },
+            &a.engine.target(cfg),
             &graph,
             &a.plan,
             a.plan.algo,
@@ -208,11 +196,7 @@ pub fn main(a: RunArgs) -> Result<()> {
         a.plan.algo
     };
     let built = build(
-        &Target {
-            backend: a.backend,
-            tf32: a.tf32,
-            cfg: cfg.clone(),
-        },
+        &a.engine.target(cfg.clone()),
         &graph,
         &a.plan,
         algo,
@@ -235,11 +219,7 @@ pub fn main(a: RunArgs) -> Result<()> {
     }
     if a.compare {
         let base = build(
-            &Target {
-                backend: a.backend,
-                tf32: a.tf32,
-                cfg,
-            },
+            &a.engine.target(cfg),
             &graph,
             &a.plan,
             Algorithm::Single,
@@ -257,7 +237,10 @@ pub fn main(a: RunArgs) -> Result<()> {
             sb.push(measure(base.engine.as_ref(), &batches, &per)?);
             sm.push(measure(built.engine.as_ref(), &batches, &per)?);
         }
-        let (b, m) = (merge(&sb), merge(&sm));
+        let (b, m) = (
+            LatencySummary::median_of(&sb),
+            LatencySummary::median_of(&sm),
+        );
         print_summary(&a, "single", 1, &b, name);
         print_summary(&a, &built.plan.algo, built.plan.num_streams(), &m, name);
         if !a.csv {
@@ -287,20 +270,7 @@ pub fn main(a: RunArgs) -> Result<()> {
             "{name} ({} threads)",
             std::thread::available_parallelism().map_or(1, |n| n.get())
         );
-        let mut per_op: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-        for e in &events {
-            per_op
-                .entry(&e.name)
-                .or_default()
-                .push(e.end_us - e.start_us);
-        }
-        for (op, mut v) in per_op {
-            v.sort_by(f64::total_cmp);
-            m.ops
-                .entry(op.to_string())
-                .or_default()
-                .insert(a.batch.to_string(), v[v.len() / 2]);
-        }
+        streamrec_runtime::trace::record_op_medians(&mut m, &events, a.batch);
         m.save(p)?;
         eprintln!(
             "wrote per-op medians for {} ops at batch {} to {}",
@@ -310,23 +280,6 @@ pub fn main(a: RunArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Combines rounds: medians of the per-round percentiles, total throughput.
-fn merge(v: &[LatencySummary]) -> LatencySummary {
-    let med = |f: fn(&LatencySummary) -> f64| {
-        let mut x: Vec<f64> = v.iter().map(f).collect();
-        x.sort_by(f64::total_cmp);
-        x[x.len() / 2]
-    };
-    LatencySummary {
-        count: v.iter().map(|s| s.count).sum(),
-        p50_us: med(|s| s.p50_us),
-        p90_us: med(|s| s.p90_us),
-        p99_us: med(|s| s.p99_us),
-        mean_us: med(|s| s.mean_us),
-        samples_per_s: med(|s| s.samples_per_s),
-    }
 }
 
 fn print_summary(a: &RunArgs, algo: &str, streams: usize, s: &LatencySummary, backend: &str) {
@@ -339,7 +292,7 @@ fn print_summary(a: &RunArgs, algo: &str, streams: usize, s: &LatencySummary, ba
                 .file_stem()
                 .map_or_else(String::new, |s| s.to_string_lossy().into_owned()),
             a.contexts,
-            a.graph,
+            a.engine.graph,
             a.batch,
             s.count,
             s.p50_us,

@@ -150,23 +150,7 @@ fn time_side_by_side(
             tick();
         }
     }
-    Ok(per.iter().map(|v| median_summary(v)).collect())
-}
-
-fn median_summary(v: &[LatencySummary]) -> LatencySummary {
-    let med = |f: fn(&LatencySummary) -> f64| {
-        let mut x: Vec<f64> = v.iter().map(f).collect();
-        x.sort_by(f64::total_cmp);
-        x[x.len() / 2]
-    };
-    LatencySummary {
-        count: v.iter().map(|s| s.count).sum(),
-        p50_us: med(|s| s.p50_us),
-        p90_us: med(|s| s.p90_us),
-        p99_us: med(|s| s.p99_us),
-        mean_us: med(|s| s.mean_us),
-        samples_per_s: med(|s| s.samples_per_s),
-    }
+    Ok(per.iter().map(|v| LatencySummary::median_of(v)).collect())
 }
 
 /// Per-op medians of a single-stream run: the calibration of the `cpu` profile.
@@ -179,18 +163,7 @@ fn profile(m: &Model, input: &[Arc<Batch>], budget: Duration) -> Result<Measured
         device: "cpu (measured by cargo xtask bench)".into(),
         ..Default::default()
     };
-    let mut per: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
-    for e in events {
-        per.entry(e.name).or_default().push(e.end_us - e.start_us);
-    }
-    for (op, mut v) in per {
-        v.sort_by(f64::total_cmp);
-        costs
-            .ops
-            .entry(op)
-            .or_default()
-            .insert(b.to_string(), v[v.len() / 2]);
-    }
+    streamrec_runtime::trace::record_op_medians(&mut costs, &events, b);
     Ok(costs)
 }
 
@@ -276,7 +249,7 @@ pub fn run(args: &[String]) -> Result<()> {
                 .filter(|(c, _)| c.0 == Algorithm::Single)
                 .map(|(_, s)| s.clone())
                 .collect();
-            let base = &median_summary(&singles);
+            let base = &LatencySummary::median_of(&singles);
             let single_pred = configs[0].4;
             for ((algo, k, streams, waits, pred, _), s) in configs.iter().zip(&results) {
                 let (algo, k, streams, waits, pred) = (*algo, *k, *streams, *waits, *pred);

@@ -66,6 +66,25 @@ fn chain(n: usize, spin_us: f64) -> Result<(Arc<OpGraph>, Plan, Plan)> {
     Ok((g, one, two))
 }
 
+/// A fork-join: a root op, then `w` ops on each of two branches, then a join op, each spinning
+/// `spin_us`; planned on one stream and on two (one branch each).
+fn fork_join(w: usize, spin_us: f64) -> Result<(Arc<OpGraph>, Plan, Plan)> {
+    let n = 2 * w + 2;
+    let mut edges = Vec::new();
+    for i in 1..=2 * w {
+        edges.push((0, i));
+        edges.push((i, n - 1));
+    }
+    let costs = vec![(spin_us * 1000.0, 1.0); n];
+    let g = Arc::new(OpGraph::synthetic(n, &edges, &costs)?);
+    let one = Plan::single(&g);
+    let mut s0 = vec![0];
+    s0.extend(1..=w);
+    s0.push(n - 1);
+    let two = Plan::from_streams(&g, "fork-join", vec![s0, (w + 1..=2 * w).collect()])?;
+    Ok((g, one, two))
+}
+
 /// Host time of issuing one command onto a stream (an event record), in microseconds.
 fn enqueue_us() -> Result<f64> {
     use crate::backend::Backend;
@@ -94,10 +113,20 @@ pub fn cpu_profile(base: DeviceProfile) -> Result<DeviceProfile> {
     let l32 = median_us(&g32, one32, reps)?;
     let p32 = median_us(&g32, two32, reps)?;
     let launch = enqueue_us()?;
+    // A fork-join over two streams saves `W` ops of work and pays a fork and a join: what it
+    // costs beyond the saving is two event hops as real plans see them (threads that may be
+    // asleep, a host competing for the cores).
+    const W: usize = 4;
+    let (gf, fj1, fj2) = fork_join(W, SPIN / 4.0)?;
+    let f1 = median_us(&gf, fj1, reps)?;
+    let f2 = median_us(&gf, fj2, reps)?;
     // A busy stream runs back-to-back ops with this gap between them.
     let per_op = ((l32 - l8) / 24.0 - SPIN).max(0.05);
-    // Each hop between streams: the record, and waking the thread blocked in the wait.
-    let hop = ((p32 - l32) / 31.0).max(0.1);
+    // Each hop between streams: the record, and waking the thread blocked in the wait; a
+    // ping-pong chain keeps both threads busy, the fork-join shows the cold case. Take the worse.
+    let chain_hop = (p32 - l32) / 31.0;
+    let fork_hop = (f2 - f1 + W as f64 * (SPIN / 4.0 + per_op)) / 2.0;
+    let hop = chain_hop.max(fork_hop).max(0.1);
     // One empty op: the host issues it, the sleeping stream thread wakes, runs it and wakes the
     // host blocked in the synchronise; both wake-ups are the same mechanism.
     let wakes = (empty - launch - per_op).max(0.2);

@@ -64,3 +64,24 @@ impl LatencyRecorder {
         }
     }
 }
+
+impl LatencySummary {
+    /// Combines repeated runs of one configuration: the median of each figure over the runs
+    /// (request counts add up).
+    pub fn median_of(runs: &[LatencySummary]) -> LatencySummary {
+        assert!(!runs.is_empty(), "median_of needs at least one run");
+        let med = |f: fn(&LatencySummary) -> f64| {
+            let mut x: Vec<f64> = runs.iter().map(f).collect();
+            x.sort_by(f64::total_cmp);
+            x[x.len() / 2]
+        };
+        LatencySummary {
+            count: runs.iter().map(|s| s.count).sum(),
+            p50_us: med(|s| s.p50_us),
+            p90_us: med(|s| s.p90_us),
+            p99_us: med(|s| s.p99_us),
+            mean_us: med(|s| s.mean_us),
+            samples_per_s: med(|s| s.samples_per_s),
+        }
+    }
+}

@@ -1,10 +1,11 @@
 //! Timelines: per-op spans per stream, written as Chrome trace-event JSON (Perfetto,
 //! chrome://tracing). Each execution context is a process, each stream a thread (track).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde_json::{json, Value};
+use streamrec_graph::MeasuredCosts;
 
 use crate::error::{Result, RuntimeError};
 
@@ -63,4 +64,24 @@ pub fn write_chrome_trace(path: &Path, events: &[TraceEvent]) -> Result<()> {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })
+}
+
+/// Adds each op's median span at `batch` to measured costs (the file `run --profile` writes and
+/// the cost model reads); ops without spans are left as they were.
+pub fn record_op_medians(costs: &mut MeasuredCosts, events: &[TraceEvent], batch: usize) {
+    let mut per_op: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for e in events {
+        per_op
+            .entry(&e.name)
+            .or_default()
+            .push(e.end_us - e.start_us);
+    }
+    for (op, mut v) in per_op {
+        v.sort_by(f64::total_cmp);
+        costs
+            .ops
+            .entry(op.to_string())
+            .or_default()
+            .insert(batch.to_string(), v[v.len() / 2]);
+    }
 }

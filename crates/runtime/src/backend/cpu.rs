@@ -37,8 +37,7 @@ pub struct CpuBackend {
 }
 
 /// Spinning before sleeping saves a wake-up but burns a core: stream threads spin only while
-/// this backend's streams fit on the machine's cores, and the host only while they leave one
-/// core free for it.
+/// this backend's streams fit on the machine's cores, and so does the host (its spin yields).
 #[derive(Debug)]
 struct SpinPolicy {
     live_streams: AtomicUsize,
@@ -51,7 +50,7 @@ impl SpinPolicy {
     }
 
     fn host_may_spin(&self) -> bool {
-        self.live_streams.load(Ordering::Relaxed) < self.cores
+        self.live_streams.load(Ordering::Relaxed) <= self.cores
     }
 }
 
@@ -145,18 +144,25 @@ struct EventInner {
 /// this window is picked up at once.
 const SPIN: std::time::Duration = std::time::Duration::from_micros(40);
 
-/// Spins until `ready()` holds or [`SPIN`] has passed; true when it holds.
+/// Spins until `ready()` holds or [`SPIN`] has passed; true when it holds. After a few
+/// microseconds of busy spinning it yields the core between checks, so a spinner never holds
+/// off a thread with real work when there are more threads than cores.
 fn spin_until(ready: impl Fn() -> bool) -> bool {
     let t0 = Instant::now();
     loop {
         if ready() {
             return true;
         }
-        if t0.elapsed() > SPIN {
+        let waited = t0.elapsed();
+        if waited > SPIN {
             return false;
         }
-        for _ in 0..32 {
-            std::hint::spin_loop();
+        if waited < std::time::Duration::from_micros(3) {
+            for _ in 0..32 {
+                std::hint::spin_loop();
+            }
+        } else {
+            std::thread::yield_now();
         }
     }
 }
