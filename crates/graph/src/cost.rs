@@ -21,7 +21,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::GraphError;
-use crate::ir::{OpGraph, OpId};
+use crate::ir::{OpGraph, OpId, OpKind};
 use crate::profile::DeviceProfile;
 
 /// Measured standalone op times: op name -> batch size (a decimal string) -> microseconds.
@@ -192,7 +192,13 @@ impl CostModel {
         let unit_flops = p.peak_flops / p.units;
         let unit_bw = p.mem_bandwidth / p.units;
         let work_us = (g.flops(op, batch) / unit_flops).max(g.bytes(op, batch) / unit_bw) * 1e6;
-        let units = (work_us / p.min_kernel_us).clamp(1.0, p.max_units_per_kernel);
+        let cap = match g.op(op).kind {
+            OpKind::EmbeddingBag { .. } => {
+                (p.max_units_per_kernel * p.gather_efficiency.min(1.0)).max(1.0)
+            }
+            _ => p.max_units_per_kernel,
+        };
+        let units = (work_us / p.min_kernel_us).clamp(1.0, cap);
         ((work_us / units).max(p.min_kernel_us), units)
     }
 

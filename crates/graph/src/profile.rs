@@ -48,6 +48,14 @@ pub struct DeviceProfile {
     pub max_units_per_kernel: f64,
     /// How many kernels can run at once (128 on recent NVIDIA GPUs).
     pub max_concurrent_kernels: usize,
+    /// The share of `max_units_per_kernel` one table's embedding bag can use on its own: its
+    /// random row gathers cannot keep the whole device busy, so several run side by side.
+    #[serde(default = "one")]
+    pub gather_efficiency: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 impl DeviceProfile {
@@ -73,6 +81,7 @@ impl DeviceProfile {
             units: 132.0,
             max_units_per_kernel: 132.0,
             max_concurrent_kernels: 128,
+            gather_efficiency: 0.45,
         }
     }
 
@@ -94,6 +103,7 @@ impl DeviceProfile {
             units: 2.0,
             max_units_per_kernel: 1.0,
             max_concurrent_kernels: 1024,
+            gather_efficiency: 1.0,
         }
     }
 
@@ -141,6 +151,7 @@ impl DeviceProfile {
             ("min_kernel_us", self.min_kernel_us),
             ("units", self.units),
             ("max_units_per_kernel", self.max_units_per_kernel),
+            ("gather_efficiency", self.gather_efficiency),
         ] {
             if !(v.is_finite() && v > 0.0) {
                 return bad(field, "must be a finite number > 0");

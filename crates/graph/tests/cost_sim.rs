@@ -117,6 +117,7 @@ fn toy() -> DeviceProfile {
         units: 10.0,
         max_units_per_kernel: 10.0,
         max_concurrent_kernels: 128,
+        gather_efficiency: 1.0,
     }
 }
 
