@@ -1,8 +1,12 @@
 //! `streamrec run`: latency and throughput on random batches, scores for a request file,
 //! side-by-side comparison with `single`, per-op profiles and timelines.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+
+use indicatif::{ProgressBar, ProgressStyle};
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -188,6 +192,7 @@ pub fn main(a: RunArgs) -> Result<()> {
         iters: a.iters,
         threads: a.threads.unwrap_or(a.contexts),
         max_time: None,
+        progress: None,
     };
     // Profiles time each op alone: they always run the single-stream plan.
     let algo = if a.profile.is_some() {
@@ -234,8 +239,12 @@ pub fn main(a: RunArgs) -> Result<()> {
         };
         let (mut sb, mut sm) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
-            sb.push(measure(base.engine.as_ref(), &batches, &per)?);
-            sm.push(measure(built.engine.as_ref(), &batches, &per)?);
+            sb.push(with_progress(&per, a.csv, |cfg| {
+                measure(base.engine.as_ref(), &batches, cfg)
+            })?);
+            sm.push(with_progress(&per, a.csv, |cfg| {
+                measure(built.engine.as_ref(), &batches, cfg)
+            })?);
         }
         let (b, m) = (
             LatencySummary::median_of(&sb),
@@ -253,7 +262,9 @@ pub fn main(a: RunArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let s = measure(built.engine.as_ref(), &batches, &mcfg)?;
+    let s = with_progress(&mcfg, a.csv, |cfg| {
+        measure(built.engine.as_ref(), &batches, cfg)
+    })?;
     print_summary(&a, &built.plan.algo, built.plan.num_streams(), &s, name);
     let events = built.engine.take_trace();
     if let Some(p) = &a.trace {
@@ -280,6 +291,41 @@ pub fn main(a: RunArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Runs a measurement with a progress bar on stderr (when it is a terminal and not `--csv`).
+fn with_progress<T>(
+    cfg: &MeasureConfig,
+    quiet: bool,
+    f: impl FnOnce(&MeasureConfig) -> streamrec_runtime::Result<T>,
+) -> Result<T> {
+    if quiet || !std::io::stderr().is_terminal() {
+        return Ok(f(cfg)?);
+    }
+    let done = Arc::new(AtomicUsize::new(0));
+    let total = (cfg.warmup + cfg.iters) as u64;
+    let bar = ProgressBar::new(total).with_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} requests {elapsed_precise}")
+            .expect("valid template"),
+    );
+    let cfg = MeasureConfig {
+        progress: Some(Arc::clone(&done)),
+        ..cfg.clone()
+    };
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let out = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                bar.set_position(done.load(Ordering::Relaxed) as u64);
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        });
+        let out = f(&cfg);
+        stop.store(true, Ordering::Relaxed);
+        out
+    });
+    bar.finish_and_clear();
+    Ok(out?)
 }
 
 fn print_summary(a: &RunArgs, algo: &str, streams: usize, s: &LatencySummary, backend: &str) {

@@ -126,6 +126,7 @@ fn time_engine(
             iters: 400,
             threads: contexts,
             max_time: Some(budget),
+            progress: None,
         },
     )?)
 }

@@ -42,6 +42,8 @@ pub struct MeasureConfig {
     pub threads: usize,
     /// Stop early once this much time has passed (at least one request per thread runs).
     pub max_time: Option<Duration>,
+    /// Counts finished requests (warm-up and timed) as they complete, for progress displays.
+    pub progress: Option<Arc<AtomicUsize>>,
 }
 
 /// Runs `cfg.iters` requests over `batches` (cycled) and summarises their latency.
@@ -51,8 +53,14 @@ pub fn measure(
     cfg: &MeasureConfig,
 ) -> Result<LatencySummary> {
     assert!(!batches.is_empty(), "measure needs at least one batch");
+    let tick = || {
+        if let Some(p) = &cfg.progress {
+            p.fetch_add(1, Ordering::Relaxed);
+        }
+    };
     for i in 0..cfg.warmup {
         engine.infer(&batches[i % batches.len()])?;
+        tick();
     }
     let next = AtomicUsize::new(0);
     let threads = cfg.threads.max(1);
@@ -60,7 +68,7 @@ pub fn measure(
     let results: Vec<Result<(LatencyRecorder, u64)>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
-                let next = &next;
+                let (next, tick) = (&next, &tick);
                 s.spawn(move || {
                     let mut rec = LatencyRecorder::new();
                     let mut samples = 0u64;
@@ -77,6 +85,7 @@ pub fn measure(
                         let t0 = Instant::now();
                         engine.infer(b)?;
                         rec.record(t0.elapsed());
+                        tick();
                         samples += b.size as u64;
                         mine += 1;
                     }
