@@ -34,7 +34,7 @@ fn median_us(graph: &Arc<OpGraph>, plan: Plan, reps: usize) -> Result<f64> {
         dense: vec![0.5],
         sparse: Vec::new(),
     });
-    for _ in 0..5 {
+    for _ in 0..reps / 2 {
         engine.infer(&batch)?;
     }
     let mut v: Vec<f64> = (0..reps)
@@ -104,7 +104,7 @@ fn enqueue_us() -> Result<f64> {
 /// The `cpu` profile with its fixed costs measured on this machine (`base` gives the rest).
 pub fn cpu_profile(base: DeviceProfile) -> Result<DeviceProfile> {
     const SPIN: f64 = 20.0;
-    let reps = 101;
+    let reps = 401;
     let (g1, one1, _) = chain(1, 0.0)?;
     let (g8, one8, _) = chain(8, SPIN)?;
     let (g32, one32, two32) = chain(32, SPIN)?;
@@ -113,11 +113,11 @@ pub fn cpu_profile(base: DeviceProfile) -> Result<DeviceProfile> {
     let l32 = median_us(&g32, one32, reps)?;
     let p32 = median_us(&g32, two32, reps)?;
     let launch = enqueue_us()?;
-    // A fork-join over two streams saves `W` ops of work and pays a fork and a join: what it
-    // costs beyond the saving is two event hops as real plans see them (threads that may be
-    // asleep, a host competing for the cores).
+    // A fork-join of empty ops over two streams saves only `W` dispatch gaps and pays a fork
+    // and a join: what it costs beyond one stream is two event hops as real plans see them
+    // (threads that may be asleep, a host competing for the cores).
     const W: usize = 4;
-    let (gf, fj1, fj2) = fork_join(W, SPIN / 4.0)?;
+    let (gf, fj1, fj2) = fork_join(W, 0.0)?;
     let f1 = median_us(&gf, fj1, reps)?;
     let f2 = median_us(&gf, fj2, reps)?;
     // A busy stream runs back-to-back ops with this gap between them.
@@ -125,7 +125,7 @@ pub fn cpu_profile(base: DeviceProfile) -> Result<DeviceProfile> {
     // Each hop between streams: the record, and waking the thread blocked in the wait; a
     // ping-pong chain keeps both threads busy, the fork-join shows the cold case. Take the worse.
     let chain_hop = (p32 - l32) / 31.0;
-    let fork_hop = (f2 - f1 + W as f64 * (SPIN / 4.0 + per_op)) / 2.0;
+    let fork_hop = (f2 - f1 + W as f64 * per_op) / 2.0;
     let hop = chain_hop.max(fork_hop).max(0.1);
     // One empty op: the host issues it, the sleeping stream thread wakes, runs it and wakes the
     // host blocked in the synchronise; both wake-ups are the same mechanism.
