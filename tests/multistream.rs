@@ -73,7 +73,34 @@ fn every_algorithm_and_stream_count_is_bit_identical_to_single() {
                 }
             }
         }
-        println!("{name}: {checked} plans bit-identical to single");
+        // Linear layers split over two threads compute every element as one thread does.
+        let planned = assign(
+            &graph,
+            &AssignConfig {
+                algo: Algorithm::StreamRec,
+                max_streams: 2,
+                batch: b,
+                mode: SimMode::Eager,
+                fuse: None,
+            },
+            &cost,
+        )
+        .unwrap();
+        let split = Engine::new(
+            CpuBackend::with_intra_op_threads(2),
+            Arc::new(planned.graph),
+            planned.plan,
+            &w,
+            cfg.clone(),
+        )
+        .unwrap();
+        let got = split.infer(&batch).unwrap();
+        assert_eq!(
+            got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            want.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            "{name}: intra-op threads change the scores"
+        );
+        println!("{name}: {checked} plans (and intra-op threads) bit-identical to single");
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use clap::Args;
 use streamrec_graph::{Algorithm, OpGraph};
-use streamrec_runtime::backend::BackendKind;
+use streamrec_runtime::backend::{BackendKind, BackendOptions};
 use streamrec_runtime::gen::{random_batch, Skew};
 use streamrec_runtime::{EngineConfig, Weights};
 
@@ -51,7 +51,7 @@ pub fn main(a: CheckArgs) -> Result<()> {
     let reference = build(
         &Target {
             backend: BackendKind::Cpu,
-            tf32: false,
+            opts: BackendOptions::default(),
             cfg: EngineConfig {
                 graphs: false,
                 ..cfg.clone()

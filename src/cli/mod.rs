@@ -13,7 +13,7 @@ use streamrec_graph::{
     Algorithm, AssignConfig, CostModel, DeviceProfile, MeasuredCosts, ModelSpec, OpGraph, Planned,
     SimMode,
 };
-use streamrec_runtime::backend::BackendKind;
+use streamrec_runtime::backend::{BackendKind, BackendOptions};
 use streamrec_runtime::{EngineConfig, RuntimeError};
 
 /// StreamRec: multi-stream inference for deep-learning recommendation models.
@@ -73,10 +73,14 @@ pub struct PlanOpts {
 }
 
 impl PlanOpts {
-    /// The cost model: the named profile (or `default_device`) plus measured times.
-    pub fn cost_model(&self, default_device: &str) -> Result<CostModel> {
+    /// The cost model: the named profile (or `default_device`) plus measured times; with
+    /// `intra_op_threads` > 1 a CPU kernel may use that many cores.
+    pub fn cost_model(&self, default_device: &str, intra_op_threads: usize) -> Result<CostModel> {
         let name = self.device.as_deref().unwrap_or(default_device);
-        let profile = DeviceProfile::by_name_or_path(name)?;
+        let mut profile = DeviceProfile::by_name_or_path(name)?;
+        if intra_op_threads > 1 && profile.name.starts_with("cpu") {
+            profile.max_units_per_kernel = (intra_op_threads as f64).min(profile.units);
+        }
         let mut cost = CostModel::new(profile);
         if let Some(p) = &self.costs {
             cost = cost.with_measured(MeasuredCosts::load(p)?);
@@ -121,6 +125,10 @@ pub struct EngineArgs {
     /// Let CUDA GEMMs use TF32 tensor cores (faster, ~1e-3 relative error).
     #[arg(long)]
     pub tf32: bool,
+    /// CPU: split large linear layers over N threads (the plan's cost model then lets one
+    /// kernel use N cores).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub intra_op_threads: usize,
 }
 
 impl EngineArgs {
@@ -133,7 +141,10 @@ impl EngineArgs {
     pub fn target(&self, cfg: EngineConfig) -> run::Target {
         run::Target {
             backend: self.backend,
-            tf32: self.tf32,
+            opts: BackendOptions {
+                tf32: self.tf32,
+                intra_op_threads: self.intra_op_threads,
+            },
             cfg,
         }
     }

@@ -37,7 +37,7 @@ pub fn main(a: PlanArgs) -> Result<()> {
     }
     let spec = a.model.load()?;
     let graph = OpGraph::from_spec(&spec);
-    let cost = a.plan.cost_model("h200")?;
+    let cost = a.plan.cost_model("h200", 1)?;
     if a.compare {
         let rows = compare::compare(&graph, a.plan.streams, a.batch, &cost)?;
         if a.json {

@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use anyhow::{Context, Result};
 use clap::Args;
 use streamrec_graph::{Algorithm, MeasuredCosts, OpGraph, Plan, SimMode};
-use streamrec_runtime::backend::{build_engine, resolve, BackendKind};
+use streamrec_runtime::backend::{build_engine, resolve, BackendKind, BackendOptions};
 use streamrec_runtime::gen::{random_batch, Skew};
 use streamrec_runtime::request::{response_json, InferRequest};
 use streamrec_runtime::stats::LatencySummary;
@@ -84,8 +84,8 @@ pub struct Built {
 pub struct Target {
     /// The backend.
     pub backend: BackendKind,
-    /// TF32 GEMMs on CUDA.
-    pub tf32: bool,
+    /// TF32 GEMMs, intra-op threads.
+    pub opts: BackendOptions,
     /// Contexts, max batch, graphs, tracing.
     pub cfg: EngineConfig,
 }
@@ -100,14 +100,14 @@ pub fn build(
     weights: &Weights,
 ) -> Result<Built> {
     let cfg = target.cfg.clone();
-    let tf32 = target.tf32;
+    let backend_opts = target.opts;
     let resolved = resolve(target.backend)?;
     let default_device = if resolved == BackendKind::Cuda {
         "h200"
     } else {
         "cpu"
     };
-    let cost = plan_opts.cost_model(default_device)?;
+    let cost = plan_opts.cost_model(default_device, backend_opts.intra_op_threads)?;
     let mode = if cfg.graphs {
         SimMode::Graph
     } else {
@@ -123,7 +123,7 @@ pub fn build(
         planned.plan.clone(),
         weights,
         cfg,
-        tf32,
+        backend_opts,
     )?;
     Ok(Built {
         engine,

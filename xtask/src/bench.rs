@@ -312,6 +312,55 @@ pub fn run(args: &[String]) -> Result<()> {
                     m.spec.name, one.samples_per_s, two.samples_per_s
                 )
             });
+            // Latency with both cores on one request: streams, and linear layers split over
+            // two threads.
+            bar.set_message(format!("{}: intra-op threads", m.spec.name));
+            let cost = CostModel::new(cpu.clone());
+            let mut rows =
+                String::from("model,batch,algo,streams,intra_op_threads,p50_us,p99_us\n");
+            let mut setups = Vec::new();
+            for (algo, k, threads) in [
+                (Algorithm::Single, 1, 1),
+                (Algorithm::Single, 1, 2),
+                (Algorithm::StreamRec, 2, 1),
+                (Algorithm::StreamRec, 2, 2),
+            ] {
+                let planned = assign(
+                    &m.graph,
+                    &AssignConfig {
+                        algo,
+                        max_streams: k,
+                        batch: b,
+                        mode: SimMode::Eager,
+                        fuse: None,
+                    },
+                    &cost,
+                )?;
+                let engine = Engine::new(
+                    CpuBackend::with_intra_op_threads(threads),
+                    Arc::new(planned.graph),
+                    planned.plan,
+                    &m.weights,
+                    engine_cfg(b, 1, false),
+                )?;
+                setups.push((algo, k, threads, engine));
+            }
+            let engines: Vec<(&Engine<CpuBackend>, usize)> =
+                setups.iter().map(|s| (&s.3, 1)).collect();
+            let r = time_side_by_side(&engines, &input, budget, 3, || {})?;
+            for ((algo, k, threads, _), s) in setups.iter().zip(&r) {
+                let _ = writeln!(
+                    rows,
+                    "{},{b},{algo},{k},{threads},{:.1},{:.1}",
+                    m.spec.name, s.p50_us, s.p99_us
+                );
+                let line = format!(
+                    "{} batch {b}: {algo} x{k}, {threads} intra-op thread(s): p50 {:.1} us, p99 {:.1} us",
+                    m.spec.name, s.p50_us, s.p99_us
+                );
+                bar.suspend(|| eprintln!("{line}"));
+            }
+            std::fs::write(o.out.join("intra-op.csv"), rows)?;
         }
     }
     bar.finish_and_clear();
@@ -335,7 +384,7 @@ pub fn run(args: &[String]) -> Result<()> {
     println!("\nmulti-stream speed-up on 2 streams, measured vs simulated (cpu profile calibrated in this run):");
     print!("{pred_table}");
     println!(
-        "\nwrote {}/engine.csv, prediction.csv, contexts.csv",
+        "\nwrote {}/engine.csv, prediction.csv, contexts.csv, intra-op.csv, cpu-profile.toml",
         o.out.display()
     );
     Ok(())

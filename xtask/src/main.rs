@@ -12,8 +12,9 @@ tasks:
   bench [--quick] [--out DIR] [--row-cap N]
         CPU engine experiments: every algorithm at K in {1,2,4,8} on tiny and streamrec-26 at
         batch 1, 16, 128, 1024 (p50/p99 latency, throughput, ratio to single measured in the same
-        run), 1 vs 2 execution contexts, and measured vs simulated multi-stream speed-ups.
-        Writes DIR/engine.csv, DIR/contexts.csv and DIR/prediction.csv
+        run), 1 vs 2 execution contexts, intra-op threads, and measured vs simulated
+        multi-stream speed-ups. Writes DIR/engine.csv, contexts.csv, intra-op.csv,
+        prediction.csv and the calibrated cpu-profile.toml
         (default DIR: results/<date>-cpu). --quick runs tiny only at batch 1 and 16.
   device-bundle
         Builds release binaries and the CUDA test binary into .device/ with .device/run.sh, which

@@ -635,3 +635,56 @@ fn relu_inplace_matches_reference() {
     }
     println!("relu_inplace: exact");
 }
+
+#[test]
+fn linear_parallel_equals_linear_bit_for_bit() {
+    let mut r = rng(77);
+    for &(m, k, n, threads) in &[
+        (7, 33, 65, 2),
+        (64, 129, 300, 3),
+        (5, 16, 3, 4),
+        (2, 8, 1, 2),
+    ] {
+        let x = uniform(&mut r, m * k);
+        let w = uniform(&mut r, n * k);
+        let b = uniform(&mut r, n);
+        for act in [Activation::None, Activation::Relu, Activation::Sigmoid] {
+            let mut want = vec![f32::NAN; m * n];
+            cpu::linear(
+                MatRef::contiguous(&x, m, k),
+                &w,
+                Some(&b),
+                act,
+                MatMut::contiguous(&mut want, m, n),
+            );
+            // Written into a column slice of a wider, poisoned buffer.
+            let ld = n + 5;
+            let mut got = vec![f32::NAN; m * ld];
+            let mut scratch = vec![f32::NAN; m * n];
+            let out = MatMut::new(&mut got, m, ld, ld).col_slice(2, n);
+            cpu::linear_parallel(
+                MatRef::contiguous(&x, m, k),
+                &w,
+                Some(&b),
+                act,
+                out,
+                threads,
+                &mut scratch,
+            );
+            for i in 0..m {
+                for j in 0..ld {
+                    let v = got[i * ld + j];
+                    if (2..2 + n).contains(&j) {
+                        assert_eq!(
+                            v.to_bits(),
+                            want[i * n + j - 2].to_bits(),
+                            "({i}, {j}) {m}x{k}x{n} on {threads}"
+                        );
+                    } else {
+                        assert!(v.is_nan(), "column {j} outside the slice was written");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -88,15 +88,32 @@ fn activation(a: Act) -> Activation {
     }
 }
 
+/// One op to run on the CPU.
+pub(crate) struct OpCall<'a> {
+    pub(crate) graph: &'a OpGraph,
+    pub(crate) id: OpId,
+    pub(crate) weights: &'a OpWeights,
+    pub(crate) bufs: &'a BufInner,
+    pub(crate) input: Option<&'a Batch>,
+    pub(crate) batch: usize,
+    /// Threads a large linear layer may split over.
+    pub(crate) threads: usize,
+}
+
+/// Linear layers below this many FLOPs run on one thread: splitting costs a thread start.
+const SPLIT_MIN_FLOPS: f64 = 16e6;
+
 /// Runs `op` for `batch` samples, reading its inputs from the buffers and the request.
-pub(crate) fn run_op(
-    graph: &OpGraph,
-    id: OpId,
-    weights: &OpWeights,
-    bufs: &BufInner,
-    input: Option<&Batch>,
-    batch: usize,
-) -> std::result::Result<(), String> {
+pub(crate) fn run_op(call: &OpCall<'_>) -> std::result::Result<(), String> {
+    let &OpCall {
+        graph,
+        id,
+        weights,
+        bufs,
+        input,
+        batch,
+        threads,
+    } = call;
     let op = graph.op(id);
     let request = || input.ok_or_else(|| "no request staged".to_string());
     // SAFETY: the plan orders this op after every producer it reads and before every consumer
@@ -177,7 +194,20 @@ pub(crate) fn run_op(
         }
         (OpKind::Linear { act, .. }, OpWeights::Linear { weight, bias }) => {
             let x = view(&op.inputs[0])?;
-            cpu::linear(x, &weight.data, Some(&bias.data), activation(*act), out);
+            let act = activation(*act);
+            if threads > 1 && graph.flops(id, batch) >= SPLIT_MIN_FLOPS {
+                cpu::linear_parallel(
+                    x,
+                    &weight.data,
+                    Some(&bias.data),
+                    act,
+                    out,
+                    threads,
+                    scratch,
+                );
+            } else {
+                cpu::linear(x, &weight.data, Some(&bias.data), act, out);
+            }
         }
         (OpKind::Concat, _) => {
             let xs = op

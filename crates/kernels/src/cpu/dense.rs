@@ -257,3 +257,75 @@ pub fn relu_inplace(x: &mut [f32]) {
         *v = v.max(0.0);
     }
 }
+
+/// [`linear`] split over `threads` OS threads by output columns (each thread computes a block of
+/// output features from its rows of `weight`), for GEMMs large enough to pay for the threads.
+///
+/// The first block is written straight into `out`; the others go through `scratch` (at least
+/// `x.rows * (out.cols - out.cols.div_ceil(threads))` elements) and are copied into their
+/// columns. With `threads <= 1` this is [`linear`]. Each output element is computed exactly as
+/// [`linear`] computes it.
+///
+/// # Panics
+///
+/// Panics under the conditions of [`linear`], or if `scratch` is too small.
+pub fn linear_parallel(
+    x: MatRef<'_>,
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    act: Activation,
+    mut out: MatMut<'_>,
+    threads: usize,
+    scratch: &mut [f32],
+) {
+    let (m, k, n) = (x.rows, x.cols, out.cols);
+    let threads = threads.clamp(1, n.max(1));
+    if threads == 1 {
+        return linear(x, weight, bias, act, out);
+    }
+    assert_eq!(
+        weight.len(),
+        n * k,
+        "linear: weight must be [out_features, in_features]"
+    );
+    let block = n.div_ceil(threads);
+    assert!(
+        scratch.len() >= m * (n - block),
+        "linear_parallel: scratch has {} elements, needs {}",
+        scratch.len(),
+        m * (n - block)
+    );
+    // Column blocks after the first, each a contiguous [m, width] region of the scratch.
+    let mut parts: Vec<(usize, usize, &mut [f32])> = Vec::with_capacity(threads - 1);
+    let mut rest = &mut scratch[..m * (n - block)];
+    let mut c = block;
+    while c < n {
+        let w = block.min(n - c);
+        let (head, tail) = rest.split_at_mut(m * w);
+        parts.push((c, w, head));
+        rest = tail;
+        c += w;
+    }
+    std::thread::scope(|s| {
+        for (c0, w, buf) in parts.iter_mut() {
+            let (c0, w) = (*c0, *w);
+            let wt = &weight[c0 * k..(c0 + w) * k];
+            let b = bias.map(|b| &b[c0..c0 + w]);
+            let dst = MatMut::contiguous(&mut buf[..], m, w);
+            s.spawn(move || linear(x, wt, b, act, dst));
+        }
+        let first = out.reborrow().col_slice(0, block);
+        linear(
+            x,
+            &weight[..block * k],
+            bias.map(|b| &b[..block]),
+            act,
+            first,
+        );
+    });
+    for (c0, w, buf) in parts {
+        for (r, row) in out.row_iter_mut().enumerate() {
+            row[c0..c0 + w].copy_from_slice(&buf[r * w..(r + 1) * w]);
+        }
+    }
+}

@@ -80,10 +80,48 @@ pub fn embedding_bag<I: Index>(
         table.len()
     );
     let table = &table[..size];
+    let mut ahead = 0usize;
     for (b, out_row) in out.row_iter_mut().enumerate() {
-        let bag = &indices[offsets[b].to_usize()..bag_end(offsets, b, indices.len())];
-        pool_bag(table, rows, dim, bag, mode, out_row);
+        let start = offsets[b].to_usize();
+        let end = bag_end(offsets, b, indices.len());
+        // Keep the rows of the next few lookups (across bag boundaries) on their way from
+        // memory while this bag is pooled: random row gathers are bound by memory latency.
+        let want = (end + PREFETCH_ROWS).min(indices.len());
+        while ahead < want {
+            prefetch_row(table, rows, dim, indices[ahead]);
+            ahead += 1;
+        }
+        pool_bag(table, rows, dim, &indices[start..end], mode, out_row);
     }
+}
+
+/// How many lookups ahead rows are prefetched.
+const PREFETCH_ROWS: usize = 16;
+
+/// Hints the CPU to fetch a table row into cache; out-of-range indices are ignored (the pooling
+/// itself reports them).
+#[inline(always)]
+fn prefetch_row<I: Index>(table: &[f32], rows: usize, dim: usize, i: I) {
+    let r = i.to_usize();
+    if r >= rows {
+        return;
+    }
+    let row = &table[r * dim..r * dim + dim];
+    #[cfg(target_arch = "x86_64")]
+    {
+        // One hint per 64-byte cache line of the row.
+        for line in row.chunks(16) {
+            // SAFETY: prefetching is a hint that never faults; the pointer is inside `row`.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch(
+                    line.as_ptr().cast::<i8>(),
+                    std::arch::x86_64::_MM_HINT_T0,
+                );
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = row;
 }
 
 /// Pooled embedding lookups of all `tables` in one call.

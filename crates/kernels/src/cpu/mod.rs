@@ -9,6 +9,6 @@ mod dense;
 mod embedding;
 mod interaction;
 
-pub use dense::{concat, linear, relu_inplace, sigmoid, sigmoid_inplace};
+pub use dense::{concat, linear, linear_parallel, relu_inplace, sigmoid, sigmoid_inplace};
 pub use embedding::{embedding_bag, table_batched_embedding_bag};
 pub use interaction::{dcn_cross, dot_interaction};

@@ -34,6 +34,7 @@ use crate::weights::Weights;
 pub struct CpuBackend {
     epoch: Instant,
     spin: Arc<SpinPolicy>,
+    intra_op_threads: usize,
 }
 
 /// Spinning before sleeping saves a wake-up but burns a core: stream threads spin only while
@@ -63,7 +64,14 @@ impl Default for CpuBackend {
 impl CpuBackend {
     /// A CPU backend; span times count from now.
     pub fn new() -> Self {
+        Self::with_intra_op_threads(1)
+    }
+
+    /// A CPU backend whose large linear layers split their output columns over `threads` OS
+    /// threads (1: every kernel runs on its stream's thread alone).
+    pub fn with_intra_op_threads(threads: usize) -> Self {
         Self {
+            intra_op_threads: threads.max(1),
             epoch: Instant::now(),
             spin: Arc::new(SpinPolicy {
                 live_streams: AtomicUsize::new(0),
@@ -175,6 +183,7 @@ enum Cmd {
         bufs: Arc<BufInner>,
         input: Option<Arc<Batch>>,
         batch: usize,
+        threads: usize,
     },
     Download {
         bufs: Arc<BufInner>,
@@ -273,20 +282,22 @@ fn stream_main(shared: Arc<StreamShared>, epoch: Instant, spin: Arc<SpinPolicy>)
                 bufs,
                 input,
                 batch,
+                threads,
             } => {
                 let poisoned = shared.state.lock().expect("stream state").error.is_some();
                 if !poisoned {
                     let tracing = shared.tracing.load(Ordering::Relaxed);
                     let t0 = epoch.elapsed();
                     let res = catch_unwind(AssertUnwindSafe(|| {
-                        exec::run_op(
-                            &graph,
-                            op,
-                            &weights.by_op[op],
-                            &bufs,
-                            input.as_deref(),
+                        exec::run_op(&exec::OpCall {
+                            graph: &graph,
+                            id: op,
+                            weights: &weights.by_op[op],
+                            bufs: &bufs,
+                            input: input.as_deref(),
                             batch,
-                        )
+                            threads,
+                        })
                     }));
                     let t1 = epoch.elapsed();
                     if tracing {
@@ -425,6 +436,8 @@ impl Backend for CpuBackend {
             .map(|op| {
                 let extra = match op.kind {
                     OpKind::DcnCross { rank, .. } => rank,
+                    // Room for the column blocks of a split linear layer.
+                    OpKind::Linear { .. } if self.intra_op_threads > 1 => op.width,
                     _ => 0,
                 };
                 SharedBuf::new(max_batch * (op.width + extra))
@@ -475,6 +488,7 @@ impl Backend for CpuBackend {
             bufs: Arc::clone(&bufs.inner),
             input,
             batch,
+            threads: self.intra_op_threads,
         })
     }
 

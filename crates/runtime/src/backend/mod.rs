@@ -153,19 +153,36 @@ impl std::str::FromStr for BackendKind {
     }
 }
 
-/// Builds an engine on the chosen backend, type-erased; `tf32` lets CUDA GEMMs use TF32 tensor
-/// cores.
+/// Backend settings that are not part of the plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendOptions {
+    /// Let CUDA GEMMs use TF32 tensor cores.
+    pub tf32: bool,
+    /// Threads a large CPU linear layer splits over (1: none).
+    pub intra_op_threads: usize,
+}
+
+impl Default for BackendOptions {
+    fn default() -> Self {
+        Self {
+            tf32: false,
+            intra_op_threads: 1,
+        }
+    }
+}
+
+/// Builds an engine on the chosen backend, type-erased.
 pub fn build_engine(
     kind: BackendKind,
     graph: Arc<OpGraph>,
     plan: streamrec_graph::Plan,
     weights: &Weights,
     cfg: crate::EngineConfig,
-    tf32: bool,
+    opts: BackendOptions,
 ) -> Result<Box<dyn crate::Infer>> {
     match resolve(kind)? {
         BackendKind::Cpu => Ok(Box::new(crate::Engine::new(
-            cpu::CpuBackend::new(),
+            cpu::CpuBackend::with_intra_op_threads(opts.intra_op_threads),
             graph,
             plan,
             weights,
@@ -173,7 +190,7 @@ pub fn build_engine(
         )?)),
         _ => Ok(Box::new(crate::Engine::new(
             cuda::CudaBackend::with_config(cuda::CudaConfig {
-                math: if tf32 {
+                math: if opts.tf32 {
                     streamrec_kernels::cuda::GemmMath::Tf32
                 } else {
                     streamrec_kernels::cuda::GemmMath::Fp32
