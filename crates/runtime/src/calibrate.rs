@@ -66,22 +66,27 @@ fn chain(n: usize, spin_us: f64) -> Result<(Arc<OpGraph>, Plan, Plan)> {
     Ok((g, one, two))
 }
 
-/// A fork-join: a root op, then `w` ops on each of two branches, then a join op, each spinning
-/// `spin_us`; planned on one stream and on two (one branch each).
-fn fork_join(w: usize, spin_us: f64) -> Result<(Arc<OpGraph>, Plan, Plan)> {
-    let n = 2 * w + 2;
-    let mut edges = Vec::new();
-    for i in 1..=2 * w {
-        edges.push((0, i));
-        edges.push((i, n - 1));
+/// The shape of a small recommendation model, every op spinning `spin_us`: a chain of three ops (the dense
+/// MLP), `2 w` independent branch ops (the lookups), a join and a chain of three (the top MLP).
+/// Planned on one stream and on two: the second stream takes `w` branches, the first does the
+/// chains, the other branches and the join (three events: fork, the branches' record, join).
+fn model_shape(w: usize, spin_us: f64) -> Result<(Arc<OpGraph>, Plan, Plan)> {
+    let n = 3 + 2 * w + 1 + 3;
+    let join = 3 + 2 * w;
+    let mut edges = vec![(0, 1), (1, 2), (2, join)];
+    for i in 3..join {
+        edges.push((i, join));
     }
-    let costs = vec![(spin_us * 1000.0, 1.0); n];
-    let g = Arc::new(OpGraph::synthetic(n, &edges, &costs)?);
+    edges.extend([(join, join + 1), (join + 1, join + 2), (join + 2, join + 3)]);
+    let g = Arc::new(OpGraph::synthetic(
+        n,
+        &edges,
+        &vec![(spin_us * 1000.0, 1.0); n],
+    )?);
     let one = Plan::single(&g);
-    let mut s0 = vec![0];
-    s0.extend(1..=w);
-    s0.push(n - 1);
-    let two = Plan::from_streams(&g, "fork-join", vec![s0, (w + 1..=2 * w).collect()])?;
+    let mut s0: Vec<usize> = (0..3).chain(3..3 + w).collect();
+    s0.extend(join..n);
+    let two = Plan::from_streams(&g, "model-shape", vec![s0, (3 + w..join).collect()])?;
     Ok((g, one, two))
 }
 
@@ -113,11 +118,13 @@ pub fn cpu_profile(base: DeviceProfile) -> Result<DeviceProfile> {
     let l32 = median_us(&g32, one32, reps)?;
     let p32 = median_us(&g32, two32, reps)?;
     let launch = enqueue_us()?;
-    // A fork-join of empty ops over two streams saves only `W` dispatch gaps and pays a fork
-    // and a join: what it costs beyond one stream is two event hops as real plans see them
-    // (threads that may be asleep, a host competing for the cores).
-    const W: usize = 4;
-    let (gf, fj1, fj2) = fork_join(W, 0.0)?;
+    // A small model-shaped plan (ops of a microsecond, like a small model's) over two streams
+    // saves the `W` branch ops it runs on the second stream and pays three events: what it
+    // costs beyond that is three event hops as real plans see them (data moving between cores,
+    // threads that may be asleep, a host competing with the streams for the cores).
+    const W: usize = 2;
+    const OP: f64 = 1.0;
+    let (gf, fj1, fj2) = model_shape(W, OP)?;
     let f1 = median_us(&gf, fj1, reps)?;
     let f2 = median_us(&gf, fj2, reps)?;
     // A busy stream runs back-to-back ops with this gap between them.
@@ -125,7 +132,7 @@ pub fn cpu_profile(base: DeviceProfile) -> Result<DeviceProfile> {
     // Each hop between streams: the record, and waking the thread blocked in the wait; a
     // ping-pong chain keeps both threads busy, the fork-join shows the cold case. Take the worse.
     let chain_hop = (p32 - l32) / 31.0;
-    let fork_hop = (f2 - f1 + W as f64 * per_op) / 2.0;
+    let fork_hop = (f2 - f1 + W as f64 * (OP + per_op)) / 3.0;
     let hop = chain_hop.max(fork_hop).max(0.1);
     // One empty op: the host issues it, the sleeping stream thread wakes, runs it and wakes the
     // host blocked in the synchronise; both wake-ups are the same mechanism.

@@ -143,7 +143,8 @@ struct EventInner {
     issued: AtomicU64,
     /// The last generation published, readable without the lock (for spinning waiters).
     published: AtomicU64,
-    done: Mutex<u64>,
+    /// The last generation published, and how many threads sleep waiting for a later one.
+    done: Mutex<(u64, usize)>,
     cv: Condvar,
 }
 
@@ -175,13 +176,39 @@ fn spin_until(ready: impl Fn() -> bool) -> bool {
     }
 }
 
+/// What the ops of one request read. A stream receives it once per request, so a launch moves
+/// no reference counts between threads.
+struct Job {
+    graph: Arc<OpGraph>,
+    weights: Arc<CpuWeights>,
+    bufs: Arc<BufInner>,
+    input: Option<Arc<Batch>>,
+}
+
+impl Job {
+    fn is(
+        &self,
+        graph: &Arc<OpGraph>,
+        weights: &Arc<CpuWeights>,
+        bufs: &Arc<BufInner>,
+        input: &Option<Arc<Batch>>,
+    ) -> bool {
+        Arc::ptr_eq(&self.graph, graph)
+            && Arc::ptr_eq(&self.weights, weights)
+            && Arc::ptr_eq(&self.bufs, bufs)
+            && match (&self.input, input) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+    }
+}
+
 enum Cmd {
+    /// The job the following launches belong to.
+    Job(Arc<Job>),
     Op {
-        graph: Arc<OpGraph>,
         op: OpId,
-        weights: Arc<CpuWeights>,
-        bufs: Arc<BufInner>,
-        input: Option<Arc<Batch>>,
         batch: usize,
         threads: usize,
     },
@@ -214,6 +241,10 @@ struct StreamShared {
 struct StreamState {
     cmds: VecDeque<Cmd>,
     closed: bool,
+    /// The stream thread sleeps on `work` (so a push must wake it).
+    idle: bool,
+    /// The host sleeps on `cv` in a synchronise (so finishing must wake it).
+    host_waiting: bool,
     issued: u64,
     done: u64,
     error: Option<String>,
@@ -222,6 +253,8 @@ struct StreamState {
 /// A stream: one OS thread draining a FIFO of commands.
 pub struct CpuStream {
     shared: Arc<StreamShared>,
+    /// The job last sent to the stream thread (host side).
+    job: Mutex<Option<Arc<Job>>>,
     thread: Option<JoinHandle<()>>,
     spin: Arc<SpinPolicy>,
 }
@@ -235,8 +268,12 @@ impl CpuStream {
         st.issued += 1;
         st.cmds.push_back(cmd);
         self.shared.queued.fetch_add(1, Ordering::Release);
+        // Waking costs a system call: only when the thread sleeps.
+        let wake = st.idle;
         drop(st);
-        self.shared.work.notify_one();
+        if wake {
+            self.shared.work.notify_one();
+        }
         Ok(())
     }
 }
@@ -268,32 +305,34 @@ fn next_cmd(shared: &StreamShared, spin: &SpinPolicy) -> Option<Cmd> {
         if st.closed {
             return None;
         }
+        st.idle = true;
         st = shared.work.wait(st).expect("stream state");
+        st.idle = false;
     }
 }
 
 fn stream_main(shared: Arc<StreamShared>, epoch: Instant, spin: Arc<SpinPolicy>) {
+    let mut job: Option<Arc<Job>> = None;
     while let Some(cmd) = next_cmd(&shared, &spin) {
         match cmd {
-            Cmd::Op {
-                graph,
-                op,
-                weights,
-                bufs,
-                input,
-                batch,
-                threads,
-            } => {
+            Cmd::Job(j) => job = Some(j),
+            Cmd::Op { op, batch, threads } => {
                 let poisoned = shared.state.lock().expect("stream state").error.is_some();
-                if !poisoned {
+                if let (false, Some(j)) = (poisoned, &job) {
+                    let Job {
+                        graph,
+                        weights,
+                        bufs,
+                        input,
+                    } = &**j;
                     let tracing = shared.tracing.load(Ordering::Relaxed);
                     let t0 = epoch.elapsed();
                     let res = catch_unwind(AssertUnwindSafe(|| {
                         exec::run_op(&exec::OpCall {
-                            graph: &graph,
+                            graph,
                             id: op,
                             weights: &weights.by_op[op],
-                            bufs: &bufs,
+                            bufs,
                             input: input.as_deref(),
                             batch,
                             threads,
@@ -340,19 +379,23 @@ fn stream_main(shared: Arc<StreamShared>, epoch: Instant, spin: Arc<SpinPolicy>)
             }
             Cmd::Record(ev, gen) => {
                 let mut d = ev.done.lock().expect("event");
-                if *d < gen {
-                    *d = gen;
+                if d.0 < gen {
+                    d.0 = gen;
                     ev.published.store(gen, Ordering::Release);
                 }
-                ev.cv.notify_all();
+                if d.1 > 0 {
+                    ev.cv.notify_all();
+                }
             }
             Cmd::Wait(ev, gen) => {
                 let spun = spin.streams_may_spin()
                     && spin_until(|| ev.published.load(Ordering::Acquire) >= gen);
                 if !spun {
                     let mut d = ev.done.lock().expect("event");
-                    while *d < gen {
+                    while d.0 < gen {
+                        d.1 += 1;
                         d = ev.cv.wait(d).expect("event");
+                        d.1 -= 1;
                     }
                 }
             }
@@ -360,7 +403,7 @@ fn stream_main(shared: Arc<StreamShared>, epoch: Instant, spin: Arc<SpinPolicy>)
         let mut st = shared.state.lock().expect("stream state");
         st.done += 1;
         shared.finished.store(st.done, Ordering::Release);
-        if st.done == st.issued {
+        if st.done == st.issued && st.host_waiting {
             shared.cv.notify_all();
         }
     }
@@ -414,6 +457,7 @@ impl Backend for CpuBackend {
             .map_err(|e| RuntimeError::Execution(format!("cannot start a stream thread: {e}")))?;
         Ok(CpuStream {
             shared,
+            job: Mutex::new(None),
             thread: Some(thread),
             spin: Arc::clone(&self.spin),
         })
@@ -424,7 +468,7 @@ impl Backend for CpuBackend {
             inner: Arc::new(EventInner {
                 issued: AtomicU64::new(0),
                 published: AtomicU64::new(0),
-                done: Mutex::new(0),
+                done: Mutex::new((0, 0)),
                 cv: Condvar::new(),
             }),
         })
@@ -481,12 +525,24 @@ impl Backend for CpuBackend {
             });
         }
         let input = bufs.inner.input.lock().expect("input slot").clone();
+        {
+            let mut last = stream.job.lock().expect("stream job");
+            if !last
+                .as_ref()
+                .is_some_and(|j| j.is(graph, weights, &bufs.inner, &input))
+            {
+                let j = Arc::new(Job {
+                    graph: Arc::clone(graph),
+                    weights: Arc::clone(weights),
+                    bufs: Arc::clone(&bufs.inner),
+                    input,
+                });
+                *last = Some(Arc::clone(&j));
+                stream.push(Cmd::Job(j))?;
+            }
+        }
         stream.push(Cmd::Op {
-            graph: Arc::clone(graph),
             op,
-            weights: Arc::clone(weights),
-            bufs: Arc::clone(&bufs.inner),
-            input,
             batch,
             threads: self.intra_op_threads,
         })
@@ -528,7 +584,9 @@ impl Backend for CpuBackend {
         }
         let mut st = sh.state.lock().expect("stream state");
         while st.done < st.issued {
+            st.host_waiting = true;
             st = sh.cv.wait(st).expect("stream state");
+            st.host_waiting = false;
         }
         match st.error.take() {
             Some(e) => Err(RuntimeError::Execution(e)),
