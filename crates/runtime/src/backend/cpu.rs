@@ -153,21 +153,6 @@ struct EventInner {
 /// this window is picked up at once.
 const SPIN: std::time::Duration = std::time::Duration::from_micros(40);
 
-/// Pins the calling thread to one core, so a backend's streams spread over the cores instead
-/// of wherever the scheduler first put them (which makes latencies bimodal from run to run).
-/// Best effort: a failure leaves the thread unpinned.
-fn pin_to_core(core: usize) {
-    #[cfg(target_os = "linux")]
-    // SAFETY: `set` is a plain bit set owned by this frame; sched_setaffinity only reads it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(core, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = core;
-}
-
 /// Spins until `ready()` holds or [`SPIN`] has passed; true when it holds. After a few
 /// microseconds of busy spinning it yields the core between checks, so a spinner never holds
 /// off a thread with real work when there are more threads than cores.
@@ -465,14 +450,10 @@ impl Backend for CpuBackend {
         let s2 = Arc::clone(&shared);
         let epoch = self.epoch;
         let spin = Arc::clone(&self.spin);
-        let index = self.spin.live_streams.fetch_add(1, Ordering::Relaxed);
-        let core = index % self.spin.cores;
+        self.spin.live_streams.fetch_add(1, Ordering::Relaxed);
         let thread = std::thread::Builder::new()
             .name("streamrec-cpu-stream".into())
-            .spawn(move || {
-                pin_to_core(core);
-                stream_main(s2, epoch, spin)
-            })
+            .spawn(move || stream_main(s2, epoch, spin))
             .map_err(|e| RuntimeError::Execution(format!("cannot start a stream thread: {e}")))?;
         Ok(CpuStream {
             shared,
