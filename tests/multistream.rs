@@ -5,7 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use streamrec::graph::{
-    assign, Algorithm, AssignConfig, CostModel, DeviceProfile, ModelSpec, OpGraph, Plan, SimMode,
+    assign, Algorithm, AssignConfig, CostModel, DeviceProfile, ModelSpec, OpGraph, Plan, Planned,
+    SimMode,
 };
 use streamrec::runtime::gen::{random_batch, Skew};
 use streamrec::runtime::trace::chrome_trace;
@@ -19,6 +20,19 @@ fn load(name: &str, cap: usize) -> (ModelSpec, Arc<OpGraph>, Weights) {
     let graph = Arc::new(OpGraph::from_spec(&spec));
     let weights = Weights::for_graph(&graph).expect("weights");
     (spec, graph, weights)
+}
+
+/// Plans the graph with `algo` on at most `k` streams (cpu profile, eager, no fusion).
+fn plan(graph: &OpGraph, algo: Algorithm, k: usize, batch: usize) -> Planned {
+    let cost = CostModel::new(DeviceProfile::cpu());
+    let cfg = AssignConfig {
+        algo,
+        max_streams: k,
+        batch,
+        mode: SimMode::Eager,
+        fuse: None,
+    };
+    assign(graph, &cfg, &cost).expect("plans")
 }
 
 fn engine(graph: &Arc<OpGraph>, plan: Plan, w: &Weights, cfg: EngineConfig) -> Engine<CpuBackend> {
@@ -74,18 +88,7 @@ fn every_algorithm_and_stream_count_is_bit_identical_to_single() {
             }
         }
         // Linear layers split over two threads compute every element as one thread does.
-        let planned = assign(
-            &graph,
-            &AssignConfig {
-                algo: Algorithm::StreamRec,
-                max_streams: 2,
-                batch: b,
-                mode: SimMode::Eager,
-                fuse: None,
-            },
-            &cost,
-        )
-        .unwrap();
+        let planned = plan(&graph, Algorithm::StreamRec, 2, b);
         let split = Engine::new(
             CpuBackend::with_intra_op_threads(2),
             Arc::new(planned.graph),
@@ -107,19 +110,7 @@ fn every_algorithm_and_stream_count_is_bit_identical_to_single() {
 #[test]
 fn concurrent_requests_over_a_context_pool_match_sequential_results() {
     let (spec, graph, w) = load("tiny.toml", 1000);
-    let cost = CostModel::new(DeviceProfile::cpu());
-    let planned = assign(
-        &graph,
-        &AssignConfig {
-            algo: Algorithm::StreamRec,
-            max_streams: 3,
-            batch: 4,
-            mode: SimMode::Eager,
-            fuse: None,
-        },
-        &cost,
-    )
-    .unwrap();
+    let planned = plan(&graph, Algorithm::StreamRec, 3, 4);
     let sizes = [1usize, 2, 3, 4];
     let inputs: Vec<Arc<Batch>> = (0..32)
         .map(|i| {
@@ -170,19 +161,7 @@ fn concurrent_requests_over_a_context_pool_match_sequential_results() {
 #[test]
 fn a_kernel_panic_fails_only_its_request() {
     let (spec, graph, w) = load("tiny.toml", 1000);
-    let cost = CostModel::new(DeviceProfile::cpu());
-    let planned = assign(
-        &graph,
-        &AssignConfig {
-            algo: Algorithm::RoundRobin,
-            max_streams: 4,
-            batch: 8,
-            mode: SimMode::Eager,
-            fuse: None,
-        },
-        &cost,
-    )
-    .unwrap();
+    let planned = plan(&graph, Algorithm::RoundRobin, 4, 8);
     let e = engine(
         &Arc::new(planned.graph),
         planned.plan,
@@ -214,19 +193,7 @@ fn a_kernel_panic_fails_only_its_request() {
 #[test]
 fn trace_has_one_track_per_stream_without_overlap() {
     let (spec, graph, w) = load("tiny.toml", 1000);
-    let cost = CostModel::new(DeviceProfile::cpu());
-    let planned = assign(
-        &graph,
-        &AssignConfig {
-            algo: Algorithm::StreamRec,
-            max_streams: 4,
-            batch: 16,
-            mode: SimMode::Eager,
-            fuse: None,
-        },
-        &cost,
-    )
-    .unwrap();
+    let planned = plan(&graph, Algorithm::StreamRec, 4, 16);
     let streams = planned.plan.num_streams();
     assert!(streams > 1);
     let e = engine(

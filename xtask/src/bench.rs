@@ -154,6 +154,24 @@ fn time_side_by_side(
     Ok(per.iter().map(|v| LatencySummary::median_of(v)).collect())
 }
 
+/// Plans `graph` with `algo` on at most `k` streams for eager execution at batch `b`.
+fn plan_for(
+    graph: &OpGraph,
+    algo: Algorithm,
+    k: usize,
+    b: usize,
+    cost: &CostModel,
+) -> Result<streamrec_graph::Planned> {
+    let cfg = AssignConfig {
+        algo,
+        max_streams: k,
+        batch: b,
+        mode: SimMode::Eager,
+        fuse: None,
+    };
+    Ok(assign(graph, &cfg, cost)?)
+}
+
 /// Per-op medians of a single-stream run: the calibration of the `cpu` profile.
 fn profile(m: &Model, input: &[Arc<Batch>], budget: Duration) -> Result<MeasuredCosts> {
     let b = input[0].size;
@@ -214,17 +232,7 @@ pub fn run(args: &[String]) -> Result<()> {
             let mut configs = Vec::new();
             for &k in &ks {
                 for algo in Algorithm::ALL {
-                    let planned = assign(
-                        &m.graph,
-                        &AssignConfig {
-                            algo,
-                            max_streams: k,
-                            batch: b,
-                            mode: SimMode::Eager,
-                            fuse: None,
-                        },
-                        &cost,
-                    )?;
+                    let planned = plan_for(&m.graph, algo, k, b, &cost)?;
                     let pred = simulate(&planned.graph, &planned.plan, &cost, b, SimMode::Eager)
                         .latency_us;
                     let (streams, waits) = (planned.plan.num_streams(), planned.plan.num_waits());
@@ -325,17 +333,7 @@ pub fn run(args: &[String]) -> Result<()> {
                 (Algorithm::StreamRec, 2, 1),
                 (Algorithm::StreamRec, 2, 2),
             ] {
-                let planned = assign(
-                    &m.graph,
-                    &AssignConfig {
-                        algo,
-                        max_streams: k,
-                        batch: b,
-                        mode: SimMode::Eager,
-                        fuse: None,
-                    },
-                    &cost,
-                )?;
+                let planned = plan_for(&m.graph, algo, k, b, &cost)?;
                 let engine = Engine::new(
                     CpuBackend::with_intra_op_threads(threads),
                     Arc::new(planned.graph),
