@@ -4,6 +4,9 @@
 //! as 26 `embedding_bag` calls into column slices of one buffer and as one
 //! `table_batched_embedding_bag` call. Linear: 3456 -> 1024 at batch 1 and 128.
 
+mod common;
+use common::fill;
+
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -18,20 +21,6 @@ const ROWS: usize = 100_000;
 const DIM: usize = 128;
 const POOLING: usize = 20;
 const BATCHES: [usize; 2] = [1, 128];
-
-/// Fills a buffer with cheap pseudo-random values in [-1, 1) (a xorshift generator, since the
-/// tables are large).
-fn fill(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
 
 fn embeddings(c: &mut Criterion) {
     let tables: Vec<Vec<f32>> = (0..TABLES)

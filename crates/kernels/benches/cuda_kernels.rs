@@ -7,6 +7,9 @@
 //! Without a CUDA device (or without NVRTC) the benchmarks print "skipped: no CUDA device" and
 //! do nothing.
 
+mod common;
+use common::fill;
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,19 +27,6 @@ const DIM: usize = 64;
 const POOLING: usize = 20;
 const BATCHES: [usize; 2] = [1, 4096];
 const FORK_STREAMS: usize = 4;
-
-/// Cheap pseudo-random values in [-1, 1) (xorshift; the tables are large).
-fn fill(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
 
 /// An input packet (layout in kernels/embedding.cu) with `batch` bags of `POOLING` random rows
 /// per table, 32-bit indices.

@@ -107,9 +107,8 @@ impl Batch {
                 self.sparse.len()
             ));
         }
-        for (f, (inp, feat)) in self.sparse.iter().zip(&spec.features).enumerate() {
+        for (inp, feat) in self.sparse.iter().zip(&spec.features) {
             let name = &feat.name;
-            let _ = f;
             if inp.offsets.len() != self.size {
                 return bad(format!(
                     "{name}_offsets: expected {} offsets (one per sample), got {}",

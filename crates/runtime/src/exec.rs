@@ -119,7 +119,7 @@ pub(crate) fn run_op(call: &OpCall<'_>) -> std::result::Result<(), String> {
     // SAFETY: the plan orders this op after every producer it reads and before every consumer
     // of its output; no other op writes this op's buffer (see backend::cpu).
     let out_buf = unsafe { bufs.acts[id].get_mut() };
-    let (out_act, scratch) = out_buf.split_at_mut(bufs_width(op.width, batch));
+    let (out_act, scratch) = out_buf.split_at_mut(op.width * batch);
     let out = MatMut::new(out_act, batch, op.width, op.width);
     let view = |t: &TensorRef| -> std::result::Result<MatRef<'_>, String> {
         match t.src {
@@ -276,8 +276,4 @@ pub fn synthetic_value(id: OpId, dense: f32, inputs: impl Iterator<Item = f32>) 
         acc = acc * 0.5 + v;
     }
     acc
-}
-
-fn bufs_width(width: usize, batch: usize) -> usize {
-    width * batch
 }

@@ -325,8 +325,11 @@ fn stream_main(shared: Arc<StreamShared>, epoch: Instant, spin: Arc<SpinPolicy>)
                         bufs,
                         input,
                     } = &**j;
-                    let tracing = shared.tracing.load(Ordering::Relaxed);
-                    let t0 = epoch.elapsed();
+                    // Clock reads only when a timeline is being recorded.
+                    let t0 = shared
+                        .tracing
+                        .load(Ordering::Relaxed)
+                        .then(|| epoch.elapsed());
                     let res = catch_unwind(AssertUnwindSafe(|| {
                         exec::run_op(&exec::OpCall {
                             graph,
@@ -338,8 +341,8 @@ fn stream_main(shared: Arc<StreamShared>, epoch: Instant, spin: Arc<SpinPolicy>)
                             threads,
                         })
                     }));
-                    let t1 = epoch.elapsed();
-                    if tracing {
+                    if let Some(t0) = t0 {
+                        let t1 = epoch.elapsed();
                         shared.spans.lock().expect("spans").push(Span {
                             op,
                             start_us: t0.as_secs_f64() * 1e6,
