@@ -192,3 +192,316 @@ fn plan_prints_dot_and_comparisons() {
         "{csv}"
     );
 }
+
+/// Runs the binary under a 4 GiB address-space limit (`ulimit -v`) and a 60 s deadline: a bad
+/// input must fail fast with one line, never grow, hang or abort.
+fn streamrec_bounded(args: &[&str]) -> Output {
+    use std::io::Read;
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 4194304 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_streamrec"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("streamrec runs");
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(60) {
+            child.kill().ok();
+            panic!("streamrec {args:?} still running after 60 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    child.stdout.take().unwrap().read_to_end(&mut stdout).ok();
+    child.stderr.take().unwrap().read_to_end(&mut stderr).ok();
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// One error line and exit status 1 (not 101, a panic, nor 134, an abort).
+fn fails_with(args: &[&str], expected: &str) {
+    let o = streamrec_bounded(args);
+    let line = one_error_line(&o);
+    assert_eq!(o.status.code(), Some(1), "{args:?}: {line}");
+    assert!(
+        line.contains(expected),
+        "{args:?}: expected `{expected}` in: {line}"
+    );
+}
+
+fn tiny_text() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads/tiny.toml"))
+        .unwrap()
+}
+
+/// Writes tiny.toml with one replacement (which must apply) and returns the path.
+fn tiny_with(file: &str, from: &str, to: &str) -> String {
+    let text = tiny_text();
+    assert!(text.contains(from), "tiny.toml has no `{from}`");
+    let p = tmp(file);
+    std::fs::write(&p, text.replace(from, to)).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn huge_spec_sizes_are_one_line_errors_naming_the_field() {
+    let cases = [
+        (
+            "rows.toml",
+            "rows = [100, 37, 250, 8]",
+            "rows = 9223372036854775807",
+            "sparse[0].rows: is 9223372036854775807, more than the limit of 1099511627776",
+        ),
+        (
+            "pooling.toml",
+            "pooling = [1, 2, 3, 1]",
+            "pooling = 1000000000000",
+            "sparse[0].pooling: is 1000000000000, more than the limit of 4096",
+        ),
+        (
+            "layers.toml",
+            "kind = \"dot\"",
+            "kind = \"dcn\"\nlayers = 100000000\nrank = 8",
+            "interaction.layers: is 100000000, more than the limit of 64",
+        ),
+        (
+            "rank.toml",
+            "kind = \"dot\"",
+            "kind = \"dcn\"\nlayers = 2\nrank = 100000000000",
+            "interaction.rank: is 100000000000, more than the limit of 65536",
+        ),
+        (
+            "count.toml",
+            "count = 4\nrows = [100, 37, 250, 8]",
+            "count = 100000000\nrows = 100",
+            "sparse.count: is 100000000, more than the limit of 1024",
+        ),
+        (
+            "dim.toml",
+            "dim = 16",
+            "dim = 4000000000",
+            "sparse.dim: is 4000000000, more than the limit of 8192",
+        ),
+        (
+            "width.toml",
+            "layers = [32, 16]",
+            "layers = [32, 10000000000]",
+            "bottom.layers[1]: is 10000000000, more than the limit of 65536",
+        ),
+    ];
+    for (file, from, to, expected) in cases {
+        let p = tiny_with(file, from, to);
+        fails_with(&["run", &p, "--batch", "4", "--iters", "1"], expected);
+        fails_with(&["plan", &p], expected);
+    }
+}
+
+#[test]
+fn a_table_too_big_for_the_memory_limit_is_refused_before_allocating() {
+    // 2^40 rows x 16 floats is within the row limit but 64 TiB of weights.
+    let p = tiny_with(
+        "big-table.toml",
+        "rows = [100, 37, 250, 8]",
+        "rows = 1099511627776",
+    );
+    fails_with(
+        &["run", &p, "--batch", "4", "--iters", "1"],
+        "shrink the tables with --row-cap N",
+    );
+    // The plan needs no weights: it still works.
+    let o = streamrec_bounded(&["plan", &p]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn bad_flags_are_one_line_errors() {
+    let t = "workloads/tiny.toml";
+    fails_with(
+        &["run", t, "--batch", "100000000", "--iters", "1"],
+        "--batch: 100000000 is more than the limit of 65536",
+    );
+    fails_with(&["run", t, "--batch", "0"], "--batch: must be > 0");
+    fails_with(&["run", t, "--iters", "0"], "--iters: must be > 0");
+    fails_with(&["run", t, "--threads", "0"], "--threads: must be > 0");
+    fails_with(
+        &["run", t, "--intra-op-threads", "0"],
+        "--intra-op-threads: must be > 0",
+    );
+    fails_with(&["run", t, "--contexts", "0"], "--contexts: must be > 0");
+    fails_with(
+        &["run", t, "--contexts", "100000"],
+        "--contexts: 100000 is more than the limit of 64",
+    );
+    fails_with(
+        &["run", t, "--streams", "1000000000", "--iters", "1"],
+        "--streams: 1000000000 is more than the limit of 256",
+    );
+    fails_with(
+        &["plan", t, "--streams", "1000000000"],
+        "--streams: 1000000000 is more than the limit of 256",
+    );
+    fails_with(
+        &["plan", t, "--batch", "100000000"],
+        "--batch: 100000000 is more than the limit of 65536",
+    );
+    fails_with(
+        &[
+            "run",
+            t,
+            "--backend",
+            "cpu",
+            "--graph",
+            "on",
+            "--iters",
+            "1",
+        ],
+        "--graph on: CUDA graphs need the CUDA backend",
+    );
+    fails_with(
+        &["run", t, "--backend", "cpu", "--tf32", "--iters", "1"],
+        "--tf32: TF32 needs the CUDA backend",
+    );
+}
+
+#[test]
+fn flags_that_do_not_apply_together_are_refused() {
+    let t = "workloads/tiny.toml";
+    for args in [
+        &["run", t, "--input", "x.json", "--trace", "t.json"][..],
+        &["run", t, "--input", "x.json", "--iters", "5"],
+        &["run", t, "--emit-request", "--compare"],
+        &["run", t, "--compare", "--profile", "p.json"],
+        &["plan", t, "--json"],
+        &["plan", t, "--dot", "--compare"],
+    ] {
+        let o = streamrec(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("cannot be used with") || err.contains("required arguments"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn overflowing_and_oversized_requests_are_refused() {
+    let o = streamrec(&[
+        "run",
+        "workloads/tiny.toml",
+        "--batch",
+        "2",
+        "--emit-request",
+    ]);
+    assert!(o.status.success());
+    let mut req: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let dense = req["inputs"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|t| t["name"] == "dense")
+        .unwrap();
+    dense["shape"] = serde_json::json!([1418980313362273202i64, 13]);
+    let p = tmp("overflow.json");
+    std::fs::write(&p, req.to_string()).unwrap();
+    fails_with(
+        &["run", "workloads/tiny.toml", "--input", p.to_str().unwrap()],
+        "dense",
+    );
+    // A 120 MB body is refused by its size before it is read (a sparse file costs no disk).
+    let big = tmp("big.json");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(120 << 20).unwrap();
+    fails_with(
+        &[
+            "run",
+            "workloads/tiny.toml",
+            "--input",
+            big.to_str().unwrap(),
+        ],
+        "more than the limit of 67108864 (--max-request-bytes)",
+    );
+    fails_with(
+        &[
+            "run",
+            "workloads/tiny.toml",
+            "--input",
+            p.to_str().unwrap(),
+            "--max-request-bytes",
+            "100",
+        ],
+        "more than the limit of 100 (--max-request-bytes)",
+    );
+}
+
+#[test]
+fn trace_is_written_with_compare_and_with_several_contexts() {
+    let t = "workloads/tiny.toml";
+    let p = tmp("cmp.json");
+    let o = streamrec(&[
+        "run",
+        t,
+        "--batch",
+        "4",
+        "--iters",
+        "4",
+        "--algo",
+        "nimble",
+        "--streams",
+        "2",
+        "--compare",
+        "--trace",
+        p.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let spans = |p: &Path| -> Vec<serde_json::Value> {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+        v["traceEvents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["ph"] == "X")
+            .cloned()
+            .collect()
+    };
+    let multi = spans(&p);
+    let single = spans(&tmp("cmp-single.json"));
+    assert!(!multi.is_empty() && !single.is_empty());
+    let tids = |s: &[serde_json::Value]| {
+        s.iter()
+            .map(|e| e["tid"].as_u64().unwrap())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    assert_eq!(tids(&single).len(), 1, "the baseline runs on one stream");
+    assert_eq!(tids(&multi).len(), 2, "nimble x2 runs on two streams");
+    let p = tmp("ctx.json");
+    let o = streamrec(&[
+        "run",
+        t,
+        "--batch",
+        "4",
+        "--iters",
+        "40",
+        "--contexts",
+        "2",
+        "--trace",
+        p.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let pids: std::collections::BTreeSet<u64> = spans(&p)
+        .iter()
+        .map(|e| e["pid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 2, "spans of both contexts: {pids:?}");
+}

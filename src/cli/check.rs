@@ -35,8 +35,19 @@ pub struct CheckArgs {
 
 /// Runs `streamrec check`.
 pub fn main(a: CheckArgs) -> Result<()> {
-    if a.batch == 0 {
-        anyhow::bail!("--batch: must be > 0");
+    super::bounded("--batch", a.batch, streamrec_graph::limits::MAX_BATCH)?;
+    super::bounded(
+        "--intra-op-threads",
+        a.engine.intra_op_threads,
+        super::MAX_THREADS,
+    )?;
+    super::bounded(
+        "--batches",
+        usize::try_from(a.batches).unwrap_or(usize::MAX),
+        1_000_000,
+    )?;
+    if !(a.tolerance.is_finite() && a.tolerance >= 0.0) {
+        anyhow::bail!("--tolerance: must be a finite number >= 0");
     }
     let spec = a.model.load()?;
     let graph = OpGraph::from_spec(&spec);

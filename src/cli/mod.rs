@@ -96,9 +96,7 @@ impl PlanOpts {
         mode: SimMode,
         cost: &CostModel,
     ) -> Result<Planned> {
-        if self.streams == 0 {
-            anyhow::bail!("--streams: must be > 0");
-        }
+        bounded("--streams", self.streams, MAX_STREAMS)?;
         if self.fuse == Some(0) {
             anyhow::bail!("--fuse: must be > 0");
         }
@@ -148,6 +146,24 @@ impl EngineArgs {
             cfg,
         }
     }
+}
+
+/// Most streams a plan may use (`--streams`).
+pub const MAX_STREAMS: usize = 256;
+/// Most execution contexts (`--contexts`).
+pub const MAX_CONTEXTS: usize = 64;
+/// Most threads of one kind (`--threads`, `--intra-op-threads`).
+pub const MAX_THREADS: usize = 1024;
+
+/// Checks that a count given on the command line is in `1..=max`; the error names the flag.
+pub fn bounded(flag: &str, v: usize, max: usize) -> Result<usize> {
+    if v == 0 {
+        anyhow::bail!("{flag}: must be > 0");
+    }
+    if v > max {
+        anyhow::bail!("{flag}: {v} is more than the limit of {max}");
+    }
+    Ok(v)
 }
 
 /// Runs a parsed command line.

@@ -20,21 +20,20 @@ pub struct PlanArgs {
     #[arg(long, default_value = "graph")]
     mode: SimMode,
     /// Write the graph as Graphviz DOT (ops coloured by stream) instead of the plan.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "compare")]
     dot: bool,
     /// Print one row per algorithm: streams, waits, predicted latency, ratio to single.
     #[arg(long)]
     compare: bool,
     /// With --compare, print JSON instead of a table.
-    #[arg(long)]
+    #[arg(long, requires = "compare")]
     json: bool,
 }
 
 /// Runs `streamrec plan`.
 pub fn main(a: PlanArgs) -> Result<()> {
-    if a.batch == 0 {
-        anyhow::bail!("--batch: must be > 0");
-    }
+    super::bounded("--batch", a.batch, streamrec_graph::limits::MAX_BATCH)?;
+    super::bounded("--streams", a.plan.streams, super::MAX_STREAMS)?;
     let spec = a.model.load()?;
     let graph = OpGraph::from_spec(&spec);
     let cost = a.plan.cost_model("h200", 1)?;

@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use anyhow::{Context, Result};
 use clap::Args;
+use streamrec_graph::limits::{DEFAULT_MAX_REQUEST_BYTES, MAX_BATCH};
 use streamrec_graph::{Algorithm, MeasuredCosts, OpGraph, Plan, SimMode};
 use streamrec_runtime::backend::{build_engine, resolve, BackendKind, BackendOptions};
 use streamrec_runtime::gen::{random_batch, Skew};
@@ -17,7 +18,7 @@ use streamrec_runtime::request::{response_json, InferRequest};
 use streamrec_runtime::stats::LatencySummary;
 use streamrec_runtime::{measure, Batch, EngineConfig, Infer, MeasureConfig, Weights};
 
-use super::{EngineArgs, ModelArgs, PlanOpts};
+use super::{bounded, EngineArgs, ModelArgs, PlanOpts, MAX_CONTEXTS, MAX_THREADS};
 
 /// Arguments of `streamrec run`.
 #[derive(Debug, Args)]
@@ -50,19 +51,30 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Read one KServe v2 request body from this file and print the scores as JSON.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["emit_request", "compare", "profile"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = [
+        "emit_request", "compare", "profile", "trace", "csv", "batch", "iters", "warmup",
+        "contexts", "threads", "skew", "seed",
+    ])]
     input: Option<PathBuf>,
+    /// Largest request file accepted by --input, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
+    max_request_bytes: usize,
     /// Write a random request body (KServe v2 JSON) for --batch samples to stdout and exit.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = [
+        "compare", "profile", "trace", "csv", "iters", "warmup", "contexts", "threads",
+    ])]
     emit_request: bool,
-    /// Also run `single` in the same process and print the ratio.
-    #[arg(long)]
+    /// Also run `single` in the same process and print the ratio (with --trace: one timeline
+    /// file per engine).
+    #[arg(long, conflicts_with = "profile")]
     compare: bool,
     /// Measure each op's time (median per batch size) and write it for the cost model (JSON or
     /// TOML by extension; an existing file gains this batch size).
     #[arg(long, value_name = "FILE")]
     profile: Option<PathBuf>,
-    /// Write a Chrome trace-event timeline of the timed requests.
+    /// Write a Chrome trace-event timeline of the timed requests (every context; with
+    /// --compare, FILE for the plan and FILE with `-single` before the extension for the
+    /// baseline).
     #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
     /// Print the result as one CSV row (with a header) instead of text.
@@ -102,6 +114,16 @@ pub fn build(
     let cfg = target.cfg.clone();
     let backend_opts = target.opts;
     let resolved = resolve(target.backend)?;
+    if resolved == BackendKind::Cpu {
+        if cfg.graphs {
+            anyhow::bail!(
+                "--graph on: CUDA graphs need the CUDA backend (this run uses the CPU backend)"
+            );
+        }
+        if backend_opts.tf32 {
+            anyhow::bail!("--tf32: TF32 needs the CUDA backend (this run uses the CPU backend)");
+        }
+    }
     let default_device = if resolved == BackendKind::Cuda {
         "h200"
     } else {
@@ -134,12 +156,14 @@ pub fn build(
 
 /// Runs `streamrec run`.
 pub fn main(a: RunArgs) -> Result<()> {
-    if a.batch == 0 {
-        anyhow::bail!("--batch: must be > 0");
+    bounded("--batch", a.batch, MAX_BATCH)?;
+    bounded("--iters", a.iters, usize::MAX)?;
+    bounded("--contexts", a.contexts, MAX_CONTEXTS)?;
+    if let Some(t) = a.threads {
+        bounded("--threads", t, MAX_THREADS)?;
     }
-    if a.contexts == 0 {
-        anyhow::bail!("--contexts: must be > 0");
-    }
+    bounded("--intra-op-threads", a.engine.intra_op_threads, MAX_THREADS)?;
+    bounded("--max-request-bytes", a.max_request_bytes, usize::MAX)?;
     let spec = a.model.load()?;
     if a.emit_request {
         let b = random_batch(&spec, a.batch, a.skew, a.seed);
@@ -151,8 +175,8 @@ pub fn main(a: RunArgs) -> Result<()> {
     }
     let input = match &a.input {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?;
-            let req = InferRequest::from_json(&text).with_context(|| format!("{}", p.display()))?;
+            let req = read_request_file_tmp(p, a.max_request_bytes)
+                .with_context(|| format!("{}", p.display()))?;
             Some((
                 req.to_batch(&spec)
                     .with_context(|| format!("{}", p.display()))?,
@@ -252,6 +276,10 @@ pub fn main(a: RunArgs) -> Result<()> {
         );
         print_summary(&a, "single", 1, &b, name);
         print_summary(&a, &built.plan.algo, built.plan.num_streams(), &m, name);
+        if let Some(p) = &a.trace {
+            write_trace(&single_trace_path(p), &base.engine.take_trace())?;
+            write_trace(p, &built.engine.take_trace())?;
+        }
         if !a.csv {
             println!(
                 "ratio single/{}: latency p50 {:.2}x, throughput {:.2}x",
@@ -268,8 +296,7 @@ pub fn main(a: RunArgs) -> Result<()> {
     print_summary(&a, &built.plan.algo, built.plan.num_streams(), &s, name);
     let events = built.engine.take_trace();
     if let Some(p) = &a.trace {
-        streamrec_runtime::trace::write_chrome_trace(p, &events)?;
-        eprintln!("wrote {} spans to {}", events.len(), p.display());
+        write_trace(p, &events)?;
     }
     if let Some(p) = &a.profile {
         let mut m = if p.exists() {
@@ -291,6 +318,49 @@ pub fn main(a: RunArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+// TEMPORARY until request::read_request_file lands.
+fn read_request_file_tmp(p: &std::path::Path, max: usize) -> Result<InferRequest> {
+    let len = std::fs::metadata(p)?.len();
+    if len > max as u64 {
+        anyhow::bail!(
+            "request body is {len} bytes, more than the limit of {max} (--max-request-bytes)"
+        );
+    }
+    let text = std::fs::read_to_string(p)?;
+    Ok(InferRequest::from_json(&text)?)
+}
+
+/// Writes a timeline; an empty one is an error rather than a silent empty file.
+fn write_trace(p: &std::path::Path, events: &[streamrec_runtime::trace::TraceEvent]) -> Result<()> {
+    if events.is_empty() {
+        anyhow::bail!(
+            "--trace {}: the engine recorded no spans, nothing to write",
+            p.display()
+        );
+    }
+    streamrec_runtime::trace::write_chrome_trace(p, events)?;
+    let contexts: std::collections::BTreeSet<usize> = events.iter().map(|e| e.context).collect();
+    eprintln!(
+        "wrote {} spans of {} context(s) to {}",
+        events.len(),
+        contexts.len(),
+        p.display()
+    );
+    Ok(())
+}
+
+/// `trace.json` -> `trace-single.json`: where --compare writes the baseline's timeline.
+fn single_trace_path(p: &std::path::Path) -> PathBuf {
+    let stem = p
+        .file_stem()
+        .map_or_else(|| "trace".into(), |s| s.to_string_lossy().into_owned());
+    let name = match p.extension() {
+        Some(e) => format!("{stem}-single.{}", e.to_string_lossy()),
+        None => format!("{stem}-single"),
+    };
+    p.with_file_name(name)
 }
 
 /// Runs a measurement with a progress bar on stderr (when it is a terminal and not `--csv`).

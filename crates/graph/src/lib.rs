@@ -10,6 +10,7 @@ pub mod dot;
 pub mod error;
 pub mod fuse;
 pub mod ir;
+pub mod limits;
 pub mod plan;
 pub mod profile;
 pub mod sim;

@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::GraphError;
+use crate::limits::{
+    MAX_CROSS_LAYERS, MAX_DIM, MAX_FEATURES, MAX_LAYERS, MAX_POOLING, MAX_RANK, MAX_ROWS, MAX_WIDTH,
+};
 
 /// Pooling mode of an embedding bag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -231,10 +234,29 @@ fn positive(field: &str, v: i64) -> Result<usize, GraphError> {
     }
 }
 
+/// A positive value no larger than `max` (the limits in [`crate::limits`]).
+fn bounded(field: &str, v: i64, max: usize) -> Result<usize, GraphError> {
+    let v = positive(field, v)?;
+    if v > max {
+        Err(err(field, format!("is {v}, more than the limit of {max}")))
+    } else {
+        Ok(v)
+    }
+}
+
 fn widths(field: &str, v: &[i64]) -> Result<Vec<usize>, GraphError> {
+    if v.len() > MAX_LAYERS {
+        return Err(err(
+            field,
+            format!(
+                "has {} layers, more than the limit of {MAX_LAYERS}",
+                v.len()
+            ),
+        ));
+    }
     v.iter()
         .enumerate()
-        .map(|(i, &w)| positive(&format!("{field}[{i}]"), w))
+        .map(|(i, &w)| bounded(&format!("{field}[{i}]"), w, MAX_WIDTH))
         .collect()
 }
 
@@ -291,7 +313,7 @@ impl ModelSpec {
         if name.is_empty() {
             return Err(err("name", "must not be empty"));
         }
-        let dense = positive("dense", raw.dense)?;
+        let dense = bounded("dense", raw.dense, MAX_WIDTH)?;
         let file_cap = raw.row_cap.map(|c| positive("row_cap", c)).transpose()?;
         if row_cap == Some(0) {
             return Err(err("--row-cap", "must be > 0"));
@@ -324,17 +346,19 @@ impl ModelSpec {
                 }
             }
             InteractionKind::Dcn => Interaction::Dcn {
-                layers: positive(
+                layers: bounded(
                     "interaction.layers",
                     raw.interaction.layers.ok_or_else(|| {
                         err("interaction.layers", "is required for kind = \"dcn\"")
                     })?,
+                    MAX_CROSS_LAYERS,
                 )?,
-                rank: positive(
+                rank: bounded(
                     "interaction.rank",
                     raw.interaction
                         .rank
                         .ok_or_else(|| err("interaction.rank", "is required for kind = \"dcn\""))?,
+                    MAX_RANK,
                 )?,
             },
         };
@@ -380,6 +404,15 @@ impl ModelSpec {
             }
             (None, None) => return Err(err("sparse", "needs count (compact form) or features")),
             (Some(list), None) => {
+                if list.len() > MAX_FEATURES {
+                    return Err(err(
+                        "sparse.features",
+                        format!(
+                            "has {} features, more than the limit of {MAX_FEATURES}",
+                            list.len()
+                        ),
+                    ));
+                }
                 for (field, set) in [
                     ("prefix", s.prefix.is_some()),
                     ("rows", s.rows.is_some()),
@@ -398,13 +431,17 @@ impl ModelSpec {
                 list.iter()
                     .enumerate()
                     .map(|(i, f)| {
-                        let rows = positive(&format!("sparse[{i}].rows"), f.rows)?;
+                        let rows = bounded(&format!("sparse[{i}].rows"), f.rows, MAX_ROWS)?;
                         Ok(Feature {
                             name: f.name.clone(),
                             rows: cap(rows),
                             spec_rows: rows,
-                            dim: positive(&format!("sparse[{i}].dim"), f.dim)?,
-                            pooling: positive(&format!("sparse[{i}].pooling"), f.pooling)?,
+                            dim: bounded(&format!("sparse[{i}].dim"), f.dim, MAX_DIM)?,
+                            pooling: bounded(
+                                &format!("sparse[{i}].pooling"),
+                                f.pooling,
+                                MAX_POOLING,
+                            )?,
                             mode: f.mode,
                             branch: widths(&format!("sparse[{i}].branch"), &f.branch)?,
                         })
@@ -412,7 +449,7 @@ impl ModelSpec {
                     .collect::<Result<_, GraphError>>()?
             }
             (None, Some(count)) => {
-                let count = positive("sparse.count", count)?;
+                let count = bounded("sparse.count", count, MAX_FEATURES)?;
                 let rows = per_feature(
                     "sparse.rows",
                     s.rows
@@ -425,21 +462,26 @@ impl ModelSpec {
                     s.pooling.as_ref().unwrap_or(&OneOrMany::One(1)),
                     count,
                 )?;
-                let dim = positive(
+                let dim = bounded(
                     "sparse.dim",
                     s.dim.ok_or_else(|| err("sparse.dim", "is required"))?,
+                    MAX_DIM,
                 )?;
                 let branch = widths("sparse.branch", s.branch.as_deref().unwrap_or(&[]))?;
                 let prefix = s.prefix.clone().unwrap_or_else(|| "C".into());
                 (0..count)
                     .map(|i| {
-                        let r = positive(&format!("sparse[{i}].rows"), rows[i])?;
+                        let r = bounded(&format!("sparse[{i}].rows"), rows[i], MAX_ROWS)?;
                         Ok(Feature {
                             name: format!("{prefix}{}", i + 1),
                             rows: cap(r),
                             spec_rows: r,
                             dim,
-                            pooling: positive(&format!("sparse[{i}].pooling"), pooling[i])?,
+                            pooling: bounded(
+                                &format!("sparse[{i}].pooling"),
+                                pooling[i],
+                                MAX_POOLING,
+                            )?,
                             mode: s.mode.unwrap_or_default(),
                             branch: branch.clone(),
                         })

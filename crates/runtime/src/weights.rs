@@ -77,19 +77,19 @@ impl Weights {
     pub fn for_graph(graph: &OpGraph) -> Result<Self> {
         check_memory(&graph.weights())?;
         match &graph.spec.weights {
-            WeightSource::Seed(s) => Ok(Self::generate(graph, *s)),
+            WeightSource::Seed(s) => Self::generate(graph, *s),
             WeightSource::File(p) => Self::load(graph, p),
         }
     }
 
-    /// Generates every tensor the graph needs from `seed`.
-    pub fn generate(graph: &OpGraph, seed: u64) -> Self {
+    /// Generates every tensor the graph needs from `seed`; fails when memory runs out.
+    pub fn generate(graph: &OpGraph, seed: u64) -> Result<Self> {
         let specs = graph.weights();
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut tensors = HashMap::new();
         for w in &specs {
             let len: usize = w.shape.iter().product();
-            let mut data = alloc_table(len);
+            let mut data = alloc_table(&w.name, len)?;
             let base = name_hash(seed, &w.name);
             let scale = init_scale(w);
             let chunk = len.div_ceil(threads).max(1 << 16);
@@ -106,7 +106,7 @@ impl Weights {
                 }),
             );
         }
-        Self { tensors }
+        Ok(Self { tensors })
     }
 
     /// Loads every tensor the graph needs from a safetensors file; a missing tensor, a wrong
@@ -213,8 +213,13 @@ impl Weights {
 
 /// A zeroed f32 buffer; large ones ask the kernel for transparent huge pages, which cut the
 /// TLB misses of random embedding-row gathers.
-fn alloc_table(len: usize) -> Vec<f32> {
-    let mut v: Vec<f32> = Vec::with_capacity(len);
+fn alloc_table(name: &str, len: usize) -> Result<Vec<f32>> {
+    let mut v: Vec<f32> = Vec::new();
+    v.try_reserve_exact(len).map_err(|e| {
+        RuntimeError::Weights(format!(
+            "{name}: cannot allocate {len} floats ({e}); shrink the tables with --row-cap N"
+        ))
+    })?;
     const HUGE: usize = 2 << 20;
     let bytes = len * 4;
     if bytes >= 4 * HUGE {
@@ -234,33 +239,62 @@ fn alloc_table(len: usize) -> Vec<f32> {
         }
     }
     v.resize(len, 0.0);
-    v
+    Ok(v)
 }
 
-/// Refuses weights that cannot fit in this machine's available memory.
+/// Refuses weights that cannot fit in this machine's available memory (or under the process's
+/// address-space limit, `ulimit -v`); the byte count is computed with checked arithmetic.
 fn check_memory(specs: &[WeightSpec]) -> Result<()> {
-    let need: usize = specs
-        .iter()
-        .map(|w| w.shape.iter().product::<usize>() * 4)
-        .sum();
-    let Ok(info) = std::fs::read_to_string("/proc/meminfo") else {
-        return Ok(());
+    let need = specs.iter().try_fold(0usize, |acc, w| {
+        w.shape
+            .iter()
+            .try_fold(4usize, |b, &d| b.checked_mul(d))
+            .and_then(|b| acc.checked_add(b))
+    });
+    let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+    let Some(need) = need else {
+        return Err(RuntimeError::Weights(
+            "the model's weights need more bytes than this machine can address; \
+             shrink the tables with --row-cap N (or `row_cap` in the spec)"
+                .into(),
+        ));
     };
-    let avail_kb = info
-        .lines()
-        .find(|l| l.starts_with("MemAvailable:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<usize>().ok());
-    if let Some(kb) = avail_kb {
-        let avail = kb * 1024;
-        if need > avail / 10 * 9 {
+    let avail_kb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<usize>().ok())
+        });
+    let mut avail = avail_kb.map(|kb| kb.saturating_mul(1024) / 10 * 9);
+    if let Some(limit) = address_space_limit() {
+        avail = Some(avail.map_or(limit, |a| a.min(limit)));
+    }
+    if let Some(avail) = avail {
+        if need > avail {
             return Err(RuntimeError::Weights(format!(
                 "the model's weights need {:.1} GiB but only {:.1} GiB of memory is available; \
                  shrink the tables with --row-cap N (or `row_cap` in the spec)",
-                need as f64 / (1u64 << 30) as f64,
-                avail as f64 / (1u64 << 30) as f64
+                gib(need),
+                gib(avail)
             )));
         }
     }
     Ok(())
+}
+
+/// The process's address-space limit (`ulimit -v`) in bytes, when one is set.
+fn address_space_limit() -> Option<usize> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit struct, which `lim` is.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut lim) };
+    if rc != 0 || lim.rlim_cur == libc::RLIM_INFINITY {
+        None
+    } else {
+        usize::try_from(lim.rlim_cur).ok()
+    }
 }

@@ -94,10 +94,19 @@ unsafe impl Sync for SharedBuf {}
 unsafe impl Send for SharedBuf {}
 
 impl SharedBuf {
-    fn new(len: usize) -> Self {
-        Self {
-            data: UnsafeCell::new(vec![f32::NAN; len].into_boxed_slice()),
-        }
+    /// A buffer of `len` floats, poisoned with NaN so unwritten elements show; an allocation
+    /// the machine cannot make is an error, not an abort.
+    fn new(len: usize) -> Result<Self> {
+        let mut v: Vec<f32> = Vec::new();
+        v.try_reserve_exact(len).map_err(|e| {
+            RuntimeError::Input(format!(
+                "cannot allocate an activation buffer of {len} floats ({e}); use a smaller batch"
+            ))
+        })?;
+        v.resize(len, f32::NAN);
+        Ok(Self {
+            data: UnsafeCell::new(v.into_boxed_slice()),
+        })
     }
 
     /// # Safety
@@ -487,13 +496,24 @@ impl Backend for CpuBackend {
                     OpKind::Linear { .. } if self.intra_op_threads > 1 => op.width,
                     _ => 0,
                 };
-                SharedBuf::new(max_batch * (op.width + extra))
+                let len = op
+                    .width
+                    .checked_add(extra)
+                    .and_then(|w| w.checked_mul(max_batch))
+                    .ok_or_else(|| {
+                        RuntimeError::Input(format!(
+                            "{}: an activation of {max_batch} x {} floats overflows",
+                            op.name,
+                            op.width.saturating_add(extra)
+                        ))
+                    })?;
+                SharedBuf::new(len)
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         Ok(CpuBuffers {
             inner: Arc::new(BufInner {
                 acts,
-                scores: SharedBuf::new(max_batch),
+                scores: SharedBuf::new(max_batch)?,
                 input: Mutex::new(None),
                 max_batch,
             }),
