@@ -131,15 +131,43 @@ fn time_engine(
     )?)
 }
 
+/// One engine's figures: the median over the rounds, and each round's own.
+struct Timed {
+    median: LatencySummary,
+    rounds: Vec<LatencySummary>,
+}
+
+/// Relative spread of measurements: (max - min) / median; 0 for fewer than two.
+fn spread(v: &[f64]) -> f64 {
+    if v.len() < 2 {
+        return 0.0;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let median = s[s.len() / 2];
+    (s[s.len() - 1] - s[0]) / median
+}
+
+/// A ratio against the baseline, read with the run's noise floor: within it, "no difference".
+fn verdict(ratio: f64, noise: f64) -> &'static str {
+    if (ratio - 1.0).abs() <= noise {
+        "no difference"
+    } else if ratio > 1.0 {
+        "faster"
+    } else {
+        "slower"
+    }
+}
+
 /// Times every engine in `rounds` interleaved rounds, so that machine noise spreads over all of
-/// them alike, and keeps the median of each figure over the rounds.
+/// them alike, and keeps the median of each figure over the rounds (and every round).
 fn time_side_by_side(
     engines: &[(&Engine<CpuBackend>, usize)],
     input: &[Arc<Batch>],
     budget: Duration,
     rounds: usize,
     mut tick: impl FnMut(),
-) -> Result<Vec<LatencySummary>> {
+) -> Result<Vec<Timed>> {
     let mut per: Vec<Vec<LatencySummary>> = vec![Vec::new(); engines.len()];
     let n = engines.len();
     for r in 0..rounds {
@@ -151,7 +179,13 @@ fn time_side_by_side(
             tick();
         }
     }
-    Ok(per.iter().map(|v| LatencySummary::median_of(v)).collect())
+    Ok(per
+        .into_iter()
+        .map(|v| Timed {
+            median: LatencySummary::median_of(&v),
+            rounds: v,
+        })
+        .collect())
 }
 
 /// Plans `graph` with `algo` on at most `k` streams for eager execution at batch `b`.
@@ -206,8 +240,9 @@ pub fn run(args: &[String]) -> Result<()> {
         ProgressStyle::with_template("{bar:40} {pos}/{len} {elapsed_precise} {msg}")
             .expect("valid template"),
     );
-    let mut csv = String::from("model,batch,algo,streams_max,streams,waits,p50_us,p99_us,samples_per_s,ratio_p50_to_single,ratio_throughput_to_single,predicted_ratio\n");
-    let mut pred_csv = String::from("model,batch,algo,streams,measured_single_us,measured_us,measured_ratio,predicted_single_us,predicted_us,predicted_ratio,within_25pct\n");
+    let mut csv = String::from("model,batch,algo,streams_max,streams,waits,p50_us,p99_us,samples_per_s,ratio_p50_to_single,ratio_throughput_to_single,noise_floor,verdict,predicted_ratio\n");
+    let mut pred_csv = String::from("model,batch,algo,streams,measured_single_us,measured_us,measured_ratio,predicted_single_us,predicted_us,predicted_ratio,noise_floor,within_25pct\n");
+    let mut noise_table = String::new();
     let mut table = String::new();
     bar.set_message("calibrating the cpu profile");
     let cpu = calibrate::cpu_profile(DeviceProfile::cpu())?;
@@ -252,28 +287,48 @@ pub fn run(args: &[String]) -> Result<()> {
             let results = time_side_by_side(&engines, &input, budget, rounds, || bar.inc(1))?;
             // The baseline: `single` is planned once per K (the same plan each time); the median
             // of those runs is steadier than any one of them.
-            let singles: Vec<LatencySummary> = configs
+            let singles: Vec<&Timed> = configs
                 .iter()
                 .zip(&results)
                 .filter(|(c, _)| c.0 == Algorithm::Single)
-                .map(|(_, s)| s.clone())
+                .map(|(_, t)| t)
                 .collect();
-            let base = &LatencySummary::median_of(&singles);
+            let base = &LatencySummary::median_of(
+                &singles.iter().map(|t| t.median.clone()).collect::<Vec<_>>(),
+            );
+            // The noise floor: the spread of p50 over every round of the identical `single`
+            // plans (one per K); a ratio closer to 1 than this is no difference.
+            let single_p50s: Vec<f64> = singles
+                .iter()
+                .flat_map(|t| t.rounds.iter().map(|r| r.p50_us))
+                .collect();
+            let noise = spread(&single_p50s);
+            let _ = writeln!(
+                noise_table,
+                "{:<13} {b:>5}: {} runs of the same single plan, p50 {:.1}..{:.1} us, noise floor {:.1}%",
+                m.spec.name,
+                single_p50s.len(),
+                single_p50s.iter().copied().fold(f64::INFINITY, f64::min),
+                single_p50s.iter().copied().fold(0.0, f64::max),
+                noise * 100.0
+            );
             let single_pred = configs[0].4;
-            for ((algo, k, streams, waits, pred, _), s) in configs.iter().zip(&results) {
+            for ((algo, k, streams, waits, pred, _), t) in configs.iter().zip(&results) {
+                let s = &t.median;
                 let (algo, k, streams, waits, pred) = (*algo, *k, *streams, *waits, *pred);
                 let algo_name = algo.to_string();
                 let r_lat = base.p50_us / s.p50_us;
                 let r_tput = s.samples_per_s / base.samples_per_s;
                 let r_pred = single_pred / pred;
+                let v = verdict(r_lat, noise);
                 let _ = writeln!(
                     csv,
-                    "{},{b},{algo},{k},{streams},{waits},{:.1},{:.1},{:.1},{r_lat:.3},{r_tput:.3},{r_pred:.3}",
+                    "{},{b},{algo},{k},{streams},{waits},{:.1},{:.1},{:.1},{r_lat:.3},{r_tput:.3},{noise:.3},{v},{r_pred:.3}",
                     m.spec.name, s.p50_us, s.p99_us, s.samples_per_s
                 );
                 let _ = writeln!(
                     table,
-                    "{:<13} {b:>5} {algo_name:>13} {k:>2} {streams:>3} {waits:>5} {:>11.1} {:>11.1} {:>12.1} {r_lat:>7.2}x {r_pred:>7.2}x",
+                    "{:<13} {b:>5} {algo_name:>13} {k:>2} {streams:>3} {waits:>5} {:>11.1} {:>11.1} {:>12.1} {r_lat:>7.2}x {v:>13} {r_pred:>7.2}x",
                     m.spec.name, s.p50_us, s.p99_us, s.samples_per_s
                 );
                 if k == 2
@@ -282,17 +337,29 @@ pub fn run(args: &[String]) -> Result<()> {
                         Algorithm::StreamRec | Algorithm::Nimble | Algorithm::CriticalPath
                     )
                 {
+                    // A 25% check means nothing where the run's own noise is 25% or more.
+                    let decidable = noise < 0.25;
                     let ok = (r_lat / r_pred - 1.0).abs() <= 0.25;
                     let _ = writeln!(
                         pred_csv,
-                        "{},{b},{algo},{streams},{:.1},{:.1},{r_lat:.3},{single_pred:.1},{pred:.1},{r_pred:.3},{ok}",
-                        m.spec.name, base.p50_us, s.p50_us
+                        "{},{b},{algo},{streams},{:.1},{:.1},{r_lat:.3},{single_pred:.1},{pred:.1},{r_pred:.3},{noise:.3},{}",
+                        m.spec.name,
+                        base.p50_us,
+                        s.p50_us,
+                        if decidable { ok.to_string() } else { "inside noise".into() }
                     );
                     let _ = writeln!(
                         pred_table,
                         "{:<13} {b:>5} {algo_name:>13} measured {r_lat:>5.2}x predicted {r_pred:>5.2}x {}",
                         m.spec.name,
-                        if ok { "within 25%" } else { "MISSED by more than 25%" }
+                        match (decidable, ok) {
+                            (false, _) => format!(
+                                "undecided: the noise floor ({:.0}%) is above 25%",
+                                noise * 100.0
+                            ),
+                            (true, true) => "within 25%".into(),
+                            (true, false) => "MISSED by more than 25%".into(),
+                        }
                     );
                 }
             }
@@ -306,26 +373,34 @@ pub fn run(args: &[String]) -> Result<()> {
             let one = cpu_engine(&m, &m.graph, plan.clone(), engine_cfg(b, 1, false))?;
             let two = cpu_engine(&m, &m.graph, plan, engine_cfg(b, 2, false))?;
             let r = time_side_by_side(&[(&one, 1), (&two, 2)], &input, budget, 3, || {})?;
-            let (one, two) = (&r[0], &r[1]);
+            let tput_spread =
+                |t: &Timed| spread(&t.rounds.iter().map(|r| r.samples_per_s).collect::<Vec<_>>());
+            let noise = tput_spread(&r[0]).max(tput_spread(&r[1]));
+            let (one, two) = (&r[0].median, &r[1].median);
             let ratio = two.samples_per_s / one.samples_per_s;
             let text = format!(
-                "model,batch,contexts,p50_us,p99_us,samples_per_s\n{n},{b},1,{:.1},{:.1},{:.1}\n{n},{b},2,{:.1},{:.1},{:.1}\n",
+                "model,batch,contexts,p50_us,p99_us,samples_per_s,noise_floor\n{n},{b},1,{:.1},{:.1},{:.1},{noise:.3}\n{n},{b},2,{:.1},{:.1},{:.1},{noise:.3}\n",
                 one.p50_us, one.p99_us, one.samples_per_s, two.p50_us, two.p99_us, two.samples_per_s,
                 n = m.spec.name
             );
             std::fs::write(o.out.join("contexts.csv"), text)?;
             bar.suspend(|| {
                 eprintln!(
-                    "{} batch {b}: 1 context {:.1} samples/s, 2 contexts {:.1} samples/s: {ratio:.2}x",
-                    m.spec.name, one.samples_per_s, two.samples_per_s
+                    "{} batch {b}: 1 context {:.1} samples/s, 2 contexts {:.1} samples/s: {ratio:.2}x ({}, noise floor {:.1}%)",
+                    m.spec.name,
+                    one.samples_per_s,
+                    two.samples_per_s,
+                    verdict(ratio, noise),
+                    noise * 100.0
                 )
             });
             // Latency with both cores on one request: streams, and linear layers split over
             // two threads.
             bar.set_message(format!("{}: intra-op threads", m.spec.name));
             let cost = CostModel::new(cpu.clone());
-            let mut rows =
-                String::from("model,batch,algo,streams,intra_op_threads,p50_us,p99_us\n");
+            let mut rows = String::from(
+                "model,batch,algo,streams,intra_op_threads,p50_us,p99_us,ratio_p50_to_single,noise_floor,verdict\n",
+            );
             let mut setups = Vec::new();
             for (algo, k, threads) in [
                 (Algorithm::Single, 1, 1),
@@ -346,15 +421,21 @@ pub fn run(args: &[String]) -> Result<()> {
             let engines: Vec<(&Engine<CpuBackend>, usize)> =
                 setups.iter().map(|s| (&s.3, 1)).collect();
             let r = time_side_by_side(&engines, &input, budget, 3, || {})?;
-            for ((algo, k, threads, _), s) in setups.iter().zip(&r) {
+            // The noise floor: the round-to-round spread of the baseline (single, 1 thread).
+            let noise = spread(&r[0].rounds.iter().map(|x| x.p50_us).collect::<Vec<_>>());
+            let base_p50 = r[0].median.p50_us;
+            for ((algo, k, threads, _), t) in setups.iter().zip(&r) {
+                let s = &t.median;
+                let ratio = base_p50 / s.p50_us;
+                let v = verdict(ratio, noise);
                 let _ = writeln!(
                     rows,
-                    "{},{b},{algo},{k},{threads},{:.1},{:.1}",
+                    "{},{b},{algo},{k},{threads},{:.1},{:.1},{ratio:.3},{noise:.3},{v}",
                     m.spec.name, s.p50_us, s.p99_us
                 );
                 let line = format!(
-                    "{} batch {b}: {algo} x{k}, {threads} intra-op thread(s): p50 {:.1} us, p99 {:.1} us",
-                    m.spec.name, s.p50_us, s.p99_us
+                    "{} batch {b}: {algo} x{k}, {threads} intra-op thread(s): p50 {:.1} us, p99 {:.1} us, {ratio:.2}x vs single ({v}, noise floor {:.1}%)",
+                    m.spec.name, s.p50_us, s.p99_us, noise * 100.0
                 );
                 bar.suspend(|| eprintln!("{line}"));
             }
@@ -364,8 +445,12 @@ pub fn run(args: &[String]) -> Result<()> {
     bar.finish_and_clear();
     std::fs::write(o.out.join("engine.csv"), &csv)?;
     std::fs::write(o.out.join("prediction.csv"), &pred_csv)?;
+    std::fs::write(o.out.join("noise.txt"), &noise_table)?;
+    println!("noise floors (spread of p50 over the repeated single-stream runs):");
+    print!("{noise_table}");
+    println!();
     println!(
-        "{:<13} {:>5} {:>13} {:>2} {:>3} {:>5} {:>11} {:>11} {:>12} {:>8} {:>8}",
+        "{:<13} {:>5} {:>13} {:>2} {:>3} {:>5} {:>11} {:>11} {:>12} {:>8} {:>13} {:>8}",
         "model",
         "batch",
         "algo",
@@ -376,13 +461,14 @@ pub fn run(args: &[String]) -> Result<()> {
         "p99 us",
         "samples/s",
         "vs single",
+        "verdict",
         "predicted"
     );
     print!("{table}");
     println!("\nmulti-stream speed-up on 2 streams, measured vs simulated (cpu profile calibrated in this run):");
     print!("{pred_table}");
     println!(
-        "\nwrote {}/engine.csv, prediction.csv, contexts.csv, intra-op.csv, cpu-profile.toml",
+        "\nwrote {}/engine.csv, prediction.csv, noise.txt, contexts.csv, intra-op.csv, cpu-profile.toml",
         o.out.display()
     );
     Ok(())
