@@ -4,8 +4,9 @@
 //! together), how many of its units one kernel can use, the smallest time a kernel takes, and the
 //! host-side and device-side overheads of launching work, replaying a graph, synchronising streams
 //! with events and synchronising the host at the end. Two profiles are built in: `h200` (from the
-//! figures measured on an NVIDIA H200, see GPU.md) and `cpu` (our CPU backend: one OS thread per
-//! stream, single-threaded kernels, a 2-core machine). Others load from TOML with the same keys.
+//! figures measured on an NVIDIA H200, see docs/h200.md) and `cpu` (our CPU backend: one OS
+//! thread per stream, single-threaded kernels, a 2-core machine). Others load from TOML with the
+//! same keys.
 
 use std::path::Path;
 
@@ -59,7 +60,7 @@ fn one() -> f64 {
 }
 
 impl DeviceProfile {
-    /// An NVIDIA H200, from the figures measured there (GPU.md).
+    /// An NVIDIA H200, from the figures measured there (docs/h200.md).
     ///
     /// Peak FLOP/s is the best fp32 cuBLAS SGEMM seen (48 TFLOP/s, no TF32); bandwidth is the HBM3e
     /// figure (4.3 TB/s). Host launch 3.66 us and event record + wait 0.52 us are measured; the

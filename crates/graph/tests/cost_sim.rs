@@ -185,7 +185,7 @@ fn simulator_respects_events_and_capacity() {
 #[test]
 fn h200_profile_reproduces_the_embedding_bag_anchors() {
     // 26 embedding bags (100k x 64, pooling 20), batch 1, as a CUDA graph: 69.5 us on one stream
-    // and 18.4 us on 8 streams (GPU.md).
+    // and 18.4 us on 8 streams (docs/h200.md).
     let spec = streamrec_graph::ModelSpec::parse(
         "dense = 13\n[sparse]\ncount = 26\nrows = 100000\ndim = 64\npooling = 20\n[interaction]\nkind = \"cat\"\n[top]\nlayers = [1]\n",
         "bags",

@@ -179,7 +179,7 @@ fn graph_mode_batch1_multi_stream_is_much_faster_on_h200() {
             speedup >= 2.5,
             "K={k}: best multi-stream plan only {speedup:.2}x faster than single"
         );
-        // Without a graph, host launches hide the parallelism at batch 1 (GPU.md).
+        // Without a graph, host launches hide the parallelism at batch 1 (docs/h200.md).
         let streamrec = &rows[2];
         assert!(streamrec.predicted_us_eager > 0.8 * rows[0].predicted_us_eager);
         // Auto is never worse than the best concrete algorithm in graph mode.

@@ -1,4 +1,4 @@
-//! Criterion benchmarks of the CUDA embedding kernels at the GPU.md shapes.
+//! Criterion benchmarks of the CUDA embedding kernels at the docs/h200.md shapes.
 //!
 //! 26 tables of 100,000 x 64 (one allocation, 666 MB), pooling 20, 32-bit indices, batch 1 and
 //! 4096: 26 `embedding_bag` launches into column slices of one output on one stream, the same
