@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use streamrec_graph::{Algorithm, OpGraph};
 use streamrec_runtime::backend::{BackendKind, BackendOptions};
@@ -87,11 +87,9 @@ pub fn main(a: CheckArgs) -> Result<()> {
         let b = Arc::new(random_batch(&spec, a.batch, Skew::Uniform, 1000 + i));
         let want = reference.engine.infer(&b)?;
         let got = tested.engine.infer(&b)?;
-        for (x, y) in got.iter().zip(&want) {
-            let d = (f64::from(*x) - f64::from(*y)).abs();
-            max_abs = max_abs.max(d);
-            max_rel = max_rel.max(d / f64::from(y.abs()).max(1e-3));
-        }
+        let (abs, rel) = score_errors(&got, &want).with_context(|| format!("batch {i}"))?;
+        max_abs = max_abs.max(abs);
+        max_rel = max_rel.max(rel);
     }
     println!(
         "{}: backend {} plan {} x{} graph {} vs cpu single: {} batches of {}, max abs error {:.3e}, max rel error {:.3e} (tolerance {:.0e})",
@@ -113,4 +111,50 @@ pub fn main(a: CheckArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The largest absolute and relative (`|a - b| / max(|b|, 1e-3)`) error of `got` against
+/// `want`. A score that is not finite is an error, never a silent pass: `f64::max` ignores NaN,
+/// and a score no kernel wrote is NaN (buffers start poisoned).
+pub fn score_errors(got: &[f32], want: &[f32]) -> Result<(f64, f64)> {
+    if got.len() != want.len() {
+        anyhow::bail!(
+            "check failed: {} scores, expected {}",
+            got.len(),
+            want.len()
+        );
+    }
+    let (mut max_abs, mut max_rel) = (0f64, 0f64);
+    for (s, (x, y)) in got.iter().zip(want).enumerate() {
+        if !x.is_finite() || !y.is_finite() {
+            anyhow::bail!("check failed: sample {s}: score {x} (reference {y}) is not finite");
+        }
+        let d = (f64::from(*x) - f64::from(*y)).abs();
+        max_abs = max_abs.max(d);
+        max_rel = max_rel.max(d / f64::from(y.abs()).max(1e-3));
+    }
+    Ok((max_abs, max_rel))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::score_errors;
+
+    #[test]
+    fn a_nan_or_infinite_score_fails_the_check() {
+        let want = [0.25f32, 0.5, 0.75];
+        let (abs, rel) = score_errors(&[0.25, 0.5, 0.76], &want).unwrap();
+        assert!((abs - 0.01).abs() < 1e-6 && (rel - 0.01 / 0.75).abs() < 1e-6);
+        for bad in [f32::NAN, f32::INFINITY] {
+            let e = score_errors(&[0.25, bad, 0.75], &want)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("sample 1") && e.contains("not finite"), "{e}");
+            let e = score_errors(&want, &[0.25, 0.5, bad])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("sample 2"), "{e}");
+        }
+        assert!(score_errors(&[0.5], &want).is_err());
+    }
 }

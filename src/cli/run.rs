@@ -14,7 +14,7 @@ use streamrec_graph::limits::{DEFAULT_MAX_REQUEST_BYTES, MAX_BATCH};
 use streamrec_graph::{Algorithm, MeasuredCosts, OpGraph, Plan, SimMode};
 use streamrec_runtime::backend::{build_engine, resolve, BackendKind, BackendOptions};
 use streamrec_runtime::gen::{random_batch, Skew};
-use streamrec_runtime::request::{response_json, InferRequest};
+use streamrec_runtime::request::{read_request_file, response_json, InferRequest};
 use streamrec_runtime::stats::LatencySummary;
 use streamrec_runtime::{measure, Batch, EngineConfig, Infer, MeasureConfig, Weights};
 
@@ -175,12 +175,13 @@ pub fn main(a: RunArgs) -> Result<()> {
     }
     let input = match &a.input {
         Some(p) => {
-            let req = read_request_file_tmp(p, a.max_request_bytes)
+            let req = read_request_file(p, a.max_request_bytes)
                 .with_context(|| format!("{}", p.display()))?;
+            let id = req.id.clone();
             Some((
-                req.to_batch(&spec)
+                req.into_batch(&spec)
                     .with_context(|| format!("{}", p.display()))?,
-                req.id,
+                id,
             ))
         }
         None => None,
@@ -318,18 +319,6 @@ pub fn main(a: RunArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-// TEMPORARY until request::read_request_file lands.
-fn read_request_file_tmp(p: &std::path::Path, max: usize) -> Result<InferRequest> {
-    let len = std::fs::metadata(p)?.len();
-    if len > max as u64 {
-        anyhow::bail!(
-            "request body is {len} bytes, more than the limit of {max} (--max-request-bytes)"
-        );
-    }
-    let text = std::fs::read_to_string(p)?;
-    Ok(InferRequest::from_json(&text)?)
 }
 
 /// Writes a timeline; an empty one is an error rather than a silent empty file.

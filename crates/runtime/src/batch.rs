@@ -5,6 +5,7 @@
 //! bag ends at the end of the list). [`Batch::validate`] checks everything a kernel relies on, so
 //! an out-of-range index never reaches a kernel.
 
+use streamrec_graph::limits::{MAX_BATCH, MAX_BATCH_INDICES};
 use streamrec_graph::ModelSpec;
 
 use crate::error::{Result, RuntimeError};
@@ -85,10 +86,21 @@ impl Batch {
         if self.size == 0 {
             return bad("batch size must be > 0".into());
         }
-        if self.dense.len() != self.size * spec.dense {
+        if self.size > MAX_BATCH {
             return bad(format!(
-                "dense: expected {} values ([{}, {}]), got {}",
-                self.size * spec.dense,
+                "batch size {} is more than the limit of {MAX_BATCH} (limits::MAX_BATCH)",
+                self.size
+            ));
+        }
+        let Some(dense_len) = self.size.checked_mul(spec.dense) else {
+            return bad(format!(
+                "dense: [{}, {}] has too many values (the product overflows)",
+                self.size, spec.dense
+            ));
+        };
+        if self.dense.len() != dense_len {
+            return bad(format!(
+                "dense: expected {dense_len} values ([{}, {}]), got {}",
                 self.size,
                 spec.dense,
                 self.dense.len()
@@ -114,6 +126,12 @@ impl Batch {
                     "{name}_offsets: expected {} offsets (one per sample), got {}",
                     self.size,
                     inp.offsets.len()
+                ));
+            }
+            if inp.indices.len() > MAX_BATCH_INDICES {
+                return bad(format!(
+                    "{name}: {} indices, more than the limit of {MAX_BATCH_INDICES} (limits::MAX_BATCH_INDICES)",
+                    inp.indices.len()
                 ));
             }
             let n = inp.indices.len() as i64;
