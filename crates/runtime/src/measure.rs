@@ -17,6 +17,16 @@ pub trait Infer: Send + Sync {
     fn take_trace(&self) -> Vec<crate::trace::TraceEvent>;
     /// The backend's name.
     fn backend_name(&self) -> &'static str;
+    /// Takes the device times (us) of the plans run since the last call, one per request, where
+    /// the backend measures them with events around the plan (CUDA); empty otherwise.
+    fn take_gpu_times_us(&self) -> Vec<f64> {
+        Vec::new()
+    }
+    /// Kernel launches and library calls (e.g. cuBLAS) one request issues, where the backend
+    /// counts them; None otherwise.
+    fn launches_per_request(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl<B: crate::Backend> Infer for crate::Engine<B> {
@@ -62,6 +72,8 @@ pub fn measure(
         engine.infer(&batches[i % batches.len()])?;
         tick();
     }
+    // Device times of the warm-up are not part of the measurement.
+    engine.take_gpu_times_us();
     let next = AtomicUsize::new(0);
     let threads = cfg.threads.max(1);
     let start = Instant::now();
@@ -106,5 +118,9 @@ pub fn measure(
         all.merge(&rec);
         samples += n;
     }
-    Ok(all.summary(samples, wall))
+    let mut summary = all.summary(samples, wall);
+    let gpu = engine.take_gpu_times_us();
+    summary.gpu_p50_us = crate::stats::quantile(&gpu, 0.5);
+    summary.gpu_p99_us = crate::stats::quantile(&gpu, 0.99);
+    Ok(summary)
 }

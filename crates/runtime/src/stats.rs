@@ -18,6 +18,11 @@ pub struct LatencySummary {
     pub mean_us: f64,
     /// Samples per second over the run's wall time.
     pub samples_per_s: f64,
+    /// Median device time of the plan per request (events around it), us; None where the
+    /// backend does not time on the device (the CPU backend).
+    pub gpu_p50_us: Option<f64>,
+    /// 99th percentile of the device time, us.
+    pub gpu_p99_us: Option<f64>,
 }
 
 /// Collects latencies in nanoseconds.
@@ -61,8 +66,21 @@ impl LatencyRecorder {
             p99_us: q(0.99),
             mean_us: self.hist.mean() / 1e3,
             samples_per_s: samples as f64 / wall.as_secs_f64().max(1e-12),
+            gpu_p50_us: None,
+            gpu_p99_us: None,
         }
     }
+}
+
+/// The `q` quantile (0..=1) of `v` by nearest rank; None when empty.
+pub fn quantile(v: &[f64], q: f64) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let i = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1;
+    Some(s[i])
 }
 
 impl LatencySummary {
@@ -82,6 +100,18 @@ impl LatencySummary {
             p99_us: med(|s| s.p99_us),
             mean_us: med(|s| s.mean_us),
             samples_per_s: med(|s| s.samples_per_s),
+            gpu_p50_us: median_opt(runs.iter().map(|s| s.gpu_p50_us)),
+            gpu_p99_us: median_opt(runs.iter().map(|s| s.gpu_p99_us)),
         }
     }
+}
+
+/// The median of the values that are present; None when none is.
+fn median_opt(v: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    let mut x: Vec<f64> = v.flatten().collect();
+    if x.is_empty() {
+        return None;
+    }
+    x.sort_by(f64::total_cmp);
+    Some(x[x.len() / 2])
 }
