@@ -1,10 +1,12 @@
 //! StreamRec facade: re-exports the workspace crates for embedding in other programs.
 //!
 //! `streamrec::graph` holds specs, operator graphs and stream assignment; `streamrec::runtime`
-//! the backends and the engine; `streamrec::kernels` the kernels.
+//! the backends and the engine; `streamrec::kernels` the kernels; `streamrec::serve` the HTTP
+//! server.
 
 pub use streamrec_graph as graph;
 pub use streamrec_kernels as kernels;
 pub use streamrec_runtime as runtime;
+pub use streamrec_serve as serve;
 
 pub mod cli;

@@ -3,6 +3,7 @@
 mod check;
 mod plan;
 mod run;
+mod serve;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,6 +33,8 @@ enum Cmd {
     Run(run::RunArgs),
     /// Compare a backend's scores with the single-stream CPU engine on the same random batches.
     Check(check::CheckArgs),
+    /// Serve the model over HTTP (KServe v2 REST, Triton's binary extension, /metrics).
+    Serve(serve::ServeArgs),
 }
 
 /// The model to load.
@@ -172,6 +175,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Plan(a) => plan::main(a),
         Cmd::Run(a) => run::main(a),
         Cmd::Check(a) => check::main(a),
+        Cmd::Serve(a) => serve::main(a),
     }
 }
 

@@ -1,0 +1,261 @@
+//! Prometheus metrics, named like Triton's (`nv_inference_*`) where Triton has one, so that
+//! existing dashboards work unchanged, plus StreamRec's own histograms and gauges.
+//!
+//! prometheus-client writes counters as `<name>_total` (the OpenMetrics rule); Triton's series
+//! have no suffix (`nv_inference_request_success{model="m",version="1"} 5`). [`TritonCounter`]
+//! is declared a counter (`# TYPE nv_inference_request_success counter`) but written under its
+//! own name, so the series names match Triton's exactly.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
+
+/// A monotonic counter written without the `_total` suffix (see the module docs).
+#[derive(Debug, Default)]
+pub struct TritonCounter(AtomicU64);
+
+impl TritonCounter {
+    /// Adds `v`.
+    pub fn inc_by(&self, v: u64) {
+        self.0.fetch_add(v, Ordering::Relaxed);
+    }
+
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl TypedMetric for TritonCounter {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for TritonCounter {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_gauge(&self.get())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
+/// Labels of per-model series, as Triton's.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    /// Model name.
+    pub model: String,
+    /// Model version.
+    pub version: String,
+}
+
+/// Labels of the failure counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    /// Model name.
+    pub model: String,
+    /// Model version.
+    pub version: String,
+    /// Why: `INVALID_INPUT` (400), `REJECTED` (503: queue full or not ready), `BACKEND` (the
+    /// engine failed), `OTHER`.
+    pub reason: String,
+}
+
+/// Why a request failed, for the failure counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureReason {
+    /// Malformed or invalid request (400, 404, 413).
+    InvalidInput,
+    /// Refused by admission control or while not ready (503).
+    Rejected,
+    /// The engine failed.
+    Backend,
+}
+
+impl FailureReason {
+    fn label(self) -> &'static str {
+        match self {
+            FailureReason::InvalidInput => "INVALID_INPUT",
+            FailureReason::Rejected => "REJECTED",
+            FailureReason::Backend => "BACKEND",
+        }
+    }
+}
+
+type Counters = Family<ModelLabels, TritonCounter>;
+
+/// Every series the server exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    labels: ModelLabels,
+    success: Counters,
+    failure: Family<FailureLabels, TritonCounter>,
+    count: Counters,
+    exec_count: Counters,
+    request_duration_us: Counters,
+    queue_duration_us: Counters,
+    compute_infer_duration_us: Counters,
+    latency: Histogram,
+    batch_size: Histogram,
+    queue_samples: Gauge,
+    queue_requests: Gauge,
+    inflight: Gauge,
+}
+
+impl Metrics {
+    /// The series for one model version.
+    pub fn new(model: &str, version: &str) -> Self {
+        let mut registry = Registry::default();
+        let success = Counters::default();
+        let failure = Family::<FailureLabels, TritonCounter>::default();
+        let count = Counters::default();
+        let exec_count = Counters::default();
+        let request_duration_us = Counters::default();
+        let queue_duration_us = Counters::default();
+        let compute_infer_duration_us = Counters::default();
+        let latency = Histogram::new(exponential_buckets(25e-6, 2.0, 20));
+        let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 17));
+        let queue_samples = Gauge::default();
+        let queue_requests = Gauge::default();
+        let inflight = Gauge::default();
+        registry.register(
+            "nv_inference_request_success",
+            "Number of successful inference requests, all batch sizes",
+            success.clone(),
+        );
+        registry.register(
+            "nv_inference_request_failure",
+            "Number of failed inference requests, all batch sizes, by reason",
+            failure.clone(),
+        );
+        registry.register(
+            "nv_inference_count",
+            "Number of inferences performed (samples; a request of batch B counts B)",
+            count.clone(),
+        );
+        registry.register(
+            "nv_inference_exec_count",
+            "Number of model executions (dynamically batched executions count once)",
+            exec_count.clone(),
+        );
+        registry.register(
+            "nv_inference_request_duration_us",
+            "Cumulative inference request duration in microseconds (arrival to response)",
+            request_duration_us.clone(),
+        );
+        registry.register(
+            "nv_inference_queue_duration_us",
+            "Cumulative inference queuing duration in microseconds",
+            queue_duration_us.clone(),
+        );
+        registry.register(
+            "nv_inference_compute_infer_duration_us",
+            "Cumulative compute inference duration in microseconds",
+            compute_infer_duration_us.clone(),
+        );
+        registry.register(
+            "streamrec_request_latency_seconds",
+            "Latency of successful infer requests, arrival to response",
+            latency.clone(),
+        );
+        registry.register(
+            "streamrec_batch_size",
+            "Samples per engine execution after dynamic batching",
+            batch_size.clone(),
+        );
+        registry.register(
+            "streamrec_queue_samples",
+            "Samples waiting in the batching queue",
+            queue_samples.clone(),
+        );
+        registry.register(
+            "streamrec_queue_requests",
+            "Requests waiting in the batching queue",
+            queue_requests.clone(),
+        );
+        registry.register(
+            "streamrec_inflight_requests",
+            "Infer requests being handled (reading, queued or running)",
+            inflight.clone(),
+        );
+        Self {
+            registry,
+            labels: ModelLabels {
+                model: model.into(),
+                version: version.into(),
+            },
+            success,
+            failure,
+            count,
+            exec_count,
+            request_duration_us,
+            queue_duration_us,
+            compute_infer_duration_us,
+            latency,
+            batch_size,
+            queue_samples,
+            queue_requests,
+            inflight,
+        }
+    }
+
+    /// A successful request of `samples` samples.
+    pub fn request_ok(&self, samples: usize, total_us: u64, queue_us: u64, compute_us: u64) {
+        let l = &self.labels;
+        self.success.get_or_create(l).inc_by(1);
+        self.count.get_or_create(l).inc_by(samples as u64);
+        self.request_duration_us.get_or_create(l).inc_by(total_us);
+        self.queue_duration_us.get_or_create(l).inc_by(queue_us);
+        self.compute_infer_duration_us
+            .get_or_create(l)
+            .inc_by(compute_us);
+        self.latency.observe(total_us as f64 / 1e6);
+    }
+
+    /// A failed request.
+    pub fn request_failed(&self, reason: FailureReason) {
+        self.failure
+            .get_or_create(&FailureLabels {
+                model: self.labels.model.clone(),
+                version: self.labels.version.clone(),
+                reason: reason.label().into(),
+            })
+            .inc_by(1);
+    }
+
+    /// One engine execution of `samples` samples.
+    pub fn executed(&self, samples: usize) {
+        self.exec_count.get_or_create(&self.labels).inc_by(1);
+        self.batch_size.observe(samples as f64);
+    }
+
+    /// The queue's current depth.
+    pub fn set_queue(&self, requests: usize, samples: usize) {
+        self.queue_requests.set(requests as i64);
+        self.queue_samples.set(samples as i64);
+    }
+
+    /// One more (or, with -1, one fewer) request in flight.
+    pub fn inflight_add(&self, d: i64) {
+        self.inflight.inc_by(d);
+    }
+
+    /// Successful requests so far.
+    pub fn successes(&self) -> u64 {
+        self.success.get_or_create(&self.labels).get()
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

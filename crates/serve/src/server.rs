@@ -1,0 +1,568 @@
+//! The HTTP server: hyper 1.x on tokio, KServe v2 routes, admission control, and the
+//! lifecycle (ready after warm-up; on shutdown, not ready, no new connections, in-flight and
+//! queued requests finish within the drain timeout).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use streamrec_graph::ModelSpec;
+use streamrec_runtime::gen::{random_batch, Skew};
+use streamrec_runtime::Infer;
+use tokio::sync::oneshot;
+
+use crate::batcher::{BatchConfig, Batcher, Refused};
+use crate::config::ServeConfig;
+use crate::error::ServeError;
+use crate::metrics::{FailureReason, Metrics};
+use crate::protocol::{self, HEADER_LENGTH};
+
+/// Bodies larger than this are parsed on a blocking thread, off the async executor.
+const INLINE_PARSE_BYTES: usize = 256 << 10;
+
+/// The model a server serves: its spec and an engine built for it (any backend). The engine's
+/// max batch must be at least the server's `max_batch`, and it should have `contexts` execution
+/// contexts.
+pub struct Model {
+    /// The validated spec (input names, shapes, row counts for validation).
+    pub spec: ModelSpec,
+    /// The engine.
+    pub engine: Arc<dyn Infer>,
+}
+
+struct State {
+    spec: ModelSpec,
+    cfg: ServeConfig,
+    /// Ready to take requests: warmed up and not shutting down.
+    accepting: AtomicBool,
+    /// False after a fatal engine error.
+    healthy: Arc<AtomicBool>,
+    batcher: Batcher,
+    metrics: Arc<Metrics>,
+    inflight: AtomicUsize,
+}
+
+impl State {
+    fn ready(&self) -> bool {
+        self.accepting.load(Ordering::SeqCst) && self.healthy.load(Ordering::SeqCst)
+    }
+}
+
+/// A bound, warmed-up server that has not started serving yet.
+pub struct Server {
+    state: Arc<State>,
+    listener: std::net::TcpListener,
+}
+
+/// A server running on its own thread (tests, benchmarks, embedding).
+pub struct Running {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), ServeError>>>,
+}
+
+impl Running {
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Shuts it down (drain included) and waits for it.
+    pub fn stop(mut self) -> Result<(), ServeError> {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Result<(), ServeError> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .map_err(|_| ServeError::Io("the server thread panicked".into()))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
+impl Server {
+    /// Validates the config, warms the engine up (one batch of 1 and one of `max_batch`
+    /// samples), binds the address and starts the batcher. Ready once this returns.
+    pub fn start(cfg: ServeConfig, model: Model) -> Result<Self, ServeError> {
+        cfg.validate()?;
+        let Model { spec, engine } = model;
+        for (i, size) in [1, cfg.max_batch].into_iter().enumerate() {
+            let b = Arc::new(random_batch(&spec, size, Skew::Uniform, 7 + i as u64));
+            engine.infer(&b)?;
+        }
+        engine.take_trace();
+        let listener = std::net::TcpListener::bind((cfg.host.as_str(), cfg.port))
+            .map_err(|e| ServeError::Io(format!("cannot bind {}:{}: {e}", cfg.host, cfg.port)))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| ServeError::Io(e.to_string()))?;
+        let metrics = Arc::new(Metrics::new(&spec.name, &cfg.version));
+        let healthy = Arc::new(AtomicBool::new(true));
+        let batcher = Batcher::start(
+            BatchConfig {
+                max_batch: cfg.max_batch,
+                max_queue_delay: Duration::from_micros(cfg.max_queue_delay_us),
+                queue_capacity: cfg.queue_capacity,
+                workers: cfg.contexts,
+            },
+            engine,
+            Arc::clone(&metrics),
+            Arc::clone(&healthy),
+        );
+        Ok(Self {
+            state: Arc::new(State {
+                spec,
+                cfg,
+                accepting: AtomicBool::new(true),
+                healthy,
+                batcher,
+                metrics,
+                inflight: AtomicUsize::new(0),
+            }),
+            listener,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves on a new thread until [`Running::stop`].
+    pub fn spawn(self) -> Running {
+        let addr = self.local_addr();
+        let (tx, rx) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("streamrec-serve".into())
+            .spawn(move || {
+                self.run(async {
+                    let _ = rx.await;
+                })
+            })
+            .expect("spawn the server thread");
+        Running {
+            addr,
+            stop: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Serves until `shutdown` completes, then drains: readiness goes false, the listener
+    /// closes (new connections are refused), in-flight and queued requests finish (at most
+    /// `drain_timeout_s`), and the batcher stops.
+    pub fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(self.state.cfg.http_threads)
+            .thread_name("streamrec-http")
+            .enable_all()
+            .build()
+            .map_err(|e| ServeError::Io(format!("cannot start the async runtime: {e}")))?;
+        rt.block_on(self.serve(shutdown))
+    }
+
+    async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+        let Server { state, listener } = self;
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .map_err(|e| ServeError::Io(e.to_string()))?;
+        let graceful = GracefulShutdown::new();
+        let mut http = http1::Builder::new();
+        http.keep_alive(true);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                conn = listener.accept() => {
+                    let (stream, _) = match conn {
+                        Ok(c) => c,
+                        Err(e) => {
+                            // Out of file descriptors and the like: back off, keep serving.
+                            eprintln!("streamrec serve: accept failed: {e}");
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let st = Arc::clone(&state);
+                    let svc = service_fn(move |req| handle(Arc::clone(&st), req));
+                    let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                }
+                _ = &mut shutdown => break,
+            }
+        }
+        state.accepting.store(false, Ordering::SeqCst);
+        drop(listener);
+        let (queued, _) = state.batcher.depth();
+        eprintln!(
+            "streamrec serve: shutting down: not ready, no new connections; draining {} request(s) in flight ({queued} queued)",
+            state.inflight.load(Ordering::SeqCst)
+        );
+        let timeout = state.cfg.drain_timeout();
+        if tokio::time::timeout(timeout, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            eprintln!(
+                "streamrec serve: drain timeout ({:.1} s) passed with {} request(s) in flight",
+                timeout.as_secs_f64(),
+                state.inflight.load(Ordering::SeqCst)
+            );
+        }
+        let st = Arc::clone(&state);
+        let _ = tokio::task::spawn_blocking(move || st.batcher.close()).await;
+        eprintln!(
+            "streamrec serve: stopped after {} successful request(s)",
+            state.metrics.successes()
+        );
+        Ok(())
+    }
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn respond(status: StatusCode, body: Vec<u8>, content_type: &'static str) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn json(status: StatusCode, v: &serde_json::Value) -> Resp {
+    respond(
+        status,
+        serde_json::to_vec(v).expect("JSON serialises"),
+        "application/json",
+    )
+}
+
+fn error(status: StatusCode, msg: &str) -> Resp {
+    respond(status, protocol::error_body(msg), "application/json")
+}
+
+fn unavailable(state: &State, msg: &str) -> Resp {
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, msg);
+    r.headers_mut().insert(
+        RETRY_AFTER,
+        HeaderValue::from(state.cfg.retry_after_s.max(1)),
+    );
+    r
+}
+
+fn method_not_allowed(allow: &'static str) -> Resp {
+    let mut r = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &format!("method not allowed (use {allow})"),
+    );
+    r.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+/// What a path asks for.
+enum Route<'a> {
+    Live,
+    Ready,
+    ServerMeta,
+    Metrics,
+    ModelMeta(&'a str, Option<&'a str>),
+    ModelReady(&'a str, Option<&'a str>),
+    Infer(&'a str, Option<&'a str>),
+}
+
+fn route(path: &str) -> Option<Route<'_>> {
+    let parts: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    Some(match parts.as_slice() {
+        ["v2", "health", "live"] => Route::Live,
+        ["v2", "health", "ready"] => Route::Ready,
+        ["v2"] => Route::ServerMeta,
+        ["metrics"] => Route::Metrics,
+        ["v2", "models", m] => Route::ModelMeta(m, None),
+        ["v2", "models", m, "ready"] => Route::ModelReady(m, None),
+        ["v2", "models", m, "infer"] => Route::Infer(m, None),
+        ["v2", "models", m, "versions", v] => Route::ModelMeta(m, Some(v)),
+        ["v2", "models", m, "versions", v, "ready"] => Route::ModelReady(m, Some(v)),
+        ["v2", "models", m, "versions", v, "infer"] => Route::Infer(m, Some(v)),
+        _ => return None,
+    })
+}
+
+/// A 404 unless the name and version are the served model's.
+fn wrong_model(state: &State, m: &str, v: Option<&str>) -> Option<Resp> {
+    if m != state.spec.name {
+        return Some(error(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "unknown model `{m}` (this server serves `{}`)",
+                state.spec.name
+            ),
+        ));
+    }
+    if let Some(v) = v {
+        if v != state.cfg.version {
+            return Some(error(
+                StatusCode::NOT_FOUND,
+                &format!(
+                    "model `{m}` has no version `{v}` (versions: {})",
+                    state.cfg.version
+                ),
+            ));
+        }
+    }
+    None
+}
+
+async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+    let path = req.uri().path().to_string();
+    let Some(r) = route(&path) else {
+        return Ok(error(
+            StatusCode::NOT_FOUND,
+            &format!("no such endpoint: {path}"),
+        ));
+    };
+    let get = req.method() == Method::GET || req.method() == Method::HEAD;
+    let ready_resp = |ok: bool| {
+        if ok {
+            json(StatusCode::OK, &serde_json::json!({"ready": true}))
+        } else {
+            unavailable(&state, "not ready")
+        }
+    };
+    Ok(match r {
+        Route::Infer(m, v) => {
+            if req.method() != Method::POST {
+                return Ok(method_not_allowed("POST"));
+            }
+            if let Some(resp) = wrong_model(&state, m, v) {
+                state.metrics.request_failed(FailureReason::InvalidInput);
+                return Ok(resp);
+            }
+            infer(&state, req).await
+        }
+        _ if !get => method_not_allowed("GET"),
+        Route::Live => json(StatusCode::OK, &serde_json::json!({"live": true})),
+        Route::Ready => ready_resp(state.ready()),
+        Route::ServerMeta => json(StatusCode::OK, &protocol::server_metadata()),
+        Route::Metrics => respond(
+            StatusCode::OK,
+            state.metrics.encode().into_bytes(),
+            "text/plain; version=0.0.4; charset=utf-8",
+        ),
+        Route::ModelMeta(m, v) => wrong_model(&state, m, v).unwrap_or_else(|| {
+            json(
+                StatusCode::OK,
+                &protocol::model_metadata(&state.spec, &state.cfg.version),
+            )
+        }),
+        Route::ModelReady(m, v) => {
+            wrong_model(&state, m, v).unwrap_or_else(|| ready_resp(state.ready()))
+        }
+    })
+}
+
+/// Counts a request in flight while it lives.
+struct InFlight<'a>(&'a State);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::SeqCst);
+        self.0.metrics.inflight_add(-1);
+    }
+}
+
+async fn infer(state: &State, req: Request<Incoming>) -> Resp {
+    let arrived = Instant::now();
+    let fail = |reason: FailureReason, resp: Resp| {
+        state.metrics.request_failed(reason);
+        resp
+    };
+    if !state.ready() {
+        return fail(FailureReason::Rejected, unavailable(state, "not ready"));
+    }
+    if state.inflight.fetch_add(1, Ordering::SeqCst) >= state.cfg.max_inflight {
+        state.inflight.fetch_sub(1, Ordering::SeqCst);
+        return fail(
+            FailureReason::Rejected,
+            unavailable(state, "overloaded: too many requests in flight"),
+        );
+    }
+    state.metrics.inflight_add(1);
+    let _guard = InFlight(state);
+    let max = state.cfg.max_body_bytes;
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("request body is more than the limit of {max} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return fail(FailureReason::InvalidInput, too_large());
+    }
+    let header_len = match req.headers().get(HEADER_LENGTH) {
+        None => None,
+        Some(v) => match v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()) {
+            Some(n) => Some(n),
+            None => {
+                return fail(
+                    FailureReason::InvalidInput,
+                    error(
+                        StatusCode::BAD_REQUEST,
+                        "Inference-Header-Content-Length must be a non-negative integer",
+                    ),
+                )
+            }
+        },
+    };
+    let body = match Limited::new(req.into_body(), max).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                return fail(FailureReason::InvalidInput, too_large());
+            }
+            return fail(
+                FailureReason::InvalidInput,
+                error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("cannot read the request body: {e}"),
+                ),
+            );
+        }
+    };
+    let parsed = if body.len() <= INLINE_PARSE_BYTES {
+        protocol::parse_infer(&body, header_len, &state.spec)
+    } else {
+        let spec = state.spec.clone();
+        match tokio::task::spawn_blocking(move || protocol::parse_infer(&body, header_len, &spec))
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => Err(format!("request parsing failed: {e}")),
+        }
+    };
+    let parsed = match parsed {
+        Ok(p) => p,
+        Err(msg) => {
+            return fail(
+                FailureReason::InvalidInput,
+                error(StatusCode::BAD_REQUEST, &msg),
+            )
+        }
+    };
+    let samples = parsed.batch.size;
+    let rx = match state.batcher.submit(parsed.batch) {
+        Ok(rx) => rx,
+        Err(Refused::Full) => {
+            return fail(
+                FailureReason::Rejected,
+                unavailable(state, "overloaded: the request queue is full"),
+            )
+        }
+        Err(Refused::Closed) => {
+            return fail(FailureReason::Rejected, unavailable(state, "not ready"))
+        }
+        Err(Refused::TooLarge { size, max }) => {
+            return fail(
+                FailureReason::InvalidInput,
+                error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("dense: batch of {size} samples is more than max_batch ({max})"),
+                ),
+            )
+        }
+    };
+    let done = match rx.await {
+        Ok(Ok(d)) => d,
+        Ok(Err(msg)) => {
+            return fail(
+                FailureReason::Backend,
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("inference failed: {msg}"),
+                ),
+            )
+        }
+        Err(_) => {
+            return fail(
+                FailureReason::Backend,
+                error(StatusCode::INTERNAL_SERVER_ERROR, "inference was dropped"),
+            )
+        }
+    };
+    let enc = protocol::encode_response(
+        &state.spec.name,
+        &state.cfg.version,
+        parsed.id.as_deref(),
+        &done.scores,
+        parsed.binary_output,
+    );
+    let total = arrived.elapsed();
+    state.metrics.request_ok(
+        samples,
+        total.as_micros() as u64,
+        done.queue.as_micros() as u64,
+        done.compute.as_micros() as u64,
+    );
+    match enc.header_len {
+        Some(n) => {
+            let mut r = respond(StatusCode::OK, enc.body, "application/octet-stream");
+            r.headers_mut().insert(HEADER_LENGTH, HeaderValue::from(n));
+            r
+        }
+        None => respond(StatusCode::OK, enc.body, "application/json"),
+    }
+}
+
+/// Completes on ctrl-c or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,147 @@
+//! `streamrec serve`: the model behind the KServe v2 REST protocol (streamrec-serve), with the
+//! plan `auto` picks and the backend `auto` finds, on loopback unless told otherwise.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use streamrec_graph::{Algorithm, OpGraph};
+use streamrec_runtime::backend::{resolve, BackendKind};
+use streamrec_runtime::{EngineConfig, Weights};
+use streamrec_serve::{Model, ServeConfig, Server};
+
+use super::run::build;
+use super::{EngineArgs, ModelArgs, PlanOpts};
+
+/// Arguments of `streamrec serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Server settings (TOML; every field optional): host, port, max_batch, max_queue_delay_us,
+    /// queue_capacity, max_body_bytes, max_inflight, contexts, http_threads, drain_timeout_s,
+    /// retry_after_s, version. Flags below override the file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to bind (default 127.0.0.1).
+    #[arg(long)]
+    host: Option<String>,
+    /// Port (default 8000; 0 picks a free one, printed on the first line).
+    #[arg(long)]
+    port: Option<u16>,
+    /// Most samples per engine execution after dynamic batching (default 256).
+    #[arg(long, value_name = "B")]
+    max_batch: Option<usize>,
+    /// Longest wait for a batch to fill, in microseconds (default 200).
+    #[arg(long, value_name = "US")]
+    max_queue_delay_us: Option<u64>,
+    /// Execution contexts, each with a batcher thread (default 1).
+    #[arg(long, value_name = "N")]
+    contexts: Option<usize>,
+    /// Stream-assignment algorithm (default auto: the fastest predicted plan).
+    #[arg(long, default_value = "auto")]
+    algo: Algorithm,
+    /// Maximum number of streams (default: the cores on the CPU backend, 8 on CUDA).
+    #[arg(long, value_name = "K")]
+    streams: Option<usize>,
+    /// Fuse the embedding lookups into G table-batched groups first (auto decides when unset).
+    #[arg(long, value_name = "G")]
+    fuse: Option<usize>,
+    /// Device profile for the cost model: h200, cpu, or a TOML file (default: the backend's).
+    #[arg(long, value_name = "NAME|FILE")]
+    device: Option<String>,
+    /// Measured per-op times (JSON or TOML, as written by `run --profile`).
+    #[arg(long, value_name = "FILE")]
+    costs: Option<PathBuf>,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+/// Runs `streamrec serve` until ctrl-c or SIGTERM.
+pub fn main(a: ServeArgs) -> Result<()> {
+    let mut cfg = match &a.config {
+        Some(p) => ServeConfig::load(p)?,
+        None => ServeConfig::default(),
+    };
+    if let Some(h) = &a.host {
+        cfg.host = h.clone();
+    }
+    if let Some(p) = a.port {
+        cfg.port = p;
+    }
+    if let Some(b) = a.max_batch {
+        cfg.max_batch = b;
+    }
+    if let Some(d) = a.max_queue_delay_us {
+        cfg.max_queue_delay_us = d;
+    }
+    if let Some(c) = a.contexts {
+        cfg.contexts = c;
+    }
+    cfg.validate()?;
+    super::bounded(
+        "--intra-op-threads",
+        a.engine.intra_op_threads,
+        super::MAX_THREADS,
+    )?;
+    let spec = a.model.load()?;
+    let backend = resolve(a.engine.backend)?;
+    let streams = a.streams.unwrap_or_else(|| {
+        if backend == BackendKind::Cpu {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            8
+        }
+    });
+    let plan = PlanOpts {
+        algo: a.algo,
+        streams,
+        fuse: a.fuse,
+        device: a.device.clone(),
+        costs: a.costs.clone(),
+    };
+    let graph = OpGraph::from_spec(&spec);
+    let weights = Weights::for_graph(&graph)?;
+    let engine_cfg = EngineConfig {
+        contexts: cfg.contexts,
+        max_batch: cfg.max_batch,
+        graphs: a.engine.graphs(),
+        trace: false,
+        validate: true,
+    };
+    let built = build(
+        &a.engine.target(engine_cfg),
+        &graph,
+        &plan,
+        plan.algo,
+        cfg.max_batch,
+        &weights,
+    )?;
+    drop(weights);
+    let describe = format!(
+        "backend {}, plan {} on {} stream(s) ({} waits), max_batch {}, max_queue_delay {} us, {} context(s)",
+        built.engine.backend_name(),
+        built.plan.algo,
+        built.plan.num_streams(),
+        built.plan.num_waits(),
+        cfg.max_batch,
+        cfg.max_queue_delay_us,
+        cfg.contexts
+    );
+    let name = spec.name.clone();
+    let version = cfg.version.clone();
+    let server = Server::start(
+        cfg,
+        Model {
+            spec,
+            engine: Arc::from(built.engine),
+        },
+    )
+    .context("starting the server")?;
+    let addr = server.local_addr();
+    println!("listening on http://{addr}");
+    eprintln!("streamrec serve: model {name} version {version}, {describe}; ready");
+    server.run(streamrec_serve::shutdown_signal())?;
+    Ok(())
+}

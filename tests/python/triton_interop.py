@@ -1,0 +1,59 @@
+"""Interop check with Triton's own HTTP client (tritonclient[http]) against `streamrec serve`.
+
+Usage: triton_interop.py HOST:PORT MODEL REQUEST.json EXPECTED.json
+
+REQUEST.json is a KServe v2 body (`streamrec run --emit-request`), EXPECTED.json the response of
+`streamrec run --input REQUEST.json`. Checks health, server and model metadata, and infer with
+JSON and with binary tensor data (inputs and outputs), whose scores must equal the expected
+ones exactly (fp32). Prints one line per check; exits non-zero on the first failure.
+"""
+
+import json
+import sys
+
+import numpy as np
+import tritonclient.http as httpclient
+
+
+def main() -> None:
+    url, model, request_path, expected_path = sys.argv[1:5]
+    with open(request_path) as f:
+        request = json.load(f)
+    with open(expected_path) as f:
+        expected = np.array(json.load(f)["outputs"][0]["data"], dtype=np.float32)
+
+    client = httpclient.InferenceServerClient(url=url)
+    assert client.is_server_live(), "server not live"
+    assert client.is_server_ready(), "server not ready"
+    assert client.is_model_ready(model), "model not ready"
+    print("health: live, ready, model ready")
+
+    meta = client.get_server_metadata()
+    assert "binary_tensor_data" in meta["extensions"], meta
+    model_meta = client.get_model_metadata(model)
+    names = [i["name"] for i in model_meta["inputs"]]
+    assert names[0] == "dense" and len(names) == len(request["inputs"]), names
+    assert model_meta["outputs"][0]["name"] == "score", model_meta
+    print(f"metadata: {len(names)} inputs, output score")
+
+    dtypes = {"FP32": np.float32, "INT64": np.int64, "INT32": np.int32}
+    for binary in (False, True):
+        inputs = []
+        for t in request["inputs"]:
+            arr = np.array(t["data"], dtype=dtypes[t["datatype"]]).reshape(t["shape"])
+            inp = httpclient.InferInput(t["name"], list(arr.shape), t["datatype"])
+            inp.set_data_from_numpy(arr, binary_data=binary)
+            inputs.append(inp)
+        outputs = [httpclient.InferRequestedOutput("score", binary_data=binary)]
+        result = client.infer(model, inputs, outputs=outputs, request_id="interop-1")
+        scores = result.as_numpy("score")
+        assert scores.shape == (len(expected), 1), scores.shape
+        assert np.array_equal(scores.reshape(-1), expected), (scores.reshape(-1), expected)
+        assert result.get_response()["id"] == "interop-1"
+        mode = "binary" if binary else "JSON"
+        print(f"infer ({mode}): {len(expected)} scores equal `streamrec run --input`")
+    print("tritonclient interop: ok")
+
+
+if __name__ == "__main__":
+    main()
