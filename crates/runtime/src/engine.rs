@@ -6,6 +6,20 @@
 //! stream 0 and synchronises once. With `graphs` on (and a backend that can capture), the plan is
 //! captured once per batch bucket (powers of two up to the max batch; inputs are padded with
 //! empty samples) and replayed per request.
+//!
+//! Synchronising: every other stream records a join event after its last work and stream 0
+//! waits on it, so stream 0's completion implies every stream's. Where the backend reports every
+//! stream's errors through any one synchronise ([`Backend::join_reports_all_errors`], CUDA), a
+//! request synchronises stream 0 only; otherwise (the CPU backend, whose errors are per stream),
+//! and after a request that failed before its joins were issued, every stream.
+//!
+//! Measurements: per request, the backend marks stream 0 before the plan's first launch (after
+//! the inputs are staged) and after the join (and the score copy); the device time between the
+//! marks is collected ([`Engine::take_gpu_times_us`], CUDA events; the CPU backend has none).
+//! [`Engine::launches_per_request`] is the backend's count of kernel launches and library calls
+//! for the last eager request (or, with graphs, in the last captured graph). With tracing on,
+//! eager requests give one span per op; a graph replay gives one span for the whole replay on
+//! stream 0 (`graph replay (bucket N)`): per-op spans need eager mode.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,10 +27,10 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use streamrec_graph::{OpGraph, Plan, Step};
 
-use crate::backend::{Backend, Span};
+use crate::backend::{Backend, Span, SpanKind};
 use crate::batch::{Batch, IndexVec, SparseInput};
 use crate::error::{Result, RuntimeError};
-use crate::trace::TraceEvent;
+use crate::trace::{replay_name, TraceEvent, REPLAY_OP};
 use crate::weights::Weights;
 
 /// How an engine is built.
@@ -28,7 +42,9 @@ pub struct EngineConfig {
     pub max_batch: usize,
     /// Capture the plan as a graph per batch bucket and replay it (backends that can capture).
     pub graphs: bool,
-    /// Record per-op spans for timelines and profiles.
+    /// Record spans for timelines and profiles: one per op when running eagerly, one per
+    /// replay (`graph replay (bucket N)`) with `graphs` on, where ops are not timed one by one
+    /// (profiles need eager mode, see [`crate::trace::require_op_spans`]).
     pub trace: bool,
     /// Validate every batch against the spec before it runs (on by default; callers that
     /// validated already may turn it off).
@@ -70,7 +86,18 @@ pub struct Engine<B: Backend> {
     cfg: EngineConfig,
     next_request: AtomicU64,
     trace: Mutex<Vec<TraceEvent>>,
+    /// Device times of the requests run since the last take, us (at most [`MAX_GPU_TIMES`]).
+    gpu_times: Mutex<Vec<f64>>,
+    /// Launches of the last eager request or captured graph; [`NOT_COUNTED`] before any.
+    launches: AtomicU64,
 }
+
+/// Device times kept between two [`Engine::take_gpu_times_us`] calls; later ones are dropped
+/// (a caller that never takes them does not grow the engine without bound).
+const MAX_GPU_TIMES: usize = 1 << 20;
+
+/// [`Engine::launches`] before anything was counted.
+const NOT_COUNTED: u64 = u64::MAX;
 
 impl<B: Backend> Engine<B> {
     /// Builds an engine: uploads the weights, creates `cfg.contexts` contexts with the plan's
@@ -124,6 +151,8 @@ impl<B: Backend> Engine<B> {
             cfg,
             next_request: AtomicU64::new(0),
             trace: Mutex::new(Vec::new()),
+            gpu_times: Mutex::new(Vec::new()),
+            launches: AtomicU64::new(NOT_COUNTED),
         })
     }
 
@@ -176,25 +205,15 @@ impl<B: Backend> Engine<B> {
 
     fn run(&self, ctx: &mut Context<B>, batch: &Arc<Batch>, request: u64) -> Result<Vec<f32>> {
         let be = &self.backend;
+        let mut replayed = None;
         let res = if self.cfg.graphs {
             let bucket = batch.size.next_power_of_two().min(self.cfg.max_batch);
             if !ctx.graphs.contains_key(&bucket) {
                 self.capture(ctx, bucket)?;
             }
             if ctx.graphs.contains_key(&bucket) {
-                let padded = pad(batch, bucket);
-                be.upload(&ctx.streams[0], &ctx.bufs, &padded)?;
-                let replayed = be.replay(&ctx.streams[0], &ctx.graphs[&bucket]);
-                if let Err(RuntimeError::StaleGraph(_)) = replayed {
-                    // The upload reallocated a buffer the graph reads: capture again.
-                    ctx.graphs.remove(&bucket);
-                    self.capture(ctx, bucket)?;
-                    be.replay(&ctx.streams[0], &ctx.graphs[&bucket])?;
-                } else {
-                    replayed?;
-                }
-                be.download(&ctx.streams[0], &ctx.bufs, self.graph.output(), bucket)?;
-                self.sync_all(ctx)
+                replayed = Some(bucket);
+                self.run_graph(ctx, batch, bucket)
             } else {
                 self.run_eager(ctx, batch)
             }
@@ -205,13 +224,20 @@ impl<B: Backend> Engine<B> {
             let mut tr = self.trace.lock().expect("trace");
             for (s, stream) in ctx.streams.iter().enumerate() {
                 for Span {
-                    op,
+                    kind,
                     start_us,
                     end_us,
                 } in be.take_spans(stream)
                 {
+                    let (name, op, replay) = match kind {
+                        SpanKind::Op(op) => (self.graph.op(op).name.clone(), op, None),
+                        SpanKind::Replay => {
+                            let bucket = replayed.unwrap_or(batch.size);
+                            (replay_name(bucket), REPLAY_OP, Some(bucket))
+                        }
+                    };
                     tr.push(TraceEvent {
-                        name: self.graph.op(op).name.clone(),
+                        name,
                         op,
                         context: ctx.id,
                         stream: s,
@@ -219,12 +245,35 @@ impl<B: Backend> Engine<B> {
                         end_us,
                         batch: batch.size,
                         request,
+                        replay,
                     });
                 }
             }
         }
+        let gpu = be.take_marked_us(&ctx.streams[0]);
         res?;
+        if let Some(us) = gpu {
+            let mut g = self.gpu_times.lock().expect("gpu times");
+            if g.len() < MAX_GPU_TIMES {
+                g.push(us);
+            }
+        }
         be.scores(&ctx.bufs, batch.size)
+    }
+
+    /// Launches and library calls issued so far on the context's streams, where counted.
+    fn launch_count(&self, ctx: &Context<B>) -> Option<u64> {
+        ctx.streams
+            .iter()
+            .map(|s| self.backend.launch_count(s))
+            .sum()
+    }
+
+    /// Remembers the launches issued since `before` (a [`Engine::launch_count`]).
+    fn count_launches(&self, ctx: &Context<B>, before: Option<u64>) {
+        if let (Some(a), Some(b)) = (before, self.launch_count(ctx)) {
+            self.launches.store(b.saturating_sub(a), Ordering::Relaxed);
+        }
     }
 
     /// Captures the plan for `bucket` samples into a graph; false when the backend cannot.
@@ -233,17 +282,59 @@ impl<B: Backend> Engine<B> {
         if !be.begin_capture(&ctx.streams[0])? {
             return Ok(false);
         }
+        let before = self.launch_count(ctx);
         let issued = self.issue_plan(ctx, bucket, false);
         let g = be.end_capture(&ctx.streams[0]);
         issued?;
         ctx.graphs.insert(bucket, g?);
+        self.count_launches(ctx, before);
         Ok(true)
     }
 
+    /// Stages the padded batch, replays the bucket's graph (capturing it again when the
+    /// backend refuses it as stale), copies the scores out and synchronises.
+    fn run_graph(&self, ctx: &mut Context<B>, batch: &Arc<Batch>, bucket: usize) -> Result<()> {
+        let be = &self.backend;
+        let padded = pad(batch, bucket);
+        be.upload(&ctx.streams[0], &ctx.bufs, &padded)?;
+        let issued = self.replay_bucket(ctx, bucket);
+        // The graph forks and joins inside; everything it ran is ordered before stream 0's end.
+        let sync = self.sync(ctx, issued.is_ok());
+        issued.and(sync)
+    }
+
+    fn replay_bucket(&self, ctx: &mut Context<B>, bucket: usize) -> Result<()> {
+        let be = &self.backend;
+        be.mark_start(&ctx.streams[0])?;
+        let replayed = be.replay(&ctx.streams[0], &ctx.graphs[&bucket]);
+        if let Err(RuntimeError::StaleGraph(_)) = replayed {
+            // The upload reallocated a buffer the graph reads: capture again.
+            ctx.graphs.remove(&bucket);
+            self.capture(ctx, bucket)?;
+            let g = ctx.graphs.get(&bucket).ok_or_else(|| {
+                RuntimeError::Execution("capturing the graph again failed".into())
+            })?;
+            be.replay(&ctx.streams[0], g)?;
+        } else {
+            replayed?;
+        }
+        be.download(&ctx.streams[0], &ctx.bufs, self.graph.output(), bucket)?;
+        be.mark_end(&ctx.streams[0])
+    }
+
     fn run_eager(&self, ctx: &Context<B>, batch: &Arc<Batch>) -> Result<()> {
-        self.backend.upload(&ctx.streams[0], &ctx.bufs, batch)?;
-        let issued = self.issue_plan(ctx, batch.size, true);
-        let sync = self.sync_all(ctx);
+        let be = &self.backend;
+        let s0 = &ctx.streams[0];
+        let before = self.launch_count(ctx);
+        be.upload(s0, &ctx.bufs, batch)?;
+        let issued = be
+            .mark_start(s0)
+            .and_then(|()| self.issue_plan(ctx, batch.size, true))
+            .and_then(|()| be.mark_end(s0));
+        let sync = self.sync(ctx, issued.is_ok());
+        if issued.is_ok() {
+            self.count_launches(ctx, before);
+        }
         issued.and(sync)
     }
 
@@ -276,6 +367,7 @@ impl<B: Backend> Engine<B> {
                 batch,
             )?;
         }
+        // Every other stream's last work (the score copy included) is ordered before this join.
         for (i, s) in rest.iter().enumerate() {
             be.record(s, &ctx.joins[i + 1])?;
             be.wait(s0, &ctx.joins[i + 1])?;
@@ -283,7 +375,14 @@ impl<B: Backend> Engine<B> {
         Ok(())
     }
 
-    fn sync_all(&self, ctx: &Context<B>) -> Result<()> {
+    /// Waits for a request's work. `joined`: every step was issued, the joins into stream 0
+    /// included; then stream 0 alone suffices where the backend reports every stream's errors
+    /// there. Otherwise (a request that failed half-way, or per-stream errors) every stream is
+    /// synchronised, so no work of this request is left running on the context.
+    fn sync(&self, ctx: &Context<B>, joined: bool) -> Result<()> {
+        if joined && self.backend.join_reports_all_errors() {
+            return self.backend.synchronize(&ctx.streams[0]);
+        }
         let mut first = Ok(());
         for s in &ctx.streams {
             let r = self.backend.synchronize(s);
@@ -292,6 +391,24 @@ impl<B: Backend> Engine<B> {
             }
         }
         first
+    }
+
+    /// Takes the device time (us) of every request run since the last call (events around the
+    /// plan on stream 0: from before its first launch to after the join), in completion order;
+    /// empty on backends that do not time on the device (the CPU).
+    pub fn take_gpu_times_us(&self) -> Vec<f64> {
+        std::mem::take(&mut *self.gpu_times.lock().expect("gpu times"))
+    }
+
+    /// Kernel launches and library calls (cuBLAS, cuBLASLt) of one request, as the backend
+    /// counted them: for the last eager request, or with graphs for the last graph captured (what
+    /// one replay runs). `None` before the first request or where the backend does not count
+    /// (the CPU).
+    pub fn launches_per_request(&self) -> Option<u64> {
+        match self.launches.load(Ordering::Relaxed) {
+            NOT_COUNTED => None,
+            n => Some(n),
+        }
     }
 
     /// Takes the spans recorded so far (with `trace` on).

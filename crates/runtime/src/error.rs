@@ -30,6 +30,12 @@ pub enum RuntimeError {
     /// A kernel or stream failed while running a request.
     #[error("execution failed: {0}")]
     Execution(String),
+    /// The device kernels could not be built or loaded (NVRTC rejected a source, the driver
+    /// refused a module); the message carries NVRTC's log or the driver's error. Unlike
+    /// [`RuntimeError::Unavailable`], a device and the libraries are there: this is a defect
+    /// to fix, not a machine without CUDA.
+    #[error("CUDA kernels could not be built: {0}")]
+    Kernel(String),
     /// A captured graph no longer matches its buffers (they were reallocated); capture again.
     #[error("stale graph: {0}")]
     StaleGraph(String),

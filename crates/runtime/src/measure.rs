@@ -39,6 +39,12 @@ impl<B: crate::Backend> Infer for crate::Engine<B> {
     fn backend_name(&self) -> &'static str {
         self.backend().name()
     }
+    fn take_gpu_times_us(&self) -> Vec<f64> {
+        crate::Engine::take_gpu_times_us(self)
+    }
+    fn launches_per_request(&self) -> Option<u64> {
+        crate::Engine::launches_per_request(self)
+    }
 }
 
 /// How long a measurement runs.

@@ -32,9 +32,12 @@ use streamrec_graph::{
 };
 use streamrec_graph::{fuse_embeddings, OpKind, Source};
 use streamrec_kernels::cuda::{self as kc, GemmMath, IndexWidth, PACKET_HEADER_WORDS};
+use streamrec_kernels::cuda::{CudaError, KernelSource};
 use streamrec_runtime::backend::cuda::{
-    cuda_available, stage_packet, ArenaLayout, CudaBackend, CudaConfig, IndexChoice, STALE_GRAPH,
+    chain_us, cuda_available, kernel_error, stage_packet, ArenaLayout, CudaBackend, CudaConfig,
+    IndexChoice, STALE_GRAPH,
 };
+use streamrec_runtime::trace::{replay_name, REPLAY_OP};
 use streamrec_runtime::{
     Backend, Batch, CpuBackend, Engine, EngineConfig, IndexVec, RuntimeError, SparseInput, Weights,
 };
@@ -711,7 +714,10 @@ fn a_graph_captured_before_the_packet_grows_is_refused() {
         .expect("upload grows the packet");
     assert_eq!(bufs.generation(), before + 1);
     match be.replay(&s, &graph) {
-        Err(RuntimeError::Execution(m)) => assert!(m.starts_with(STALE_GRAPH), "{m}"),
+        Err(RuntimeError::StaleGraph(m)) => {
+            assert!(m.starts_with(STALE_GRAPH), "{m}");
+            assert!(m.contains("reallocated"), "{m}");
+        }
         other => panic!("a stale graph must be refused, got {:?}", other.map(|_| ())),
     }
     // Eager launches read the new packet.
@@ -725,4 +731,237 @@ fn a_graph_captured_before_the_packet_grows_is_refused() {
         .expect("scores")
         .iter()
         .all(|v| v.is_finite()));
+}
+
+/// Returns from the test, visibly, when libnvrtc cannot be loaded (see the module docs).
+macro_rules! require_nvrtc {
+    () => {
+        if let Err(e) = kc::nvrtc_available() {
+            skip("STREAMREC_REQUIRE_NVRTC", "NVRTC not loadable", &e);
+            return;
+        }
+    };
+}
+
+#[test]
+fn kernel_build_failures_are_not_unavailable() {
+    // A missing library or device: Unavailable (the CLI's exit status 2).
+    let e = kernel_error(CudaError::Unavailable(
+        "libnvrtc.so could not be loaded".into(),
+    ));
+    match e {
+        RuntimeError::Unavailable(m) => {
+            assert!(m.starts_with("CUDA backend unavailable: "), "{m}");
+            assert!(m.contains("libnvrtc"), "{m}");
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    // NVRTC rejecting a source: Kernel, with the log (exit status 1).
+    let e = kernel_error(CudaError::Compile {
+        file: "dense.cu",
+        arch: "sm_90".into(),
+        log: "dense.cu(12): error: identifier \"oops\" is undefined".into(),
+    });
+    assert!(
+        matches!(&e, RuntimeError::Kernel(m) if m.contains("identifier \"oops\" is undefined") && m.contains("dense.cu")),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("sm_90"), "{e}");
+    // The driver refusing a module: Kernel too.
+    let e = kernel_error(CudaError::Load {
+        file: "embedding.cu",
+        arch: "compute_90".into(),
+        reason: "CUDA_ERROR_UNSUPPORTED_PTX_VERSION".into(),
+    });
+    assert!(
+        matches!(&e, RuntimeError::Kernel(m) if m.contains("UNSUPPORTED_PTX_VERSION") && m.contains("embedding.cu")),
+        "{e:?}"
+    );
+}
+
+/// A source NVRTC must reject, with a message naming the undefined identifier.
+const BROKEN: KernelSource = KernelSource {
+    file: "broken.cu",
+    source:
+        "extern \"C\" __global__ void broken(float* out) {\n    out[0] = not_defined_here;\n}\n",
+    functions: &["broken"],
+};
+
+#[test]
+fn a_kernel_that_does_not_compile_reports_the_nvrtc_log() {
+    require_nvrtc!();
+    for arch in ["compute_90", "sm_90"] {
+        let err = if arch.starts_with("sm_") {
+            kc::compile_cubin(&BROKEN, arch).map(|_| ())
+        } else {
+            kc::compile(&BROKEN, arch).map(|_| ())
+        }
+        .expect_err("the source is broken");
+        assert!(
+            matches!(&err, CudaError::Compile { file: "broken.cu", log, .. } if log.contains("not_defined_here")),
+            "{arch}: {err:?}"
+        );
+        let e = kernel_error(err);
+        assert!(
+            matches!(&e, RuntimeError::Kernel(m) if m.contains("not_defined_here") && m.contains(arch)),
+            "{arch}: {e:?}"
+        );
+    }
+}
+
+#[test]
+fn nvrtc_builds_a_cubin_for_the_real_architectures() {
+    require_nvrtc!();
+    for sm in ["sm_80", "sm_90"] {
+        for src in kc::SOURCES {
+            let image = kc::compile_cubin(src, sm).unwrap_or_else(|e| panic!("{e}"));
+            assert!(
+                image.starts_with(b"\x7fELF"),
+                "{} for {sm}: not an ELF image ({} bytes)",
+                src.file,
+                image.len()
+            );
+            for f in src.functions {
+                // The ELF symbol table names every kernel.
+                assert!(
+                    image.windows(f.len()).any(|w| w == f.as_bytes()),
+                    "{} for {sm}: no symbol {f}",
+                    src.file
+                );
+            }
+        }
+        let all = kc::compile_all_cubin(sm).expect("compile_all_cubin");
+        assert_eq!(all.len(), kc::SOURCES.len());
+        let again = kc::compile_all_cubin(sm).expect("cached");
+        assert!(
+            Arc::ptr_eq(&all, &again),
+            "the cubins are compiled once per process"
+        );
+    }
+    // A virtual architecture has no cubin: an error, not an empty image.
+    assert!(kc::compile_cubin(&kc::SOURCES[0], "compute_90").is_err());
+}
+
+#[test]
+fn span_times_keep_microseconds_late_in_a_run() {
+    // Two minutes after the epoch, an event 1 us after the anchor. Measured from the epoch as
+    // one f32 millisecond value it would be lost (f32 steps are ~7.8 us there).
+    let anchor_us = 120.0e6;
+    let late = 120_000.001f32;
+    assert_eq!(late, 120_000.0f32, "f32 milliseconds cannot hold it");
+    let t = chain_us(anchor_us, 0.001);
+    assert!((t - (anchor_us + 1.0)).abs() < 1e-3, "{t}");
+    // Chained over many anchors, the error stays far below a microsecond.
+    let mut us = 0.0;
+    for _ in 0..100_000 {
+        us = chain_us(us, 1.25);
+    }
+    assert!((us - 125.0e6).abs() < 1.0, "{us}");
+}
+
+#[test]
+fn cpu_engines_report_no_device_time_or_launch_count() {
+    let spec = workload("tiny", 1000);
+    let e = cpu_engine(&spec, 8);
+    e.infer(&Arc::new(ragged_batch(&spec, 4, false, 1)))
+        .expect("scores");
+    assert!(e.take_gpu_times_us().is_empty());
+    assert_eq!(e.launches_per_request(), None);
+}
+
+#[test]
+fn cuda_engines_time_the_plan_count_launches_and_trace_replays() {
+    require_cuda!();
+    let spec = workload("tiny", 1000);
+    for s in [SETUPS[1], SETUPS[2]] {
+        let (g, plan) = planned(&spec, s);
+        let w = Weights::for_graph(&g).expect("weights");
+        let e = Engine::new(
+            CudaBackend::new(0).expect("cuda backend"),
+            Arc::clone(&g),
+            plan,
+            &w,
+            EngineConfig {
+                max_batch: 16,
+                graphs: s.graphs,
+                trace: true,
+                ..EngineConfig::default()
+            },
+        )
+        .expect("engine");
+        for i in 0..3 {
+            e.infer(&Arc::new(ragged_batch(&spec, 8, true, i)))
+                .expect("scores");
+        }
+        let gpu = e.take_gpu_times_us();
+        assert_eq!(gpu.len(), 3, "{s:?}: one device time per request");
+        assert!(gpu.iter().all(|&t| t > 0.0 && t < 1e6), "{s:?}: {gpu:?}");
+        assert!(e.take_gpu_times_us().is_empty(), "taken once");
+        let launches = e
+            .launches_per_request()
+            .expect("the CUDA backend counts launches");
+        assert!(
+            launches >= g.len() as u64 / 2 && launches <= 3 * g.len() as u64,
+            "{s:?}: {launches} launches for {} ops",
+            g.len()
+        );
+        let tr = e.take_trace();
+        if s.graphs {
+            assert_eq!(tr.len(), 3, "{s:?}: one span per replay: {tr:?}");
+            assert!(tr.iter().all(|t| t.replay == Some(8)
+                && t.op == REPLAY_OP
+                && t.name == replay_name(8)
+                && t.stream == 0));
+        } else {
+            assert_eq!(tr.len(), 3 * g.len(), "{s:?}: one span per op");
+            assert!(tr.iter().all(|t| t.replay.is_none()));
+        }
+        assert!(tr
+            .iter()
+            .all(|t| t.end_us >= t.start_us && t.start_us >= 0.0));
+        let mut starts: Vec<f64> = tr.iter().map(|t| t.start_us).collect();
+        starts.dedup();
+        assert!(starts.len() > 1, "spans have distinct times");
+    }
+}
+
+#[test]
+fn engines_on_the_same_host_weights_share_the_device_copy() {
+    require_cuda!();
+    let spec = workload("tiny", 1000);
+    let g = Arc::new(OpGraph::from_spec(&spec));
+    let w = Weights::for_graph(&g).expect("weights");
+    let a = CudaBackend::new(0).expect("cuda backend");
+    let b = CudaBackend::new(0).expect("cuda backend");
+    let wa = a.load_weights(&g, &w).expect("weights on device");
+    assert!(!wa.shared());
+    let wb = b.load_weights(&g, &w).expect("weights on device");
+    assert!(
+        wa.shared() && wb.shared(),
+        "the second upload reuses the first"
+    );
+    assert_eq!(wa.bytes(), wb.bytes());
+    // Other host tensors (a copy with new allocations) are uploaded again.
+    let other = Weights::for_graph(&g).expect("weights");
+    let wc = b.load_weights(&g, &other).expect("weights on device");
+    assert!(!wc.shared());
+    // And the shared copy gives the right scores in both engines.
+    let cpu = cpu_engine(&spec, 8);
+    let batch = Arc::new(ragged_batch(&spec, 8, false, 4));
+    let want = cpu.infer(&batch).expect("cpu scores");
+    for be in [a, b] {
+        let e = Engine::new(
+            be,
+            Arc::clone(&g),
+            streamrec_graph::Plan::single(&g),
+            &w,
+            EngineConfig {
+                max_batch: 8,
+                ..EngineConfig::default()
+            },
+        )
+        .expect("engine");
+        let got = e.infer(&batch).expect("cuda scores");
+        assert!(max_rel_err(&got, &want) <= 1e-4);
+    }
 }

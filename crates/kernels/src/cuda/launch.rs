@@ -10,7 +10,7 @@ use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaStream, LaunchConfig, PushKernelArg,
 };
 
-use super::compile::{compile_all, device_arch, SOURCES};
+use super::compile::{load_modules, SOURCES};
 use super::{CudaError, DevPtr};
 use crate::types::Activation;
 
@@ -225,8 +225,8 @@ pub struct CudaKernels {
 }
 
 impl CudaKernels {
-    /// The kernels loaded into `ctx`: compiled once per process ([`compile_all`]) and loaded
-    /// once per context (later calls for the same context return the same modules while any
+    /// The kernels loaded into `ctx`: compiled once per process (a cubin for the device, PTX as
+    /// the fallback: [`load_modules`]) and loaded once per context (later calls for the same context return the same modules while any
     /// caller still holds them).
     pub fn load(ctx: &Arc<CudaContext>) -> Result<Arc<Self>, CudaError> {
         static LOADED: OnceLock<Mutex<HashMap<usize, Weak<CudaKernels>>>> = OnceLock::new();
@@ -237,12 +237,11 @@ impl CudaKernels {
             return Ok(k);
         }
         super::nvrtc_available().map_err(CudaError::Unavailable)?;
-        let arch = device_arch(ctx)?;
-        let ptx = compile_all(&arch)?;
+        let loaded = load_modules(ctx)?;
+        let arch = loaded.arch;
         let mut modules = Vec::with_capacity(SOURCES.len());
         let mut funcs: HashMap<&'static str, CudaFunction> = HashMap::new();
-        for (src, p) in SOURCES.iter().zip(ptx.iter()) {
-            let module = ctx.load_module(p.clone())?;
+        for (src, module) in SOURCES.iter().zip(loaded.modules) {
             for &name in src.functions {
                 funcs.insert(name, module.load_function(name)?);
             }
@@ -276,7 +275,8 @@ impl CudaKernels {
         &self.ctx
     }
 
-    /// The architecture the modules were compiled for, e.g. `compute_90`.
+    /// The architecture the modules were compiled for: `sm_90` (cubin) or, after a fallback,
+    /// `compute_90` (PTX).
     pub fn arch(&self) -> &str {
         &self.arch
     }

@@ -5,8 +5,9 @@
 //! time [`cuda_available`], [`nvrtc_available`] and [`cublas_available`] say whether the
 //! libraries and a device are there (cudarc panics when a library is missing, so call these
 //! first). The CUDA sources are embedded with `include_str!`, compiled by NVRTC once per process
-//! for the device's compute capability ([`compile_all`]) and loaded once per context
-//! ([`CudaKernels::load`]).
+//! for the device's compute capability (a cubin for `sm_XY`, [`compile_all_cubin`], with PTX for
+//! `compute_XY`, [`compile_all`], as the fallback) and loaded once per context
+//! ([`CudaKernels::load`], through [`load_modules`]).
 //!
 //! Launch helpers take raw device addresses ([`DevPtr`]) so that buffers shared between streams,
 //! contexts and captured CUDA graphs need no `&mut` borrow; each helper is an `unsafe fn` whose
@@ -16,8 +17,14 @@ mod blas;
 mod compile;
 mod launch;
 
-pub use blas::{Blas, GemmMath};
-pub use compile::{compile, compile_all, device_arch, KernelSource, SOURCES};
+pub use blas::{
+    cublaslt_available, linear_gemm, ptr_alignment, Blas, ColMajorGemm, FusedEpilogue, GemmMath,
+    LinearEpilogue, LtGemm, WORKSPACE_BYTES,
+};
+pub use compile::{
+    compile, compile_all, compile_all_cubin, compile_cubin, device_arch, device_sm, load_fallback,
+    load_modules, KernelSource, LoadedModules, SOURCES,
+};
 pub use launch::{
     concat_meta, dot_meta, lanes, tbe_meta, ConcatPart, CudaKernels, EmbeddingBagArgs, IndexWidth,
     TbeArgs, TbeTable, BLOCK, PACKET_HEADER_WORDS,
@@ -54,9 +61,23 @@ pub enum CudaError {
         /// The compiler log.
         log: String,
     },
+    /// The driver refused a compiled module (`cuModuleLoadData`), e.g. PTX newer than the
+    /// driver or a cubin for another architecture.
+    #[error("loading kernels/{file} ({arch}) failed: {reason}")]
+    Load {
+        /// The `.cu` file.
+        file: &'static str,
+        /// The architecture it was compiled for, e.g. `sm_90` or `compute_90`.
+        arch: String,
+        /// The driver's error (and, for the PTX fallback, why the cubin failed).
+        reason: String,
+    },
     /// A cuBLAS call failed.
     #[error("cuBLAS error: {0}")]
     Blas(#[from] CublasError),
+    /// A cuBLASLt call failed.
+    #[error("cuBLASLt error: {0}")]
+    BlasLt(#[from] cudarc::cublaslt::result::CublasError),
     /// Launch arguments out of range (a size that does not fit the kernel's `int`, a dynamic
     /// shared-memory request above the limit).
     #[error("invalid CUDA launch: {0}")]

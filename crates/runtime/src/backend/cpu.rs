@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use streamrec_graph::{OpGraph, OpId, OpKind};
 
-use super::{Backend, Span};
+use super::{Backend, Span, SpanKind};
 use crate::batch::Batch;
 use crate::error::{Result, RuntimeError};
 use crate::exec::{self, OpWeights};
@@ -353,7 +353,7 @@ fn stream_main(shared: Arc<StreamShared>, epoch: Instant, spin: Arc<SpinPolicy>)
                     if let Some(t0) = t0 {
                         let t1 = epoch.elapsed();
                         shared.spans.lock().expect("spans").push(Span {
-                            op,
+                            kind: SpanKind::Op(op),
                             start_us: t0.as_secs_f64() * 1e6,
                             end_us: t1.as_secs_f64() * 1e6,
                         });

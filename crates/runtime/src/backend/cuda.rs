@@ -3,9 +3,14 @@
 //!
 //! # Memory
 //!
-//! * Weights are uploaded once: every embedding table into one allocation, every dense weight
-//!   (linear, bias, cross) into another, each tensor 256-byte aligned, plus the small metadata
-//!   arrays of the table-batched ops.
+//! * Weights are uploaded once per process and device: every embedding table into one
+//!   allocation, every dense weight (linear, bias, cross) into another, each tensor 256-byte
+//!   aligned, plus the small metadata arrays of the table-batched ops. The uploaded tensors are
+//!   shared by every backend of the process on the same device context: a later
+//!   [`Backend::load_weights`] whose host tensors (the same `Arc<Tensor>` allocations, e.g. the
+//!   two engines of `run --compare`) were all uploaded already reuses that device copy. Large
+//!   uploads go through two pinned staging buffers of [`STAGING_BYTES`] on the allocation
+//!   stream (the host fills one while the device copies the other), not from pageable memory.
 //! * Each context ([`CudaBuffers`]) has one activation arena holding every op's
 //!   `[max_batch, width]` output and the DCN scratch. An op whose only consumer is a
 //!   concatenation writes straight into its column slice of the concatenation's output (its
@@ -29,16 +34,33 @@
 //! # Streams, events, graphs
 //!
 //! Every stream gets its own cuBLAS handle bound to it (a handle used inside a capture must be
-//! bound to the capturing stream). Events are created without timing. cudarc's per-buffer event
-//! tracking is off: the engine's plan orders every reader after its writer. Capture uses
-//! `CU_STREAM_CAPTURE_MODE_THREAD_LOCAL` on stream 0; the engine forks the other streams off it
-//! with an event and joins them back, so they join the capture. The graph is instantiated and
-//! uploaded once in [`Backend::end_capture`] and launched per replay.
+//! bound to the capturing stream). Plan events are created without timing; the timing events
+//! are the per-op span events (tracing on), one pair per graph replay (tracing on), and the pair
+//! that brackets each request's plan on stream 0 ([`Backend::mark_start`], the GPU time).
+//! cudarc's per-buffer event tracking is off: the engine's plan orders every reader after its
+//! writer. Capture uses `CU_STREAM_CAPTURE_MODE_THREAD_LOCAL` on stream 0; the engine forks the
+//! other streams off it with an event and joins them back, so they join the capture. The graph
+//! is instantiated and uploaded once in [`Backend::end_capture`] and launched per replay. Errors
+//! of device work belong to the context (sticky), so synchronising stream 0 after the join
+//! reports every stream's ([`Backend::join_reports_all_errors`]).
+//!
+//! # Span times
+//!
+//! `cuEventElapsedTime` gives f32 milliseconds: measured from one epoch, a span late in a long
+//! run would lose its resolution (about 8 us after two minutes). Spans are therefore measured as
+//! f32 intervals over short distances only and summed in f64 microseconds: each batch of spans
+//! taken from a stream is measured from its first start event (the anchor), whose time is the
+//! previous anchor's plus the interval between the two ([`chain_us`]).
+//!
+//! # Launch counts
+//!
+//! Each stream counts the kernel launches and cuBLAS/cuBLASLt calls issued on it
+//! ([`Backend::launch_count`]), per op as [`CudaBackend::calls_of`] says.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use streamrec_graph::{Act, OpGraph, OpId, OpKind, PoolingMode, Source, TensorRef};
 use streamrec_kernels::cuda::cudarc::driver::{
@@ -46,11 +68,12 @@ use streamrec_kernels::cuda::cudarc::driver::{
 };
 use streamrec_kernels::cuda::{
     self as kc, concat_meta, dot_meta, lanes, tbe_meta, Blas, ConcatPart, CudaError, CudaKernels,
-    DevPtr, EmbeddingBagArgs, GemmMath, IndexWidth, TbeArgs, TbeTable, PACKET_HEADER_WORDS,
+    DevPtr, EmbeddingBagArgs, FusedEpilogue, GemmMath, IndexWidth, TbeArgs, TbeTable,
+    PACKET_HEADER_WORDS,
 };
 use streamrec_kernels::Activation;
 
-use super::{Backend, Span};
+use super::{Backend, Span, SpanKind};
 use crate::batch::{Batch, IndexVec};
 use crate::error::{Result, RuntimeError};
 use crate::exec::{self, OpWeights};
@@ -125,6 +148,27 @@ fn cuda_err(e: CudaError) -> RuntimeError {
     }
 }
 
+/// How a failure to build or load the kernels is reported: a missing library or device is
+/// [`RuntimeError::Unavailable`] (`CUDA backend unavailable: ...`, exit status 2 in the CLI);
+/// NVRTC rejecting a source or the driver refusing a module is [`RuntimeError::Kernel`], whose
+/// message carries NVRTC's log or the driver's error (exit status 1): a defect, not a machine
+/// without CUDA.
+pub fn kernel_error(e: CudaError) -> RuntimeError {
+    match e {
+        CudaError::Unavailable(m) => unavailable(m),
+        other => RuntimeError::Kernel(other.to_string()),
+    }
+}
+
+/// The time of an event `delta_ms` (a short f32 interval from `cuEventElapsedTime`) after an
+/// anchor at `anchor_us`, in f64 microseconds (see the module docs).
+pub fn chain_us(anchor_us: f64, delta_ms: f32) -> f64 {
+    anchor_us + f64::from(delta_ms) * 1e3
+}
+
+/// Bytes of each of the two pinned buffers large weight uploads are staged through.
+pub const STAGING_BYTES: usize = 64 << 20;
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -165,6 +209,8 @@ pub struct CudaBackend {
     alloc: Arc<CudaStream>,
     /// A timing event recorded at creation: span times count from it.
     epoch: CudaEvent,
+    /// The last span anchor and its time since the epoch (us); `None`: the epoch itself.
+    anchor: Mutex<Option<(CudaEvent, f64)>>,
     cfg: CudaConfig,
     next_buffers: AtomicU64,
 }
@@ -182,7 +228,8 @@ impl std::fmt::Debug for CudaBackend {
 impl CudaBackend {
     /// The backend on device `device` with the default configuration, or
     /// [`RuntimeError::Unavailable`] (`"CUDA backend unavailable: <reason>"`) when there is no
-    /// driver, no such device, or NVRTC or cuBLAS cannot be loaded.
+    /// driver, no such device, or NVRTC or cuBLAS cannot be loaded; [`RuntimeError::Kernel`]
+    /// (with NVRTC's log) when the kernels do not compile or load ([`kernel_error`]).
     pub fn new(device: usize) -> Result<Self> {
         Self::with_config(CudaConfig {
             device,
@@ -207,10 +254,7 @@ impl CudaBackend {
         // SAFETY: no buffer of this context object exists yet; from here on the runtime orders
         // every use of a buffer across streams itself (plan events, synchronised allocations).
         unsafe { ctx.disable_event_tracking() };
-        let kernels = CudaKernels::load(&ctx).map_err(|e| match e {
-            CudaError::Unavailable(m) => unavailable(m),
-            other => unavailable(other),
-        })?;
+        let kernels = CudaKernels::load(&ctx).map_err(kernel_error)?;
         let alloc = ctx.new_stream().map_err(unavailable)?;
         let epoch = ctx
             .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
@@ -222,6 +266,7 @@ impl CudaBackend {
             kernels,
             alloc,
             epoch,
+            anchor: Mutex::new(None),
             cfg,
             next_buffers: AtomicU64::new(0),
         })
@@ -232,10 +277,18 @@ impl CudaBackend {
         &self.cfg
     }
 
-    /// The device's name and the NVRTC architecture the kernels were compiled for.
+    /// The device's name and the NVRTC architecture the kernels were compiled for: `sm_XY`
+    /// (cubin) or `compute_XY` (PTX, after a fallback; [`kc::load_fallback`] says why).
     pub fn describe(&self) -> String {
         let name = self.ctx.name().unwrap_or_else(|_| "unknown device".into());
         format!("{name} ({})", self.kernels.arch())
+    }
+
+    /// A timing event.
+    fn timing_event(&self) -> Result<CudaEvent> {
+        self.ctx
+            .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(exec_err)
     }
 
     fn index_width(&self, graph: &OpGraph) -> Result<IndexWidth> {
@@ -300,12 +353,141 @@ impl CudaBackend {
     }
 }
 
-/// A stream with its cuBLAS handle and span log.
+impl CudaBackend {
+    /// A device copy of every tensor of `tables` and `dense`: a store of this process on the
+    /// same device context that holds them all already (the same host `Arc<Tensor>`s), or a new
+    /// upload, remembered for later backends. The cache lock is held during an upload, so a
+    /// second engine built at the same time waits and then reuses the first one's copy.
+    fn weight_store(
+        &self,
+        tables: &[&Arc<Tensor>],
+        dense: &[&Arc<Tensor>],
+    ) -> Result<Arc<WeightStore>> {
+        let key = self.ctx.cu_ctx() as usize;
+        let mut stores = lock(&STORES);
+        stores.retain(|w| w.strong_count() > 0);
+        let hit = stores.iter().filter_map(Weak::upgrade).find(|st| {
+            st.cu_ctx == key && tables.iter().chain(dense).all(|t| st.find(t).is_some())
+        });
+        if let Some(st) = hit {
+            st.reused.store(true, Ordering::Relaxed);
+            return Ok(st);
+        }
+        let st = Arc::new(self.upload_store(key, tables, dense)?);
+        stores.push(Arc::downgrade(&st));
+        Ok(st)
+    }
+
+    /// Uploads the tensors: two zeroed allocations (the gaps between 256-byte aligned tensors
+    /// stay zero), filled through pinned staging when the weights are large (direct copies from
+    /// pageable memory below [`STAGING_BYTES`] in all), synchronised before returning.
+    fn upload_store(
+        &self,
+        cu_ctx: usize,
+        tables: &[&Arc<Tensor>],
+        dense: &[&Arc<Tensor>],
+    ) -> Result<WeightStore> {
+        let len = |list: &[&Arc<Tensor>]| list.iter().map(|t| align(t.data.len())).sum::<usize>();
+        let (t_len, d_len) = (len(tables), len(dense));
+        let bytes = (t_len + d_len) * std::mem::size_of::<f32>();
+        let mut t_dev = self.zeros::<f32>(t_len)?;
+        let mut d_dev = self.zeros::<f32>(d_len)?;
+        let mut staging = if bytes >= STAGING_BYTES {
+            Some(Staging::new(self, &self.alloc)?)
+        } else {
+            None
+        };
+        let mut at = HashMap::new();
+        for (list, dev) in [(tables, &mut t_dev), (dense, &mut d_dev)] {
+            let base = device_ptr(dev, &self.alloc);
+            let mut o = 0;
+            for t in list {
+                let n = t.data.len();
+                match staging.as_mut() {
+                    Some(st) => st.put(&t.data, f32_at(base, o))?,
+                    None => self
+                        .alloc
+                        .memcpy_htod(&t.data[..], &mut dev.slice_mut(o..o + n))
+                        .map_err(exec_err)?,
+                }
+                at.insert(
+                    Arc::as_ptr(t) as usize,
+                    (Arc::downgrade(t), f32_at(base, o)),
+                );
+                o += align(n);
+            }
+        }
+        if let Some(st) = staging {
+            st.finish()?;
+        }
+        self.alloc.synchronize().map_err(exec_err)?;
+        Ok(WeightStore {
+            cu_ctx,
+            _tables: t_dev,
+            _dense: d_dev,
+            at,
+            bytes,
+            reused: AtomicBool::new(false),
+        })
+    }
+}
+
+impl CudaBackend {
+    /// Kernel launches and cuBLAS/cuBLASLt calls that [`Backend::launch`] issues for op `id`
+    /// (what [`Backend::launch_count`] counts). Kept in step with the branches of `launch`:
+    /// a lookup is one kernel; a linear layer is one cuBLASLt call with the bias and ReLU in
+    /// its epilogue, or (a sigmoid, or no cuBLASLt on the stream's handle) a cuBLAS GEMM plus
+    /// the `bias_act` kernel; a concatenation copies only when some input was not aliased into
+    /// it; a DCN layer is two GEMMs and its epilogue kernel.
+    fn calls_of(
+        &self,
+        stream: &CudaStreamHandle,
+        graph: &OpGraph,
+        id: OpId,
+        w: OpW,
+        bufs: &CudaBuffers,
+        batch: usize,
+    ) -> u64 {
+        if batch == 0 {
+            return 0;
+        }
+        match (&graph.op(id).kind, w) {
+            (OpKind::EmbeddingBag { .. }, OpW::Table { dim, .. }) => u64::from(dim > 0),
+            (OpKind::TableBatchedEmbeddingBag { .. }, OpW::Tbe { tables, .. }) => {
+                u64::from(tables > 0)
+            }
+            (OpKind::Linear { .. }, OpW::Linear { act, .. }) => {
+                let unfused = FusedEpilogue::for_activation(act).is_none()
+                    || lock(&stream.blas).fused_epilogues().is_err();
+                1 + u64::from(unfused)
+            }
+            (OpKind::Concat, _) => u64::from(bufs.concat[id].is_some()),
+            (OpKind::DotInteraction, _) => 1,
+            (OpKind::DcnCross { .. }, OpW::Cross { .. }) => 3,
+            _ => 0,
+        }
+    }
+}
+
+/// A stream with its cuBLAS handle, span log, request marks and launch count.
 pub struct CudaStreamHandle {
     stream: Arc<CudaStream>,
     blas: Mutex<Blas>,
     tracing: AtomicBool,
-    spans: Mutex<Vec<(OpId, CudaEvent, CudaEvent)>>,
+    spans: Mutex<Vec<(SpanKind, CudaEvent, CudaEvent)>>,
+    marks: Mutex<Marks>,
+    /// Kernel launches and cuBLAS/cuBLASLt calls issued on this stream.
+    launches: AtomicU64,
+}
+
+/// The timing events around a request's plan ([`Backend::mark_start`], [`Backend::mark_end`]).
+struct Marks {
+    start: CudaEvent,
+    end: CudaEvent,
+    /// `start` was recorded for the current request.
+    started: bool,
+    /// `end` was recorded after `start`.
+    ended: bool,
 }
 
 impl CudaStreamHandle {
@@ -349,18 +531,164 @@ enum OpW {
 
 /// The weights on the device, shared by every context.
 pub struct CudaWeights {
-    _tables: CudaSlice<f32>,
-    _dense: CudaSlice<f32>,
+    store: Arc<WeightStore>,
     _meta: Vec<CudaSlice<i32>>,
     ops: Vec<OpW>,
-    bytes: usize,
 }
 
 impl CudaWeights {
-    /// Bytes of weights on the device.
+    /// Bytes of weight tensors on the device (shared with other backends of the process that
+    /// use the same host tensors, see the module docs).
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.store.bytes
     }
+
+    /// Whether these weights reuse tensors another backend of the process had uploaded.
+    pub fn shared(&self) -> bool {
+        Arc::strong_count(&self.store) > 1 || self.store.reused.load(Ordering::Relaxed)
+    }
+}
+
+/// Uploaded weight tensors: the tables' allocation and the dense weights' allocation, and each
+/// host tensor's device address, shared by every backend of the process on one device context.
+struct WeightStore {
+    /// The `CUcontext` the allocations live in.
+    cu_ctx: usize,
+    _tables: CudaSlice<f32>,
+    _dense: CudaSlice<f32>,
+    /// Device address of each uploaded host tensor by the address of its `Arc` allocation. The
+    /// `Weak` keeps that allocation from being freed and reused by another tensor while the
+    /// store lives, so an equal address is the same tensor.
+    at: HashMap<usize, (Weak<Tensor>, DevPtr)>,
+    bytes: usize,
+    /// Some backend found this store in the cache.
+    reused: AtomicBool,
+}
+
+impl WeightStore {
+    /// The device address of host tensor `t`, if this store holds it.
+    fn find(&self, t: &Arc<Tensor>) -> Option<DevPtr> {
+        self.at
+            .get(&(Arc::as_ptr(t) as usize))
+            .filter(|(w, _)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(t)))
+            .map(|&(_, p)| p)
+    }
+}
+
+/// The process's uploaded weight stores (see [`CudaBackend::load_weights`]).
+static STORES: Mutex<Vec<Weak<WeightStore>>> = Mutex::new(Vec::new());
+
+/// Copies host data to device addresses through two pinned staging buffers on one stream: the
+/// host fills one buffer (on several threads for large pieces) while the device copies the
+/// other out; many small pieces share a buffer.
+struct Staging<'a> {
+    stream: &'a CudaStream,
+    /// The buffers, each with an event recorded after the copies out of it.
+    bufs: Vec<(PinnedHostSlice<f32>, CudaEvent)>,
+    /// The buffer being filled and how many elements it holds.
+    cur: usize,
+    fill: usize,
+    /// Copies pending from the current buffer: (destination, first element, length).
+    pieces: Vec<(DevPtr, usize, usize)>,
+}
+
+impl<'a> Staging<'a> {
+    fn new(be: &CudaBackend, stream: &'a CudaStream) -> Result<Self> {
+        let len = STAGING_BYTES / std::mem::size_of::<f32>();
+        let mut bufs = Vec::with_capacity(2);
+        for _ in 0..2 {
+            // SAFETY: uninitialised pinned memory, write-combined (the host only writes it);
+            // every element is written before a copy reads it.
+            let host = unsafe { be.ctx.alloc_pinned::<f32>(len) }.map_err(exec_err)?;
+            bufs.push((host, be.ctx.new_event(None).map_err(exec_err)?));
+        }
+        Ok(Self {
+            stream,
+            bufs,
+            cur: 0,
+            fill: 0,
+            pieces: Vec::new(),
+        })
+    }
+
+    /// Queues the copy of `src` to the device address `dst`.
+    fn put(&mut self, mut src: &[f32], mut dst: DevPtr) -> Result<()> {
+        while !src.is_empty() {
+            let room = self.bufs[self.cur].0.len() - self.fill;
+            if room == 0 {
+                self.flush()?;
+                continue;
+            }
+            let n = room.min(src.len());
+            let host = self.bufs[self.cur].0.as_mut_slice().map_err(exec_err)?;
+            copy_parallel(&mut host[self.fill..self.fill + n], &src[..n]);
+            self.pieces.push((dst, self.fill, n));
+            self.fill += n;
+            src = &src[n..];
+            dst = f32_at(dst, n);
+        }
+        Ok(())
+    }
+
+    /// Issues the current buffer's copies and switches to the other buffer once the device has
+    /// copied out of it.
+    fn flush(&mut self) -> Result<()> {
+        if self.pieces.is_empty() {
+            return Ok(());
+        }
+        let (buf, done) = &self.bufs[self.cur];
+        let host = buf.as_slice().map_err(exec_err)?;
+        self.stream.context().bind_to_thread().map_err(exec_err)?;
+        for (dst, start, len) in self.pieces.drain(..) {
+            // SAFETY: `dst` is `len` floats inside a live device allocation (a tensor's place in
+            // the store); the source is pinned memory that is not written again before `done`
+            // (recorded after these copies) has completed.
+            unsafe {
+                kc::cudarc::driver::result::memcpy_htod_async(
+                    dst,
+                    &host[start..start + len],
+                    self.stream.cu_stream(),
+                )
+            }
+            .map_err(exec_err)?;
+        }
+        done.record(self.stream).map_err(exec_err)?;
+        self.cur = (self.cur + 1) % self.bufs.len();
+        self.fill = 0;
+        self.bufs[self.cur].1.synchronize().map_err(exec_err)
+    }
+
+    /// Issues the last copies and waits for all of them (the staging buffers are freed after).
+    fn finish(mut self) -> Result<()> {
+        self.flush()?;
+        self.stream.synchronize().map_err(exec_err)
+    }
+}
+
+impl Drop for Staging<'_> {
+    fn drop(&mut self) {
+        // No copy may still read the pinned buffers when they are freed (an upload that failed
+        // half-way returns early); after `finish` this returns at once.
+        let _ = self.stream.synchronize();
+    }
+}
+
+/// `dst.copy_from_slice(src)`, split over up to 8 threads for large slices (one thread copies
+/// pageable memory at a fraction of what the copy engines take).
+fn copy_parallel(dst: &mut [f32], src: &[f32]) {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8);
+    if dst.len() < (1 << 20) || threads < 2 {
+        dst.copy_from_slice(src);
+        return;
+    }
+    let per = dst.len().div_ceil(threads);
+    std::thread::scope(|sc| {
+        for (d, x) in dst.chunks_mut(per).zip(src.chunks(per)) {
+            sc.spawn(move || d.copy_from_slice(x));
+        }
+    });
 }
 
 /// Where an op's output lives: first element and leading dimension (in floats).
@@ -699,65 +1027,27 @@ impl Backend for CudaBackend {
         let by_op = (0..graph.len())
             .map(|id| exec::resolve_weights(graph, id, weights))
             .collect::<Result<Vec<_>>>()?;
-        // Lay out every distinct tensor once: tables in one allocation, the rest in another.
-        let mut table_off: HashMap<*const Tensor, usize> = HashMap::new();
-        let mut dense_off: HashMap<*const Tensor, usize> = HashMap::new();
+        // Every distinct tensor once: tables in one allocation, the rest in another.
+        let mut seen: HashSet<usize> = HashSet::new();
         let mut tables: Vec<&Arc<Tensor>> = Vec::new();
         let mut dense: Vec<&Arc<Tensor>> = Vec::new();
-        let (mut t_len, mut d_len) = (0usize, 0usize);
         for w in &by_op {
-            match w {
-                OpWeights::Tables(ts) => {
-                    for t in ts {
-                        table_off.entry(Arc::as_ptr(t)).or_insert_with(|| {
-                            let o = t_len;
-                            t_len += align(t.data.len());
-                            tables.push(t);
-                            o
-                        });
-                    }
+            let (list, ts): (&mut Vec<&Arc<Tensor>>, Vec<&Arc<Tensor>>) = match w {
+                OpWeights::Tables(ts) => (&mut tables, ts.iter().collect()),
+                OpWeights::Linear { weight, bias } => (&mut dense, vec![weight, bias]),
+                OpWeights::Cross { v, u, bias } => (&mut dense, vec![v, u, bias]),
+                OpWeights::None => continue,
+            };
+            for t in ts {
+                if seen.insert(Arc::as_ptr(t) as usize) {
+                    list.push(t);
                 }
-                OpWeights::Linear { weight, bias } => {
-                    for t in [weight, bias] {
-                        dense_off.entry(Arc::as_ptr(t)).or_insert_with(|| {
-                            let o = d_len;
-                            d_len += align(t.data.len());
-                            dense.push(t);
-                            o
-                        });
-                    }
-                }
-                OpWeights::Cross { v, u, bias } => {
-                    for t in [v, u, bias] {
-                        dense_off.entry(Arc::as_ptr(t)).or_insert_with(|| {
-                            let o = d_len;
-                            d_len += align(t.data.len());
-                            dense.push(t);
-                            o
-                        });
-                    }
-                }
-                OpWeights::None => {}
             }
         }
-        let mut t_dev = self.zeros::<f32>(t_len)?;
-        let mut d_dev = self.zeros::<f32>(d_len)?;
-        for (list, offs, dev) in [
-            (&tables, &table_off, &mut t_dev),
-            (&dense, &dense_off, &mut d_dev),
-        ] {
-            for t in list.iter() {
-                let o = offs[&Arc::as_ptr(t)];
-                let mut view = dev.slice_mut(o..o + t.data.len());
-                self.alloc
-                    .memcpy_htod(&t.data[..], &mut view)
-                    .map_err(exec_err)?;
-            }
-        }
-        let t_base = device_ptr(&t_dev, &self.alloc);
-        let d_base = device_ptr(&d_dev, &self.alloc);
-        let tptr = |t: &Arc<Tensor>| f32_at(t_base, table_off[&Arc::as_ptr(t)]);
-        let dptr = |t: &Arc<Tensor>| f32_at(d_base, dense_off[&Arc::as_ptr(t)]);
+        let store = self.weight_store(&tables, &dense)?;
+        // `weight_store` returns a store holding every tensor of both lists.
+        let tptr = |t: &Arc<Tensor>| store.find(t).expect("the store holds every tensor");
+        let dptr = tptr;
         let mean = |f: usize| graph.spec.features[f].mode == PoolingMode::Mean;
         let mut metas = Vec::new();
         let mut ops = Vec::with_capacity(graph.len());
@@ -826,11 +1116,9 @@ impl Backend for CudaBackend {
         }
         self.alloc.synchronize().map_err(exec_err)?;
         Ok(CudaWeights {
-            _tables: t_dev,
-            _dense: d_dev,
+            store,
             _meta: metas,
             ops,
-            bytes: (t_len + d_len) * 4,
         })
     }
 
@@ -839,11 +1127,19 @@ impl Backend for CudaBackend {
         let blas = Blas::new(Arc::clone(&stream), self.cfg.math).map_err(cuda_err)?;
         // The handle's workspace was allocated on its own stream; finish that before any use.
         stream.synchronize().map_err(exec_err)?;
+        let marks = Marks {
+            start: self.timing_event()?,
+            end: self.timing_event()?,
+            started: false,
+            ended: false,
+        };
         Ok(CudaStreamHandle {
             stream,
             blas: Mutex::new(blas),
             tracing: AtomicBool::new(false),
             spans: Mutex::new(Vec::new()),
+            marks: Mutex::new(marks),
+            launches: AtomicU64::new(0),
         })
     }
 
@@ -1077,10 +1373,7 @@ impl Backend for CudaBackend {
         let trace = !capture && stream.tracing.load(Ordering::Relaxed);
         let s = &stream.stream;
         let start = if trace {
-            let e = self
-                .ctx
-                .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
-                .map_err(exec_err)?;
+            let e = self.timing_event()?;
             e.record(s).map_err(exec_err)?;
             Some(e)
         } else {
@@ -1154,14 +1447,29 @@ impl Backend for CudaBackend {
                 let mut blas = lock(&stream.blas);
                 // SAFETY: x is `batch` rows of `t.width` floats with leading dimension x_ld (a
                 // producer's output or the dense input), the weight is `[op.width, t.width]`,
-                // and out is this op's output with leading dimension out.ld >= op.width; the
-                // output region is distinct from the input's.
-                unsafe { blas.linear(batch, op.width, t.width, x, x_ld, weight, out.ptr, out.ld) }
-                    .map_err(cuda_err)?;
+                // the bias has op.width floats, and out is this op's output with leading
+                // dimension out.ld >= op.width; the output region is distinct from the inputs'.
+                // One cuBLASLt call with the bias and ReLU in its epilogue where it can, else
+                // the plain GEMM and the bias_act kernel below.
+                let done = unsafe {
+                    blas.linear_bias_act(
+                        batch, op.width, t.width, x, x_ld, weight, bias, out.ptr, out.ld, act,
+                    )
+                }
+                .map_err(cuda_err)?;
                 drop(blas);
-                // SAFETY: out as above, bias has op.width floats.
-                unsafe { k.bias_act(s, out.ptr, out.ld, Some(bias), batch, op.width, act) }
-                    .map_err(cuda_err)?;
+                if done == kc::LinearEpilogue::Pending {
+                    // SAFETY: out as above, bias has op.width floats.
+                    unsafe { k.bias_act(s, out.ptr, out.ld, Some(bias), batch, op.width, act) }
+                        .map_err(cuda_err)?;
+                    // The count below says one call for a layer that could fuse; this one
+                    // could not (no cuBLASLt plan for the shape, a misaligned bias, ...).
+                    if FusedEpilogue::for_activation(act).is_some()
+                        && lock(&stream.blas).fused_epilogues().is_ok()
+                    {
+                        stream.launches.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
             }
             (OpKind::Concat, _) => {
                 if let Some((meta, parts, max_w)) = bufs.concat[op_id] {
@@ -1216,13 +1524,12 @@ impl Backend for CudaBackend {
                 )))
             }
         }
+        let calls = self.calls_of(stream, graph, op_id, weights.ops[op_id], bufs, batch);
+        stream.launches.fetch_add(calls, Ordering::Relaxed);
         if let Some(start) = start {
-            let end = self
-                .ctx
-                .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
-                .map_err(exec_err)?;
+            let end = self.timing_event()?;
             end.record(s).map_err(exec_err)?;
-            lock(&stream.spans).push((op_id, start, end));
+            lock(&stream.spans).push((SpanKind::Op(op_id), start, end));
         }
         Ok(())
     }
@@ -1289,19 +1596,38 @@ impl Backend for CudaBackend {
     }
 
     fn take_spans(&self, stream: &CudaStreamHandle) -> Vec<Span> {
-        let pending = std::mem::take(&mut *lock(&stream.spans));
+        let mut pending = std::mem::take(&mut *lock(&stream.spans));
+        if pending.is_empty() {
+            return Vec::new();
+        }
+        // The first start event is the new anchor: its time is the previous anchor's plus the
+        // (short) interval between the two, and every span here is measured from it.
+        let mut anchor = lock(&self.anchor);
+        let (prev, prev_us) = match anchor.as_ref() {
+            Some((e, us)) => (e, *us),
+            None => (&self.epoch, 0.0),
+        };
+        let first = &pending[0].1;
+        let base_us = match prev.elapsed_ms(first) {
+            Ok(delta) => chain_us(prev_us, delta),
+            // Measured from the epoch instead: coarser late in a run, but still a time.
+            Err(_) => match self.epoch.elapsed_ms(first) {
+                Ok(delta) => chain_us(0.0, delta),
+                Err(_) => return Vec::new(),
+            },
+        };
         let mut out = Vec::with_capacity(pending.len());
-        for (op, start, end) in pending {
-            let t0 = self.epoch.elapsed_ms(&start);
-            let t1 = self.epoch.elapsed_ms(&end);
-            if let (Ok(a), Ok(b)) = (t0, t1) {
+        for (kind, start, end) in &pending {
+            if let (Ok(a), Ok(b)) = (first.elapsed_ms(start), first.elapsed_ms(end)) {
                 out.push(Span {
-                    op,
-                    start_us: f64::from(a) * 1e3,
-                    end_us: f64::from(b) * 1e3,
+                    kind: *kind,
+                    start_us: chain_us(base_us, a),
+                    end_us: chain_us(base_us, b),
                 });
             }
         }
+        let (_, first, _) = pending.swap_remove(0);
+        *anchor = Some((first, base_us));
         out
     }
 
@@ -1343,14 +1669,77 @@ impl Backend for CudaBackend {
             }
         }
         let g = lock(&graph.graph);
+        // One span for the whole replay (the ops inside a graph are not timed one by one).
+        let span = if stream.tracing.load(Ordering::Relaxed) {
+            let e = self.timing_event()?;
+            e.record(&stream.stream).map_err(exec_err)?;
+            Some(e)
+        } else {
+            None
+        };
         if *graph.stream == *stream.stream {
-            return g.0.launch().map_err(exec_err);
+            g.0.launch().map_err(exec_err)?;
+        } else {
+            // A graph launches on the stream it was captured on: order that stream after
+            // `stream`'s work, launch, and order `stream` after the graph.
+            let err = |e| exec_err(e);
+            graph.stream.join(&stream.stream).map_err(err)?;
+            g.0.launch().map_err(exec_err)?;
+            stream.stream.join(&graph.stream).map_err(err)?;
         }
-        // A graph launches on the stream it was captured on: order that stream after `stream`'s
-        // work, launch, and order `stream` after the graph.
-        let err = |e| exec_err(e);
-        graph.stream.join(&stream.stream).map_err(err)?;
-        g.0.launch().map_err(exec_err)?;
-        stream.stream.join(&graph.stream).map_err(err)
+        if let Some(start) = span {
+            let end = self.timing_event()?;
+            end.record(&stream.stream).map_err(exec_err)?;
+            lock(&stream.spans).push((SpanKind::Replay, start, end));
+        }
+        Ok(())
+    }
+
+    fn join_reports_all_errors(&self) -> bool {
+        // Device errors are sticky per context, and `synchronize` also checks the context's
+        // recorded errors; launch errors are returned when the launch is issued.
+        true
+    }
+
+    fn mark_start(&self, stream: &CudaStreamHandle) -> Result<()> {
+        if capturing() {
+            return Ok(());
+        }
+        let mut m = lock(&stream.marks);
+        m.started = false;
+        m.ended = false;
+        m.start.record(&stream.stream).map_err(exec_err)?;
+        m.started = true;
+        Ok(())
+    }
+
+    fn mark_end(&self, stream: &CudaStreamHandle) -> Result<()> {
+        if capturing() {
+            return Ok(());
+        }
+        let mut m = lock(&stream.marks);
+        if m.started {
+            m.end.record(&stream.stream).map_err(exec_err)?;
+            m.ended = true;
+        }
+        Ok(())
+    }
+
+    fn take_marked_us(&self, stream: &CudaStreamHandle) -> Option<f64> {
+        let mut m = lock(&stream.marks);
+        let done = m.started && m.ended;
+        m.started = false;
+        m.ended = false;
+        if !done {
+            return None;
+        }
+        m.start
+            .elapsed_ms(&m.end)
+            .ok()
+            .map(|ms| f64::from(ms) * 1e3)
+    }
+
+    fn launch_count(&self, stream: &CudaStreamHandle) -> Option<u64> {
+        Some(stream.launches.load(Ordering::Relaxed))
     }
 }

@@ -19,11 +19,20 @@ use crate::batch::Batch;
 use crate::error::Result;
 use crate::weights::Weights;
 
-/// One op's execution on a stream, as recorded for timelines.
+/// What a [`Span`] timed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpanKind {
+    /// One op's launch (eager execution).
+    Op(OpId),
+    /// A whole captured graph's replay: inside a graph the ops are not timed one by one.
+    Replay,
+}
+
+/// One op's execution (or one graph replay) on a stream, as recorded for timelines.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Span {
-    /// The op.
-    pub op: OpId,
+    /// What ran.
+    pub kind: SpanKind,
     /// Start, in microseconds since the backend's epoch.
     pub start_us: f64,
     /// End, in microseconds since the backend's epoch.
@@ -97,12 +106,46 @@ pub trait Backend: Send + Sync + 'static {
     /// The scores staged by the last [`Backend::download`], valid after synchronising.
     fn scores(&self, bufs: &Self::Buffers, batch: usize) -> Result<Vec<f32>>;
 
-    /// Turns per-op timing on or off for a stream.
+    /// Whether synchronising the stream that every other stream was joined into (by an event
+    /// recorded after each one's last work) also reports the errors raised on the others. True
+    /// where errors belong to the device context, not to a stream (CUDA); then the engine
+    /// synchronises that one stream per request. The default (false) makes it synchronise every
+    /// stream, as the CPU backend needs (its errors are per stream, taken by its synchronise).
+    fn join_reports_all_errors(&self) -> bool {
+        false
+    }
+
+    /// Turns timing on or off for a stream: per-op spans for eager launches, one span per
+    /// graph replay ([`SpanKind::Replay`]).
     fn set_tracing(&self, _stream: &Self::Stream, _on: bool) {}
 
     /// Takes the spans recorded on a stream since the last call.
     fn take_spans(&self, _stream: &Self::Stream) -> Vec<Span> {
         Vec::new()
+    }
+
+    /// Marks, on `stream`, the start of a request's device work (before the plan's first
+    /// launch). Backends that time on the device record an event; the default does nothing.
+    fn mark_start(&self, _stream: &Self::Stream) -> Result<()> {
+        Ok(())
+    }
+
+    /// Marks, on `stream`, the end of a request's device work (after the join).
+    fn mark_end(&self, _stream: &Self::Stream) -> Result<()> {
+        Ok(())
+    }
+
+    /// The device time between the last [`Backend::mark_start`] and [`Backend::mark_end`] on
+    /// `stream`, in microseconds, once, after the stream was synchronised; `None` where the
+    /// backend does not time on the device or the pair is incomplete.
+    fn take_marked_us(&self, _stream: &Self::Stream) -> Option<f64> {
+        None
+    }
+
+    /// Kernel launches and library calls (cuBLAS, cuBLASLt) issued on `stream` so far,
+    /// captures included; `None` where the backend does not count them.
+    fn launch_count(&self, _stream: &Self::Stream) -> Option<u64> {
+        None
     }
 
     /// Starts capturing the work issued on `stream` (and streams forked from it by events).
