@@ -368,6 +368,10 @@ fn bad_flags_are_one_line_errors() {
         "--graph on: CUDA graphs need the CUDA backend",
     );
     fails_with(
+        &["run", t, "--graph", "on", "--profile", "p.json"],
+        "--profile: per-op times need eager execution",
+    );
+    fails_with(
         &["run", t, "--backend", "cpu", "--tf32", "--iters", "1"],
         "--tf32: TF32 needs the CUDA backend",
     );
@@ -504,4 +508,301 @@ fn trace_is_written_with_compare_and_with_several_contexts() {
         .map(|e| e["pid"].as_u64().unwrap())
         .collect();
     assert_eq!(pids.len(), 2, "spans of both contexts: {pids:?}");
+}
+
+/// The CSV rows of `run --csv` as maps from column name to value (the header printed once).
+fn csv_rows(stdout: &[u8]) -> Vec<std::collections::BTreeMap<String, String>> {
+    let text = String::from_utf8_lossy(stdout);
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().expect("a header").split(',').collect();
+    lines
+        .map(|l| {
+            assert!(!l.starts_with("model,"), "a second header: {text}");
+            let cells: Vec<&str> = l.split(',').collect();
+            assert_eq!(cells.len(), header.len(), "{l}");
+            header
+                .iter()
+                .zip(cells)
+                .map(|(h, c)| (h.to_string(), c.to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn a_batch_list_measures_each_size_in_one_process() {
+    let t = "workloads/tiny.toml";
+    let o = streamrec(&["run", t, "--batch", "1,16,4", "--iters", "3", "--csv"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows = csv_rows(&o.stdout);
+    let batches: Vec<&str> = rows.iter().map(|r| r["batch"].as_str()).collect();
+    assert_eq!(
+        batches,
+        ["1", "16", "4"],
+        "one row per size, in the order given"
+    );
+    for r in &rows {
+        assert_eq!(r["backend"], "cpu");
+        assert_eq!(r["iters"], "3");
+        assert!(r["p50_us"].parse::<f64>().unwrap() > 0.0);
+        // The CPU backend measures no device time and counts no launches.
+        for col in ["gpu_p50_us", "gpu_p99_us", "launches"] {
+            assert_eq!(r[col], "", "{col} on the CPU");
+        }
+    }
+    // With --compare: single, then the plan, for each size.
+    let o = streamrec(&[
+        "run",
+        t,
+        "--batch",
+        "2,8",
+        "--iters",
+        "4",
+        "--algo",
+        "nimble",
+        "--streams",
+        "2",
+        "--compare",
+        "--csv",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows = csv_rows(&o.stdout);
+    let got: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r["batch"].as_str(), r["algo"].as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("2", "single"),
+            ("2", "nimble"),
+            ("8", "single"),
+            ("8", "nimble")
+        ]
+    );
+    // Text: one line per size, each naming its batch; no GPU fields on the CPU.
+    let o = streamrec(&["run", t, "--batch", "1,3", "--iters", "2"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8(o.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].starts_with("batch     1 ") && lines[1].starts_with("batch     3 "));
+    assert!(
+        !text.contains("gpu") && !text.contains("launches"),
+        "{text}"
+    );
+    // One size keeps today's output: no batch prefix.
+    let o = streamrec(&["run", t, "--batch", "2", "--iters", "2"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(text.trim_start().starts_with("single x1"), "{text}");
+}
+
+#[test]
+fn bad_batch_lists_are_one_line_errors_naming_the_flag() {
+    let t = "workloads/tiny.toml";
+    fails_with(&["run", t, "--batch", "1,0"], "--batch: must be > 0");
+    fails_with(
+        &["run", t, "--batch", "1,100000000", "--iters", "1"],
+        "--batch: 100000000 is more than the limit of 65536",
+    );
+    fails_with(
+        &["run", t, "--batch", "1,x"],
+        "--batch: `x` is not a batch size",
+    );
+    fails_with(
+        &["run", t, "--batch", "1,,2"],
+        "--batch: `1,,2` has an empty entry",
+    );
+    fails_with(&["run", t, "--batch", "4,4"], "--batch: 4 is listed twice");
+    fails_with(
+        &["run", t, "--batch", "1,2", "--emit-request"],
+        "--batch: --emit-request takes one batch size",
+    );
+    fails_with(
+        &["run", t, "--batch", "1,2", "--trace", "t.json"],
+        "--batch: --trace takes one batch size",
+    );
+}
+
+/// The absolute path of a program on this process's PATH.
+fn on_path(name: &str) -> PathBuf {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("no {name} on PATH"))
+}
+
+/// A device bundle laid out as `cargo xtask device-bundle` writes it (run.sh, find-libs.sh,
+/// workloads/, bin/), with `bin/streamrec` and `bin/cuda-tests` given by the caller.
+fn fake_bundle(name: &str, streamrec: &str, cuda_tests: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tmp(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    std::fs::create_dir_all(dir.join("workloads")).unwrap();
+    for f in ["run.sh", "find-libs.sh"] {
+        std::fs::copy(root.join("xtask/device").join(f), dir.join(f)).unwrap();
+    }
+    for f in ["tiny.toml", "dlrm-kaggle.toml", "streamrec-26.toml"] {
+        std::fs::copy(
+            root.join("workloads").join(f),
+            dir.join("workloads").join(f),
+        )
+        .unwrap();
+    }
+    for (f, text) in [("streamrec", streamrec), ("cuda-tests", cuda_tests)] {
+        let p = dir.join("bin").join(f);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    dir
+}
+
+/// Runs a bundle's run.sh with OUT set and the given knobs; returns its output, exit status and
+/// wall time.
+fn run_bundle(dir: &Path, env: &[(&str, &str)]) -> (String, Option<i32>, f64, PathBuf) {
+    let out = dir.join("out");
+    let _ = std::fs::remove_dir_all(&out);
+    let start = std::time::Instant::now();
+    let o = Command::new(on_path("bash"))
+        .arg(dir.join("run.sh"))
+        .env("OUT", &out)
+        .envs(env.iter().copied())
+        .output()
+        .expect("bash runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (text, o.status.code(), start.elapsed().as_secs_f64(), out)
+}
+
+/// `bin/streamrec` that runs this build of the CLI with the CPU standing in for CUDA (`cuda` ->
+/// `cpu`, `--graph on` -> `off`); with FAKE_ROW_DELAY=S it prints each line S seconds late.
+fn cpu_as_cuda() -> String {
+    format!(
+        r#"#!/usr/bin/env bash
+args=()
+for a in "$@"; do case $a in cuda) a=cpu ;; on) a=off ;; esac; args+=("$a"); done
+if [ -n "${{FAKE_ROW_DELAY:-}}" ]; then
+    "{bin}" "${{args[@]}}" | while IFS= read -r l; do sleep "$FAKE_ROW_DELAY"; echo "$l"; done
+    exit "${{PIPESTATUS[0]}}"
+fi
+exec "{bin}" "${{args[@]}}"
+"#,
+        bin = env!("CARGO_BIN_EXE_streamrec")
+    )
+}
+
+/// `bin/cuda-tests` that passes only when run.sh asks for a device to be required.
+const FAKE_CUDA_TESTS: &str = r#"#!/bin/sh
+if [ "${STREAMREC_REQUIRE_CUDA:-}" != 1 ]; then echo "STREAMREC_REQUIRE_CUDA is not 1"; exit 1; fi
+echo "test result: ok. 1 passed; 0 failed"
+"#;
+
+#[test]
+fn the_device_run_without_a_gpu_stops_at_once_with_no_cuda_device() {
+    let real = format!(
+        "#!/bin/sh\nexec \"{}\" \"$@\"\n",
+        env!("CARGO_BIN_EXE_streamrec")
+    );
+    let dir = fake_bundle("bundle-nogpu", &real, FAKE_CUDA_TESTS);
+    // STEPS=none: where a GPU is present, the run ends after the probe, passing.
+    let (text, code, secs, out) = run_bundle(&dir, &[("STEPS", "none")]);
+    let env = std::fs::read_to_string(out.join("env.txt")).expect("env.txt is written");
+    assert!(secs < 30.0, "took {secs:.0} s: {text}");
+    assert!(
+        env.contains("libcuda: ") && env.contains("libnvrtc: ") && env.contains("libcublas: "),
+        "{env}"
+    );
+    if code == Some(0) {
+        println!("a CUDA device is present: the no-device path is not exercised here");
+        return;
+    }
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        env.contains("status: no CUDA device: CUDA backend unavailable: "),
+        "{env}"
+    );
+    let last = text.lines().last().unwrap_or_default();
+    assert!(last.contains("status 2 (no CUDA device)"), "{text}");
+}
+
+#[test]
+fn the_device_run_appends_one_line_per_batch_and_graph_mode() {
+    let dir = fake_bundle("bundle-cpu", &cpu_as_cuda(), FAKE_CUDA_TESTS);
+    let (text, code, _, out) = run_bundle(
+        &dir,
+        &[
+            ("STEPS", "tests check bench"),
+            ("CHECK_MODELS", "tiny"),
+            ("BENCH_MODEL", "tiny"),
+            ("ROW_CAP", "1000"),
+            ("ITERS", "4"),
+            ("BATCHES", "1 4 16"),
+            ("PLANS", "nimble:2"),
+        ],
+    );
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("test result: ok"), "{text}");
+    let csv = std::fs::read_to_string(out.join("gpu-bench.csv")).unwrap();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    let got: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r[col("graph")], r[col("batch")]))
+        .collect();
+    // GRAPHS defaults to "on off"; the stand-in runs `--graph on` as off.
+    assert_eq!(got.len(), 6, "{csv}");
+    assert_eq!(
+        got.iter().map(|g| g.1).collect::<Vec<_>>(),
+        ["1", "4", "16", "1", "4", "16"],
+        "{csv}"
+    );
+    for r in &rows {
+        assert_eq!(r.len(), header.len(), "{csv}");
+        assert_eq!(r[col("plan")], "nimble:2");
+        assert!(r[col("p50_speedup")].parse::<f64>().unwrap() > 0.0, "{csv}");
+        assert!(
+            r[col("throughput_ratio")].parse::<f64>().unwrap() > 0.0,
+            "{csv}"
+        );
+        assert_eq!(r[col("gpu_p50_speedup")], "", "no device time on the CPU");
+    }
+    let raw = std::fs::read_to_string(out.join("bench-raw.csv")).unwrap();
+    assert_eq!(raw.lines().count(), 1 + 12, "{raw}");
+}
+
+#[test]
+fn the_device_run_keeps_the_rows_done_when_the_deadline_cuts_it_off() {
+    let dir = fake_bundle("bundle-deadline", &cpu_as_cuda(), FAKE_CUDA_TESTS);
+    let (text, code, secs, out) = run_bundle(
+        &dir,
+        &[
+            ("STEPS", "bench"),
+            ("BENCH_MODEL", "tiny"),
+            ("ROW_CAP", "1000"),
+            ("ITERS", "4"),
+            ("BATCHES", "1 2 4 8 16 32 64 128"),
+            ("PLANS", "nimble:2"),
+            ("DEADLINE", "12"),
+            ("FAKE_ROW_DELAY", "1"),
+        ],
+    );
+    // Nothing failed, but the first process was cut off and the second never started.
+    assert_eq!(code, Some(3), "{text}");
+    assert!(secs < 12.0 + 15.0, "took {secs:.0} s: {text}");
+    assert!(text.contains("CUT OFF at the deadline"), "{text}");
+    assert!(text.contains("SKIPPED (DEADLINE=12s"), "{text}");
+    let csv = std::fs::read_to_string(out.join("gpu-bench.csv")).unwrap();
+    let rows = csv.lines().count() - 1;
+    assert!(
+        (1..8).contains(&rows),
+        "the rows done before the cut: {csv}"
+    );
 }

@@ -11,12 +11,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 use anyhow::{Context, Result};
 use clap::Args;
 use streamrec_graph::limits::{DEFAULT_MAX_REQUEST_BYTES, MAX_BATCH};
-use streamrec_graph::{Algorithm, MeasuredCosts, OpGraph, Plan, SimMode};
+use streamrec_graph::{Algorithm, MeasuredCosts, OpGraph, Plan, Planned, SimMode};
 use streamrec_runtime::backend::{build_engine, resolve, BackendKind, BackendOptions};
 use streamrec_runtime::gen::{random_batch, Skew};
 use streamrec_runtime::request::{read_request_file, response_json, InferRequest};
 use streamrec_runtime::stats::LatencySummary;
-use streamrec_runtime::{measure, Batch, EngineConfig, Infer, MeasureConfig, Weights};
+use streamrec_runtime::{
+    measure, Batch, EngineConfig, Infer, MeasureConfig, RuntimeError, Weights,
+};
 
 use super::{bounded, EngineArgs, ModelArgs, PlanOpts, MAX_CONTEXTS, MAX_THREADS};
 
@@ -29,9 +31,10 @@ pub struct RunArgs {
     plan: PlanOpts,
     #[command(flatten)]
     engine: EngineArgs,
-    /// Samples per request.
-    #[arg(long, value_name = "B", default_value_t = 128)]
-    batch: usize,
+    /// Samples per request, or a comma-separated list (e.g. 1,16,128,1024): the engines are
+    /// built once (for the largest) and each size is measured in turn, one result per size.
+    #[arg(long, value_name = "B[,B...]", default_value = "128")]
+    batch: String,
     /// Timed requests.
     #[arg(long, value_name = "K", default_value_t = 100)]
     iters: usize,
@@ -111,16 +114,26 @@ pub fn build(
     batch: usize,
     weights: &Weights,
 ) -> Result<Built> {
-    let cfg = target.cfg.clone();
-    let backend_opts = target.opts;
+    let planned = plan_for(target, graph, plan_opts, algo, batch)?;
+    load(target, planned, weights)
+}
+
+/// Plans `algo` for `batch` on the target's backend (refusing CUDA-only options on the CPU).
+pub fn plan_for(
+    target: &Target,
+    graph: &OpGraph,
+    plan_opts: &PlanOpts,
+    algo: Algorithm,
+    batch: usize,
+) -> Result<Planned> {
     let resolved = resolve(target.backend)?;
     if resolved == BackendKind::Cpu {
-        if cfg.graphs {
+        if target.cfg.graphs {
             anyhow::bail!(
                 "--graph on: CUDA graphs need the CUDA backend (this run uses the CPU backend)"
             );
         }
-        if backend_opts.tf32 {
+        if target.opts.tf32 {
             anyhow::bail!("--tf32: TF32 needs the CUDA backend (this run uses the CPU backend)");
         }
     }
@@ -129,23 +142,27 @@ pub fn build(
     } else {
         "cpu"
     };
-    let cost = plan_opts.cost_model(default_device, backend_opts.intra_op_threads)?;
-    let mode = if cfg.graphs {
+    let cost = plan_opts.cost_model(default_device, target.opts.intra_op_threads)?;
+    let mode = if target.cfg.graphs {
         SimMode::Graph
     } else {
         SimMode::Eager
     };
     let mut opts = plan_opts.clone();
     opts.algo = algo;
-    let planned = opts.assign(graph, batch, mode, &cost)?;
+    opts.assign(graph, batch, mode, &cost)
+}
+
+/// Builds the engine for a plan (uploads the weights).
+pub fn load(target: &Target, planned: Planned, weights: &Weights) -> Result<Built> {
     let graph = Arc::new(planned.graph);
     let engine = build_engine(
-        resolved,
+        resolve(target.backend)?,
         Arc::clone(&graph),
         planned.plan.clone(),
         weights,
-        cfg,
-        backend_opts,
+        target.cfg.clone(),
+        target.opts,
     )?;
     Ok(Built {
         engine,
@@ -154,9 +171,34 @@ pub fn build(
     })
 }
 
+/// Parses `--batch`: one size or a comma-separated list (`1,16,128`), each in `1..=MAX_BATCH`,
+/// none twice; errors name the flag.
+pub fn parse_batches(text: &str) -> Result<Vec<usize>> {
+    let mut out: Vec<usize> = Vec::new();
+    for part in text.split(',') {
+        let part = part.trim();
+        if part.is_empty() {
+            anyhow::bail!(
+                "--batch: `{text}` has an empty entry (give a size or a list such as 1,16,128)"
+            );
+        }
+        let b: usize = part.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "--batch: `{part}` is not a batch size (give a size or a list such as 1,16,128)"
+            )
+        })?;
+        bounded("--batch", b, MAX_BATCH)?;
+        if out.contains(&b) {
+            anyhow::bail!("--batch: {b} is listed twice");
+        }
+        out.push(b);
+    }
+    Ok(out)
+}
+
 /// Runs `streamrec run`.
 pub fn main(a: RunArgs) -> Result<()> {
-    bounded("--batch", a.batch, MAX_BATCH)?;
+    let sizes = parse_batches(&a.batch)?;
     bounded("--iters", a.iters, usize::MAX)?;
     bounded("--contexts", a.contexts, MAX_CONTEXTS)?;
     if let Some(t) = a.threads {
@@ -164,9 +206,22 @@ pub fn main(a: RunArgs) -> Result<()> {
     }
     bounded("--intra-op-threads", a.engine.intra_op_threads, MAX_THREADS)?;
     bounded("--max-request-bytes", a.max_request_bytes, usize::MAX)?;
+    if sizes.len() > 1 {
+        if a.emit_request {
+            anyhow::bail!("--batch: --emit-request takes one batch size, not a list");
+        }
+        if a.trace.is_some() {
+            anyhow::bail!("--batch: --trace takes one batch size, not a list");
+        }
+    }
+    if a.profile.is_some() && a.engine.graphs() {
+        anyhow::bail!(
+            "--profile: per-op times need eager execution; a CUDA graph is timed only as a whole (use --graph off)"
+        );
+    }
     let spec = a.model.load()?;
     if a.emit_request {
-        let b = random_batch(&spec, a.batch, a.skew, a.seed);
+        let b = random_batch(&spec, sizes[0], a.skew, a.seed);
         println!(
             "{}",
             serde_json::to_string(&InferRequest::from_batch(&spec, &b))?
@@ -187,8 +242,9 @@ pub fn main(a: RunArgs) -> Result<()> {
         None => None,
     };
     let graph = OpGraph::from_spec(&spec);
-    let weights = Weights::for_graph(&graph)?;
-    let max_batch = input.as_ref().map_or(a.batch, |(b, _)| b.size);
+    let max_batch = input
+        .as_ref()
+        .map_or_else(|| sizes.iter().copied().max().unwrap_or(1), |(b, _)| b.size);
     let cfg = EngineConfig {
         contexts: a.contexts,
         max_batch,
@@ -196,22 +252,27 @@ pub fn main(a: RunArgs) -> Result<()> {
         trace: a.trace.is_some() || a.profile.is_some(),
         validate: true,
     };
+    // Resolve `auto` once: every engine of this run uses the same backend.
+    let mut target = a.engine.target(cfg);
+    target.backend = resolve(target.backend)?;
+    if target.backend == BackendKind::Cuda {
+        // Before generating weights (gigabytes for the large specs): no device, no work.
+        if let Err(reason) = streamrec_runtime::backend::cuda::cuda_available() {
+            return Err(
+                RuntimeError::Unavailable(format!("CUDA backend unavailable: {reason}")).into(),
+            );
+        }
+    }
     if let Some((batch, id)) = input {
-        let built = build(
-            &a.engine.target(cfg),
-            &graph,
-            &a.plan,
-            a.plan.algo,
-            batch.size,
-            &weights,
-        )?;
+        let weights = Weights::for_graph(&graph)?;
+        let built = build(&target, &graph, &a.plan, a.plan.algo, batch.size, &weights)?;
         let scores = built.engine.infer(&Arc::new(batch))?;
         println!("{}", response_json(&spec.name, id.as_deref(), &scores));
         return Ok(());
     }
-    let batches: Vec<Arc<Batch>> = (0..4)
-        .map(|i| Arc::new(random_batch(&spec, a.batch, a.skew, a.seed.wrapping_add(i))))
-        .collect();
+    // Plan before generating weights, so that a bad plan option fails fast.
+    let _ = plan_for(&target, &graph, &a.plan, a.plan.algo, sizes[0])?;
+    let weights = Weights::for_graph(&graph)?;
     let mcfg = MeasureConfig {
         warmup: a.warmup,
         iters: a.iters,
@@ -225,101 +286,275 @@ pub fn main(a: RunArgs) -> Result<()> {
     } else {
         a.plan.algo
     };
-    let built = build(
-        &a.engine.target(cfg.clone()),
-        &graph,
-        &a.plan,
-        algo,
-        a.batch,
-        &weights,
-    )?;
-    let name = built.engine.backend_name();
-    if !a.csv {
-        eprintln!(
-            "{}: {} ops, backend {name}, plan {} on {} stream(s) ({} waits), {} context(s), batch {}, {} iterations",
-            spec.name,
-            built.graph.len(),
-            built.plan.algo,
-            built.plan.num_streams(),
-            built.plan.num_waits(),
-            a.contexts,
-            a.batch,
-            a.iters
-        );
-    }
-    if a.compare {
-        let base = build(
-            &a.engine.target(cfg),
-            &graph,
-            &a.plan,
-            Algorithm::Single,
-            a.batch,
-            &weights,
-        )?;
-        // Alternate rounds so both see the same machine conditions.
-        let rounds = 4usize;
-        let per = MeasureConfig {
-            iters: a.iters.div_ceil(rounds),
-            ..mcfg.clone()
-        };
-        let (mut sb, mut sm) = (Vec::new(), Vec::new());
-        for _ in 0..rounds {
-            sb.push(with_progress(&per, a.csv, |cfg| {
-                measure(base.engine.as_ref(), &batches, cfg)
-            })?);
-            sm.push(with_progress(&per, a.csv, |cfg| {
-                measure(built.engine.as_ref(), &batches, cfg)
-            })?);
-        }
-        let (b, m) = (
-            LatencySummary::median_of(&sb),
-            LatencySummary::median_of(&sm),
-        );
-        print_summary(&a, "single", 1, &b, name);
-        print_summary(&a, &built.plan.algo, built.plan.num_streams(), &m, name);
-        if let Some(p) = &a.trace {
-            write_trace(&single_trace_path(p), &base.engine.take_trace())?;
-            write_trace(p, &built.engine.take_trace())?;
-        }
-        if !a.csv {
-            println!(
-                "ratio single/{}: latency p50 {:.2}x, throughput {:.2}x",
+    let mut out = Report::new(&a, sizes.len() > 1);
+    // The engines are built once and reused for every batch size whose plan is the same (the
+    // plan is costed for each batch size; a different one is built, after the old is dropped).
+    let mut engine: Option<Slot> = None;
+    let mut base: Option<Slot> = None;
+    let mut profile = match &a.profile {
+        Some(p) if p.exists() => Some(MeasuredCosts::load(p)?),
+        Some(_) => Some(MeasuredCosts::default()),
+        None => None,
+    };
+    for &b in &sizes {
+        let eng = Slot::ensure(&mut engine, &target, &graph, &a.plan, algo, b, &weights)?;
+        if eng.fresh && !a.csv {
+            let built = &eng.built;
+            eprintln!(
+                "{}: {} ops, backend {}, plan {} on {} stream(s) ({} waits), {} context(s), batch {}, {} iterations",
+                spec.name,
+                built.graph.len(),
+                built.engine.backend_name(),
                 built.plan.algo,
-                b.p50_us / m.p50_us,
-                m.samples_per_s / b.samples_per_s
+                built.plan.num_streams(),
+                built.plan.num_waits(),
+                a.contexts,
+                a.batch,
+                a.iters
             );
         }
-        return Ok(());
-    }
-    let s = with_progress(&mcfg, a.csv, |cfg| {
-        measure(built.engine.as_ref(), &batches, cfg)
-    })?;
-    print_summary(&a, &built.plan.algo, built.plan.num_streams(), &s, name);
-    let events = built.engine.take_trace();
-    if let Some(p) = &a.trace {
-        write_trace(p, &events)?;
-    }
-    if let Some(p) = &a.profile {
-        let mut m = if p.exists() {
-            MeasuredCosts::load(p)?
-        } else {
-            MeasuredCosts::default()
-        };
-        m.device = format!(
-            "{name} ({} threads)",
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        );
-        streamrec_runtime::trace::record_op_medians(&mut m, &events, a.batch);
-        m.save(p)?;
-        eprintln!(
-            "wrote per-op medians for {} ops at batch {} to {}",
-            m.ops.len(),
-            a.batch,
-            p.display()
-        );
+        if a.compare {
+            Slot::ensure(
+                &mut base,
+                &target,
+                &graph,
+                &a.plan,
+                Algorithm::Single,
+                b,
+                &weights,
+            )?;
+        }
+        let batches: Vec<Arc<Batch>> = (0..4)
+            .map(|i| Arc::new(random_batch(&spec, b, a.skew, a.seed.wrapping_add(i))))
+            .collect();
+        let built = &engine.as_ref().expect("built above").built;
+        if let Some(base) = &base {
+            let base = &base.built;
+            // Alternate rounds so both see the same machine conditions.
+            let rounds = 4usize;
+            let per = MeasureConfig {
+                iters: a.iters.div_ceil(rounds),
+                ..mcfg.clone()
+            };
+            let (mut sb, mut sm) = (Vec::new(), Vec::new());
+            for _ in 0..rounds {
+                sb.push(with_progress(&per, a.csv, |cfg| {
+                    measure(base.engine.as_ref(), &batches, cfg)
+                })?);
+                sm.push(with_progress(&per, a.csv, |cfg| {
+                    measure(built.engine.as_ref(), &batches, cfg)
+                })?);
+            }
+            let (sb, sm) = (
+                LatencySummary::median_of(&sb),
+                LatencySummary::median_of(&sm),
+            );
+            out.row(b, "single", 1, &sb, base.engine.as_ref())?;
+            out.row(
+                b,
+                &built.plan.algo,
+                built.plan.num_streams(),
+                &sm,
+                built.engine.as_ref(),
+            )?;
+            if let Some(p) = &a.trace {
+                write_trace(&single_trace_path(p), &base.engine.take_trace())?;
+                write_trace(p, &built.engine.take_trace())?;
+            }
+            if !a.csv {
+                let gpu = match (sb.gpu_p50_us, sm.gpu_p50_us) {
+                    (Some(x), Some(y)) => format!(", gpu time p50 {:.2}x", x / y),
+                    _ => String::new(),
+                };
+                println!(
+                    "{}ratio single/{}: latency p50 {:.2}x, throughput {:.2}x{gpu}",
+                    out.prefix(b),
+                    built.plan.algo,
+                    sb.p50_us / sm.p50_us,
+                    sm.samples_per_s / sb.samples_per_s
+                );
+                out.flush()?;
+            }
+            continue;
+        }
+        let s = with_progress(&mcfg, a.csv, |cfg| {
+            measure(built.engine.as_ref(), &batches, cfg)
+        })?;
+        out.row(
+            b,
+            &built.plan.algo,
+            built.plan.num_streams(),
+            &s,
+            built.engine.as_ref(),
+        )?;
+        let events = built.engine.take_trace();
+        if let Some(p) = &a.trace {
+            write_trace(p, &events)?;
+        }
+        if let (Some(p), Some(m)) = (&a.profile, profile.as_mut()) {
+            let name = built.engine.backend_name();
+            m.device = format!(
+                "{name} ({} threads)",
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+            );
+            streamrec_runtime::trace::require_op_spans(&events)?;
+            streamrec_runtime::trace::record_op_medians(m, &events, b);
+            m.save(p)?;
+            eprintln!(
+                "wrote per-op medians for {} ops at batch {b} to {}",
+                m.ops.len(),
+                p.display()
+            );
+        }
     }
     Ok(())
 }
+
+/// An engine kept across batch sizes, with the plan it was built for.
+struct Slot {
+    /// The plan and graph, serialised: equal keys run the same work.
+    key: String,
+    built: Built,
+    /// Built by the last `ensure`.
+    fresh: bool,
+}
+
+impl Slot {
+    /// Plans `algo` for `batch` and keeps the engine in `slot` when its plan is the same, else
+    /// drops it and builds one (weights uploaded once per engine).
+    fn ensure<'s>(
+        slot: &'s mut Option<Slot>,
+        target: &Target,
+        graph: &OpGraph,
+        plan_opts: &PlanOpts,
+        algo: Algorithm,
+        batch: usize,
+        weights: &Weights,
+    ) -> Result<&'s Slot> {
+        let planned = plan_for(target, graph, plan_opts, algo, batch)?;
+        let key = format!(
+            "{}:{}",
+            planned.graph.len(),
+            serde_json::to_string(&planned.plan)?
+        );
+        if let Some(s) = slot.as_mut().filter(|s| s.key == key) {
+            s.fresh = false;
+        } else {
+            if slot.is_some() {
+                eprintln!(
+                    "batch {batch}: the {} plan differs from the previous batch size's, building its engine",
+                    planned.plan.algo
+                );
+            }
+            // Free the old engine (device memory) before building the next.
+            *slot = None;
+            *slot = Some(Slot {
+                key,
+                built: load(target, planned, weights)?,
+                fresh: true,
+            });
+        }
+        Ok(slot.as_ref().expect("set above"))
+    }
+}
+
+/// Prints the measurements: one CSV row per batch size and engine (the header once) or one text
+/// line, flushed as it goes so that a run cut off keeps the rows done.
+struct Report {
+    csv: bool,
+    list: bool,
+    header: bool,
+    model: String,
+    contexts: usize,
+    graph: String,
+}
+
+impl Report {
+    fn new(a: &RunArgs, list: bool) -> Self {
+        Self {
+            csv: a.csv,
+            list,
+            header: false,
+            model: a
+                .model
+                .spec
+                .file_stem()
+                .map_or_else(String::new, |s| s.to_string_lossy().into_owned()),
+            contexts: a.contexts,
+            graph: a.engine.graph.clone(),
+        }
+    }
+
+    /// `batch  128  ` before each text line when several batch sizes are measured.
+    fn prefix(&self, batch: usize) -> String {
+        if self.list {
+            format!("batch {batch:>5}  ")
+        } else {
+            String::new()
+        }
+    }
+
+    fn flush(&self) -> Result<()> {
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        Ok(())
+    }
+
+    fn row(
+        &mut self,
+        batch: usize,
+        algo: &str,
+        streams: usize,
+        s: &LatencySummary,
+        engine: &dyn Infer,
+    ) -> Result<()> {
+        let launches = engine.launches_per_request();
+        if self.csv {
+            if !self.header {
+                println!("{CSV_HEADER}");
+                self.header = true;
+            }
+            let opt = |v: Option<f64>| v.map_or_else(String::new, |x| format!("{x:.1}"));
+            println!(
+                "{},{},{algo},{streams},{},{},{batch},{},{:.1},{:.1},{:.1},{:.1},{:.1},{},{},{}",
+                self.model,
+                engine.backend_name(),
+                self.contexts,
+                self.graph,
+                s.count,
+                s.p50_us,
+                s.p90_us,
+                s.p99_us,
+                s.mean_us,
+                s.samples_per_s,
+                opt(s.gpu_p50_us),
+                opt(s.gpu_p99_us),
+                launches.map_or_else(String::new, |n| n.to_string()),
+            );
+        } else {
+            let mut extra = String::new();
+            if let (Some(p50), Some(p99)) = (s.gpu_p50_us, s.gpu_p99_us) {
+                extra.push_str(&format!("  gpu p50 {p50:>10.1} us  p99 {p99:>10.1} us"));
+            }
+            if let Some(n) = launches {
+                extra.push_str(&format!("  {n} launches/request"));
+            }
+            println!(
+                "{}{algo:>13} x{streams:<2} latency p50 {:>10.1} us  p90 {:>10.1} us  p99 {:>10.1} us  throughput {:>10.1} samples/s ({:.1} req/s){extra}",
+                self.prefix(batch),
+                s.p50_us,
+                s.p90_us,
+                s.p99_us,
+                s.samples_per_s,
+                s.samples_per_s / batch as f64
+            );
+        }
+        self.flush()
+    }
+}
+
+/// The CSV header of `run --csv` (xtask/device/run.sh reads these columns).
+pub const CSV_HEADER: &str = "model,backend,algo,streams,contexts,graph,batch,iters,p50_us,p90_us,p99_us,mean_us,samples_per_s,gpu_p50_us,gpu_p99_us,launches";
 
 /// Writes a timeline; an empty one is an error rather than a silent empty file.
 fn write_trace(p: &std::path::Path, events: &[streamrec_runtime::trace::TraceEvent]) -> Result<()> {
@@ -385,35 +620,4 @@ fn with_progress<T>(
     });
     bar.finish_and_clear();
     Ok(out?)
-}
-
-fn print_summary(a: &RunArgs, algo: &str, streams: usize, s: &LatencySummary, backend: &str) {
-    if a.csv {
-        println!("model,backend,algo,streams,contexts,graph,batch,iters,p50_us,p90_us,p99_us,mean_us,samples_per_s");
-        println!(
-            "{},{backend},{algo},{streams},{},{},{},{},{:.1},{:.1},{:.1},{:.1},{:.1}",
-            a.model
-                .spec
-                .file_stem()
-                .map_or_else(String::new, |s| s.to_string_lossy().into_owned()),
-            a.contexts,
-            a.engine.graph,
-            a.batch,
-            s.count,
-            s.p50_us,
-            s.p90_us,
-            s.p99_us,
-            s.mean_us,
-            s.samples_per_s
-        );
-    } else {
-        println!(
-            "{algo:>13} x{streams:<2} latency p50 {:>10.1} us  p90 {:>10.1} us  p99 {:>10.1} us  throughput {:>10.1} samples/s ({:.1} req/s)",
-            s.p50_us,
-            s.p90_us,
-            s.p99_us,
-            s.samples_per_s,
-            s.samples_per_s / a.batch as f64
-        );
-    }
 }

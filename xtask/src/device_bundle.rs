@@ -3,7 +3,8 @@
 //!
 //! The folder holds `bin/streamrec` (release CLI), `bin/cuda-tests` (the release build of
 //! `crates/runtime/tests/cuda.rs`), `bin/cuda-bench` (the `cuda_kernels` criterion bench),
-//! `workloads/*.toml` and `run.sh` (from the template `xtask/device/run.sh`). Binaries are
+//! `workloads/*.toml`, `run.sh` (from the template `xtask/device/run.sh`) and `find-libs.sh` (the
+//! CUDA library search run.sh sources, `xtask/device/find-libs.sh`). Binaries are
 //! stripped of debug info when `strip` is available, so the folder stays well under the 64 MiB a
 //! device run may carry. On the GPU machine: `OUT=<dir> bash .device/run.sh`.
 
@@ -13,6 +14,8 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 const TEMPLATE: &str = include_str!("../device/run.sh");
+/// The CUDA library search that run.sh sources (tested by `xtask/tests/find_libs.rs`).
+const FIND_LIBS: &str = include_str!("../device/find-libs.sh");
 
 const HELP: &str = "\
 cargo xtask device-bundle [--out DIR] [--no-strip]
@@ -69,6 +72,21 @@ pub fn run(args: &[String]) -> Result<()> {
         "cuda",
     )?;
 
+    eprintln!("building the fused-linear test binary ...");
+    let linear = artifact(
+        Command::new(&cargo).current_dir(&root).args([
+            "test",
+            "--release",
+            "-p",
+            "streamrec-kernels",
+            "--test",
+            "cuda_linear",
+            "--no-run",
+            "--message-format=json",
+        ]),
+        "cuda_linear",
+    )?;
+
     eprintln!("building the CUDA kernel bench ...");
     let bench = artifact(
         Command::new(&cargo).current_dir(&root).args([
@@ -91,6 +109,7 @@ pub fn run(args: &[String]) -> Result<()> {
     for (src, name) in [
         (&cli, "streamrec"),
         (&tests, "cuda-tests"),
+        (&linear, "cuda-linear-tests"),
         (&bench, "cuda-bench"),
     ] {
         let dst = bin.join(name);
@@ -121,10 +140,13 @@ pub fn run(args: &[String]) -> Result<()> {
     let script = out.join("run.sh");
     std::fs::write(&script, TEMPLATE.replace("@BUNDLE_INFO@", &info))?;
     set_executable(&script)?;
+    let find_libs = out.join("find-libs.sh");
+    std::fs::write(&find_libs, FIND_LIBS)?;
+    set_executable(&find_libs)?;
 
     let bytes = dir_size(&out)?;
     eprintln!(
-        "wrote {} ({:.1} MiB): bin/streamrec, bin/cuda-tests, bin/cuda-bench, workloads/, run.sh",
+        "wrote {} ({:.1} MiB): bin/streamrec, bin/cuda-tests, bin/cuda-linear-tests, bin/cuda-bench, workloads/, run.sh, find-libs.sh",
         out.display(),
         bytes as f64 / (1 << 20) as f64
     );
@@ -237,5 +259,7 @@ mod tests {
     fn the_template_has_its_placeholder() {
         assert!(super::TEMPLATE.contains("@BUNDLE_INFO@"));
         assert!(super::TEMPLATE.starts_with("#!/usr/bin/env bash"));
+        assert!(super::TEMPLATE.contains(". \"$HERE/find-libs.sh\""));
+        assert!(super::FIND_LIBS.starts_with("#!/usr/bin/env bash"));
     }
 }

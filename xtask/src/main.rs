@@ -16,10 +16,13 @@ tasks:
         multi-stream speed-ups. Writes DIR/engine.csv, contexts.csv, intra-op.csv,
         prediction.csv and the calibrated cpu-profile.toml
         (default DIR: results/<date>-cpu). --quick runs tiny only at batch 1 and 16.
-  device-bundle
+  device-bundle [--out DIR] [--no-strip]
         Builds release binaries and the CUDA test binary into .device/ with .device/run.sh, which
-        on a GPU machine (no cargo there) runs the CUDA tests, the CUDA-vs-CPU correctness check
-        and the streamrec-26 benchmark (writes $OUT/gpu-bench.csv when OUT is set).
+        on a GPU machine (no cargo there) finds the CUDA libraries (never a */stubs folder),
+        probes the device (exit 2 with `no CUDA device` when there is none), runs the CUDA tests,
+        the CUDA-vs-CPU correctness check and the streamrec-26 benchmark (all batch sizes of a
+        plan in one process; $OUT/gpu-bench.csv appended row by row), and starts nothing after
+        DEADLINE seconds (default 480; about 4-5 minutes expected). Knobs: the header of run.sh.
 ";
 
 fn main() -> Result<()> {
