@@ -107,7 +107,10 @@ fn http(
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-length")) {
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+    {
         req.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     for (k, v) in headers {
@@ -520,7 +523,8 @@ fn every_bad_request_is_a_400_naming_the_problem() {
     );
     let b = random_batch(&spec, 2, Skew::Uniform, 5);
     let (body, n) = binary_body(&spec, &b, false);
-    let framing: Vec<(Vec<(&str, String)>, Vec<u8>, &str)> = vec![
+    type Headers<'a> = Vec<(&'a str, String)>;
+    let framing: Vec<(Headers, Vec<u8>, &str)> = vec![
         (
             vec![(
                 "Inference-Header-Content-Length",
@@ -577,7 +581,13 @@ fn every_bad_request_is_a_400_naming_the_problem() {
     );
     // Too large: by Content-Length, and a batch over max_batch.
     // (Only the head is sent: the server answers from Content-Length without reading a byte.)
-    let r = http(a, "POST", INFER, &[("Content-Length", ((1 << 20) + 1).to_string())], b"");
+    let r = http(
+        a,
+        "POST",
+        INFER,
+        &[("Content-Length", ((1 << 20) + 1).to_string())],
+        b"",
+    );
     assert_eq!(r.status, 413);
     assert!(
         r.error().contains("more than the limit of 1048576 bytes"),

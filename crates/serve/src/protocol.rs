@@ -210,6 +210,32 @@ pub struct Encoded {
     pub header_len: Option<usize>,
 }
 
+#[derive(serde::Serialize)]
+struct OutParams {
+    binary_data_size: usize,
+}
+
+#[derive(serde::Serialize)]
+struct Output<'a> {
+    name: &'static str,
+    datatype: &'static str,
+    shape: [usize; 2],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<OutParams>,
+    /// f32 values, written in their shortest round-trip form.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a [f32]>,
+}
+
+#[derive(serde::Serialize)]
+struct Response<'a> {
+    model_name: &'a str,
+    model_version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    outputs: [Output<'a>; 1],
+}
+
 /// Encodes the scores of one request.
 pub fn encode_response(
     model: &str,
@@ -218,36 +244,35 @@ pub fn encode_response(
     scores: &[f32],
     binary: bool,
 ) -> Encoded {
-    let mut out = json!({
-        "model_name": model,
-        "model_version": version,
-    });
-    if let Some(id) = id {
-        out["id"] = Value::String(id.into());
-    }
-    if binary {
-        out["outputs"] = json!([{
-            "name": OUTPUT, "datatype": "FP32", "shape": [scores.len(), 1],
-            "parameters": {"binary_data_size": scores.len() * 4},
-        }]);
-        let mut body = serde_json::to_vec(&out).expect("JSON serialises");
-        let header_len = body.len();
-        body.reserve(scores.len() * 4);
-        for s in scores {
-            body.extend_from_slice(&s.to_le_bytes());
-        }
-        Encoded {
+    let out = Response {
+        model_name: model,
+        model_version: version,
+        id,
+        outputs: [Output {
+            name: OUTPUT,
+            datatype: "FP32",
+            shape: [scores.len(), 1],
+            parameters: binary.then(|| OutParams {
+                binary_data_size: scores.len() * 4,
+            }),
+            data: (!binary).then_some(scores),
+        }],
+    };
+    let mut body = serde_json::to_vec(&out).expect("JSON serialises");
+    if !binary {
+        return Encoded {
             body,
-            header_len: Some(header_len),
-        }
-    } else {
-        out["outputs"] = json!([{
-            "name": OUTPUT, "datatype": "FP32", "shape": [scores.len(), 1], "data": scores,
-        }]);
-        Encoded {
-            body: serde_json::to_vec(&out).expect("JSON serialises"),
             header_len: None,
-        }
+        };
+    }
+    let header_len = body.len();
+    body.reserve(scores.len() * 4);
+    for s in scores {
+        body.extend_from_slice(&s.to_le_bytes());
+    }
+    Encoded {
+        body,
+        header_len: Some(header_len),
     }
 }
 
