@@ -22,6 +22,7 @@ use streamrec::runtime::trace::TraceEvent;
 use streamrec::runtime::{
     Batch, CpuBackend, Engine, EngineConfig, IndexVec, Infer, RuntimeError, Weights,
 };
+use streamrec::serve::fuzz;
 use streamrec::serve::protocol::parse_infer;
 use streamrec::serve::{Model, Running, ServeConfig, Server};
 
@@ -823,53 +824,13 @@ fn fuzzed_bodies_never_panic_the_parser_or_the_server() {
     let json_seed = serde_json::to_vec(&valid(&spec)).unwrap();
     let b = random_batch(&spec, 3, Skew::Uniform, 8);
     let (bin_seed, bin_n) = binary_body(&spec, &b, true);
-    let tokens: [&[u8]; 12] = [
-        b"{",
-        b"}",
-        b"[",
-        b"]",
-        b",",
-        b":",
-        b"\"",
-        b"-1",
-        b"1e999",
-        b"null",
-        b"\"INT32\"",
-        b"18446744073709551616",
-    ];
-    let mutate = |rng: &mut StdRng, seed: &[u8]| -> Vec<u8> {
-        let mut v = seed.to_vec();
-        for _ in 0..rng.random_range(1..6) {
-            let i = rng.random_range(0..v.len().max(1));
-            let len = v.len();
-            match rng.random_range(0..5) {
-                0 if len > 0 => v[i.min(len - 1)] = rng.random(),
-                1 if len > 0 => {
-                    v.remove(i.min(len - 1));
-                }
-                2 => {
-                    let t = tokens[rng.random_range(0..tokens.len())];
-                    let at = i.min(len);
-                    v.splice(at..at, t.iter().copied());
-                }
-                3 => v.truncate(i),
-                _ => {
-                    let j = rng.random_range(0..len.max(1));
-                    if i < len && j < len {
-                        v.swap(i, j);
-                    }
-                }
-            }
-        }
-        v
-    };
     let (mut ok, mut bad) = (0, 0);
     let mut bodies_for_http = Vec::new();
     for n in 0..100_000u32 {
         let (body, header) = match n % 3 {
-            0 => (mutate(&mut rng, &json_seed), None),
+            0 => (fuzz::mutate(&mut rng, &json_seed), None),
             1 => {
-                let body = mutate(&mut rng, &bin_seed);
+                let body = fuzz::mutate(&mut rng, &bin_seed);
                 let h = if rng.random_bool(0.8) {
                     bin_n
                 } else {
@@ -877,10 +838,7 @@ fn fuzzed_bodies_never_panic_the_parser_or_the_server() {
                 };
                 (body, Some(h))
             }
-            _ => {
-                let len = rng.random_range(0..64);
-                ((0..len).map(|_| rng.random()).collect(), None)
-            }
+            _ => (fuzz::random_bytes(&mut rng, 64), None),
         };
         match parse_infer(&body, header, &spec) {
             Ok(_) => ok += 1,

@@ -33,7 +33,7 @@ pub struct ServeArgs {
     /// Most samples per engine execution after dynamic batching (default 256).
     #[arg(long, value_name = "B")]
     max_batch: Option<usize>,
-    /// Longest wait for a batch to fill, in microseconds (default 200).
+    /// Longest wait for a batch to fill, in microseconds (default 0: run what is queued).
     #[arg(long, value_name = "US")]
     max_queue_delay_us: Option<u64>,
     /// Execution contexts, each with a batcher thread (default 1).

@@ -1,7 +1,10 @@
-//! `cargo xtask`: experiment orchestration for StreamRec (`bench`, `device-bundle`).
+//! `cargo xtask`: experiment orchestration for StreamRec (`bench`, `serve-bench`, `fuzz`,
+//! `device-bundle`).
 
 mod bench;
 mod device_bundle;
+mod fuzz;
+mod serve_bench;
 
 use anyhow::Result;
 
@@ -16,6 +19,14 @@ tasks:
         multi-stream speed-ups. Writes DIR/engine.csv, contexts.csv, intra-op.csv,
         prediction.csv and the calibrated cpu-profile.toml
         (default DIR: results/<date>-cpu). --quick runs tiny only at batch 1 and 16.
+  serve-bench [--secs S] [--clients N] [--rounds R] [--row-cap N] [--out DIR]
+        What the HTTP server adds over calling the engine directly, side by side in one run over
+        loopback with keep-alive: tiny at batch 1 and streamrec-26 (row-capped) at batch 128,
+        requests/s and p50/p99 with 1 client and with N (default 8), median of R rounds (default
+        3) of S seconds (default 2) with their spread. --out DIR writes DIR/serve.csv.
+  fuzz [--secs N] [--seed S]
+        Random and mutated infer bodies (JSON and binary) through the parser and every 20th
+        through a live server for N seconds (default 30): no panic, only 200 or 4xx.
   device-bundle [--out DIR] [--no-strip]
         Builds release binaries and the CUDA test binary into .device/ with .device/run.sh, which
         on a GPU machine (no cargo there) finds the CUDA libraries (never a */stubs folder),
@@ -30,6 +41,8 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("bench") => bench::run(&args[1..]),
         Some("device-bundle") => device_bundle::run(&args[1..]),
+        Some("serve-bench") => serve_bench::run(&args[1..]),
+        Some("fuzz") => fuzz::run(&args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
             print!("{HELP}");
             Ok(())

@@ -20,6 +20,9 @@ pub struct ServeConfig {
     /// Most samples in one engine execution (the engine's max batch).
     pub max_batch: usize,
     /// Longest wait of the oldest queued request for others to batch with, in microseconds.
+    /// The default 0 never waits: a free worker takes everything queued (up to `max_batch`),
+    /// so batches form from the requests that arrive while the engine is busy, and a lone
+    /// request pays no delay.
     pub max_queue_delay_us: u64,
     /// Most samples waiting in the queue; beyond it, 503 with Retry-After.
     pub queue_capacity: usize,
@@ -45,7 +48,7 @@ impl Default for ServeConfig {
             host: "127.0.0.1".into(),
             port: 8000,
             max_batch: 256,
-            max_queue_delay_us: 200,
+            max_queue_delay_us: 0,
             queue_capacity: 4096,
             max_body_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_inflight: 1024,

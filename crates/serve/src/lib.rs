@@ -34,6 +34,7 @@
 pub mod batcher;
 pub mod config;
 pub mod error;
+pub mod fuzz;
 pub mod metrics;
 pub mod protocol;
 pub mod server;

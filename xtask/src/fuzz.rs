@@ -1,0 +1,185 @@
+//! `cargo xtask fuzz --secs N`: random and mutated infer bodies (JSON and Triton binary)
+//! through the request parser, and a share of them through a live server over loopback, for a
+//! bounded time; any panic, or an answer other than 200 or 4xx, is a failure.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use streamrec_graph::{ModelSpec, OpGraph, Plan};
+use streamrec_runtime::gen::{random_batch, Skew};
+use streamrec_runtime::request::InferRequest;
+use streamrec_runtime::{CpuBackend, Engine, EngineConfig, IndexVec, Weights};
+use streamrec_serve::fuzz::{mutate, random_bytes};
+use streamrec_serve::protocol::parse_infer;
+use streamrec_serve::{Model, ServeConfig, Server};
+
+/// One request on a fresh connection; the status code.
+fn post(addr: SocketAddr, body: &[u8], header: Option<usize>) -> Result<u16> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut head = format!(
+        "POST /v2/models/tiny/infer HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(n) = header {
+        head.push_str(&format!("Inference-Header-Content-Length: {n}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let line = String::from_utf8_lossy(&raw[..raw.len().min(16)]).to_string();
+    line.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("no status line in {line:?}"))
+}
+
+/// Runs the task.
+pub fn run(args: &[String]) -> Result<()> {
+    let mut secs = 30.0f64;
+    let mut seed = 1u64;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--secs" => {
+                secs = it
+                    .next()
+                    .context("--secs needs a number")?
+                    .parse()
+                    .context("--secs needs a number")?;
+                if !(secs.is_finite() && secs > 0.0 && secs <= 86_400.0) {
+                    bail!("--secs: must be in (0, 86400]");
+                }
+            }
+            "--seed" => {
+                seed = it
+                    .next()
+                    .context("--seed needs a number")?
+                    .parse()
+                    .context("--seed needs a number")?
+            }
+            x => bail!("fuzz: unknown option `{x}`"),
+        }
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../workloads/tiny.toml");
+    let spec = ModelSpec::load(&path, None)?;
+    let graph = OpGraph::from_spec(&spec);
+    let weights = Weights::for_graph(&graph)?;
+    let engine = Engine::new(
+        CpuBackend::new(),
+        Arc::new(graph.clone()),
+        Plan::single(&graph),
+        &weights,
+        EngineConfig {
+            max_batch: 64,
+            ..EngineConfig::default()
+        },
+    )?;
+    let server = Server::start(
+        ServeConfig {
+            port: 0,
+            max_batch: 64,
+            ..ServeConfig::default()
+        },
+        Model {
+            spec: spec.clone(),
+            engine: Arc::new(engine),
+        },
+    )?
+    .spawn();
+    let addr = server.addr();
+    let mut b = random_batch(&spec, 3, Skew::Uniform, 8);
+    let json_seed = serde_json::to_vec(&InferRequest::from_batch(&spec, &b))?;
+    // A binary-extension seed with INT32 indices.
+    for s in &mut b.sparse {
+        s.indices = IndexVec::I32(s.indices.to_i64().iter().map(|&x| x as i32).collect());
+        s.offsets = IndexVec::I32(s.offsets.to_i64().iter().map(|&x| x as i32).collect());
+    }
+    let req = InferRequest::from_batch(&spec, &b);
+    let mut head = serde_json::json!({"inputs": []});
+    let mut raw = Vec::new();
+    for t in &req.inputs {
+        let bytes: Vec<u8> = match t.datatype.as_str() {
+            "FP32" => t
+                .data
+                .to_f32()
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect(),
+            _ => t
+                .data
+                .as_i64()
+                .unwrap_or_default()
+                .iter()
+                .flat_map(|&x| (x as i32).to_le_bytes())
+                .collect(),
+        };
+        head["inputs"]
+            .as_array_mut()
+            .expect("array")
+            .push(serde_json::json!({
+                "name": t.name, "shape": t.shape, "datatype": t.datatype,
+                "parameters": {"binary_data_size": bytes.len()},
+            }));
+        raw.extend_from_slice(&bytes);
+    }
+    let mut bin_seed = serde_json::to_vec(&head)?;
+    let bin_n = bin_seed.len();
+    bin_seed.extend_from_slice(&raw);
+
+    let mut rng = StdRng::seed_from_u64(seed);
+    let start = Instant::now();
+    let (mut n, mut accepted, mut http) = (0u64, 0u64, 0u64);
+    let mut statuses = std::collections::BTreeMap::new();
+    while start.elapsed().as_secs_f64() < secs {
+        let (body, header) = match n % 3 {
+            0 => (mutate(&mut rng, &json_seed), None),
+            1 => {
+                let body = mutate(&mut rng, &bin_seed);
+                let h = if rng.random_bool(0.8) {
+                    bin_n
+                } else {
+                    rng.random_range(0..body.len() + 2)
+                };
+                (body, Some(h))
+            }
+            _ => (random_bytes(&mut rng, 256), None),
+        };
+        if parse_infer(&body, header, &spec).is_ok() {
+            accepted += 1;
+        }
+        if n % 20 == 0 {
+            let status = post(addr, &body, header)?;
+            if !(status == 200 || (400..500).contains(&status)) {
+                bail!(
+                    "body {n} got status {status}: {:?}",
+                    String::from_utf8_lossy(&body)
+                );
+            }
+            *statuses.entry(status).or_insert(0u64) += 1;
+            http += 1;
+        }
+        n += 1;
+        if n % 100_000 == 0 {
+            eprintln!(
+                "{n} bodies in {:.0} s ({accepted} accepted)",
+                start.elapsed().as_secs_f64()
+            );
+        }
+    }
+    server.stop()?;
+    println!(
+        "fuzz: {n} bodies through the parser ({accepted} accepted, {} refused with a message), \
+         {http} through HTTP: {statuses:?}; no panic, only 200 and 4xx (seed {seed}, {secs} s)",
+        n - accepted
+    );
+    Ok(())
+}

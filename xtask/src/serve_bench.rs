@@ -1,0 +1,298 @@
+//! `cargo xtask serve-bench`: what the HTTP server adds over calling the engine directly,
+//! measured side by side in one run over loopback with keep-alive connections: tiny at batch
+//! 1 and streamrec-26 (row-capped) at batch 128; requests/s and p50/p99, with one client
+//! (latency) and with several (throughput), in interleaved rounds with their spread.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use hdrhistogram::Histogram;
+use streamrec_graph::{ModelSpec, OpGraph, Plan};
+use streamrec_runtime::gen::{random_batch, Skew};
+use streamrec_runtime::request::InferRequest;
+use streamrec_runtime::{CpuBackend, Engine, EngineConfig, Infer, Weights};
+use streamrec_serve::{Model, ServeConfig, Server};
+
+struct Opts {
+    secs: f64,
+    clients: usize,
+    row_cap: usize,
+    rounds: usize,
+    out: Option<PathBuf>,
+}
+
+fn parse(args: &[String]) -> Result<Opts> {
+    let mut o = Opts {
+        secs: 2.0,
+        clients: 8,
+        row_cap: 100_000,
+        rounds: 3,
+        out: None,
+    };
+    let mut it = args.iter();
+    let num = |v: Option<&String>, flag: &str| -> Result<f64> {
+        let x: f64 = v
+            .with_context(|| format!("{flag} needs a number"))?
+            .parse()
+            .with_context(|| format!("{flag} needs a number"))?;
+        if !(x.is_finite() && x > 0.0 && x <= 1e6) {
+            bail!("{flag}: must be a number in (0, 1e6]");
+        }
+        Ok(x)
+    };
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--secs" => o.secs = num(it.next(), "--secs")?.min(60.0),
+            "--clients" => o.clients = (num(it.next(), "--clients")? as usize).clamp(1, 256),
+            "--row-cap" => o.row_cap = num(it.next(), "--row-cap")? as usize,
+            "--rounds" => o.rounds = (num(it.next(), "--rounds")? as usize).clamp(1, 20),
+            "--out" => o.out = Some(PathBuf::from(it.next().context("--out needs a folder")?)),
+            x => bail!("serve-bench: unknown option `{x}`"),
+        }
+    }
+    Ok(o)
+}
+
+/// A keep-alive HTTP/1.1 client for one prepared request.
+struct Client {
+    conn: BufReader<TcpStream>,
+    head: Vec<u8>,
+    body: Arc<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    fn new(addr: SocketAddr, path: &str, body: Arc<Vec<u8>>) -> Result<Self> {
+        let s = TcpStream::connect(addr)?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        Ok(Self {
+            conn: BufReader::new(s),
+            head,
+            body,
+            buf: Vec::new(),
+        })
+    }
+
+    fn call(&mut self) -> Result<()> {
+        let s = self.conn.get_mut();
+        s.write_all(&self.head)?;
+        s.write_all(&self.body)?;
+        let mut line = String::new();
+        self.conn.read_line(&mut line)?;
+        if !line.starts_with("HTTP/1.1 200") {
+            bail!("server answered {}", line.trim());
+        }
+        let mut len = 0usize;
+        loop {
+            line.clear();
+            self.conn.read_line(&mut line)?;
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse()?;
+                }
+            }
+        }
+        self.buf.resize(len, 0);
+        self.conn.read_exact(&mut self.buf)?;
+        Ok(())
+    }
+}
+
+/// One measurement: requests/s and latency percentiles.
+#[derive(Clone, Copy)]
+struct Figures {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+/// `clients` threads each calling `f` back to back for `secs` (at most 2 million calls).
+fn closed_loop(
+    clients: usize,
+    secs: f64,
+    make: impl Fn() -> Result<Box<dyn FnMut() -> Result<()> + Send>> + Sync,
+) -> Result<Figures> {
+    let done = AtomicUsize::new(0);
+    let start = Instant::now();
+    let limit = Duration::from_secs_f64(secs);
+    let hists: Vec<Result<Histogram<u64>>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..clients)
+            .map(|_| {
+                let (make, done) = (&make, &done);
+                s.spawn(move || -> Result<Histogram<u64>> {
+                    let mut f = make()?;
+                    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+                    while start.elapsed() < limit
+                        && done.fetch_add(1, Ordering::Relaxed) < 2_000_000
+                    {
+                        let t = Instant::now();
+                        f()?;
+                        h.record((t.elapsed().as_nanos() as u64).max(1))?;
+                    }
+                    Ok(h)
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("client thread"))
+            .collect()
+    });
+    let wall = start.elapsed().as_secs_f64();
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    for h in hists {
+        all.add(h?)?;
+    }
+    Ok(Figures {
+        rps: all.len() as f64 / wall,
+        p50_us: all.value_at_quantile(0.5) as f64 / 1e3,
+        p99_us: all.value_at_quantile(0.99) as f64 / 1e3,
+    })
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn spread(v: &[f64]) -> f64 {
+    let (lo, hi) = v
+        .iter()
+        .fold((f64::INFINITY, 0f64), |(l, h), &x| (l.min(x), h.max(x)));
+    let mut s = v.to_vec();
+    (hi - lo) / median(&mut s)
+}
+
+/// Runs the task.
+pub fn run(args: &[String]) -> Result<()> {
+    let o = parse(args)?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut table = String::new();
+    let mut csv = String::from(
+        "model,batch,mode,clients,rounds,requests_per_s,p50_us,p99_us,rps_spread,p50_spread\n",
+    );
+    for (file, cap, batch) in [
+        ("tiny.toml", None, 1usize),
+        ("streamrec-26.toml", Some(o.row_cap), 128),
+    ] {
+        let path = root.join("workloads").join(file);
+        let spec = ModelSpec::load(&path, cap).with_context(|| path.display().to_string())?;
+        let graph = OpGraph::from_spec(&spec);
+        let weights = Weights::for_graph(&graph)?;
+        let contexts = 2;
+        let engine: Arc<dyn Infer> = Arc::new(Engine::new(
+            CpuBackend::new(),
+            Arc::new(graph.clone()),
+            Plan::single(&graph),
+            &weights,
+            EngineConfig {
+                contexts,
+                max_batch: batch.max(256),
+                graphs: false,
+                trace: false,
+                validate: true,
+            },
+        )?);
+        let b = Arc::new(random_batch(&spec, batch, Skew::Uniform, 3));
+        let body = Arc::new(serde_json::to_vec(&InferRequest::from_batch(&spec, &b))?);
+        let server = Server::start(
+            ServeConfig {
+                port: 0,
+                max_batch: batch.max(256),
+                contexts,
+                ..ServeConfig::default()
+            },
+            Model {
+                spec: spec.clone(),
+                engine: Arc::clone(&engine),
+            },
+        )?
+        .spawn();
+        let addr = server.addr();
+        let infer_path = format!("/v2/models/{}/infer", spec.name);
+        eprintln!(
+            "{} batch {batch}: {} rounds of {:.1} s per setting",
+            spec.name, o.rounds, o.secs
+        );
+        for clients in [1, o.clients] {
+            let (mut direct, mut served) = (Vec::new(), Vec::new());
+            for _ in 0..o.rounds {
+                direct.push(closed_loop(clients, o.secs, || {
+                    let (e, b) = (Arc::clone(&engine), Arc::clone(&b));
+                    Ok(Box::new(move || {
+                        e.infer(&b).map(|_| ()).map_err(Into::into)
+                    }))
+                })?);
+                served.push(closed_loop(clients, o.secs, || {
+                    let mut c = Client::new(addr, &infer_path, Arc::clone(&body))?;
+                    Ok(Box::new(move || c.call()))
+                })?);
+            }
+            let summary = |runs: &[Figures]| {
+                let rps: Vec<f64> = runs.iter().map(|f| f.rps).collect();
+                let p50: Vec<f64> = runs.iter().map(|f| f.p50_us).collect();
+                let mut p99: Vec<f64> = runs.iter().map(|f| f.p99_us).collect();
+                (
+                    median(&mut rps.clone()),
+                    median(&mut p50.clone()),
+                    median(&mut p99),
+                    spread(&rps),
+                    spread(&p50),
+                )
+            };
+            let d = summary(&direct);
+            let s = summary(&served);
+            for (mode, f) in [("direct", d), ("server", s)] {
+                let _ = writeln!(
+                    csv,
+                    "{},{batch},{mode},{clients},{},{:.1},{:.1},{:.1},{:.3},{:.3}",
+                    spec.name, o.rounds, f.0, f.1, f.2, f.3, f.4
+                );
+                let _ = writeln!(
+                    table,
+                    "{:<13} {batch:>5} {mode:>7} {clients:>7} {:>12.0} {:>10.1} {:>10.1}   (spread rps {:.0}%, p50 {:.0}%)",
+                    spec.name,
+                    f.0,
+                    f.1,
+                    f.2,
+                    f.3 * 100.0,
+                    f.4 * 100.0
+                );
+            }
+            let _ = writeln!(
+                table,
+                "{:<13} {batch:>5} server adds p50 {:.1} us, throughput {:.2}x of direct, with {clients} client(s)",
+                spec.name,
+                s.1 - d.1,
+                s.0 / d.0
+            );
+        }
+        server.stop()?;
+    }
+    println!(
+        "{:<13} {:>5} {:>7} {:>7} {:>12} {:>10} {:>10}",
+        "model", "batch", "mode", "clients", "requests/s", "p50 us", "p99 us"
+    );
+    print!("{table}");
+    if let Some(out) = &o.out {
+        std::fs::create_dir_all(out)?;
+        std::fs::write(out.join("serve.csv"), &csv)?;
+        println!("wrote {}", out.join("serve.csv").display());
+    }
+    Ok(())
+}
