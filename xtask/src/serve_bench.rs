@@ -208,6 +208,25 @@ pub fn run(args: &[String]) -> Result<()> {
                 validate: true,
             },
         )?);
+        // What parsing costs: a 100-sample JSON body through the server's parser and checks.
+        let hundred = serde_json::to_vec(&InferRequest::from_batch(
+            &spec,
+            &random_batch(&spec, 100, Skew::Uniform, 5),
+        ))?;
+        let mut times = Vec::with_capacity(200);
+        for _ in 0..200 {
+            let t = Instant::now();
+            streamrec_serve::protocol::parse_infer(&hundred, None, &spec)
+                .map_err(anyhow::Error::msg)?;
+            times.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        let _ = writeln!(
+            table,
+            "{:<13} parse + validate a 100-sample JSON body ({} bytes): median {:.1} us",
+            spec.name,
+            hundred.len(),
+            median(&mut times)
+        );
         let b = Arc::new(random_batch(&spec, batch, Skew::Uniform, 3));
         let body = Arc::new(serde_json::to_vec(&InferRequest::from_batch(&spec, &b))?);
         let server = Server::start(
