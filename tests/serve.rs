@@ -816,61 +816,136 @@ fn a_fatal_engine_error_turns_readiness_false() {
     srv.stop().unwrap();
 }
 
-/// Random and mutated bodies: the parser never panics and always answers Ok or a message.
+/// POSTs on a keep-alive connection (opened again after an error or `Connection: close`);
+/// the status, or None when the connection failed.
+fn post_keep_alive(
+    conn: &mut Option<std::io::BufReader<TcpStream>>,
+    addr: SocketAddr,
+    body: &[u8],
+    header: Option<usize>,
+) -> Option<u16> {
+    use std::io::BufRead;
+    if conn.is_none() {
+        let s = TcpStream::connect(addr).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+        s.set_nodelay(true).ok()?;
+        *conn = Some(std::io::BufReader::new(s));
+    }
+    let c = conn.as_mut()?;
+    let mut head = format!(
+        "POST {INFER} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(n) = header {
+        head.push_str(&format!("Inference-Header-Content-Length: {n}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut req = head.into_bytes();
+    req.extend_from_slice(body);
+    let sent = c.get_mut().write_all(&req).is_ok();
+    let mut read = || -> Option<(u16, bool)> {
+        let mut line = String::new();
+        c.read_line(&mut line).ok()?;
+        let status = line.split(' ').nth(1)?.parse().ok()?;
+        let (mut len, mut close) = (0usize, false);
+        loop {
+            line.clear();
+            c.read_line(&mut line).ok()?;
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            let (k, v) = l.split_once(':')?;
+            match k.trim().to_ascii_lowercase().as_str() {
+                "content-length" => len = v.trim().parse().ok()?,
+                "connection" => close = v.trim().eq_ignore_ascii_case("close"),
+                _ => {}
+            }
+        }
+        let mut rest = vec![0u8; len];
+        c.read_exact(&mut rest).ok()?;
+        Some((status, close))
+    };
+    let got = if sent { read() } else { None };
+    match got {
+        Some((status, close)) => {
+            if close {
+                *conn = None;
+            }
+            Some(status)
+        }
+        None => {
+            *conn = None;
+            None
+        }
+    }
+}
+
+/// 100,000 random and mutated bodies (JSON and binary), each through the parser and through
+/// the HTTP layer of a live server: no panic, the parser answers Ok or a message, the server
+/// only 200 or 4xx, and it stays ready.
 #[test]
 fn fuzzed_bodies_never_panic_the_parser_or_the_server() {
     let spec = tiny();
-    let mut rng = StdRng::seed_from_u64(0x5eed);
     let json_seed = serde_json::to_vec(&valid(&spec)).unwrap();
     let b = random_batch(&spec, 3, Skew::Uniform, 8);
     let (bin_seed, bin_n) = binary_body(&spec, &b, true);
-    let (mut ok, mut bad) = (0, 0);
-    let mut bodies_for_http = Vec::new();
-    for n in 0..100_000u32 {
-        let (body, header) = match n % 3 {
-            0 => (fuzz::mutate(&mut rng, &json_seed), None),
-            1 => {
-                let body = fuzz::mutate(&mut rng, &bin_seed);
-                let h = if rng.random_bool(0.8) {
-                    bin_n
-                } else {
-                    rng.random_range(0..body.len() + 2)
-                };
-                (body, Some(h))
-            }
-            _ => (fuzz::random_bytes(&mut rng, 64), None),
-        };
-        match parse_infer(&body, header, &spec) {
-            Ok(_) => ok += 1,
-            Err(e) => {
-                assert!(!e.is_empty());
-                bad += 1;
-            }
-        }
-        if n % 50 == 0 {
-            bodies_for_http.push((body, header));
-        }
-    }
-    assert_eq!(ok + bad, 100_000);
-    // A share of them through the HTTP layer: only 200 or 4xx, and the server stays up.
     let srv = serve(config(), engine(&spec, 64, 1));
     let a = srv.addr();
-    for (body, header) in &bodies_for_http {
-        let h: Vec<(&str, String)> = header
-            .iter()
-            .map(|n| ("Inference-Header-Content-Length", n.to_string()))
+    let threads = 4u64;
+    let per = 25_000u32;
+    let counts: Vec<(u32, u32, u32)> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..threads)
+            .map(|t| {
+                let (spec, json_seed, bin_seed) = (&spec, &json_seed, &bin_seed);
+                s.spawn(move || {
+                    let mut rng = StdRng::seed_from_u64(0x5eed + t);
+                    let (mut ok, mut bad, mut served) = (0, 0, 0);
+                    let mut conn = None;
+                    for n in 0..per {
+                        let (body, header) = match n % 3 {
+                            0 => (fuzz::mutate(&mut rng, json_seed), None),
+                            1 => {
+                                let body = fuzz::mutate(&mut rng, bin_seed);
+                                let h = if rng.random_bool(0.8) {
+                                    bin_n
+                                } else {
+                                    rng.random_range(0..body.len() + 2)
+                                };
+                                (body, Some(h))
+                            }
+                            _ => (fuzz::random_bytes(&mut rng, 64), None),
+                        };
+                        match parse_infer(&body, header, spec) {
+                            Ok(_) => ok += 1,
+                            Err(e) => {
+                                assert!(!e.is_empty());
+                                bad += 1;
+                            }
+                        }
+                        // A connection error is retried once on a new connection.
+                        let status = post_keep_alive(&mut conn, a, &body, header)
+                            .or_else(|| post_keep_alive(&mut conn, a, &body, header))
+                            .unwrap_or_else(|| panic!("no answer to body {n} of thread {t}"));
+                        assert!(
+                            status == 200 || (400..500).contains(&status),
+                            "status {status} for {:?}",
+                            String::from_utf8_lossy(&body)
+                        );
+                        served += 1;
+                    }
+                    (ok, bad, served)
+                })
+            })
             .collect();
-        let r = http(a, "POST", INFER, &h, body);
-        assert!(
-            r.status == 200 || (400..500).contains(&r.status),
-            "status {}",
-            r.status
-        );
-    }
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ok: u32 = counts.iter().map(|c| c.0).sum();
+    let bad: u32 = counts.iter().map(|c| c.1).sum();
+    let served: u32 = counts.iter().map(|c| c.2).sum();
+    assert_eq!(ok + bad, 100_000);
+    assert_eq!(served, 100_000);
     assert_eq!(get(a, "/v2/health/ready").status, 200);
-    println!(
-        "fuzz: {ok} accepted, {bad} refused by the parser; {} through HTTP",
-        bodies_for_http.len()
-    );
+    println!("fuzz: {ok} accepted, {bad} refused by the parser; {served} through HTTP");
     srv.stop().unwrap();
 }
