@@ -949,3 +949,28 @@ fn fuzzed_bodies_never_panic_the_parser_or_the_server() {
     println!("fuzz: {ok} accepted, {bad} refused by the parser; {served} through HTTP");
     srv.stop().unwrap();
 }
+
+#[test]
+fn the_plan_view_is_served_read_only_at_ui() {
+    let spec = tiny();
+    let plain = serve(config(), engine(&spec, 64, 1));
+    assert_eq!(get(plain.addr(), "/ui").status, 404);
+    plain.stop().unwrap();
+    let server = Server::start(
+        config(),
+        Model {
+            spec: tiny(),
+            engine: engine(&spec, 64, 1),
+        },
+    )
+    .unwrap();
+    server.set_ui("<!doctype html><title>plan</title>".into());
+    let srv = server.spawn();
+    let r = get(srv.addr(), "/ui");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["content-type"], "text/html; charset=utf-8");
+    assert_eq!(r.body, b"<!doctype html><title>plan</title>");
+    let r = post(srv.addr(), "/ui", b"<script>");
+    assert_eq!(r.status, 405);
+    srv.stop().unwrap();
+}

@@ -52,6 +52,8 @@ struct State {
     batcher: Batcher,
     metrics: Arc<Metrics>,
     inflight: AtomicUsize,
+    /// The plan view served at `/ui`, when one was given.
+    ui: std::sync::OnceLock<String>,
 }
 
 impl State {
@@ -141,9 +143,16 @@ impl Server {
                 batcher,
                 metrics,
                 inflight: AtomicUsize::new(0),
+                ui: std::sync::OnceLock::new(),
             }),
             listener,
         })
+    }
+
+    /// Serves `html` (a self-contained page, e.g. the plan view of `streamrec plan --html`)
+    /// read-only at `GET /ui`; without it `/ui` is a 404. Only the first call counts.
+    pub fn set_ui(&self, html: String) {
+        let _ = self.state.ui.set(html);
     }
 
     /// The bound address.
@@ -291,6 +300,7 @@ enum Route<'a> {
     Ready,
     ServerMeta,
     Metrics,
+    Ui,
     ModelMeta(&'a str, Option<&'a str>),
     ModelReady(&'a str, Option<&'a str>),
     Infer(&'a str, Option<&'a str>),
@@ -303,6 +313,7 @@ fn route(path: &str) -> Option<Route<'_>> {
         ["v2", "health", "ready"] => Route::Ready,
         ["v2"] => Route::ServerMeta,
         ["metrics"] => Route::Metrics,
+        ["ui"] => Route::Ui,
         ["v2", "models", m] => Route::ModelMeta(m, None),
         ["v2", "models", m, "ready"] => Route::ModelReady(m, None),
         ["v2", "models", m, "infer"] => Route::Infer(m, None),
@@ -374,6 +385,17 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, Infal
             state.metrics.encode().into_bytes(),
             "text/plain; version=0.0.4; charset=utf-8",
         ),
+        Route::Ui => match state.ui.get() {
+            Some(html) => respond(
+                StatusCode::OK,
+                html.clone().into_bytes(),
+                "text/html; charset=utf-8",
+            ),
+            None => error(
+                StatusCode::NOT_FOUND,
+                "no plan view was given to this server",
+            ),
+        },
         Route::ModelMeta(m, v) => wrong_model(&state, m, v).unwrap_or_else(|| {
             json(
                 StatusCode::OK,
