@@ -13,7 +13,7 @@ use crate::cost::CostModel;
 use crate::error::GraphError;
 use crate::ir::OpGraph;
 use crate::plan::{Plan, Step};
-use crate::sim::{simulate, SimMode};
+use crate::sim::{simulate, SimMode, SimResult};
 
 /// One row of `--compare`.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -40,32 +40,71 @@ pub fn compare(
     batch: usize,
     cost: &CostModel,
 ) -> Result<Vec<CompareRow>, GraphError> {
-    let mut rows: Vec<CompareRow> = Vec::new();
+    Ok(compare_plans(g, max_streams, batch, cost, None)?
+        .into_iter()
+        .map(|c| c.row)
+        .collect())
+}
+
+/// One algorithm's plan, both modes' simulations of it and its row of [`compare`].
+#[derive(Clone, Debug)]
+pub struct Compared {
+    /// The algorithm asked for.
+    pub algorithm: Algorithm,
+    /// Its plan and the graph the plan is for.
+    pub planned: Planned,
+    /// The plan simulated launching op by op.
+    pub eager: SimResult,
+    /// The plan simulated as a captured-graph replay.
+    pub graph: SimResult,
+    /// The summary row.
+    pub row: CompareRow,
+}
+
+/// What [`compare`] computes, with the plans and per-op simulations kept: one entry per
+/// algorithm (the five concrete ones, then `auto` choosing for graph mode). `fuse` fuses the
+/// embeddings into that many groups first for every algorithm (`None`: the concrete algorithms
+/// unfused and `auto` deciding, as [`compare`] does).
+pub fn compare_plans(
+    g: &OpGraph,
+    max_streams: usize,
+    batch: usize,
+    cost: &CostModel,
+    fuse: Option<usize>,
+) -> Result<Vec<Compared>, GraphError> {
+    let mut out: Vec<Compared> = Vec::new();
     for algo in Algorithm::ALL.into_iter().chain([Algorithm::Auto]) {
         let cfg = AssignConfig {
             algo,
             max_streams,
             batch,
             mode: SimMode::Graph,
-            fuse: None,
+            fuse,
         };
-        let Planned { graph, plan } = assign(g, &cfg, cost)?;
-        let eager = simulate(&graph, &plan, cost, batch, SimMode::Eager).latency_us;
-        let graph_us = simulate(&graph, &plan, cost, batch, SimMode::Graph).latency_us;
-        rows.push(CompareRow {
-            algo: plan.algo.clone(),
-            streams: plan.num_streams(),
-            waits: plan.num_waits(),
-            predicted_us_eager: eager,
-            predicted_us_graph: graph_us,
+        let planned = assign(g, &cfg, cost)?;
+        let eager = simulate(&planned.graph, &planned.plan, cost, batch, SimMode::Eager);
+        let graph = simulate(&planned.graph, &planned.plan, cost, batch, SimMode::Graph);
+        let row = CompareRow {
+            algo: planned.plan.algo.clone(),
+            streams: planned.plan.num_streams(),
+            waits: planned.plan.num_waits(),
+            predicted_us_eager: eager.latency_us,
+            predicted_us_graph: graph.latency_us,
             ratio_to_single_graph: 0.0,
+        };
+        out.push(Compared {
+            algorithm: algo,
+            planned,
+            eager,
+            graph,
+            row,
         });
     }
-    let single = rows[0].predicted_us_graph;
-    for r in &mut rows {
-        r.ratio_to_single_graph = r.predicted_us_graph / single;
+    let single = out[0].row.predicted_us_graph;
+    for c in &mut out {
+        c.row.ratio_to_single_graph = c.row.predicted_us_graph / single;
     }
-    Ok(rows)
+    Ok(out)
 }
 
 /// The comparison as an aligned text table.
