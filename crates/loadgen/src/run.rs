@@ -1,0 +1,798 @@
+//! The open-loop sender: each request leaves at its intended time whether or not earlier ones
+//! have returned, over a pool of keep-alive HTTP/1.1 connections (tokio + hyper's client
+//! connections), and its latency runs from the intended time, so a slow server cannot hide its
+//! queueing (no coordinated omission).
+//!
+//! A pacer task waits for each intended time on a timerfd (microsecond precision on the
+//! runtime's own event loop; tokio's timers tick in milliseconds) and starts the request, on
+//! one thread by default (`threads = 1`: pacing, sending and receiving on the calling thread,
+//! so no thread has to wake another); the request takes an idle connection, or opens one while
+//! fewer than `connections` are open, or waits for one (still timed from its intended time).
+//!
+//! Every request ends in exactly one outcome: a status (2xx is success, every other status is
+//! counted by code), a timeout (counted from the intended time), a connection failure or an I/O
+//! error; nothing is dropped. The send lag (intended time to the start of the request on the
+//! runtime) measures the generator itself.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, Uri};
+use hyper_util::rt::TokioIo;
+use indicatif::ProgressBar;
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, Semaphore};
+
+use crate::body::{Bodies, Body};
+use crate::error::LoadError;
+use crate::results::{
+    histogram, Outcome, Percentiles, Record, RunResult, Summary, SUMMARY_VERSION,
+};
+use crate::schedule::Schedule;
+
+/// Triton's binary tensor data extension: the length of the JSON header.
+const HEADER_LENGTH: HeaderName = HeaderName::from_static("inference-header-content-length");
+
+/// Most keep-alive connections per run.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// Longest request timeout.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Most runtime threads.
+pub const MAX_THREADS: usize = 64;
+/// Farthest in the future a synchronised start may be.
+pub const MAX_START_DELAY: Duration = Duration::from_secs(3600);
+
+/// The server and model a run targets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// Base URL, `http://host:port` (an optional path prefix is kept).
+    pub url: String,
+    /// Model name.
+    pub model: String,
+    /// Model version (None: the server's default).
+    pub version: Option<String>,
+}
+
+/// Where requests go, resolved from a [`Target`].
+#[derive(Clone, Debug)]
+struct Endpoint {
+    authority: String,
+    host: HeaderValue,
+    base: String,
+}
+
+impl Target {
+    /// A target for `model` at `url`.
+    pub fn new(url: impl Into<String>, model: impl Into<String>) -> Target {
+        Target {
+            url: url.into(),
+            model: model.into(),
+            version: None,
+        }
+    }
+
+    /// Checks the URL, model name and version.
+    pub fn check(&self) -> Result<(), LoadError> {
+        self.endpoint().map(|_| ())
+    }
+
+    fn endpoint(&self) -> Result<Endpoint, LoadError> {
+        let bad = |why: &str| LoadError::invalid(format!("--url `{}`: {why}", self.url));
+        let uri: Uri = self.url.parse().map_err(|_| bad("not a URL"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some(s) => return Err(bad(&format!("scheme `{s}` is not supported (use http://)"))),
+            None => return Err(bad("expected http://host:port")),
+        }
+        let a = uri.authority().ok_or_else(|| bad("no host"))?;
+        let authority = match a.port_u16() {
+            Some(_) => a.as_str().to_string(),
+            None => format!("{}:80", a.host()),
+        };
+        let ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 256
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        };
+        if !ok(&self.model) {
+            return Err(LoadError::invalid(format!(
+                "--model `{}`: must be 1-256 ASCII letters, digits, '-', '_' or '.'",
+                self.model
+            )));
+        }
+        if let Some(v) = &self.version {
+            if !ok(v) {
+                return Err(LoadError::invalid(format!(
+                    "--model-version `{v}`: must be 1-256 ASCII letters, digits, '-', '_' or '.'"
+                )));
+            }
+        }
+        Ok(Endpoint {
+            host: HeaderValue::from_str(a.as_str()).map_err(|_| bad("bad host"))?,
+            authority,
+            base: uri.path().trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// The model's path, `/v2/models/{m}` or `/v2/models/{m}/versions/{v}`.
+    fn model_path(&self, base: &str) -> String {
+        match &self.version {
+            Some(v) => format!("{base}/v2/models/{}/versions/{v}", self.model),
+            None => format!("{base}/v2/models/{}", self.model),
+        }
+    }
+}
+
+/// How a run sends.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// Most keep-alive connections open at once.
+    pub connections: usize,
+    /// Connections opened before the start (at most `connections`).
+    pub warm_connections: usize,
+    /// A request that has no complete response this long after its intended time is a
+    /// timeout.
+    pub timeout: Duration,
+    /// Threads of the async runtime that paces, sends and receives (1: the calling thread
+    /// alone).
+    pub threads: usize,
+    /// Keep one [`Record`] per request.
+    pub records: bool,
+    /// A progress bar to drive (its length is set to the number of requests; cleared at the
+    /// end). indicatif hides it when stderr is not a terminal.
+    pub progress: Option<ProgressBar>,
+    /// Start at this wall-clock time (several workers together); None: now.
+    pub start_at: Option<SystemTime>,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            connections: 64,
+            warm_connections: 8,
+            timeout: Duration::from_secs(10),
+            threads: 1,
+            records: false,
+            progress: None,
+            start_at: None,
+        }
+    }
+}
+
+impl RunConfig {
+    /// Checks every bound; the error names the flag.
+    pub fn check(&self) -> Result<(), LoadError> {
+        if self.connections == 0 || self.connections > MAX_CONNECTIONS {
+            return Err(LoadError::invalid(format!(
+                "--connections: must be in 1..={MAX_CONNECTIONS}, not {}",
+                self.connections
+            )));
+        }
+        if self.timeout.is_zero() || self.timeout > MAX_TIMEOUT {
+            return Err(LoadError::invalid(format!(
+                "--timeout: must be in (0, {} s], not {:?}",
+                MAX_TIMEOUT.as_secs(),
+                self.timeout
+            )));
+        }
+        if self.threads == 0 || self.threads > MAX_THREADS {
+            return Err(LoadError::invalid(format!(
+                "--threads: must be in 1..={MAX_THREADS}, not {}",
+                self.threads
+            )));
+        }
+        Ok(())
+    }
+}
+
+type Sender = SendRequest<Full<Bytes>>;
+
+struct Collector {
+    latency: Histogram<u64>,
+    lag: Histogram<u64>,
+    outcomes: BTreeMap<Outcome, u64>,
+    ok: u64,
+    samples_ok: u64,
+    last_done: Option<Instant>,
+    records: Vec<Record>,
+}
+
+impl Collector {
+    fn new() -> Collector {
+        Collector {
+            latency: histogram(),
+            lag: histogram(),
+            outcomes: BTreeMap::new(),
+            ok: 0,
+            samples_ok: 0,
+            last_done: None,
+            records: Vec::new(),
+        }
+    }
+}
+
+struct Shared {
+    addr: std::net::SocketAddr,
+    host: HeaderValue,
+    uri: Uri,
+    content_type: HeaderValue,
+    timeout: Duration,
+    idle: Mutex<Vec<Sender>>,
+    permits: Arc<Semaphore>,
+    waits: AtomicU64,
+    remaining: AtomicUsize,
+    done: Notify,
+    keep_records: bool,
+    collector: Mutex<Collector>,
+}
+
+fn to_us(d: Duration) -> u64 {
+    (d.as_nanos() as u64).saturating_add(500) / 1000
+}
+
+impl Shared {
+    fn finish(
+        &self,
+        i: usize,
+        start: Instant,
+        due: Instant,
+        begun: Instant,
+        batch: u32,
+        o: Outcome,
+    ) {
+        let end = Instant::now();
+        let lag = begun.saturating_duration_since(due);
+        let latency = end.saturating_duration_since(due);
+        {
+            let mut c = self.collector.lock().expect("collector lock");
+            c.lag.saturating_record(to_us(lag));
+            *c.outcomes.entry(o).or_default() += 1;
+            if o.error_kind().is_none() {
+                c.latency.saturating_record(to_us(latency).max(1));
+                c.ok += 1;
+                c.samples_ok += u64::from(batch);
+            }
+            c.last_done = Some(c.last_done.map_or(end, |t| t.max(end)));
+            if self.keep_records {
+                c.records.push(Record {
+                    index: i as u32,
+                    intended_ns: due.saturating_duration_since(start).as_nanos() as u64,
+                    lag_ns: lag.as_nanos() as u64,
+                    latency_ns: latency.as_nanos() as u64,
+                    batch,
+                    outcome: o,
+                });
+            }
+        }
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.done.notify_one();
+        }
+    }
+}
+
+async fn connect(addr: std::net::SocketAddr) -> Result<Sender, Outcome> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|_| Outcome::Connect)?;
+    let _ = stream.set_nodelay(true);
+    let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|_| Outcome::Connect)?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(tx)
+}
+
+/// Sends one request and reads the whole response; returns its status.
+async fn exchange(sh: &Shared, body: &Body) -> Outcome {
+    let permit = match sh.permits.clone().try_acquire_owned() {
+        Ok(p) => p,
+        Err(_) => {
+            sh.waits.fetch_add(1, Ordering::Relaxed);
+            match sh.permits.clone().acquire_owned().await {
+                Ok(p) => p,
+                Err(_) => return Outcome::Io,
+            }
+        }
+    };
+    let mut tx = loop {
+        let idle = sh.idle.lock().expect("pool lock").pop();
+        match idle {
+            // A connection the server closed while idle fails `ready`: drop it, take another.
+            Some(mut tx) => {
+                if tx.ready().await.is_ok() {
+                    break tx;
+                }
+            }
+            None => match connect(sh.addr).await {
+                Ok(tx) => break tx,
+                Err(o) => return o,
+            },
+        }
+    };
+    let mut req = Request::new(Full::new(body.bytes.clone()));
+    *req.method_mut() = Method::POST;
+    *req.uri_mut() = sh.uri.clone();
+    let h = req.headers_mut();
+    h.insert(HOST, sh.host.clone());
+    h.insert(CONTENT_TYPE, sh.content_type.clone());
+    if let Some(n) = &body.header_len {
+        h.insert(HEADER_LENGTH, n.clone());
+    }
+    let resp = match tx.send_request(req).await {
+        Ok(r) => r,
+        Err(_) => return Outcome::Io,
+    };
+    let status = resp.status().as_u16();
+    if resp.into_body().collect().await.is_err() {
+        return Outcome::Io;
+    }
+    if !tx.is_closed() {
+        sh.idle.lock().expect("pool lock").push(tx);
+    }
+    drop(permit);
+    Outcome::Status(status)
+}
+
+async fn request(sh: Arc<Shared>, i: usize, start: Instant, due: Instant, body: Body) {
+    let begun = Instant::now();
+    let deadline = tokio::time::Instant::from_std(due + sh.timeout);
+    let o = tokio::time::timeout_at(deadline, exchange(&sh, &body))
+        .await
+        .unwrap_or(Outcome::Timeout);
+    sh.finish(i, start, due, begun, body.batch, o);
+}
+
+/// Starts every request at its intended time.
+async fn pace(
+    sh: Arc<Shared>,
+    arrivals: Arc<[crate::schedule::Arrival]>,
+    bodies: Arc<Bodies>,
+    start: Instant,
+    progress: Option<ProgressBar>,
+) -> Result<(), LoadError> {
+    let timer =
+        timer::Timer::new().map_err(|e| LoadError::Http(format!("creating a timer: {e}")))?;
+    let mut next_tick = Instant::now();
+    let mut behind = 0u32;
+    for (i, a) in arrivals.iter().enumerate() {
+        let due = start + Duration::from_nanos(a.at_ns);
+        if timer
+            .sleep_until(due)
+            .await
+            .map_err(|e| LoadError::Http(format!("waiting on the timer: {e}")))?
+        {
+            behind = 0;
+        } else {
+            // Already due: go on, but let the runtime run the requests now and then.
+            behind += 1;
+            if behind.is_multiple_of(32) {
+                tokio::task::yield_now().await;
+            }
+        }
+        let body = bodies
+            .pick(a.batch, i)
+            .expect("checked before the run")
+            .clone();
+        tokio::spawn(request(sh.clone(), i, start, due, body));
+        if let Some(pb) = &progress {
+            if i.is_multiple_of(64) && Instant::now() >= next_tick {
+                pb.set_position(i as u64);
+                next_tick = Instant::now() + Duration::from_millis(100);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(target_os = "linux")]
+mod timer {
+    //! Sleeps precise to microseconds on the async runtime: a Linux timerfd (CLOCK_MONOTONIC,
+    //! the clock of `Instant`) awaited through the runtime's event loop (tokio's timers tick
+    //! in milliseconds).
+
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::time::{Duration, Instant};
+
+    use tokio::io::unix::AsyncFd;
+    use tokio::io::Interest;
+
+    pub struct Timer(AsyncFd<OwnedFd>);
+
+    impl Timer {
+        pub fn new() -> std::io::Result<Timer> {
+            // SAFETY: timerfd_create has no memory arguments; it returns a new descriptor or -1.
+            let fd = unsafe {
+                libc::timerfd_create(
+                    libc::CLOCK_MONOTONIC,
+                    libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+                )
+            };
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: `fd` is a new descriptor that nothing else owns.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            // SAFETY: the OwnedFd stays open and refers to the timer as long as the AsyncFd
+            // (which owns it) lives.
+            let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }?;
+            Ok(Timer(fd))
+        }
+
+        /// Waits until `due`; false when it had already passed (no wait).
+        pub async fn sleep_until(&self, due: Instant) -> std::io::Result<bool> {
+            let now = Instant::now();
+            if due <= now + Duration::from_micros(1) {
+                return Ok(false);
+            }
+            let d = due - now;
+            let spec = libc::itimerspec {
+                it_interval: libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                },
+                it_value: libc::timespec {
+                    tv_sec: d.as_secs() as libc::time_t,
+                    tv_nsec: libc::c_long::from(d.subsec_nanos() as i32),
+                },
+            };
+            let fd = self.0.as_raw_fd();
+            // SAFETY: a valid timerfd, a valid itimerspec and no old value wanted.
+            if unsafe { libc::timerfd_settime(fd, 0, &spec, std::ptr::null_mut()) } < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            loop {
+                let mut guard = self.0.readable().await?;
+                let mut expirations = [0u8; 8];
+                // SAFETY: reads at most 8 bytes into an 8-byte buffer from our own descriptor.
+                let r = unsafe { libc::read(fd, expirations.as_mut_ptr().cast(), 8) };
+                guard.clear_ready();
+                if r == 8 {
+                    return Ok(true);
+                }
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::WouldBlock {
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod timer {
+    //! Elsewhere: tokio's timers (millisecond ticks).
+
+    use std::time::Instant;
+
+    pub struct Timer;
+
+    impl Timer {
+        pub fn new() -> std::io::Result<Timer> {
+            Ok(Timer)
+        }
+
+        /// Waits until `due`; false when it had already passed (no wait).
+        pub async fn sleep_until(&self, due: Instant) -> std::io::Result<bool> {
+            if due <= Instant::now() {
+                return Ok(false);
+            }
+            tokio::time::sleep_until(due.into()).await;
+            Ok(true)
+        }
+    }
+}
+
+fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, LoadError> {
+    let mut b = if threads == 1 {
+        // One thread does everything: pacing, sending and receiving.
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads).thread_name("loadgen");
+        b
+    };
+    b.enable_all()
+        .build()
+        .map_err(|e| LoadError::Http(format!("starting the async runtime: {e}")))
+}
+
+async fn resolve(authority: &str) -> Result<std::net::SocketAddr, LoadError> {
+    tokio::net::lookup_host(authority)
+        .await
+        .map_err(|e| LoadError::Http(format!("cannot resolve `{authority}`: {e}")))?
+        .next()
+        .ok_or_else(|| LoadError::Http(format!("`{authority}` resolves to no address")))
+}
+
+/// Sends `schedule` to `target` with `bodies` and returns the results. Blocks the calling
+/// thread (it paces the requests) until every request has ended.
+pub fn run(
+    target: &Target,
+    schedule: &Schedule,
+    bodies: &Bodies,
+    cfg: &RunConfig,
+) -> Result<RunResult, LoadError> {
+    cfg.check()?;
+    let ep = target.endpoint()?;
+    for a in &schedule.arrivals {
+        if bodies.pick(a.batch, 0).is_none() {
+            return Err(LoadError::invalid(format!(
+                "no prepared body of batch size {}",
+                a.batch
+            )));
+        }
+    }
+    if schedule.arrivals.len() > u32::MAX as usize {
+        return Err(LoadError::invalid("too many requests in one schedule"));
+    }
+    let rt = runtime(cfg.threads)?;
+    let addr = rt.block_on(resolve(&ep.authority))?;
+    let path = format!("{}/infer", target.model_path(&ep.base));
+    let n = schedule.arrivals.len();
+    let sh = Arc::new(Shared {
+        addr,
+        host: ep.host.clone(),
+        uri: path
+            .parse()
+            .map_err(|_| LoadError::invalid(format!("bad request path `{path}`")))?,
+        content_type: HeaderValue::from_static(match bodies.format {
+            crate::body::BodyFormat::Json => "application/json",
+            crate::body::BodyFormat::Binary => "application/octet-stream",
+        }),
+        timeout: cfg.timeout,
+        idle: Mutex::new(Vec::new()),
+        permits: Arc::new(Semaphore::new(cfg.connections)),
+        waits: AtomicU64::new(0),
+        remaining: AtomicUsize::new(n),
+        done: Notify::new(),
+        keep_records: cfg.records,
+        collector: Mutex::new(Collector::new()),
+    });
+    // Open the warm connections now, so the first requests do not pay for them.
+    let warm = cfg.warm_connections.min(cfg.connections);
+    rt.block_on(async {
+        for _ in 0..warm {
+            let tx = connect(addr).await.map_err(|_| {
+                LoadError::Http(format!("cannot connect to {} ({addr})", target.url))
+            })?;
+            sh.idle.lock().expect("pool lock").push(tx);
+        }
+        Ok::<(), LoadError>(())
+    })?;
+    let start = match cfg.start_at {
+        Some(at) => {
+            let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
+            if wait > MAX_START_DELAY {
+                return Err(LoadError::invalid(format!(
+                    "--start-at is {} s away, more than the limit of {} s",
+                    wait.as_secs(),
+                    MAX_START_DELAY.as_secs()
+                )));
+            }
+            Instant::now() + wait
+        }
+        None => Instant::now(),
+    };
+    if let Some(pb) = &cfg.progress {
+        pb.set_length(n as u64);
+        pb.set_position(0);
+    }
+    // The pacer runs on the runtime: it waits for each intended time on a timerfd (precise to
+    // microseconds, on the runtime's own event loop, so no other thread has to be woken) and
+    // starts the request; requests already due go out back to back.
+    let arrivals: Arc<[crate::schedule::Arrival]> = schedule.arrivals.clone().into();
+    let all_bodies = Arc::new(bodies.clone());
+    let progress = cfg.progress.clone();
+    let last_due = start + Duration::from_nanos(arrivals.last().map_or(0, |a| a.at_ns));
+    let timeout = cfg.timeout;
+    let shared = sh.clone();
+    rt.block_on(async move {
+        let pacer = tokio::spawn(pace(
+            shared.clone(),
+            arrivals,
+            all_bodies,
+            start,
+            progress.clone(),
+        ));
+        match pacer.await {
+            Ok(r) => r?,
+            Err(e) => return Err(LoadError::Http(format!("the pacer failed: {e}"))),
+        }
+        // Every request ends by its timeout; the margin only guards against a bug.
+        let hard_stop = Instant::now().max(last_due) + timeout + Duration::from_secs(10);
+        if let Some(pb) = &progress {
+            pb.set_message("waiting for the last responses");
+        }
+        while n > 0 && shared.remaining.load(Ordering::Acquire) > 0 {
+            tokio::select! {
+                _ = shared.done.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                    if let Some(pb) = &progress {
+                        pb.set_position((n - shared.remaining.load(Ordering::Acquire)) as u64);
+                    }
+                    if Instant::now() > hard_stop {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok::<(), LoadError>(())
+    })?;
+    if let Some(pb) = &cfg.progress {
+        pb.finish_and_clear();
+    }
+    let stuck = sh.remaining.load(Ordering::Acquire);
+    rt.shutdown_timeout(Duration::from_millis(200));
+    let mut c = std::mem::replace(
+        &mut *sh.collector.lock().expect("collector lock"),
+        Collector::new(),
+    );
+    if stuck > 0 {
+        *c.outcomes.entry(Outcome::Timeout).or_default() += stuck as u64;
+    }
+    c.records.sort_unstable_by_key(|r| r.index);
+    let duration = schedule.duration.as_secs_f64();
+    let elapsed = c
+        .last_done
+        .map_or(0.0, |t| t.saturating_duration_since(start).as_secs_f64());
+    let window = duration.max(elapsed);
+    let mut status = BTreeMap::new();
+    let mut errors = BTreeMap::new();
+    for (o, k) in &c.outcomes {
+        if let Outcome::Status(s) = o {
+            *status.entry(s.to_string()).or_default() += k;
+        }
+        if let Some(e) = o.error_kind() {
+            *errors.entry(e).or_default() += k;
+        }
+    }
+    let summary = Summary {
+        version: SUMMARY_VERSION,
+        url: target.url.clone(),
+        model: target.model.clone(),
+        schedule: schedule.kind.to_string(),
+        batch: schedule.batch_label.clone(),
+        skew: bodies.skew.to_string(),
+        format: bodies.format.name().to_string(),
+        seed: schedule.seed,
+        shards: vec![schedule.shard.to_string()],
+        target_qps: schedule.target_qps,
+        duration_s: duration,
+        requests: n as u64,
+        ok: c.ok,
+        samples_ok: c.samples_ok,
+        offered_qps: schedule.offered_qps(),
+        achieved_qps: c.ok as f64 / window,
+        samples_per_s: c.samples_ok as f64 / window,
+        elapsed_s: elapsed,
+        latency_us: Percentiles::of(&c.latency),
+        send_lag_us: Percentiles::of(&c.lag),
+        status,
+        errors,
+        connection_waits: sh.waits.load(Ordering::Relaxed),
+        connections: cfg.connections,
+    };
+    Ok(RunResult {
+        summary,
+        latency: c.latency,
+        lag: c.lag,
+        records: c.records,
+        start: Some(start),
+    })
+}
+
+async fn get(
+    addr: std::net::SocketAddr,
+    host: &HeaderValue,
+    path: &str,
+) -> Result<(u16, Bytes), String> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let (mut tx, conn) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut req = Request::new(Empty::new());
+    *req.uri_mut() = path.parse().map_err(|_| format!("bad path `{path}`"))?;
+    req.headers_mut().insert(HOST, host.clone());
+    let resp = tx.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, body))
+}
+
+/// One GET on a fresh connection: the status and the body.
+pub fn http_get(url: &str, path: &str, timeout: Duration) -> Result<(u16, Bytes), LoadError> {
+    let ep = Target::new(url, "m").endpoint()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| LoadError::Http(format!("starting the async runtime: {e}")))?;
+    let full = format!("{}{path}", ep.base);
+    rt.block_on(async {
+        let addr = resolve(&ep.authority).await?;
+        tokio::time::timeout(timeout, get(addr, &ep.host, &full))
+            .await
+            .map_err(|_| LoadError::Http(format!("GET {url}{path}: no answer in {timeout:?}")))?
+            .map_err(|e| LoadError::Http(format!("GET {url}{path}: {e}")))
+    })
+}
+
+/// The model's metadata (`GET /v2/models/{m}[/versions/{v}]`).
+pub fn fetch_metadata(target: &Target) -> Result<Value, LoadError> {
+    let path = target.model_path("");
+    let (status, body) = http_get(&target.url, &path, Duration::from_secs(10))?;
+    if status != 200 {
+        return Err(LoadError::Http(format!(
+            "GET {}{path}: status {status}: {}",
+            target.url,
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        )));
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| LoadError::Http(format!("GET {}{path}: not JSON: {e}", target.url)))
+}
+
+/// Waits until `GET /v2/models/{m}[/versions/{v}]/ready` answers 200, polling every 200 ms.
+pub fn wait_ready(target: &Target, limit: Duration) -> Result<(), LoadError> {
+    target.check()?;
+    let path = format!("{}/ready", target.model_path(""));
+    let t = Instant::now();
+    loop {
+        let last = match http_get(&target.url, &path, Duration::from_secs(2)) {
+            Ok((200, _)) => return Ok(()),
+            Ok((s, _)) => format!("status {s}"),
+            Err(e) => e.to_string(),
+        };
+        if t.elapsed() >= limit {
+            return Err(LoadError::Http(format!(
+                "{} model `{}` not ready after {:.0} s (last: {last})",
+                target.url,
+                target.model,
+                limit.as_secs_f64()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        let e = Target::new("http://127.0.0.1:8000/", "tiny")
+            .endpoint()
+            .unwrap();
+        assert_eq!(e.authority, "127.0.0.1:8000");
+        assert_eq!(e.base, "");
+        let e = Target::new("http://svc/prefix", "tiny").endpoint().unwrap();
+        assert_eq!(e.authority, "svc:80");
+        assert_eq!(e.base, "/prefix");
+        assert!(Target::new("https://x:1", "m").endpoint().is_err());
+        assert!(Target::new("127.0.0.1:8000", "m").endpoint().is_err());
+        assert!(Target::new("http://x:1", "a/b").endpoint().is_err());
+        let mut t = Target::new("http://x:1", "m");
+        t.version = Some("2".into());
+        assert_eq!(t.model_path(""), "/v2/models/m/versions/2");
+    }
+}

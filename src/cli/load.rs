@@ -1,0 +1,297 @@
+//! `streamrec load`: the open-loop load generator (streamrec-loadgen) against a KServe v2
+//! server, as one shard of a load split over workers; `streamrec load merge` merges the shards'
+//! results exactly. The load generator speaks HTTP only.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use streamrec_loadgen::schedule::{self, derive_seed};
+use streamrec_loadgen::{
+    describe, fetch_metadata, merge_dirs, parse_duration, run, wait_ready, BatchSizes, Bodies,
+    BodyConfig, BodyFormat, ModelInputs, RunConfig, ScheduleConfig, ScheduleKind, Shard, Skew,
+    Target,
+};
+
+/// Arguments of `streamrec load`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct LoadArgs {
+    #[command(subcommand)]
+    cmd: Option<LoadCmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum LoadCmd {
+    /// Merge shard results (histograms added exactly, counts and rates summed) and print them.
+    Merge(MergeArgs),
+}
+
+#[derive(Debug, Args)]
+struct MergeArgs {
+    /// Result folders written by `streamrec load --out`.
+    #[arg(required = true, value_name = "DIR")]
+    dirs: Vec<PathBuf>,
+    /// Also write the merged summary.json, latency.hdr and lag.hdr into DIR.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Print the merged summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Server base URL, e.g. http://127.0.0.1:8000.
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+    /// Model name.
+    #[arg(long, value_name = "NAME")]
+    model: Option<String>,
+    /// Model version (default: the server's).
+    #[arg(long, value_name = "V")]
+    model_version: Option<String>,
+    /// Offered rate over all shards, requests per second.
+    #[arg(long, value_name = "Q")]
+    qps: Option<f64>,
+    /// Length of the run: 500ms, 10s, 2m, 1h or seconds.
+    #[arg(long, value_name = "D")]
+    duration: Option<String>,
+    /// Arrival process: constant, poisson, or trace:FILE (real arrival times rescaled to the
+    /// rate, e.g. trace:workloads/traces/azure-llm-2023-conv.csv).
+    #[arg(long, default_value = "poisson", value_name = "S")]
+    schedule: String,
+    /// Samples per request: a number, mlperf (MLPerf DLRM-v2 query sizes), trace
+    /// (ContextTokens / 16 of a trace schedule) or tokens:D.
+    #[arg(long, default_value = "1", value_name = "B")]
+    batch: String,
+    /// The server's max batch: drawn and mapped sizes are clamped to it.
+    #[arg(long, default_value_t = 256, value_name = "B")]
+    max_batch: u32,
+    /// Index skew: uniform, zipf:S, or zipf:production (fitted to production statistics).
+    #[arg(long, default_value = "uniform")]
+    skew: String,
+    /// This worker's shard of the load, i/n.
+    #[arg(long, value_name = "I/N", conflicts_with = "shards")]
+    shard: Option<String>,
+    /// Shard count; the index comes from JOB_COMPLETION_INDEX (a Kubernetes Indexed Job).
+    #[arg(long, value_name = "N")]
+    shards: Option<u32>,
+    /// Seed of the arrivals, batch sizes and request data.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Cap on the total number of requests over all shards.
+    #[arg(long, value_name = "N")]
+    requests: Option<u64>,
+    /// Most keep-alive connections of this worker.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    connections: usize,
+    /// Connections opened before the start (default: min(8, --connections)).
+    #[arg(long, value_name = "N")]
+    warm_connections: Option<usize>,
+    /// A request without a complete response this long after its intended time is a timeout.
+    #[arg(long, default_value = "10s", value_name = "D")]
+    timeout: String,
+    /// Request body format: binary (Triton's binary tensor extension) or json.
+    #[arg(long, default_value = "binary")]
+    format: String,
+    /// Model spec (TOML) for the table sizes and pooling; checked against the server's
+    /// metadata.
+    #[arg(long, value_name = "FILE", conflicts_with = "rows")]
+    spec: Option<PathBuf>,
+    /// With --spec: the --row-cap the server runs with.
+    #[arg(long, value_name = "N", requires = "spec")]
+    row_cap: Option<u64>,
+    /// Without --spec: draw every feature's indices from 0..N (N at most the smallest table).
+    #[arg(long, value_name = "N")]
+    rows: Option<u64>,
+    /// Without --spec: indices per sample of every feature (default 1).
+    #[arg(long, value_name = "P", requires = "rows")]
+    pooling: Option<u32>,
+    /// Different request bodies per batch size.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    variants: usize,
+    /// Threads of the async runtime that paces, sends and receives (1: one thread does it
+    /// all, the most precise on a small machine).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    threads: usize,
+    /// How long to wait for the model to be ready before starting.
+    #[arg(long, default_value = "60s", value_name = "D")]
+    ready_timeout: String,
+    /// Start at this Unix time in seconds (several workers together; at most 1 h ahead; 0:
+    /// now).
+    #[arg(long, value_name = "SECS")]
+    start_at: Option<f64>,
+    /// Also write records.csv: one line per request.
+    #[arg(long)]
+    records: bool,
+    /// Result folder (`{shard}` in it becomes the shard index): summary.json, latency.hdr,
+    /// lag.hdr.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+}
+
+/// Runs `streamrec load` or `streamrec load merge`.
+pub fn main(a: LoadArgs) -> Result<()> {
+    match a.cmd {
+        Some(LoadCmd::Merge(m)) => merge(m),
+        None => load(a.run),
+    }
+}
+
+fn need<T>(v: Option<T>, flag: &str) -> Result<T> {
+    v.with_context(|| format!("streamrec load: {flag} is required"))
+}
+
+fn load(a: RunArgs) -> Result<()> {
+    let url = need(a.url, "--url")?;
+    let model = need(a.model, "--model")?;
+    let qps = need(a.qps, "--qps")?;
+    let duration = parse_duration("--duration", &need(a.duration, "--duration")?)?;
+    let out = need(a.out, "--out")?;
+    let timeout = parse_duration("--timeout", &a.timeout)?;
+    let ready_timeout = parse_duration("--ready-timeout", &a.ready_timeout)?;
+    let shard = match (&a.shard, a.shards) {
+        (Some(s), _) => s.parse::<Shard>()?,
+        (None, Some(n)) => Shard::from_env(n)?,
+        (None, None) => Shard::ALL,
+    };
+    let out = PathBuf::from(
+        out.to_string_lossy()
+            .replace("{shard}", &shard.index.to_string()),
+    );
+    let start_at = match a.start_at {
+        None => None,
+        Some(0.0) => None,
+        Some(t) if t.is_finite() && t > 0.0 && t < 1e11 => {
+            Some(UNIX_EPOCH + Duration::from_secs_f64(t))
+        }
+        Some(t) => bail!("--start-at: {t} is not a Unix time in seconds"),
+    };
+    let kind = ScheduleKind::parse(&a.schedule)?;
+    let batch: BatchSizes = a.batch.parse()?;
+    let skew: Skew = a.skew.parse()?;
+    let format: BodyFormat = a.format.parse()?;
+    let target = Target {
+        url,
+        model,
+        version: a.model_version,
+    };
+    let progress = std::io::stderr().is_terminal().then(|| {
+        ProgressBar::new(0).with_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} requests {elapsed_precise} {msg}")
+                .expect("valid template"),
+        )
+    });
+    let run_cfg = RunConfig {
+        connections: a.connections,
+        warm_connections: a.warm_connections.unwrap_or(8).min(a.connections),
+        timeout,
+        threads: a.threads,
+        records: a.records,
+        progress,
+        start_at,
+    };
+    // Every flag is checked before the server is asked anything.
+    target.check()?;
+    run_cfg.check()?;
+    let mut sched = schedule::build(&ScheduleConfig {
+        kind,
+        qps,
+        duration,
+        max_requests: a.requests,
+        seed: a.seed,
+        shard,
+    })?;
+    batch.apply(&mut sched, a.max_batch)?;
+    wait_ready(&target, ready_timeout)?;
+    let meta = fetch_metadata(&target)?;
+    let inputs = match &a.spec {
+        Some(p) => {
+            let m = ModelInputs::from_spec_file(p, a.row_cap)?;
+            m.check_metadata(&meta)
+                .with_context(|| format!("--spec {}", p.display()))?;
+            m
+        }
+        None => ModelInputs::from_metadata(&meta, a.rows, a.pooling)?,
+    };
+    let bodies = Bodies::for_schedule(
+        &inputs,
+        &sched,
+        &BodyConfig {
+            format,
+            skew,
+            variants: a.variants,
+            seed: derive_seed(a.seed, shard.index, 2),
+            ..BodyConfig::default()
+        },
+    )?;
+    eprintln!(
+        "streamrec load: shard {shard}: {} at {:.1} req/s for {:.1} s: {} requests, batch {}, \
+         {} skew, {} bodies of {} bytes in all",
+        sched.kind,
+        sched.target_qps,
+        duration.as_secs_f64(),
+        sched.arrivals.len(),
+        sched.batch_label,
+        skew,
+        format.name(),
+        bodies.bytes()
+    );
+    if let Some(t) = start_at {
+        if t < SystemTime::now() {
+            eprintln!("streamrec load: --start-at is in the past: starting now");
+        }
+    }
+    let result = run(&target, &sched, &bodies, &run_cfg)?;
+    result.write(&out)?;
+    println!("{}", describe(&result.summary));
+    println!("results: {}", out.display());
+    Ok(())
+}
+
+fn merge(m: MergeArgs) -> Result<()> {
+    let merged = merge_dirs(&m.dirs)?;
+    if let Some(out) = &m.out {
+        merged.write(out)?;
+    }
+    if m.json {
+        println!("{}", serde_json::to_string_pretty(&merged.summary)?);
+    } else {
+        println!("{}", describe(&merged.summary));
+        if let Some(out) = &m.out {
+            println!("merged: {}", out.display());
+        }
+    }
+    check_complete(&merged.summary.shards, &m.dirs);
+    Ok(())
+}
+
+/// Says on stderr which shards of the split are missing, if any.
+fn check_complete(shards: &[String], dirs: &[PathBuf]) {
+    let n: Option<u32> = shards
+        .first()
+        .and_then(|s| s.split_once('/'))
+        .and_then(|(_, n)| n.parse().ok());
+    if let Some(n) = n {
+        let missing: Vec<String> = (0..n)
+            .map(|i| format!("{i}/{n}"))
+            .filter(|s| !shards.contains(s))
+            .collect();
+        if !missing.is_empty() {
+            eprintln!(
+                "streamrec load merge: warning: shards {} missing from {}",
+                missing.join(", "),
+                dirs.iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! `cargo xtask load --workers N`: the sharded load of the Kubernetes Indexed Job
+//! (deploy/k8s/), as N local `streamrec load --shard i/N` processes on one machine, started
+//! together against one server (a local `streamrec serve` on a free port unless `--url` is
+//! given), then merged with `streamrec load merge`; prints the total and whether the achieved
+//! rate is within 2% of the offered one.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+
+pub const HELP: &str = "\
+  load [--workers N] [--url U] [--model M] [--spec FILE] [--row-cap N] [--qps Q]
+       [--duration D] [--schedule S] [--batch B] [--skew S] [--seed S] [--connections C]
+       [--out DIR] [--no-build]
+        The sharded load of deploy/k8s/load-job.yaml on one machine: N (default 3) processes
+        `streamrec load --shard i/N` started together (--start-at) against --url, or against a
+        local `streamrec serve SPEC` on a free port (default spec workloads/tiny.toml), then
+        `streamrec load merge`; prints the total and checks that the achieved rate is within 2%
+        of the offered one. Defaults: --qps 1500 (total), --duration 10s, --schedule poisson,
+        --batch 1. Results in DIR/shard-i and DIR/merged (default target/xtask-load).
+";
+
+struct Opts {
+    workers: u32,
+    url: Option<String>,
+    model: Option<String>,
+    spec: PathBuf,
+    row_cap: Option<String>,
+    qps: String,
+    duration: String,
+    schedule: String,
+    batch: String,
+    skew: String,
+    seed: String,
+    connections: String,
+    out: PathBuf,
+    build: bool,
+}
+
+fn parse(args: &[String], root: &Path) -> Result<Opts> {
+    let mut o = Opts {
+        workers: 3,
+        url: None,
+        model: None,
+        spec: root.join("workloads/tiny.toml"),
+        row_cap: None,
+        qps: "1500".into(),
+        duration: "10s".into(),
+        schedule: "poisson".into(),
+        batch: "1".into(),
+        skew: "uniform".into(),
+        seed: "1".into(),
+        connections: "32".into(),
+        out: root.join("target/xtask-load"),
+        build: true,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || {
+            it.next()
+                .cloned()
+                .with_context(|| format!("load: {a} needs a value"))
+        };
+        match a.as_str() {
+            "--workers" => {
+                let v = val()?;
+                o.workers = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=64).contains(n))
+                    .with_context(|| format!("load: --workers `{v}`: must be in 1..=64"))?;
+            }
+            "--url" => o.url = Some(val()?),
+            "--model" => o.model = Some(val()?),
+            "--spec" => o.spec = PathBuf::from(val()?),
+            "--row-cap" => o.row_cap = Some(val()?),
+            "--qps" => o.qps = val()?,
+            "--duration" => o.duration = val()?,
+            "--schedule" => o.schedule = val()?,
+            "--batch" => o.batch = val()?,
+            "--skew" => o.skew = val()?,
+            "--seed" => o.seed = val()?,
+            "--connections" => o.connections = val()?,
+            "--out" => o.out = PathBuf::from(val()?),
+            "--no-build" => o.build = false,
+            "--help" | "-h" => {
+                print!("cargo xtask load: options\n{HELP}");
+                std::process::exit(0);
+            }
+            x => bail!("load: unknown option `{x}`\n\n{HELP}"),
+        }
+    }
+    Ok(o)
+}
+
+/// A child process killed (SIGTERM, then SIGKILL after 5 s) when dropped.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        // Already exited (and reaped): its pid may belong to another process by now.
+        if let Ok(Some(_)) = self.0.try_wait() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()?;
+    let o = parse(args, &root)?;
+    let bin = root.join("target/release/streamrec");
+    if o.build {
+        eprintln!("building the release CLI ...");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = Command::new(cargo)
+            .current_dir(&root)
+            .args(["build", "--release", "--bin", "streamrec"])
+            .status()?;
+        if !st.success() {
+            bail!("cargo build --release --bin streamrec failed");
+        }
+    }
+    if !bin.is_file() {
+        bail!("{} is missing (drop --no-build)", bin.display());
+    }
+    let model = match &o.model {
+        Some(m) => m.clone(),
+        None => o
+            .spec
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .context("--spec has no file name")?,
+    };
+    // The server: the given URL, or a local one on a free port.
+    let mut _server = None;
+    let url = match &o.url {
+        Some(u) => u.clone(),
+        None => {
+            let mut cmd = Command::new(&bin);
+            cmd.arg("serve").arg(&o.spec).args(["--port", "0"]);
+            if let Some(c) = &o.row_cap {
+                cmd.args(["--row-cap", c]);
+            }
+            let mut child = cmd
+                .current_dir(&root)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .context("starting streamrec serve")?;
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().context("server stdout")?).read_line(&mut line)?;
+            let guard = Guard(child);
+            let addr = line
+                .trim()
+                .strip_prefix("listening on ")
+                .with_context(|| format!("streamrec serve printed `{}`", line.trim()))?
+                .to_string();
+            _server = Some(guard);
+            eprintln!("server: {addr}");
+            addr
+        }
+    };
+    let _ = std::fs::remove_dir_all(&o.out);
+    std::fs::create_dir_all(&o.out)?;
+    // Every worker starts at the same wall-clock time, 2 s from now.
+    let start_at = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs_f64() + 2.0;
+    eprintln!(
+        "{} workers: {} at {} req/s in all for {}, batch {}, starting together",
+        o.workers, o.schedule, o.qps, o.duration, o.batch
+    );
+    let mut workers = Vec::new();
+    for i in 0..o.workers {
+        let dir = o.out.join(format!("shard-{i}"));
+        let log = std::fs::File::create(o.out.join(format!("shard-{i}.log")))?;
+        let mut cmd = Command::new(&bin);
+        cmd.arg("load")
+            .args(["--url", &url, "--model", &model])
+            .arg("--spec")
+            .arg(&o.spec)
+            .args(["--qps", &o.qps, "--duration", &o.duration])
+            .args([
+                "--schedule",
+                &o.schedule,
+                "--batch",
+                &o.batch,
+                "--skew",
+                &o.skew,
+            ])
+            .args(["--seed", &o.seed, "--connections", &o.connections])
+            .args(["--shard", &format!("{i}/{}", o.workers)])
+            .args(["--start-at", &format!("{start_at:.3}")])
+            .arg("--out")
+            .arg(&dir);
+        if let Some(c) = &o.row_cap {
+            cmd.args(["--row-cap", c]);
+        }
+        let child = cmd
+            .current_dir(&root)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting streamrec load")?;
+        workers.push((i, dir, Guard(child)));
+    }
+    let mut failed = Vec::new();
+    let mut dirs = Vec::new();
+    for (i, dir, mut g) in workers {
+        let st = g.0.wait()?;
+        if !st.success() {
+            failed.push(i);
+        }
+        dirs.push(dir);
+    }
+    for i in &failed {
+        let log = std::fs::read_to_string(o.out.join(format!("shard-{i}.log"))).unwrap_or_default();
+        eprintln!("worker {i} failed:\n{log}");
+    }
+    if !failed.is_empty() {
+        bail!("{} of {} workers failed", failed.len(), o.workers);
+    }
+    let merged = o.out.join("merged");
+    let out = Command::new(&bin)
+        .args(["load", "merge"])
+        .args(&dirs)
+        .arg("--out")
+        .arg(&merged)
+        .current_dir(&root)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "streamrec load merge failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    let s: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(merged.join("summary.json"))?)?;
+    let offered = s["offered_qps"].as_f64().unwrap_or(0.0);
+    let achieved = s["achieved_qps"].as_f64().unwrap_or(0.0);
+    let ratio = if offered > 0.0 {
+        achieved / offered
+    } else {
+        0.0
+    };
+    println!(
+        "total over {} workers: offered {offered:.1} req/s, achieved {achieved:.1} req/s \
+         ({:+.2}% of offered; {}), p99 {} us",
+        o.workers,
+        (ratio - 1.0) * 100.0,
+        if (ratio - 1.0).abs() <= 0.02 {
+            "within 2%"
+        } else {
+            "NOT within 2%"
+        },
+        s["latency_us"]["p99"]
+    );
+    Ok(())
+}
