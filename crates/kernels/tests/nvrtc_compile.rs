@@ -39,7 +39,7 @@ fn required(var: &str) -> bool {
 
 #[test]
 fn every_kernel_file_is_embedded() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kernels");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
     let on_disk: BTreeSet<String> = std::fs::read_dir(&dir)
         .expect("kernels/ folder")
         .map(|e| {

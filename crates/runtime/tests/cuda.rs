@@ -345,7 +345,7 @@ fn nvrtc_compiles_every_kernel() {
     }
 }
 
-/// Reads bag (b, f) from a packet exactly as `bag_lane` in kernels/embedding.cu does.
+/// Reads bag (b, f) from a packet exactly as `bag_lane` in crates/kernels/kernels/embedding.cu does.
 fn read_bag(packet: &[i32], slots: usize, f: usize, b: usize, index: IndexWidth) -> Vec<i64> {
     let n = packet[0] as usize;
     if b >= n {

@@ -18,7 +18,7 @@ use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
 
 use super::CudaError;
 
-/// One `.cu` file of the repository's `kernels/` folder and the kernels it defines.
+/// One `.cu` file of this crate's `kernels/` folder and the kernels it defines.
 #[derive(Clone, Copy, Debug)]
 pub struct KernelSource {
     /// The file name inside `kernels/`.
@@ -33,7 +33,7 @@ pub struct KernelSource {
 pub const SOURCES: &[KernelSource] = &[
     KernelSource {
         file: "embedding.cu",
-        source: include_str!("../../../../kernels/embedding.cu"),
+        source: include_str!("../../kernels/embedding.cu"),
         functions: &[
             "embedding_bag_i32",
             "embedding_bag_i64",
@@ -43,12 +43,12 @@ pub const SOURCES: &[KernelSource] = &[
     },
     KernelSource {
         file: "dense.cu",
-        source: include_str!("../../../../kernels/dense.cu"),
+        source: include_str!("../../kernels/dense.cu"),
         functions: &["bias_act", "concat_parts", "dcn_cross_epilogue"],
     },
     KernelSource {
         file: "interaction.cu",
-        source: include_str!("../../../../kernels/interaction.cu"),
+        source: include_str!("../../kernels/interaction.cu"),
         functions: &["dot_interaction"],
     },
 ];

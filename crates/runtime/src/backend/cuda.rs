@@ -20,10 +20,10 @@
 //! * Inputs are staged into pinned host memory and copied by two asynchronous copies per request
 //!   into fixed device buffers that captured graphs read: the dense rows, and one "packet" with
 //!   the staged sample count, every feature's offsets and all indices (layout in
-//!   `kernels/embedding.cu` and [`stage_packet`]). Samples past the staged count are empty bags,
-//!   so a graph captured for a bucket of `2^k` samples can run any batch up to `2^k`; dense rows
-//!   past the batch are not read by any op that mixes rows (every op is row-wise) and their
-//!   scores are never returned.
+//!   `crates/kernels/kernels/embedding.cu` and [`stage_packet`]). Samples past the staged count
+//!   are empty bags, so a graph captured for a bucket of `2^k` samples can run any batch up to
+//!   `2^k`; dense rows past the batch are not read by any op that mixes rows (every op is
+//!   row-wise) and their scores are never returned.
 //! * Index capacity: the packet holds `4 x max_batch x pooling` indices per feature (summed
 //!   over the features; one feature may use another's room). A batch with more indices grows
 //!   the packet (a new device address): eager runs just continue, but a graph captured before
@@ -55,7 +55,7 @@
 //! # Launch counts
 //!
 //! Each stream counts the kernel launches and cuBLAS/cuBLASLt calls issued on it
-//! ([`Backend::launch_count`]), per op as [`CudaBackend::calls_of`] says.
+//! ([`Backend::launch_count`]), per op as `CudaBackend::calls_of` (private) says.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -861,12 +861,13 @@ impl ArenaLayout {
     }
 }
 
-/// Lays out the input packet of `batch` (see `kernels/embedding.cu`) into `out` and returns the
-/// number of 32-bit words used: word 0 = the sample count `n`, offsets sample-major from word
-/// [`PACKET_HEADER_WORDS`] (`(n + 1) x slots` of them, each an element position in the packet
-/// viewed as an array of the index type), then the indices of all features packed from an
-/// 8-byte boundary. Checks every offset and index on the way (`rows[f]` per feature), so no
-/// kernel ever reads out of bounds. Returns `Ok(None)` when `out` is too short.
+/// Lays out the input packet of `batch` (see `crates/kernels/kernels/embedding.cu`) into `out`
+/// and returns the number of 32-bit words used: word 0 = the sample count `n`, offsets
+/// sample-major from word [`PACKET_HEADER_WORDS`] (`(n + 1) x slots` of them, each an element
+/// position in the packet viewed as an array of the index type), then the indices of all
+/// features packed from an 8-byte boundary. Checks every offset and index on the way (`rows[f]`
+/// per feature), so no kernel ever reads out of bounds. Returns `Ok(None)` when `out` is too
+/// short.
 pub fn stage_packet(
     batch: &Batch,
     rows: &[usize],
