@@ -406,6 +406,21 @@ fn overload_at_three_times_capacity_gets_only_200_and_503() {
         cfg.to_str().unwrap(),
     ]);
     let addr = server.addr;
+    // `streamrec serve` also serves the plan view, read-only, at /ui.
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET /ui HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut page = String::new();
+    s.read_to_string(&mut page).unwrap();
+    assert!(
+        page.starts_with("HTTP/1.1 200"),
+        "{}",
+        &page[..page.len().min(200)]
+    );
+    assert!(page.contains("data-op=") && page.contains("data-algo="));
     let body = request_body(16, 5);
     // Capacity: closed loop, 8 keep-alive clients, 1 s.
     let done = AtomicUsize::new(0);

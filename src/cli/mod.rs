@@ -1,6 +1,7 @@
 //! Command-line interface: argument parsing and the `plan`, `run` and `check` subcommands.
 
 mod check;
+mod load;
 mod plan;
 mod run;
 mod serve;
@@ -35,6 +36,8 @@ enum Cmd {
     Check(check::CheckArgs),
     /// Serve the model over HTTP (KServe v2 REST, Triton's binary extension, /metrics).
     Serve(serve::ServeArgs),
+    /// Open-loop load against a KServe v2 server (constant, Poisson or trace), or `load merge`.
+    Load(load::LoadArgs),
 }
 
 /// The model to load.
@@ -176,6 +179,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Run(a) => run::main(a),
         Cmd::Check(a) => check::main(a),
         Cmd::Serve(a) => serve::main(a),
+        Cmd::Load(a) => load::main(a),
     }
 }
 

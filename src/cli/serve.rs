@@ -131,6 +131,7 @@ pub fn main(a: ServeArgs) -> Result<()> {
     );
     let name = spec.name.clone();
     let version = cfg.version.clone();
+    let max_batch = cfg.max_batch;
     let server = Server::start(
         cfg,
         Model {
@@ -139,6 +140,26 @@ pub fn main(a: ServeArgs) -> Result<()> {
         },
     )
     .context("starting the server")?;
+    // The plan view at /ui: every algorithm at the server's max batch, read-only.
+    let device = if backend == BackendKind::Cuda {
+        "h200"
+    } else {
+        "cpu"
+    };
+    let cost = plan.cost_model(device, a.engine.intra_op_threads)?;
+    let algo_name = plan.algo.to_string();
+    let view = streamrec_graph::html::page(
+        &graph,
+        &cost,
+        &streamrec_graph::html::Options {
+            batch: max_batch,
+            max_streams: plan.streams,
+            fuse: plan.fuse,
+            measured: None,
+            selected: Some(&algo_name),
+        },
+    )?;
+    server.set_ui(view);
     let addr = server.local_addr();
     println!("listening on http://{addr}");
     eprintln!("streamrec serve: model {name} version {version}, {describe}; ready");

@@ -254,9 +254,26 @@ pub fn run(args: &[String]) -> Result<()> {
         )
     });
     let mut pred_table = String::new();
+    let mut pages: Vec<(String, String)> = Vec::new();
     for (name, cap) in &models {
         bar.set_message(format!("loading {name}"));
         let m = load(name, *cap)?;
+        // The plan view of this workload (every algorithm at batch 128, K = 4, the calibrated
+        // cpu profile), linked from report.md.
+        let page = streamrec_graph::html::page(
+            &m.graph,
+            &CostModel::new(cpu.clone()),
+            &streamrec_graph::html::Options {
+                batch: 128,
+                max_streams: 4,
+                fuse: None,
+                measured: None,
+                selected: Some("streamrec"),
+            },
+        )?;
+        let page_name = format!("plan-{}.html", m.spec.name);
+        std::fs::write(o.out.join(&page_name), page)?;
+        pages.push((m.spec.name.clone(), page_name));
         for &b in sizes {
             let input = batches(&m.spec, b);
             let budget = Duration::from_millis(if o.quick { 150 } else { 900 });
@@ -446,6 +463,29 @@ pub fn run(args: &[String]) -> Result<()> {
     std::fs::write(o.out.join("engine.csv"), &csv)?;
     std::fs::write(o.out.join("prediction.csv"), &pred_csv)?;
     std::fs::write(o.out.join("noise.txt"), &noise_table)?;
+    let mut report = format!(
+        "# CPU engine experiments ({})\n\nWritten by `cargo xtask bench`{}. Every ratio is against \
+         `single` measured in the same run; a ratio within the noise floor (the spread of p50 over \
+         the repeated, identical `single` runs) is \"no difference\".\n\n## Plan views\n\n",
+        today(),
+        if o.quick { " --quick" } else { "" }
+    );
+    for (model, page) in &pages {
+        let _ = writeln!(
+            report,
+            "- [{model}]({page}): the operator graph by stream, simulated timelines (eager and \
+             graph mode) and every algorithm side by side, at batch 128 and K = 4"
+        );
+    }
+    let _ = write!(
+        report,
+        "\n## Noise floors\n\n```\n{noise_table}```\n\n## Engine (p50/p99 latency, throughput, \
+         ratio to single)\n\nSee [engine.csv](engine.csv).\n\n```\n{table}```\n\n## Measured \
+         vs simulated speed-up on 2 streams\n\n```\n{pred_table}```\n\nAlso: \
+         [contexts.csv](contexts.csv), [intra-op.csv](intra-op.csv), \
+         [prediction.csv](prediction.csv), [cpu-profile.toml](cpu-profile.toml).\n"
+    );
+    std::fs::write(o.out.join("report.md"), report)?;
     println!("noise floors (spread of p50 over the repeated single-stream runs):");
     print!("{noise_table}");
     println!();
@@ -468,7 +508,7 @@ pub fn run(args: &[String]) -> Result<()> {
     println!("\nmulti-stream speed-up on 2 streams, measured vs simulated (cpu profile calibrated in this run):");
     print!("{pred_table}");
     println!(
-        "\nwrote {}/engine.csv, prediction.csv, noise.txt, contexts.csv, intra-op.csv, cpu-profile.toml",
+        "\nwrote {}/report.md, plan-*.html, engine.csv, prediction.csv, noise.txt, contexts.csv, intra-op.csv, cpu-profile.toml",
         o.out.display()
     );
     Ok(())

@@ -1,9 +1,10 @@
-//! `cargo xtask`: experiment orchestration for StreamRec (`bench`, `serve-bench`, `fuzz`,
+//! `cargo xtask`: experiment orchestration for StreamRec (`bench`, `serve-bench`, `load`, `fuzz`,
 //! `device-bundle`).
 
 mod bench;
 mod device_bundle;
 mod fuzz;
+mod load;
 mod serve_bench;
 
 use anyhow::Result;
@@ -24,6 +25,12 @@ tasks:
         loopback with keep-alive: tiny at batch 1 and streamrec-26 (row-capped) at batch 128,
         requests/s and p50/p99 with 1 client and with N (default 8), median of R rounds (default
         3) of S seconds (default 2) with their spread. --out DIR writes DIR/serve.csv.
+  load [--workers N] [--url U] [--qps Q] [--duration D] [--schedule S] [--batch B] [--out DIR]
+        The sharded load of deploy/k8s/ (an Indexed Job of `streamrec load --shards N`) as N
+        (default 3) local `streamrec load --shard i/N` processes started together against --url
+        or a local `streamrec serve` on a free port, merged with `streamrec load merge`; prints
+        the total and whether the achieved rate is within 2% of the offered (`cargo xtask load
+        --help` for every option).
   fuzz [--secs N] [--seed S]
         Random and mutated infer bodies (JSON and binary) through the parser and every 20th
         through a live server for N seconds (default 30): no panic, only 200 or 4xx.
@@ -43,6 +50,7 @@ fn main() -> Result<()> {
         Some("device-bundle") => device_bundle::run(&args[1..]),
         Some("serve-bench") => serve_bench::run(&args[1..]),
         Some("fuzz") => fuzz::run(&args[1..]),
+        Some("load") => load::run(&args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
             print!("{HELP}");
             Ok(())
