@@ -138,7 +138,7 @@ struct Timed {
 }
 
 /// Relative spread of measurements: (max - min) / median; 0 for fewer than two.
-fn spread(v: &[f64]) -> f64 {
+pub(crate) fn spread(v: &[f64]) -> f64 {
     if v.len() < 2 {
         return 0.0;
     }

@@ -19,6 +19,8 @@ use streamrec_runtime::request::InferRequest;
 use streamrec_runtime::{CpuBackend, Engine, EngineConfig, Infer, Weights};
 use streamrec_serve::{Model, ServeConfig, Server};
 
+use crate::bench::spread;
+
 struct Opts {
     secs: f64,
     clients: usize,
@@ -168,14 +170,6 @@ fn closed_loop(
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
-}
-
-fn spread(v: &[f64]) -> f64 {
-    let (lo, hi) = v
-        .iter()
-        .fold((f64::INFINITY, 0f64), |(l, h), &x| (l.min(x), h.max(x)));
-    let mut s = v.to_vec();
-    (hi - lo) / median(&mut s)
 }
 
 /// Runs the task.
