@@ -6,12 +6,13 @@
 #
 # Usage (from anywhere): OUT=/some/dir bash .device/run.sh
 #   OUT            where results go (default: .device/out): env.txt, tests.log, check.log,
-#                  bench.log, bench-raw.csv, gpu-bench.csv (kernels.log with STEPS ... kernels)
+#                  bench.log, bench-raw.csv, gpu-bench.csv, serving/ (serving.md, serving*.csv,
+#                  serving-*.svg) and serving.log (kernels.log with STEPS ... kernels)
 #   DEADLINE       seconds from the start after which nothing new starts, default 480 (a GPU loan
 #                  is about 10 minutes, of which the start takes some). Checked before each step,
 #                  each check and each benchmark process; every command's timeout is capped at
 #                  the time left, so the script ends by about DEADLINE + 10 s.
-#   STEPS          which steps to run, default "env tests check bench" (add "kernels" for the
+#   STEPS          which steps to run, default "env tests check bench serve" (add "kernels" for the
 #                  criterion benches of the CUDA embedding kernels). The library search, env.txt
 #                  and the device probe always run.
 #   BATCHES        benchmark batch sizes, default "1 16 128 1024 4096" (all measured by one
@@ -24,12 +25,21 @@
 #   CHECK_MODELS   models of the correctness checks, default "tiny dlrm-kaggle streamrec-26"
 #   CHECK_ROW_CAP  table rows in the correctness checks, default 100000
 #   ITERS          timed requests per measurement, default 200
+#   SERVE_MODEL    the serving experiment's model, default streamrec-26
+#   SERVE_ROW_CAP  its table rows, default 100000
+#   SERVE_ARGS     options of `xtask serving` (see `bin/xtask serving --help`), default
+#                  "--serve-secs 2 --serve-passes 1 --serve-rounds 3 --serve-start-qps 500
+#                  --serve-growth 2 --serve-load-threads 4"
+#   SERVE_BUDGET   seconds the serving step may take at most, default 200
 #
 # Expected run time (estimated, not yet measured on a GPU): library search and probe < 5 s;
 # CUDA tests about 1 min; 9 correctness checks about 1 min; the benchmark about 1-1.5 min per
 # plan and graph mode (13.3 GB of tables generated once, uploaded once per engine, then
 # 5 batch sizes x 2 engines x 200 requests): about 4-5 min in all with the defaults, within
-# DEADLINE=480. Without a CUDA device it stops after the probe, in a few seconds.
+# DEADLINE=480; the serving experiment (`streamrec serve --backend cuda --algo single` and
+# `--algo auto` under open-loop load from `xtask serving` on the same machine over loopback) then
+# gets what is left, at most SERVE_BUDGET, and reports what it measured when the deadline
+# comes. Without a CUDA device it stops after the probe, in a few seconds.
 #
 # Exit status: 0 every step ran and passed; 1 something failed; 2 no CUDA device (or the CUDA
 # libraries do not load: see env.txt); 3 nothing failed but the deadline cut steps or runs off.
@@ -50,13 +60,16 @@
 #   cuda-tests (the `cargo test --test cuda` binary of streamrec-runtime): libtest flags;
 #       STREAMREC_REQUIRE_CUDA=1 makes a missing device a failure instead of a skip
 #   cuda-bench (the `cuda_kernels` criterion bench of streamrec-kernels): --bench
+#   xtask serving --root R --out D --serve-bin B --serve-spec F --serve-row-cap N
+#                 --server-args "..." --serve-deadline-s S [options]
+#       writes D/serving.md, serving*.csv, serving-*.svg; starts no new point after S seconds
 set -u
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$HERE" || exit 1
 OUT=${OUT:-$HERE/out}
 mkdir -p "$OUT"
 DEADLINE=${DEADLINE:-480}
-STEPS=${STEPS:-env tests check bench}
+STEPS=${STEPS:-env tests check bench serve}
 BATCHES=${BATCHES:-1 16 128 1024 4096}
 PLANS=${PLANS:-streamrec:8}
 GRAPHS=${GRAPHS:-on off}
@@ -65,6 +78,10 @@ ROW_CAP=${ROW_CAP:-1000000}
 CHECK_MODELS=${CHECK_MODELS:-tiny dlrm-kaggle streamrec-26}
 CHECK_ROW_CAP=${CHECK_ROW_CAP:-100000}
 ITERS=${ITERS:-200}
+SERVE_MODEL=${SERVE_MODEL:-streamrec-26}
+SERVE_ROW_CAP=${SERVE_ROW_CAP:-100000}
+SERVE_ARGS=${SERVE_ARGS:---serve-secs 2 --serve-passes 1 --serve-rounds 3 --serve-start-qps 500 --serve-growth 2 --serve-load-threads 4}
+SERVE_BUDGET=${SERVE_BUDGET:-200}
 BIN=$HERE/bin
 STATUS=0
 CUT=""
@@ -257,6 +274,20 @@ if has bench; then
     awk -F, -v OFS=, '{ print $1, $2, $3, $6, $12, $18, $8, $14, $19, $20, $11, $17 }' "$CSV" |
         { read -r h; echo "$h"; sort -t, -k1,1n -k2,2; } |
         { column -s, -t 2>/dev/null || cat; }
+fi
+
+if has serve; then
+    say "serving experiment: $SERVE_MODEL behind streamrec serve --backend cuda, single vs auto"
+    if budget "$SERVE_BUDGET" "serving experiment"; then
+        # The experiment stops starting points 30 s before its timeout, then writes its report.
+        stop=$((T > 60 ? T - 30 : T / 2))
+        # shellcheck disable=SC2086 # SERVE_ARGS is a list of options
+        timeout -k 10 "$T" "$BIN/xtask" serving --root "$HERE" --out "$OUT/serving" \
+            --serve-bin "$BIN/streamrec" --serve-spec "workloads/$SERVE_MODEL.toml" \
+            --serve-row-cap "$SERVE_ROW_CAP" --server-args "--backend cuda" \
+            --serve-deadline-s "$stop" $SERVE_ARGS 2>&1 | tee "$OUT/serving.log"
+        after_run "${PIPESTATUS[0]}" "$T" "$SERVE_BUDGET" "serving experiment" "$OUT/serving.log"
+    fi
 fi
 
 finish

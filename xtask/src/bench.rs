@@ -20,18 +20,26 @@ struct Opts {
     quick: bool,
     out: PathBuf,
     row_cap: usize,
+    /// The serving experiment; None with --no-serve.
+    serving: Option<crate::serving::Opts>,
 }
 
 fn parse(args: &[String]) -> Result<Opts> {
+    let quick = args.iter().any(|a| a == "--quick");
     let mut o = Opts {
-        quick: false,
+        quick,
         out: PathBuf::from("results").join(format!("{}-cpu", today())),
         row_cap: 100_000,
+        serving: None,
     };
+    let mut serving =
+        crate::serving::Opts::new(quick, crate::serving::default_root(), PathBuf::new());
+    let mut no_serve = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--quick" => o.quick = true,
+            "--quick" => {}
+            "--no-serve" => no_serve = true,
             "--out" => o.out = PathBuf::from(it.next().context("--out needs a folder")?),
             "--row-cap" => {
                 o.row_cap = it
@@ -40,13 +48,21 @@ fn parse(args: &[String]) -> Result<Opts> {
                     .parse()
                     .context("--row-cap needs a number")?
             }
-            x => bail!("bench: unknown option `{x}`"),
+            x => {
+                if !serving.take(x, &mut it)? {
+                    bail!("bench: unknown option `{x}`\n{}", crate::serving::HELP);
+                }
+            }
         }
+    }
+    if !no_serve {
+        serving.out = o.out.clone();
+        o.serving = Some(serving);
     }
     Ok(o)
 }
 
-fn today() -> String {
+pub(crate) fn today() -> String {
     std::process::Command::new("date")
         .arg("+%Y-%m-%d")
         .output()
@@ -485,6 +501,10 @@ pub fn run(args: &[String]) -> Result<()> {
          [contexts.csv](contexts.csv), [intra-op.csv](intra-op.csv), \
          [prediction.csv](prediction.csv), [cpu-profile.toml](cpu-profile.toml).\n"
     );
+    if let Some(serving) = &o.serving {
+        // The serving experiment: the engine behind `streamrec serve`, under open-loop load.
+        let _ = write!(report, "\n{}", crate::serving::run(serving)?);
+    }
     std::fs::write(o.out.join("report.md"), report)?;
     println!("noise floors (spread of p50 over the repeated single-stream runs):");
     print!("{noise_table}");

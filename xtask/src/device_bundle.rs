@@ -57,6 +57,17 @@ pub fn run(args: &[String]) -> Result<()> {
         bail!("{} was not built", cli.display());
     }
 
+    eprintln!("building the release xtask (the serving experiment) ...");
+    status(
+        Command::new(&cargo)
+            .current_dir(&root)
+            .args(["build", "--release", "-p", "xtask"]),
+    )?;
+    let xtask = root.join("target/release/xtask");
+    if !xtask.is_file() {
+        bail!("{} was not built", xtask.display());
+    }
+
     eprintln!("building the CUDA test binary ...");
     let tests = artifact(
         Command::new(&cargo).current_dir(&root).args([
@@ -108,6 +119,7 @@ pub fn run(args: &[String]) -> Result<()> {
     std::fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
     for (src, name) in [
         (&cli, "streamrec"),
+        (&xtask, "xtask"),
         (&tests, "cuda-tests"),
         (&linear, "cuda-linear-tests"),
         (&bench, "cuda-bench"),
@@ -132,6 +144,16 @@ pub fn run(args: &[String]) -> Result<()> {
             std::fs::copy(&p, wl.join(p.file_name().expect("a file name")))?;
         }
     }
+    // The trace the serving experiment replays (with its licence).
+    let traces = wl.join("traces");
+    std::fs::create_dir_all(&traces)?;
+    for f in [
+        "azure-llm-2023-conv.csv",
+        "LICENSE-azure-public-dataset-CC-BY-4.0.txt",
+    ] {
+        std::fs::copy(root.join("workloads/traces").join(f), traces.join(f))
+            .with_context(|| format!("copying workloads/traces/{f}"))?;
+    }
 
     let when = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -146,7 +168,7 @@ pub fn run(args: &[String]) -> Result<()> {
 
     let bytes = dir_size(&out)?;
     eprintln!(
-        "wrote {} ({:.1} MiB): bin/streamrec, bin/cuda-tests, bin/cuda-linear-tests, bin/cuda-bench, workloads/, run.sh, find-libs.sh",
+        "wrote {} ({:.1} MiB): bin/streamrec, bin/xtask, bin/cuda-tests, bin/cuda-linear-tests, bin/cuda-bench, workloads/, run.sh, find-libs.sh",
         out.display(),
         bytes as f64 / (1 << 20) as f64
     );

@@ -97,7 +97,7 @@ fn parse(args: &[String], root: &Path) -> Result<Opts> {
 }
 
 /// A child process killed (SIGTERM, then SIGKILL after 5 s) when dropped.
-struct Guard(Child);
+pub(crate) struct Guard(pub(crate) Child);
 
 impl Drop for Guard {
     fn drop(&mut self) {

@@ -1,11 +1,13 @@
-//! `cargo xtask`: experiment orchestration for StreamRec (`bench`, `serve-bench`, `load`, `fuzz`,
-//! `device-bundle`).
+//! `cargo xtask`: experiment orchestration for StreamRec (`bench`, `serving`, `serve-bench`,
+//! `load`, `fuzz`, `device-bundle`).
 
 mod bench;
 mod device_bundle;
 mod fuzz;
 mod load;
+mod plots;
 mod serve_bench;
+mod serving;
 
 use anyhow::Result;
 
@@ -13,13 +15,22 @@ const HELP: &str = "\
 cargo xtask <task> [options]
 
 tasks:
-  bench [--quick] [--out DIR] [--row-cap N]
+  bench [--quick] [--out DIR] [--row-cap N] [--no-serve] [serving options]
         CPU engine experiments: every algorithm at K in {1,2,4,8} on tiny and streamrec-26 at
         batch 1, 16, 128, 1024 (p50/p99 latency, throughput, ratio to single measured in the same
         run), 1 vs 2 execution contexts, intra-op threads, and measured vs simulated
-        multi-stream speed-ups. Writes DIR/engine.csv, contexts.csv, intra-op.csv,
-        prediction.csv and the calibrated cpu-profile.toml
-        (default DIR: results/<date>-cpu). --quick runs tiny only at batch 1 and 16.
+        multi-stream speed-ups; then the serving experiment (below) unless --no-serve. Writes
+        DIR/engine.csv, contexts.csv, intra-op.csv, prediction.csv, the calibrated
+        cpu-profile.toml, the serving CSVs and SVG plots, and report.md embedding them
+        (default DIR: results/<date>-cpu). --quick runs tiny only at batch 1 and 16, and a short
+        serving run on tiny.
+  serving [--quick] [--out DIR] [serving options]
+        The serving experiment alone: `streamrec serve --algo single` and `--algo auto`, driven
+        open-loop with Poisson arrivals and the Azure trace over a sweep of offered QPS; the
+        largest QPS whose p99 stays under the bound, latency at a common offered load (half the
+        single plan's max), the two headline ratios against the published 27.8% and 52% with
+        the run's noise floor; DIR/serving*.csv, serving-*.svg and serving.md
+        (default DIR: results/<date>-serving).
   serve-bench [--secs S] [--clients N] [--rounds R] [--row-cap N] [--out DIR]
         What the HTTP server adds over calling the engine directly, side by side in one run over
         loopback with keep-alive: tiny at batch 1 and streamrec-26 (row-capped) at batch 128,
@@ -48,11 +59,12 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("bench") => bench::run(&args[1..]),
         Some("device-bundle") => device_bundle::run(&args[1..]),
+        Some("serving") => serving::main(&args[1..]),
         Some("serve-bench") => serve_bench::run(&args[1..]),
         Some("fuzz") => fuzz::run(&args[1..]),
         Some("load") => load::run(&args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
-            print!("{HELP}");
+            print!("{HELP}{}", serving::HELP);
             Ok(())
         }
         Some(other) => {

@@ -1,0 +1,941 @@
+//! The serving experiment of `cargo xtask bench` (and `cargo xtask serving` alone): the
+//! single-stream baseline and the `auto` plan, each behind `streamrec serve`, driven open-loop by
+//! the load generator with Poisson arrivals and with the Azure trace over a sweep of offered QPS.
+//!
+//! For each plan and arrival process it finds the largest offered QPS whose p99 stays under a
+//! bound (a point passes when every request succeeded, the achieved rate is within 2% of the
+//! offered one and p99 <= the bound), then measures latency at a common offered load (half the
+//! baseline's largest passing QPS) in interleaved rounds. The two headline ratios (latency
+//! reduction at the common load, throughput gain at the bound) are read against the run's own
+//! noise floor: the round-to-round spread of the baseline, and for throughput also the search's
+//! resolution. Writes serving.csv, serving-latency.csv, serving.md and three SVG plots.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use streamrec_loadgen::results::histogram;
+use streamrec_loadgen::{
+    run_load, wait_ready, BatchSizes, BodyConfig, LoadSpec, ModelInputs, RunConfig, RunResult,
+    ScheduleConfig, ScheduleKind, Shard, Target, Trace,
+};
+
+use crate::bench::spread;
+use crate::load::Guard;
+use crate::plots;
+
+/// The published figures the headline ratios sit next to.
+pub const PUBLISHED_LATENCY_REDUCTION: f64 = 0.278;
+/// Published throughput gain over single-stream.
+pub const PUBLISHED_THROUGHPUT_GAIN: f64 = 0.52;
+
+/// The trace replayed beside Poisson (relative to the workspace root).
+const TRACE: &str = "workloads/traces/azure-llm-2023-conv.csv";
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Opts {
+    /// Short run (CI): tiny, short points, one pass, one round.
+    pub quick: bool,
+    /// Model spec, relative to `root` or absolute.
+    pub spec: PathBuf,
+    /// Row cap for the spec's tables.
+    pub row_cap: Option<u64>,
+    /// Samples per request.
+    pub batch: u32,
+    /// The p99 bound, milliseconds.
+    pub p99_ms: f64,
+    /// Seconds of load per point.
+    pub secs: f64,
+    /// Search passes (the max-QPS noise floor comes from their spread).
+    pub passes: usize,
+    /// Rounds at the common load.
+    pub rounds: usize,
+    /// First offered QPS of the sweep, and the factor between steps.
+    pub start_qps: f64,
+    /// Factor between sweep steps.
+    pub growth: f64,
+    /// Bisection steps after the first failing point.
+    pub refine: usize,
+    /// The `streamrec` binary; None: build `target/release/streamrec`.
+    pub bin: Option<PathBuf>,
+    /// Extra arguments for `streamrec serve` (e.g. `--backend cuda`).
+    pub server_args: Vec<String>,
+    /// Workspace root (workloads/ and the trace are found from it).
+    pub root: PathBuf,
+    /// Output folder.
+    pub out: PathBuf,
+    /// Start no new point after this many seconds (what was measured is still reported).
+    pub deadline_s: Option<f64>,
+    /// Threads of the load generator.
+    pub load_threads: usize,
+}
+
+impl Opts {
+    /// Defaults for a full or a quick run.
+    pub fn new(quick: bool, root: PathBuf, out: PathBuf) -> Opts {
+        Opts {
+            quick,
+            spec: PathBuf::from(if quick {
+                "workloads/tiny.toml"
+            } else {
+                "workloads/streamrec-26.toml"
+            }),
+            row_cap: if quick { None } else { Some(100_000) },
+            batch: 1,
+            p99_ms: 10.0,
+            secs: if quick { 0.5 } else { 3.0 },
+            passes: if quick { 1 } else { 2 },
+            rounds: if quick { 1 } else { 3 },
+            start_qps: if quick { 500.0 } else { 100.0 },
+            growth: if quick { 2.0 } else { 1.5 },
+            refine: if quick { 1 } else { 2 },
+            bin: None,
+            server_args: Vec::new(),
+            root,
+            out,
+            deadline_s: None,
+            load_threads: 1,
+        }
+    }
+
+    /// Takes one serving option (and its value) if `flag` is one; false otherwise.
+    pub fn take(&mut self, flag: &str, it: &mut std::slice::Iter<'_, String>) -> Result<bool> {
+        let mut val = || -> Result<String> {
+            it.next()
+                .cloned()
+                .with_context(|| format!("{flag} needs a value"))
+        };
+        let num = |v: String, lo: f64, hi: f64| -> Result<f64> {
+            let x: f64 = v
+                .parse()
+                .with_context(|| format!("{flag}: `{v}` is not a number"))?;
+            if !(x.is_finite() && x >= lo && x <= hi) {
+                bail!("{flag}: {x} is not in [{lo}, {hi}]");
+            }
+            Ok(x)
+        };
+        match flag {
+            "--p99-ms" => self.p99_ms = num(val()?, 0.01, 60_000.0)?,
+            "--serve-spec" => self.spec = PathBuf::from(val()?),
+            "--serve-row-cap" => self.row_cap = Some(num(val()?, 1.0, 1e12)? as u64),
+            "--serve-batch" => self.batch = num(val()?, 1.0, 65_536.0)? as u32,
+            "--serve-secs" => self.secs = num(val()?, 0.1, 600.0)?,
+            "--serve-passes" => self.passes = num(val()?, 1.0, 10.0)? as usize,
+            "--serve-rounds" => self.rounds = num(val()?, 1.0, 20.0)? as usize,
+            "--serve-start-qps" => self.start_qps = num(val()?, 1.0, 1e6)?,
+            "--serve-growth" => self.growth = num(val()?, 1.05, 10.0)?,
+            "--serve-bin" => self.bin = Some(PathBuf::from(val()?)),
+            "--server-args" => {
+                self.server_args = val()?.split_whitespace().map(String::from).collect()
+            }
+            "--serve-deadline-s" => self.deadline_s = Some(num(val()?, 1.0, 86_400.0)?),
+            "--serve-load-threads" => self.load_threads = num(val()?, 1.0, 64.0)? as usize,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+/// Help for the serving options (shared by `bench` and `serving`).
+pub const HELP: &str = "\
+  serving options (also for `cargo xtask bench`):
+    --p99-ms MS            p99 bound of the max-QPS search (default 10)
+    --serve-spec FILE      model (default workloads/streamrec-26.toml; --quick: tiny.toml)
+    --serve-row-cap N      row cap of the served model (default 100000; --quick: none)
+    --serve-batch B        samples per request (default 1)
+    --serve-secs S         seconds of load per point (default 3; --quick: 0.5)
+    --serve-passes N       max-QPS searches per plan and schedule (default 2; --quick: 1)
+    --serve-rounds N       rounds at the common load (default 3; --quick: 1)
+    --serve-start-qps Q    first point of the sweep (default 100; --quick: 500)
+    --serve-growth F       factor between points (default 1.5; --quick: 2)
+    --serve-bin PATH       the streamrec binary (default: cargo build --release --bin streamrec)
+    --server-args \"...\"    extra arguments for streamrec serve (e.g. \"--backend cuda\")
+    --serve-deadline-s S   start no new point after S seconds; report what was measured
+    --serve-load-threads N threads of the load generator (default 1)
+";
+
+/// One measured point of a sweep.
+#[derive(Clone, Debug)]
+struct Point {
+    pass: usize,
+    schedule: &'static str,
+    plan: &'static str,
+    qps: f64,
+    offered: f64,
+    achieved: f64,
+    requests: u64,
+    failed: u64,
+    p50: u64,
+    p90: u64,
+    p99: u64,
+    p999: u64,
+    max: u64,
+    ok: bool,
+}
+
+/// A running `streamrec serve` and what it said about its plan.
+struct ServerProc {
+    url: String,
+    plan_line: String,
+    _guard: Guard,
+}
+
+fn start_server(o: &Opts, bin: &Path, algo: &str) -> Result<ServerProc> {
+    let mut cmd = Command::new(bin);
+    cmd.arg("serve")
+        .arg(&o.spec)
+        .args(["--port", "0", "--algo", algo]);
+    if let Some(c) = o.row_cap {
+        cmd.args(["--row-cap", &c.to_string()]);
+    }
+    cmd.args(&o.server_args);
+    let mut child = cmd
+        .current_dir(&o.root)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {} serve", bin.display()))?;
+    let stdout = child.stdout.take().context("server stdout")?;
+    let stderr = child.stderr.take().context("server stderr")?;
+    let guard = Guard(child);
+    // The server's log: kept for its plan line; the last lines are shown if it fails.
+    let log = Arc::new(Mutex::new(Vec::<String>::new()));
+    {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
+                log.lock().expect("log lock").push(line);
+            }
+        });
+    }
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let Some(url) = line.trim().strip_prefix("listening on ").map(String::from) else {
+        std::thread::sleep(Duration::from_millis(200));
+        let log = log.lock().expect("log lock").join("\n");
+        bail!("streamrec serve --algo {algo} did not start:\n{log}");
+    };
+    let spec =
+        streamrec_graph::ModelSpec::load(&o.root.join(&o.spec), o.row_cap.map(|c| c as usize))
+            .with_context(|| o.spec.display().to_string())?;
+    wait_ready(
+        &Target::new(url.clone(), spec.name.clone()),
+        Duration::from_secs(300),
+    )?;
+    let plan_line = log
+        .lock()
+        .expect("log lock")
+        .iter()
+        .rev()
+        .find(|l| l.contains("; ready"))
+        .cloned()
+        .unwrap_or_default();
+    Ok(ServerProc {
+        url,
+        plan_line,
+        _guard: guard,
+    })
+}
+
+/// The `streamrec` binary to serve with: the given one, or a release build.
+fn binary(o: &Opts) -> Result<PathBuf> {
+    if let Some(b) = &o.bin {
+        if !b.is_file() {
+            bail!("--serve-bin {}: no such file", b.display());
+        }
+        return Ok(b.clone());
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("building the release CLI for the serving experiment ...");
+    let st = Command::new(cargo)
+        .current_dir(&o.root)
+        .args(["build", "--release", "--bin", "streamrec"])
+        .status()?;
+    if !st.success() {
+        bail!("cargo build --release --bin streamrec failed");
+    }
+    Ok(o.root.join("target/release/streamrec"))
+}
+
+struct Ctx<'a> {
+    o: &'a Opts,
+    inputs: ModelInputs,
+    model: String,
+    started: Instant,
+    bar: ProgressBar,
+    points: Vec<Point>,
+}
+
+impl Ctx<'_> {
+    fn out_of_time(&self) -> bool {
+        self.o
+            .deadline_s
+            .is_some_and(|d| self.started.elapsed().as_secs_f64() >= d)
+    }
+
+    fn spec(&self, kind: &ScheduleKind, qps: f64, seed: u64) -> LoadSpec {
+        LoadSpec {
+            schedule: ScheduleConfig {
+                kind: kind.clone(),
+                qps,
+                duration: Duration::from_secs_f64(self.o.secs),
+                max_requests: None,
+                seed,
+                shard: Shard::ALL,
+            },
+            batch: BatchSizes::Fixed(self.o.batch),
+            max_batch: 256.max(self.o.batch),
+            bodies: BodyConfig::default(),
+            run: RunConfig {
+                connections: 512,
+                warm_connections: 32,
+                timeout: Duration::from_secs(10),
+                threads: self.o.load_threads,
+                ..RunConfig::default()
+            },
+        }
+    }
+
+    /// Offers `qps` to `url` for one point and records it.
+    fn measure(
+        &mut self,
+        pass: usize,
+        (sched, kind): (&'static str, &ScheduleKind),
+        (plan, url): (&'static str, &str),
+        qps: f64,
+        seed: u64,
+    ) -> Result<(Point, RunResult)> {
+        self.bar
+            .set_message(format!("{plan} {sched} pass {}: {qps:.0} req/s", pass + 1));
+        let r = run_load(
+            &Target::new(url, self.model.clone()),
+            &self.inputs,
+            &self.spec(kind, qps, seed),
+        )?;
+        let s = &r.summary;
+        let bound_us = (self.o.p99_ms * 1000.0) as u64;
+        let ok = s.failed() == 0
+            && s.achieved_qps >= 0.98 * s.offered_qps
+            && s.latency_us.p99 <= bound_us;
+        let p = Point {
+            pass,
+            schedule: sched,
+            plan,
+            qps,
+            offered: s.offered_qps,
+            achieved: s.achieved_qps,
+            requests: s.requests,
+            failed: s.failed(),
+            p50: s.latency_us.p50,
+            p90: s.latency_us.p90,
+            p99: s.latency_us.p99,
+            p999: s.latency_us.p999,
+            max: s.latency_us.max,
+            ok,
+        };
+        let line = format!(
+            "  {plan:>6} {sched:>7} pass {}: offered {:>8.1} req/s, achieved {:>8.1}, p50 {:>6} us, p99 {:>7} us, {} failed: {}",
+            pass + 1,
+            p.offered,
+            p.achieved,
+            p.p50,
+            p.p99,
+            p.failed,
+            if ok { "within the bound" } else { "over" }
+        );
+        self.bar.suspend(|| eprintln!("{line}"));
+        self.bar.inc(1);
+        self.points.push(p.clone());
+        // Let the server drain before the next point.
+        std::thread::sleep(Duration::from_millis(if self.o.quick { 50 } else { 300 }));
+        Ok((p, r))
+    }
+
+    /// The largest offered QPS within the bound: a geometric sweep up to the first point over
+    /// it, then `refine` bisections (geometric midpoints). None: not even the first point passed,
+    /// or the deadline cut the search short.
+    fn search(
+        &mut self,
+        pass: usize,
+        sched: (&'static str, &ScheduleKind),
+        plan: (&'static str, &str),
+    ) -> Result<Option<f64>> {
+        let mut q = self.o.start_qps;
+        let (mut lo, mut hi): (Option<f64>, Option<f64>) = (None, None);
+        for step in 0..40 {
+            if self.out_of_time() {
+                // Cut off before a point over the bound: no maximum to report.
+                return Ok(None);
+            }
+            if q > 1e6 {
+                break;
+            }
+            let seed = 1000 * pass as u64 + step;
+            if self.measure(pass, sched, plan, q, seed)?.0.ok {
+                lo = Some(q);
+                q *= self.o.growth;
+            } else {
+                hi = Some(q);
+                break;
+            }
+        }
+        if let (Some(mut l), Some(mut h)) = (lo, hi) {
+            for step in 0..self.o.refine {
+                if self.out_of_time() {
+                    return Ok(None);
+                }
+                let mid = (l * h).sqrt();
+                if self
+                    .measure(pass, sched, plan, mid, 500 + step as u64)?
+                    .0
+                    .ok
+                {
+                    l = mid;
+                } else {
+                    h = mid;
+                }
+            }
+            lo = Some(l);
+        }
+        Ok(lo)
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[s.len() / 2]
+}
+
+/// A ratio read against a noise floor.
+fn verdict(change: f64, noise: f64, up: &str, down: &str) -> String {
+    if !change.is_finite() {
+        "not measured".into()
+    } else if change.abs() <= noise {
+        "no difference".into()
+    } else if change > 0.0 {
+        up.into()
+    } else {
+        down.into()
+    }
+}
+
+/// Runs the serving experiment; returns the markdown section for report.md (also written to
+/// `out/serving.md`).
+pub fn run(o: &Opts) -> Result<String> {
+    std::fs::create_dir_all(&o.out).with_context(|| o.out.display().to_string())?;
+    let spec_path = o.root.join(&o.spec);
+    let inputs = ModelInputs::from_spec_file(&spec_path, o.row_cap)?;
+    let model = streamrec_graph::ModelSpec::load(&spec_path, o.row_cap.map(|c| c as usize))
+        .with_context(|| spec_path.display().to_string())?
+        .name;
+    let trace = Trace::load(&o.root.join(TRACE))?;
+    let bin = binary(o)?;
+    eprintln!(
+        "serving experiment: {model} (batch {} per request), p99 bound {} ms, {} s per point",
+        o.batch, o.p99_ms, o.secs
+    );
+    let single = start_server(o, &bin, "single")?;
+    let auto = start_server(o, &bin, "auto")?;
+    eprintln!("  single: {}", single.plan_line);
+    eprintln!("  auto:   {}", auto.plan_line);
+    let schedules: [(&'static str, ScheduleKind); 2] = [
+        ("poisson", ScheduleKind::Poisson),
+        ("trace", ScheduleKind::Trace(Arc::new(trace))),
+    ];
+    let plans: [(&'static str, &str); 2] = [("single", &single.url), ("auto", &auto.url)];
+    // A rough count for the progress bar: about 10 sweep points per search, plus the rounds.
+    let est = (o.passes * 4 * (8 + o.refine) + o.rounds * 4) as u64;
+    let bar = ProgressBar::new(est).with_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} {elapsed_precise} {msg}")
+            .expect("valid template"),
+    );
+    let mut cx = Ctx {
+        o,
+        inputs,
+        model: model.clone(),
+        started: Instant::now(),
+        bar,
+        points: Vec::new(),
+    };
+    // max QPS per (schedule, plan), one per pass; passes interleave the plans.
+    // Poisson first, then the trace: each has its searches and its common-load rounds before the
+    // next starts, so a run cut off by its deadline has whole results for the first.
+    let mut maxes: Vec<Vec<Vec<Option<f64>>>> = vec![vec![Vec::new(); 2]; 2];
+    let mut lat_csv = String::from(
+        "schedule,plan,round,offered_qps,achieved_qps,failed,p50_us,p90_us,p99_us,p999_us,max_us\n",
+    );
+    let mut common: Vec<(f64, [Vec<Point>; 2])> = Vec::new();
+    let mut cdf: [Histogram<u64>; 2] = [histogram(), histogram()];
+    for (si, (sn, sk)) in schedules.iter().enumerate() {
+        for pass in 0..o.passes {
+            for pi in 0..2 {
+                // Passes alternate which plan goes first.
+                let plan = if pass % 2 == 0 { pi } else { 1 - pi };
+                let m = cx.search(pass, (sn, sk), plans[plan])?;
+                maxes[si][plan].push(m);
+            }
+        }
+        // Latency at a common offered load: half the baseline's largest passing QPS.
+        let base: Vec<f64> = maxes[si][0].iter().flatten().copied().collect();
+        let q = if base.is_empty() {
+            o.start_qps / 2.0
+        } else {
+            median(&base) / 2.0
+        };
+        let mut got: [Vec<Point>; 2] = [Vec::new(), Vec::new()];
+        for round in 0..o.rounds {
+            for j in 0..2 {
+                let plan = (j + round) % 2;
+                if cx.out_of_time() {
+                    break;
+                }
+                let (p, r) = cx.measure(round, (sn, sk), plans[plan], q, 9000 + round as u64)?;
+                let _ = writeln!(
+                    lat_csv,
+                    "{sn},{},{},{:.1},{:.1},{},{},{},{},{},{}",
+                    p.plan,
+                    round + 1,
+                    p.offered,
+                    p.achieved,
+                    p.failed,
+                    p.p50,
+                    p.p90,
+                    p.p99,
+                    p.p999,
+                    p.max
+                );
+                if si == 0 {
+                    cdf[plan].add(&r.latency).context("merging histograms")?;
+                }
+                got[plan].push(p);
+            }
+        }
+        common.push((q, got));
+    }
+    cx.bar.finish_and_clear();
+    // Tables and files.
+    let mut csv = String::from(
+        "pass,schedule,plan,target_qps,offered_qps,achieved_qps,requests,failed,p50_us,p90_us,p99_us,p999_us,max_us,within_bound\n",
+    );
+    for p in &cx.points {
+        let _ = writeln!(
+            csv,
+            "{},{},{},{:.1},{:.1},{:.1},{},{},{},{},{},{},{},{}",
+            p.pass + 1,
+            p.schedule,
+            p.plan,
+            p.qps,
+            p.offered,
+            p.achieved,
+            p.requests,
+            p.failed,
+            p.p50,
+            p.p90,
+            p.p99,
+            p.p999,
+            p.max,
+            p.ok
+        );
+    }
+    std::fs::write(o.out.join("serving.csv"), &csv)?;
+    std::fs::write(o.out.join("serving-latency.csv"), &lat_csv)?;
+    let resolution = o.growth.powf(0.5f64.powi(o.refine as i32)) - 1.0;
+    let mut md = format!(
+        "## Serving: single-stream vs auto behind `streamrec serve`\n\n\
+         {model} with {} sample(s) per request, served by `streamrec serve --algo single` and \
+         `--algo auto` (each its own process{}), driven open-loop over loopback by the load \
+         generator (binary bodies, latency from the intended send time). Max QPS: the largest \
+         offered rate whose p99 stays under {} ms with no failed request and the achieved rate \
+         within 2% of the offered (sweep from {} req/s by x{}, {} bisection step(s): resolution \
+         {:.1}%; {} pass(es)). Common load: half the single plan's max QPS, {} interleaved \
+         round(s) of {} s.\n\n- single: `{}`\n- auto: `{}`\n\n",
+        o.batch,
+        if o.server_args.is_empty() {
+            String::new()
+        } else {
+            format!(", `{}`", o.server_args.join(" "))
+        },
+        o.p99_ms,
+        o.start_qps,
+        o.growth,
+        o.refine,
+        resolution * 100.0,
+        o.passes,
+        o.rounds,
+        o.secs,
+        single.plan_line.trim(),
+        auto.plan_line.trim()
+    );
+    let _ = writeln!(
+        md,
+        "| schedule | single max QPS | auto max QPS | throughput gain | noise floor | verdict | common load | single p50 / p99 us | auto p50 / p99 us | p50 latency reduction | p99 latency reduction | noise floor | verdict |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    let mut headline = String::new();
+    let mut summary_csv = String::from("schedule,single_max_qps,auto_max_qps,throughput_gain,throughput_noise_floor,throughput_verdict,common_qps,single_p50_us,single_p99_us,auto_p50_us,auto_p99_us,p50_latency_reduction,p99_latency_reduction,latency_noise_floor,latency_verdict\n");
+    for (si, (sn, _)) in schedules.iter().enumerate() {
+        let m = |pl: usize| -> Vec<f64> { maxes[si][pl].iter().flatten().copied().collect() };
+        let (ms, ma) = (m(0), m(1));
+        let (smax, amax) = (median(&ms), median(&ma));
+        let gain = amax / smax - 1.0;
+        let t_noise = resolution.max(spread(&ms)).max(spread(&ma));
+        let t_verdict = verdict(gain, t_noise, "auto higher", "auto lower");
+        let (q, got) = &common[si];
+        let pct = |pl: usize, f: fn(&Point) -> u64| -> f64 {
+            median(&got[pl].iter().map(|p| f(p) as f64).collect::<Vec<_>>())
+        };
+        let (s50, s99, a50, a99) = (
+            pct(0, |p| p.p50),
+            pct(0, |p| p.p99),
+            pct(1, |p| p.p50),
+            pct(1, |p| p.p99),
+        );
+        let red50 = 1.0 - a50 / s50;
+        let red99 = 1.0 - a99 / s99;
+        let l_noise = spread(&got[0].iter().map(|p| p.p50 as f64).collect::<Vec<_>>()).max(spread(
+            &got[1].iter().map(|p| p.p50 as f64).collect::<Vec<_>>(),
+        ));
+        // One round has no round-to-round spread: no floor, so no verdict either.
+        let l_verdict = if !red50.is_finite() {
+            "not measured".to_string()
+        } else if got[0].len().min(got[1].len()) < 2 {
+            "undecided (one round: no noise floor)".to_string()
+        } else {
+            verdict(red50, l_noise, "auto lower", "auto higher")
+        };
+        let fmt = |x: f64| {
+            if x.is_finite() {
+                format!("{x:.0}")
+            } else {
+                "-".into()
+            }
+        };
+        let _ = writeln!(
+            md,
+            "| {sn} | {} | {} | {:+.1}% | {:.1}% | {t_verdict} | {q:.0} req/s | {} / {} | {} / {} | {:+.1}% | {:+.1}% | {:.1}% | {l_verdict} |",
+            fmt(smax),
+            fmt(amax),
+            gain * 100.0,
+            t_noise * 100.0,
+            fmt(s50),
+            fmt(s99),
+            fmt(a50),
+            fmt(a99),
+            red50 * 100.0,
+            red99 * 100.0,
+            l_noise * 100.0
+        );
+        let c = |x: f64, d: usize| {
+            if x.is_finite() {
+                format!("{x:.d$}")
+            } else {
+                String::new()
+            }
+        };
+        let _ = writeln!(
+            summary_csv,
+            "{sn},{},{},{},{t_noise:.4},{t_verdict},{q:.1},{},{},{},{},{},{},{l_noise:.4},{l_verdict}",
+            c(smax, 1),
+            c(amax, 1),
+            c(gain, 4),
+            c(s50, 0),
+            c(s99, 0),
+            c(a50, 0),
+            c(a99, 0),
+            c(red50, 4),
+            c(red99, 4)
+        );
+        if si == 0 {
+            headline = format!(
+                "Headline (Poisson): latency reduction at {q:.0} req/s {:+.1}% at p50 ({l_verdict}, noise floor {:.1}%; published: {:.1}%), throughput gain at p99 <= {} ms {:+.1}% ({t_verdict}, noise floor {:.1}%; published: {:.0}%).",
+                red50 * 100.0,
+                l_noise * 100.0,
+                PUBLISHED_LATENCY_REDUCTION * 100.0,
+                o.p99_ms,
+                gain * 100.0,
+                t_noise * 100.0,
+                PUBLISHED_THROUGHPUT_GAIN * 100.0
+            );
+        }
+    }
+    std::fs::write(o.out.join("serving-summary.csv"), &summary_csv)?;
+    let _ = writeln!(md, "\n{headline}\n");
+    // Plots.
+    let bound_us = o.p99_ms * 1000.0;
+    for (sn, _) in &schedules {
+        let file = format!("serving-latency-vs-qps-{sn}.svg");
+        plots::latency_vs_qps(
+            &o.out.join(&file),
+            &format!("{model}: latency vs offered load ({sn})"),
+            &cx.points
+                .iter()
+                .filter(|p| p.schedule == *sn && p.failed == 0)
+                .map(|p| (p.plan, p.offered, p.p50 as f64, p.p99 as f64))
+                .collect::<Vec<_>>(),
+            bound_us,
+        )?;
+        let _ = writeln!(md, "![latency percentiles vs offered QPS, {sn}]({file})\n");
+    }
+    let bars: Vec<(String, f64, f64)> = schedules
+        .iter()
+        .enumerate()
+        .map(|(si, (sn, _))| {
+            let m =
+                |pl: usize| median(&maxes[si][pl].iter().flatten().copied().collect::<Vec<_>>());
+            (sn.to_string(), m(0), m(1))
+        })
+        .collect();
+    plots::throughput_bars(
+        &o.out.join("serving-throughput.svg"),
+        &format!("{model}: max QPS with p99 <= {} ms", o.p99_ms),
+        &bars,
+    )?;
+    let _ = writeln!(
+        md,
+        "![max QPS under the p99 bound](serving-throughput.svg)\n"
+    );
+    plots::latency_cdf(
+        &o.out.join("serving-latency-cdf.svg"),
+        &format!("{model}: latency CDF at {:.0} req/s (Poisson)", common[0].0),
+        &[("single", &cdf[0]), ("auto", &cdf[1])],
+    )?;
+    let _ = writeln!(
+        md,
+        "![latency CDF at the common load](serving-latency-cdf.svg)\n"
+    );
+    let _ = writeln!(
+        md,
+        "Data: [serving.csv](serving.csv) (every point), [serving-latency.csv](serving-latency.csv) \
+         (the common-load rounds), [serving-summary.csv](serving-summary.csv).\n"
+    );
+    if cx.out_of_time() {
+        let _ = writeln!(
+            md,
+            "The run reached its deadline ({} s): later points were not measured.\n",
+            o.deadline_s.unwrap_or_default()
+        );
+    }
+    std::fs::write(o.out.join("serving.md"), &md)?;
+    println!("\nserving experiment ({model}):");
+    print!("{}", summary_table(&summary_csv));
+    println!("{headline}");
+    Ok(md)
+}
+
+/// The summary CSV as an aligned text table for the terminal.
+fn summary_table(csv: &str) -> String {
+    let mut out = String::new();
+    for (i, line) in csv.lines().enumerate() {
+        let f: Vec<&str> = line.split(',').collect();
+        if i == 0 {
+            let _ = writeln!(
+                out,
+                "{:<8} {:>10} {:>10} {:>8} {:>16} {:>10} {:>14} {:>14} {:>9} {:>16}",
+                "schedule",
+                "single max",
+                "auto max",
+                "gain",
+                "(verdict)",
+                "common",
+                "single p50/p99",
+                "auto p50/p99",
+                "p50 red.",
+                "(verdict)"
+            );
+            continue;
+        }
+        let pct = |s: &str| {
+            s.parse::<f64>()
+                .map_or("-".into(), |x| format!("{:+.1}%", x * 100.0))
+        };
+        let f: Vec<&str> = f
+            .iter()
+            .map(|x| if x.is_empty() { "-" } else { x })
+            .collect();
+        let _ = writeln!(
+            out,
+            "{:<8} {:>10} {:>10} {:>8} {:>16} {:>10} {:>14} {:>14} {:>9} {:>16}",
+            f[0],
+            f[1],
+            f[2],
+            pct(f[3]),
+            f[5],
+            f[6],
+            format!("{}/{}", f[7], f[8]),
+            format!("{}/{}", f[9], f[10]),
+            pct(f[11]),
+            f[14]
+        );
+    }
+    out
+}
+
+/// The workspace root: `--root`, else the one this binary was built in when it still exists
+/// (cargo xtask), else the current folder (a bundled binary on another machine).
+pub fn default_root() -> PathBuf {
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    if built.join("workloads").is_dir() {
+        built
+    } else {
+        PathBuf::from(".")
+    }
+}
+
+/// `cargo xtask serving`: the serving experiment alone.
+pub fn main(args: &[String]) -> Result<()> {
+    let mut quick = false;
+    let mut out: Option<PathBuf> = None;
+    let mut root = default_root();
+    // Two passes: --quick changes the defaults the other options then override.
+    if args.iter().any(|a| a == "--quick") {
+        quick = true;
+    }
+    let mut o = Opts::new(quick, root.clone(), PathBuf::new());
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => {}
+            "--out" => out = Some(PathBuf::from(it.next().context("--out needs a folder")?)),
+            "--root" => root = PathBuf::from(it.next().context("--root needs a folder")?),
+            "-h" | "--help" => {
+                print!("cargo xtask serving [--quick] [--out DIR] [--root DIR]\n{HELP}");
+                return Ok(());
+            }
+            x => {
+                if !o.take(x, &mut it)? {
+                    bail!("serving: unknown option `{x}`\n{HELP}");
+                }
+            }
+        }
+    }
+    o.root = root;
+    o.out = out.unwrap_or_else(|| {
+        PathBuf::from("results").join(format!("{}-serving", crate::bench::today()))
+    });
+    run(&o)?;
+    println!(
+        "wrote {}/serving.md, serving*.csv, serving-*.svg",
+        o.out.display()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn options_are_bounded_and_named_in_errors() {
+        let mut o = Opts::new(true, PathBuf::from("."), PathBuf::from("out"));
+        for (flag, bad) in [
+            ("--p99-ms", "0"),
+            ("--p99-ms", "NaN"),
+            ("--serve-secs", "100000"),
+            ("--serve-growth", "1"),
+            ("--serve-load-threads", "0"),
+            ("--serve-batch", "x"),
+        ] {
+            let a = args(&[bad]);
+            let e = o.take(flag, &mut a.iter()).unwrap_err().to_string();
+            assert!(e.contains(flag), "{flag} {bad}: {e}");
+        }
+        let a = args(&["2.5"]);
+        assert!(o.take("--p99-ms", &mut a.iter()).unwrap());
+        assert_eq!(o.p99_ms, 2.5);
+        let a = args(&["--backend cuda"]);
+        assert!(o.take("--server-args", &mut a.iter()).unwrap());
+        assert_eq!(o.server_args, ["--backend", "cuda"]);
+        assert!(!o.take("--unknown", &mut args(&[]).iter()).unwrap());
+        let e = o.take("--p99-ms", &mut args(&[]).iter()).unwrap_err();
+        assert!(e.to_string().contains("needs a value"), "{e}");
+    }
+
+    #[test]
+    fn verdicts_read_the_noise_floor() {
+        assert_eq!(verdict(0.05, 0.10, "up", "down"), "no difference");
+        assert_eq!(verdict(-0.05, 0.10, "up", "down"), "no difference");
+        assert_eq!(verdict(0.20, 0.10, "up", "down"), "up");
+        assert_eq!(verdict(-0.20, 0.10, "up", "down"), "down");
+        assert_eq!(verdict(f64::NAN, 0.10, "up", "down"), "not measured");
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn the_summary_table_shows_missing_figures_as_dashes() {
+        let csv = "h\npoisson,100.0,,,0.1,not measured,50.0,10,20,,,,,0.0,not measured\n";
+        let t = summary_table(csv);
+        let row = t.lines().nth(1).unwrap();
+        assert!(row.starts_with("poisson"), "{t}");
+        assert!(
+            row.contains("100.0") && row.contains(" - ") && row.contains("10/20"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn plots_are_svg_with_every_series() {
+        let dir = std::env::temp_dir().join(format!("streamrec-plots-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pts = [
+            ("single", 100.0, 300.0, 900.0),
+            ("single", 200.0, 320.0, 1500.0),
+            ("auto", 100.0, 250.0, 700.0),
+            ("auto", 200.0, 260.0, 800.0),
+        ];
+        let f = dir.join("lat.svg");
+        plots::latency_vs_qps(&f, "t", &pts, 10_000.0).unwrap();
+        let s = std::fs::read_to_string(&f).unwrap();
+        for label in [
+            "<svg",
+            "single p50",
+            "single p99",
+            "auto p50",
+            "auto p99",
+            "p99 bound",
+        ] {
+            assert!(s.contains(label), "{label} missing");
+        }
+        let f = dir.join("bars.svg");
+        plots::throughput_bars(
+            &f,
+            "t",
+            &[
+                ("poisson".into(), 1000.0, 1500.0),
+                ("trace".into(), 900.0, f64::NAN),
+            ],
+        )
+        .unwrap();
+        let s = std::fs::read_to_string(&f).unwrap();
+        assert!(s.contains("1500") && s.contains("900") && s.contains("trace"));
+        // Bars in each plan's colour (the missing one left out), plus one legend swatch each.
+        let filled = |c: &str| s.matches(&format!("fill=\"{c}\"")).count();
+        assert_eq!(filled("#4477AA"), 3, "{s}");
+        assert_eq!(filled("#EE6677"), 2, "{s}");
+        let mut h1 = histogram();
+        let mut h2 = histogram();
+        for v in 1..=100u64 {
+            h1.record(v * 10).unwrap();
+            h2.record(v * 7).unwrap();
+        }
+        let f = dir.join("cdf.svg");
+        plots::latency_cdf(&f, "t", &[("single", &h1), ("auto", &h2)]).unwrap();
+        let s = std::fs::read_to_string(&f).unwrap();
+        assert!(s.contains("single") && s.contains("auto") && s.contains("<polyline"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
