@@ -164,6 +164,9 @@ pub const HELP: &str = "\
 /// One measured point of a sweep.
 #[derive(Clone, Debug)]
 struct Point {
+    /// "search" (a sweep point) or "common" (a round at the common load).
+    phase: &'static str,
+    /// The search pass or the round, from 0.
     pass: usize,
     schedule: &'static str,
     plan: &'static str,
@@ -306,14 +309,17 @@ impl Ctx<'_> {
     /// Offers `qps` to `url` for one point and records it.
     fn measure(
         &mut self,
-        pass: usize,
+        (phase, pass): (&'static str, usize),
         (sched, kind): (&'static str, &ScheduleKind),
         (plan, url): (&'static str, &str),
         qps: f64,
         seed: u64,
     ) -> Result<(Point, RunResult)> {
-        self.bar
-            .set_message(format!("{plan} {sched} pass {}: {qps:.0} req/s", pass + 1));
+        let label = if phase == "search" { "pass" } else { "round" };
+        self.bar.set_message(format!(
+            "{plan} {sched} {label} {}: {qps:.0} req/s",
+            pass + 1
+        ));
         let r = run_load(
             &Target::new(url, self.model.clone()),
             &self.inputs,
@@ -325,6 +331,7 @@ impl Ctx<'_> {
             && s.achieved_qps >= 0.98 * s.offered_qps
             && s.latency_us.p99 <= bound_us;
         let p = Point {
+            phase,
             pass,
             schedule: sched,
             plan,
@@ -341,7 +348,7 @@ impl Ctx<'_> {
             ok,
         };
         let line = format!(
-            "  {plan:>6} {sched:>7} pass {}: offered {:>8.1} req/s, achieved {:>8.1}, p50 {:>6} us, p99 {:>7} us, {} failed: {}",
+            "  {plan:>6} {sched:>7} {label} {}: offered {:>8.1} req/s, achieved {:>8.1}, p50 {:>6} us, p99 {:>7} us, {} failed: {}",
             pass + 1,
             p.offered,
             p.achieved,
@@ -374,16 +381,30 @@ impl Ctx<'_> {
                 // Cut off before a point over the bound: no maximum to report.
                 return Ok(None);
             }
-            if q > 1e6 {
+            if !(0.5..=1e6).contains(&q) {
                 break;
             }
             let seed = 1000 * pass as u64 + step;
-            if self.measure(pass, sched, plan, q, seed)?.0.ok {
-                lo = Some(q);
-                q *= self.o.growth;
-            } else {
-                hi = Some(q);
-                break;
+            let ok = self.measure(("search", pass), sched, plan, q, seed)?.0.ok;
+            match (ok, lo, hi) {
+                // Going up until a point is over the bound.
+                (true, _, None) => {
+                    lo = Some(q);
+                    q *= self.o.growth;
+                }
+                (false, Some(_), _) => {
+                    hi = Some(q);
+                    break;
+                }
+                // The first point was over the bound: going down until one is within it.
+                (false, None, _) => {
+                    hi = Some(q);
+                    q /= self.o.growth;
+                }
+                (true, _, Some(_)) => {
+                    lo = Some(q);
+                    break;
+                }
             }
         }
         if let (Some(mut l), Some(mut h)) = (lo, hi) {
@@ -393,7 +414,7 @@ impl Ctx<'_> {
                 }
                 let mid = (l * h).sqrt();
                 if self
-                    .measure(pass, sched, plan, mid, 500 + step as u64)?
+                    .measure(("search", pass), sched, plan, mid, 500 + step as u64)?
                     .0
                     .ok
                 {
@@ -500,7 +521,13 @@ pub fn run(o: &Opts) -> Result<String> {
                 if cx.out_of_time() {
                     break;
                 }
-                let (p, r) = cx.measure(round, (sn, sk), plans[plan], q, 9000 + round as u64)?;
+                let (p, r) = cx.measure(
+                    ("common", round),
+                    (sn, sk),
+                    plans[plan],
+                    q,
+                    9000 + round as u64,
+                )?;
                 let _ = writeln!(
                     lat_csv,
                     "{sn},{},{},{:.1},{:.1},{},{},{},{},{},{}",
@@ -526,12 +553,13 @@ pub fn run(o: &Opts) -> Result<String> {
     cx.bar.finish_and_clear();
     // Tables and files.
     let mut csv = String::from(
-        "pass,schedule,plan,target_qps,offered_qps,achieved_qps,requests,failed,p50_us,p90_us,p99_us,p999_us,max_us,within_bound\n",
+        "phase,pass_or_round,schedule,plan,target_qps,offered_qps,achieved_qps,requests,failed,p50_us,p90_us,p99_us,p999_us,max_us,within_bound\n",
     );
     for p in &cx.points {
         let _ = writeln!(
             csv,
-            "{},{},{},{:.1},{:.1},{:.1},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{:.1},{:.1},{:.1},{},{},{},{},{},{},{},{}",
+            p.phase,
             p.pass + 1,
             p.schedule,
             p.plan,
