@@ -591,8 +591,12 @@ fn a_batch_list_measures_each_size_in_one_process() {
         !text.contains("gpu") && !text.contains("launches"),
         "{text}"
     );
-    // One size keeps today's output: no batch prefix.
+    // One size keeps today's output: no batch prefix (the default plan is measured `auto`).
     let o = streamrec(&["run", t, "--batch", "2", "--iters", "2"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(text.trim_start().starts_with("auto:"), "{text}");
+    let o = streamrec(&["run", t, "--batch", "2", "--iters", "2", "--algo", "single"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let text = String::from_utf8(o.stdout).unwrap();
     assert!(text.trim_start().starts_with("single x1"), "{text}");
@@ -805,4 +809,112 @@ fn the_device_run_keeps_the_rows_done_when_the_deadline_cuts_it_off() {
         (1..8).contains(&rows),
         "the rows done before the cut: {csv}"
     );
+}
+
+/// `streamrec run` with its own cache folder for `auto`'s choices.
+fn run_cached(cache: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_streamrec"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("STREAMREC_CACHE_DIR", cache)
+        .env_remove("STREAMREC_RETUNE")
+        .output()
+        .expect("streamrec runs")
+}
+
+fn cache_files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir).map_or(Vec::new(), |r| {
+        r.map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect()
+    })
+}
+
+#[test]
+fn run_defaults_to_measured_auto_and_caches_the_choice() {
+    let cache = tmp("auto-cache");
+    let _ = std::fs::remove_dir_all(&cache);
+    let args = [
+        "run",
+        "workloads/tiny.toml",
+        "--backend",
+        "cpu",
+        "--batch",
+        "8",
+        "--iters",
+        "5",
+        "--streams",
+        "8",
+    ];
+    let o = run_cached(&cache, &args);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("auto: timing"), "{err}");
+    let choice = err
+        .lines()
+        .find(|l| l.starts_with("auto: ") && l.contains("relative to single"))
+        .unwrap_or_else(|| panic!("no choice line: {err}"))
+        .to_string();
+    // On the CPU a stream is a thread: no candidate has more streams than the machine has cores.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for word in choice.split([' ', ',', ';', '(', ')']) {
+        if let Some(k) = word.strip_prefix('x').and_then(|k| k.parse::<usize>().ok()) {
+            assert!(k <= cores, "{k} streams on {cores} cores: {choice}");
+        }
+    }
+    assert!(choice.contains("single 1.00x"), "{choice}");
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        out.contains("auto:"),
+        "the report names the measured choice: {out}"
+    );
+    let files = cache_files(&cache);
+    assert_eq!(files.len(), 1, "{files:?}");
+    // The second run takes the cached choice without timing anything.
+    let o = run_cached(&cache, &args);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("cached choice in"), "{err}");
+    assert!(!err.contains("auto: timing"), "{err}");
+    // A damaged cache file is measured again and rewritten, never trusted.
+    std::fs::write(&files[0], "{ not json").unwrap();
+    let o = run_cached(&cache, &args);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success() && err.contains("auto: timing"), "{err}");
+    assert!(std::fs::read_to_string(&files[0])
+        .unwrap()
+        .contains("\"choice\""));
+    // Another batch size is another choice.
+    let mut other = args;
+    other[5] = "32";
+    let o = run_cached(&cache, &other);
+    assert!(o.status.success());
+    assert_eq!(cache_files(&cache).len(), 2);
+}
+
+#[test]
+fn an_explicit_algorithm_measures_nothing() {
+    let cache = tmp("explicit-cache");
+    let _ = std::fs::remove_dir_all(&cache);
+    let o = run_cached(
+        &cache,
+        &[
+            "run",
+            "workloads/tiny.toml",
+            "--backend",
+            "cpu",
+            "--algo",
+            "streamrec",
+            "--streams",
+            "2",
+            "--batch",
+            "4",
+            "--iters",
+            "3",
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "{err}");
+    assert!(!err.contains("auto:"), "{err}");
+    assert!(cache_files(&cache).is_empty());
 }

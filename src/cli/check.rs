@@ -78,7 +78,7 @@ pub fn main(a: CheckArgs) -> Result<()> {
         &a.engine.target(cfg),
         &graph,
         &a.plan,
-        a.plan.algo,
+        a.plan.algo(),
         a.batch,
         &weights,
     )?;

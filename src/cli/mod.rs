@@ -5,6 +5,7 @@ mod load;
 mod plan;
 mod run;
 mod serve;
+mod tune;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -61,9 +62,11 @@ impl ModelArgs {
 /// How the graph is mapped onto streams.
 #[derive(Debug, Args, Clone)]
 pub struct PlanOpts {
-    /// Stream-assignment algorithm: single, round-robin, streamrec, nimble, critical-path, auto.
-    #[arg(long, default_value = "single")]
-    pub algo: Algorithm,
+    /// Stream-assignment algorithm: single, round-robin, streamrec, nimble, critical-path, auto
+    /// (default: auto for `run`, measured and cached per machine; single for `plan` and
+    /// `check`).
+    #[arg(long)]
+    pub algo: Option<Algorithm>,
     /// Maximum number of streams.
     #[arg(long, value_name = "K", default_value_t = 4)]
     pub streams: usize,
@@ -76,9 +79,17 @@ pub struct PlanOpts {
     /// Measured per-op times (JSON or TOML, as written by `run --profile`).
     #[arg(long, value_name = "FILE")]
     pub costs: Option<PathBuf>,
+    /// The name a plan made from these options goes by (measured `auto` sets `auto:<choice>`).
+    #[arg(skip)]
+    pub label: Option<String>,
 }
 
 impl PlanOpts {
+    /// The algorithm given, or `single`.
+    pub fn algo(&self) -> Algorithm {
+        self.algo.unwrap_or(Algorithm::Single)
+    }
+
     /// The cost model: the named profile (or `default_device`) plus measured times; with
     /// `intra_op_threads` > 1 a CPU kernel may use that many cores.
     pub fn cost_model(&self, default_device: &str, intra_op_threads: usize) -> Result<CostModel> {
@@ -107,13 +118,17 @@ impl PlanOpts {
             anyhow::bail!("--fuse: must be > 0");
         }
         let cfg = AssignConfig {
-            algo: self.algo,
+            algo: self.algo(),
             max_streams: self.streams,
             batch,
             mode,
             fuse: self.fuse,
         };
-        Ok(streamrec_graph::assign(graph, &cfg, cost)?)
+        let mut planned = streamrec_graph::assign(graph, &cfg, cost)?;
+        if let Some(l) = &self.label {
+            planned.plan.algo = l.clone();
+        }
+        Ok(planned)
     }
 }
 

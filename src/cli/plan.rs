@@ -81,7 +81,7 @@ pub fn main(a: PlanArgs) -> Result<()> {
             max_streams: a.plan.streams,
             fuse: a.plan.fuse,
             measured: measured.as_ref(),
-            selected: Some(a.plan.algo.as_str()),
+            selected: Some(a.plan.algo().as_str()),
         };
         let page = html::page(&graph, &cost, &opts)?;
         std::fs::write(out, page).with_context(|| format!("--html {}", out.display()))?;

@@ -149,7 +149,7 @@ pub fn plan_for(
         SimMode::Eager
     };
     let mut opts = plan_opts.clone();
-    opts.algo = algo;
+    opts.algo = Some(algo);
     opts.assign(graph, batch, mode, &cost)
 }
 
@@ -263,15 +263,18 @@ pub fn main(a: RunArgs) -> Result<()> {
             );
         }
     }
+    // Without --algo: measured `auto` (for one request file: the simulator's pick, since timing
+    // the candidates would cost more than the request).
+    let requested = a.plan.algo.unwrap_or(Algorithm::Auto);
     if let Some((batch, id)) = input {
         let weights = Weights::for_graph(&graph)?;
-        let built = build(&target, &graph, &a.plan, a.plan.algo, batch.size, &weights)?;
+        let built = build(&target, &graph, &a.plan, requested, batch.size, &weights)?;
         let scores = built.engine.infer(&Arc::new(batch))?;
         println!("{}", response_json(&spec.name, id.as_deref(), &scores));
         return Ok(());
     }
     // Plan before generating weights, so that a bad plan option fails fast.
-    let _ = plan_for(&target, &graph, &a.plan, a.plan.algo, sizes[0])?;
+    let _ = plan_for(&target, &graph, &a.plan, requested, sizes[0])?;
     let weights = Weights::for_graph(&graph)?;
     let mcfg = MeasureConfig {
         warmup: a.warmup,
@@ -281,10 +284,14 @@ pub fn main(a: RunArgs) -> Result<()> {
         progress: None,
     };
     // Profiles time each op alone: they always run the single-stream plan.
-    let algo = if a.profile.is_some() {
-        Algorithm::Single
+    let (plan_opts, algo) = if a.profile.is_some() {
+        (a.plan.clone(), Algorithm::Single)
+    } else if requested == Algorithm::Auto {
+        let tuned = super::tune::tune(&target, &spec, &graph, &a.plan, &sizes, &weights, a.csv)?;
+        let algo = tuned.algo();
+        (tuned, algo)
     } else {
-        a.plan.algo
+        (a.plan.clone(), requested)
     };
     let mut out = Report::new(&a, sizes.len() > 1);
     // The engines are built once and reused for every batch size whose plan is the same (the
@@ -297,7 +304,7 @@ pub fn main(a: RunArgs) -> Result<()> {
         None => None,
     };
     for &b in &sizes {
-        let eng = Slot::ensure(&mut engine, &target, &graph, &a.plan, algo, b, &weights)?;
+        let eng = Slot::ensure(&mut engine, &target, &graph, &plan_opts, algo, b, &weights)?;
         if eng.fresh && !a.csv {
             let built = &eng.built;
             eprintln!(

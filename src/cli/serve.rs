@@ -95,11 +95,12 @@ pub fn main(a: ServeArgs) -> Result<()> {
         }
     });
     let plan = PlanOpts {
-        algo: a.algo,
+        algo: Some(a.algo),
         streams,
         fuse: a.fuse,
         device: a.device.clone(),
         costs: a.costs.clone(),
+        label: None,
     };
     let graph = OpGraph::from_spec(&spec);
     let weights = Weights::for_graph(&graph)?;
@@ -110,14 +111,18 @@ pub fn main(a: ServeArgs) -> Result<()> {
         trace: false,
         validate: true,
     };
-    let built = build(
-        &a.engine.target(engine_cfg),
-        &graph,
-        &plan,
-        plan.algo,
-        cfg.max_batch,
-        &weights,
-    )?;
+    let mut target = a.engine.target(engine_cfg);
+    target.backend = backend;
+    // `auto`: measured at batch 1 (a lightly loaded server) and 16 (dynamic batches under load),
+    // cached per machine; the plan view below shows the algorithm it picked.
+    let plan = if a.algo == Algorithm::Auto {
+        let mut sizes = vec![1, 16.min(cfg.max_batch)];
+        sizes.dedup();
+        super::tune::tune(&target, &spec, &graph, &plan, &sizes, &weights, false)?
+    } else {
+        plan
+    };
+    let built = build(&target, &graph, &plan, plan.algo(), cfg.max_batch, &weights)?;
     drop(weights);
     let describe = format!(
         "backend {}, plan {} on {} stream(s) ({} waits), max_batch {}, max_queue_delay {} us, {} context(s)",
@@ -147,7 +152,7 @@ pub fn main(a: ServeArgs) -> Result<()> {
         "cpu"
     };
     let cost = plan.cost_model(device, a.engine.intra_op_threads)?;
-    let algo_name = plan.algo.to_string();
+    let algo_name = plan.algo().to_string();
     let view = streamrec_graph::html::page(
         &graph,
         &cost,
