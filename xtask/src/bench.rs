@@ -22,6 +22,8 @@ struct Opts {
     row_cap: usize,
     /// The serving experiment; None with --no-serve.
     serving: Option<crate::serving::Opts>,
+    /// `--peer onnxruntime`: ONNX Runtime checked and timed beside the engine.
+    peer: bool,
 }
 
 fn parse(args: &[String]) -> Result<Opts> {
@@ -31,6 +33,7 @@ fn parse(args: &[String]) -> Result<Opts> {
         out: PathBuf::from("results").join(format!("{}-cpu", today())),
         row_cap: 100_000,
         serving: None,
+        peer: false,
     };
     let mut serving =
         crate::serving::Opts::new(quick, crate::serving::default_root(), PathBuf::new());
@@ -40,6 +43,11 @@ fn parse(args: &[String]) -> Result<Opts> {
         match a.as_str() {
             "--quick" => {}
             "--no-serve" => no_serve = true,
+            "--peer" => match it.next().map(String::as_str) {
+                Some("onnxruntime") => o.peer = true,
+                Some(p) => bail!("--peer: unknown peer `{p}` (known: onnxruntime)"),
+                None => bail!("--peer needs a peer name (onnxruntime)"),
+            },
             "--out" => o.out = PathBuf::from(it.next().context("--out needs a folder")?),
             "--row-cap" => {
                 o.row_cap = it
@@ -236,10 +244,79 @@ fn profile(m: &Model, input: &[Arc<Batch>], budget: Duration) -> Result<Measured
     Ok(costs)
 }
 
+/// The header of the ONNX Runtime peer table.
+const PEER_HEADER: &str = "model          batch  StreamRec best config     p50 us   auto p50 us  ORT setting      ORT p50 us  best/ORT  auto/ORT  max |err|\n";
+
+/// Adds one model's peer rows (one per batch size) to peer.csv and the table.
+fn peer_rows(
+    model: &str,
+    best_rows: &[(usize, String, f64, Option<f64>)],
+    outcome: &crate::peer::PeerOutcome,
+    csv: &mut String,
+    table: &mut String,
+) {
+    let crate::peer::PeerOutcome::Timed {
+        batches,
+        max_abs_error,
+        version,
+    } = outcome
+    else {
+        if let crate::peer::PeerOutcome::Skipped(why) = outcome {
+            let _ = writeln!(table, "{model:<13} skipped: {why}");
+        }
+        return;
+    };
+    for (b, cfg, p50, auto) in best_rows {
+        let Some(ort) = batches.iter().find(|x| x.batch == *b) else {
+            continue;
+        };
+        let settings: Vec<String> = ort
+            .settings
+            .iter()
+            .map(|(k, v)| format!("{k}={v:.1}"))
+            .collect();
+        let ratio = p50 / ort.p50_us;
+        let auto_ratio = auto.map(|a| a / ort.p50_us);
+        let opt = |v: Option<f64>, prec: usize| v.map_or(String::new(), |v| format!("{v:.prec$}"));
+        let _ = writeln!(
+            csv,
+            "{model},{b},{cfg},{p50:.1},{},{},{:.1},{},{ratio:.3},{},{max_abs_error:.3e}",
+            opt(*auto, 1),
+            ort.best,
+            ort.p50_us,
+            settings.join(";"),
+            opt(auto_ratio, 3)
+        );
+        let _ = writeln!(
+            table,
+            "{model:<13} {b:>6}  {cfg:<22} {p50:>10.1} {:>13}  {:<14} {:>10.1} {ratio:>8.2}x {:>9} {max_abs_error:>10.2e}",
+            opt(*auto, 1),
+            ort.best,
+            ort.p50_us,
+            auto_ratio.map_or("-".into(), |r| format!("{r:.2}x"))
+        );
+    }
+    let _ = writeln!(
+        table,
+        "{model:<13} onnxruntime {version}: every score within {max_abs_error:.2e} of the engine's"
+    );
+}
+
 /// Runs the experiments.
 pub fn run(args: &[String]) -> Result<()> {
     let o = parse(args)?;
     std::fs::create_dir_all(&o.out).with_context(|| o.out.display().to_string())?;
+    std::fs::write(o.out.join("machine.txt"), crate::peer::machine_txt())?;
+    // The ONNX Runtime peer: said once when it cannot run, and its column skipped.
+    let mut peer = o.peer;
+    if peer {
+        if let Err(why) = crate::peer::probe() {
+            eprintln!("--peer onnxruntime: skipped: {why}");
+            peer = false;
+        }
+    }
+    let mut peer_csv = String::from("model,batch,streamrec_best_config,streamrec_best_p50_us,streamrec_auto_p50_us,onnxruntime_best_setting,onnxruntime_p50_us,onnxruntime_settings_p50_us,streamrec_best_to_ort,streamrec_auto_to_ort,ort_max_abs_error\n");
+    let mut peer_table = String::new();
     let models: Vec<(&str, Option<usize>)> = if o.quick {
         vec![("tiny.toml", None)]
     } else {
@@ -274,6 +351,8 @@ pub fn run(args: &[String]) -> Result<()> {
     for (name, cap) in &models {
         bar.set_message(format!("loading {name}"));
         let m = load(name, *cap)?;
+        // Per batch size: the best engine row (config, p50) and the best `auto` row's p50.
+        let mut best_rows: Vec<(usize, String, f64, Option<f64>)> = Vec::new();
         // The plan view of this workload (every algorithm at batch 128, K = 4, the calibrated
         // cpu profile), linked from report.md.
         let page = streamrec_graph::html::page(
@@ -346,6 +425,20 @@ pub fn run(args: &[String]) -> Result<()> {
                 noise * 100.0
             );
             let single_pred = configs[0].4;
+            let mut best: Option<(String, f64)> = None;
+            let mut auto: Option<f64> = None;
+            for ((algo, k, ..), t) in configs.iter().zip(&results) {
+                let p50 = t.median.p50_us;
+                if best.as_ref().is_none_or(|b| p50 < b.1) {
+                    best = Some((format!("{algo} x{k}"), p50));
+                }
+                if *algo == Algorithm::Auto && auto.is_none_or(|a| p50 < a) {
+                    auto = Some(p50);
+                }
+            }
+            if let Some((cfg, p50)) = best {
+                best_rows.push((b, cfg, p50, auto));
+            }
             for ((algo, k, streams, waits, pred, _), t) in configs.iter().zip(&results) {
                 let s = &t.median;
                 let (algo, k, streams, waits, pred) = (*algo, *k, *streams, *waits, *pred);
@@ -395,6 +488,22 @@ pub fn run(args: &[String]) -> Result<()> {
                         }
                     );
                 }
+            }
+        }
+        if peer {
+            bar.set_message(format!("{}: onnxruntime peer", m.spec.name));
+            let input: Vec<Arc<Batch>> = sizes.iter().flat_map(|&b| batches(&m.spec, b)).collect();
+            let budget_ms = if o.quick { 150 } else { 900 };
+            let outcome = crate::peer::run_peer(&m.graph, &m.weights, &input, budget_ms)?;
+            peer_rows(
+                &m.spec.name,
+                &best_rows,
+                &outcome,
+                &mut peer_csv,
+                &mut peer_table,
+            );
+            if let crate::peer::PeerOutcome::Skipped(why) = &outcome {
+                bar.suspend(|| eprintln!("{}: onnxruntime peer skipped: {why}", m.spec.name));
             }
         }
         if m.spec.name == "streamrec-26" || o.quick {
@@ -501,6 +610,19 @@ pub fn run(args: &[String]) -> Result<()> {
          [contexts.csv](contexts.csv), [intra-op.csv](intra-op.csv), \
          [prediction.csv](prediction.csv), [cpu-profile.toml](cpu-profile.toml).\n"
     );
+    if peer {
+        std::fs::write(o.out.join("peer.csv"), &peer_csv)?;
+        let _ = write!(
+            report,
+            "\n## ONNX Runtime peer\n\nThe same model and weights exported to ONNX \
+             (`tools/onnx_peer.py`: Gather + ReduceSum/ReduceMean, Gemm + Relu, Concat), its scores \
+             checked against the engine's within {:e}, and timed with its best thread setting in \
+             this run. A ratio is StreamRec's p50 over ORT's (below 1: StreamRec is faster). See \
+             [peer.csv](peer.csv) and [machine.txt](machine.txt).\n\n```\n{}{peer_table}```\n",
+            crate::peer::TOLERANCE,
+            PEER_HEADER
+        );
+    }
     if let Some(serving) = &o.serving {
         // The serving experiment: the engine behind `streamrec serve`, under open-loop load.
         let _ = write!(report, "\n{}", crate::serving::run(serving)?);
@@ -527,6 +649,12 @@ pub fn run(args: &[String]) -> Result<()> {
     print!("{table}");
     println!("\nmulti-stream speed-up on 2 streams, measured vs simulated (cpu profile calibrated in this run):");
     print!("{pred_table}");
+    if peer {
+        println!(
+            "\nONNX Runtime peer (ratio: StreamRec p50 / ORT p50; below 1 StreamRec is faster):"
+        );
+        print!("{PEER_HEADER}{peer_table}");
+    }
     println!(
         "\nwrote {}/report.md, plan-*.html, engine.csv, prediction.csv, noise.txt, contexts.csv, intra-op.csv, cpu-profile.toml",
         o.out.display()

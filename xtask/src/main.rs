@@ -5,6 +5,7 @@ mod bench;
 mod device_bundle;
 mod fuzz;
 mod load;
+mod peer;
 mod plots;
 mod serve_bench;
 mod serving;
@@ -15,7 +16,7 @@ const HELP: &str = "\
 cargo xtask <task> [options]
 
 tasks:
-  bench [--quick] [--out DIR] [--row-cap N] [--no-serve] [serving options]
+  bench [--quick] [--out DIR] [--row-cap N] [--peer onnxruntime] [--no-serve] [serving options]
         CPU engine experiments: every algorithm at K in {1,2,4,8} on tiny and streamrec-26 at
         batch 1, 16, 128, 1024 (p50/p99 latency, throughput, ratio to single measured in the same
         run), 1 vs 2 execution contexts, intra-op threads, and measured vs simulated
@@ -23,7 +24,10 @@ tasks:
         DIR/engine.csv, contexts.csv, intra-op.csv, prediction.csv, the calibrated
         cpu-profile.toml, the serving CSVs and SVG plots, and report.md embedding them
         (default DIR: results/<date>-cpu). --quick runs tiny only at batch 1 and 16, and a short
-        serving run on tiny.
+        serving run on tiny. --peer onnxruntime exports each model with the same weights to
+        ONNX (tools/onnx_peer.py; Python with onnx and onnxruntime), checks that ONNX Runtime's
+        scores equal the engine's within 1e-5, times its best thread setting beside the engine
+        and writes DIR/peer.csv (StreamRec's best p50 / ORT's best p50) and machine.txt.
   serving [--quick] [--out DIR] [serving options]
         The serving experiment alone: `streamrec serve --algo single` and `--algo auto`, driven
         open-loop with Poisson arrivals and the Azure trace over a sweep of offered QPS; the
