@@ -3,9 +3,9 @@
 mod check;
 mod load;
 mod plan;
-mod run;
+pub mod run;
 mod serve;
-mod tune;
+pub mod tune;
 
 use std::path::PathBuf;
 use std::sync::Arc;

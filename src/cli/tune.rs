@@ -249,11 +249,26 @@ pub fn tune(
     weights: &Weights,
     quiet: bool,
 ) -> Result<PlanOpts> {
+    let retune = std::env::var("STREAMREC_RETUNE").is_ok_and(|v| v == "1");
+    tune_with(target, spec, graph, plan, batches, weights, quiet, !retune)
+}
+
+/// [`tune`], reading a cached choice only when `use_cache` (a fresh choice is still cached).
+#[allow(clippy::too_many_arguments)]
+pub fn tune_with(
+    target: &Target,
+    spec: &ModelSpec,
+    graph: &OpGraph,
+    plan: &PlanOpts,
+    batches: &[usize],
+    weights: &Weights,
+    quiet: bool,
+    use_cache: bool,
+) -> Result<PlanOpts> {
     let batches: Vec<usize> = batches.iter().copied().take(3).collect();
     let key = cache_key(target, spec, plan, &batches);
     let path = cache_dir().map(|d| d.join(format!("auto-{:016x}.json", fnv1a(&key))));
-    let retune = std::env::var("STREAMREC_RETUNE").is_ok_and(|v| v == "1");
-    if let (Some(p), false) = (&path, retune) {
+    if let (Some(p), true) = (&path, use_cache) {
         if let Some(c) = read_cache(p, &key) {
             if !quiet {
                 eprintln!(

@@ -230,6 +230,50 @@ fn plan_for(
     Ok(assign(graph, &cfg, cost)?)
 }
 
+/// The plan measured `auto` picks for `m` at batch `b` (timed now, not from a cache), replanned
+/// with `cost`; and the most streams it could use.
+fn measured_auto(
+    m: &Model,
+    b: usize,
+    cost: &CostModel,
+) -> Result<(usize, streamrec_graph::Planned)> {
+    use streamrec::cli::{run::Target, tune, PlanOpts};
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let target = Target {
+        backend: streamrec_runtime::backend::BackendKind::Cpu,
+        opts: streamrec_runtime::backend::BackendOptions::default(),
+        cfg: engine_cfg(b, 1, false),
+    };
+    let opts = PlanOpts {
+        algo: None,
+        streams: cores,
+        fuse: None,
+        device: None,
+        costs: None,
+        label: None,
+    };
+    let chosen = tune::tune_with(
+        &target,
+        &m.spec,
+        &m.graph,
+        &opts,
+        &[b],
+        &m.weights,
+        true,
+        false,
+    )?;
+    let cfg = AssignConfig {
+        algo: chosen.algo(),
+        max_streams: chosen.streams,
+        batch: b,
+        mode: SimMode::Eager,
+        fuse: chosen.fuse,
+    };
+    let mut planned = assign(&m.graph, &cfg, cost)?;
+    planned.plan.algo = chosen.label.unwrap_or_else(|| "auto".into());
+    Ok((cores, planned))
+}
+
 /// Per-op medians of a single-stream run: the calibration of the `cpu` profile.
 fn profile(m: &Model, input: &[Arc<Batch>], budget: Duration) -> Result<MeasuredCosts> {
     let b = input[0].size;
@@ -328,7 +372,7 @@ pub fn run(args: &[String]) -> Result<()> {
         &[1, 16, 128, 1024]
     };
     let ks = [1usize, 2, 4, 8];
-    let total = (models.len() * sizes.len() * Algorithm::ALL.len() * ks.len() * 3) as u64;
+    let total = (models.len() * sizes.len() * (Algorithm::ALL.len() * ks.len() + 1) * 3) as u64;
     let bar = ProgressBar::new(total).with_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} {elapsed_precise} {msg}")
             .expect("valid template"),
@@ -347,6 +391,7 @@ pub fn run(args: &[String]) -> Result<()> {
         )
     });
     let mut pred_table = String::new();
+    let mut auto_lines: Vec<String> = Vec::new();
     let mut pages: Vec<(String, String)> = Vec::new();
     for (name, cap) in &models {
         bar.set_message(format!("loading {name}"));
@@ -388,6 +433,24 @@ pub fn run(args: &[String]) -> Result<()> {
                     configs.push((algo, k, streams, waits, pred, engine));
                 }
             }
+            // Measured `auto`, the default of `run` and `serve`, chosen afresh at this batch
+            // size as `run` would (candidates on up to the machine's cores, the fastest kept only
+            // beyond single's noise floor).
+            bar.set_message(format!("{} batch {b}: measured auto", m.spec.name));
+            let (auto_k, planned) = measured_auto(&m, b, &cost)?;
+            let line = format!(
+                "{} batch {b}: measured auto picked {} ({} stream(s), {} waits)",
+                m.spec.name,
+                planned.plan.algo,
+                planned.plan.num_streams(),
+                planned.plan.num_waits()
+            );
+            bar.suspend(|| eprintln!("{line}"));
+            auto_lines.push(line);
+            let pred = simulate(&planned.graph, &planned.plan, &cost, b, SimMode::Eager).latency_us;
+            let (streams, waits) = (planned.plan.num_streams(), planned.plan.num_waits());
+            let engine = cpu_engine(&m, &planned.graph, planned.plan, engine_cfg(b, 1, false))?;
+            configs.push((Algorithm::Auto, auto_k, streams, waits, pred, engine));
             bar.set_message(format!(
                 "{} batch {b}: timing {} plans",
                 m.spec.name,
@@ -605,10 +668,13 @@ pub fn run(args: &[String]) -> Result<()> {
     let _ = write!(
         report,
         "\n## Noise floors\n\n```\n{noise_table}```\n\n## Engine (p50/p99 latency, throughput, \
-         ratio to single)\n\nSee [engine.csv](engine.csv).\n\n```\n{table}```\n\n## Measured \
+         ratio to single)\n\nSee [engine.csv](engine.csv). The `auto` rows are measured `auto`, \
+         the default of `run` and `serve`, chosen afresh in this run:\n\n```\n{}\n```\n\n\
+         ```\n{table}```\n\n## Measured \
          vs simulated speed-up on 2 streams\n\n```\n{pred_table}```\n\nAlso: \
          [contexts.csv](contexts.csv), [intra-op.csv](intra-op.csv), \
-         [prediction.csv](prediction.csv), [cpu-profile.toml](cpu-profile.toml).\n"
+         [prediction.csv](prediction.csv), [cpu-profile.toml](cpu-profile.toml).\n",
+        auto_lines.join("\n")
     );
     if peer {
         std::fs::write(o.out.join("peer.csv"), &peer_csv)?;
