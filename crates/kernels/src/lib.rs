@@ -1,7 +1,7 @@
 //! StreamRec kernels: CPU reference and fast kernels, and CUDA kernels through cudarc.
 //!
-//! The CPU kernels in [`cpu`] are safe Rust over slices and strided matrix views ([`MatRef`],
-//! [`MatMut`]); the CUDA kernels in [`cuda`] are compiled with NVRTC and launched through cudarc
+//! The CPU kernels in [`cpu`] take slices and strided matrix views ([`MatRef`], [`MatMut`]),
+//! with SIMD micro-kernels for the prepacked linear layers; the CUDA kernels in [`cuda`] are compiled with NVRTC and launched through cudarc
 //! (loaded at run time, so the crate builds and its CPU kernels run without a GPU).
 //!
 //! A pooled embedding lookup (PyTorch's `EmbeddingBag`) of a 4 x 2 table, two bags:

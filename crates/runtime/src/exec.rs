@@ -93,6 +93,8 @@ pub(crate) struct OpCall<'a> {
     pub(crate) graph: &'a OpGraph,
     pub(crate) id: OpId,
     pub(crate) weights: &'a OpWeights,
+    /// The op's prepacked linear weights, when it is a linear layer.
+    pub(crate) packed: Option<&'a cpu::PackedLinear>,
     pub(crate) bufs: &'a BufInner,
     pub(crate) input: Option<&'a Batch>,
     pub(crate) batch: usize,
@@ -102,6 +104,9 @@ pub(crate) struct OpCall<'a> {
 
 /// Linear layers below this many FLOPs run on one thread: splitting costs a thread start.
 const SPLIT_MIN_FLOPS: f64 = 16e6;
+/// ... unless they stream at least this many bytes of packed weights (a small-batch GEMV is
+/// bound by memory bandwidth, which a second core adds to).
+const SPLIT_MIN_WEIGHT_BYTES: usize = 2 << 20;
 
 /// Runs `op` for `batch` samples, reading its inputs from the buffers and the request.
 pub(crate) fn run_op(call: &OpCall<'_>) -> std::result::Result<(), String> {
@@ -109,6 +114,7 @@ pub(crate) fn run_op(call: &OpCall<'_>) -> std::result::Result<(), String> {
         graph,
         id,
         weights,
+        packed,
         bufs,
         input,
         batch,
@@ -195,7 +201,13 @@ pub(crate) fn run_op(call: &OpCall<'_>) -> std::result::Result<(), String> {
         (OpKind::Linear { act, .. }, OpWeights::Linear { weight, bias }) => {
             let x = view(&op.inputs[0])?;
             let act = activation(*act);
-            if threads > 1 && graph.flops(id, batch) >= SPLIT_MIN_FLOPS {
+            if let Some(p) = packed {
+                // Split by output panels only: every element is summed in the same order.
+                let big = graph.flops(id, batch) >= SPLIT_MIN_FLOPS
+                    || p.weight_bytes() >= SPLIT_MIN_WEIGHT_BYTES;
+                let threads = if big { threads } else { 1 };
+                cpu::linear_packed_parallel(x, p, act, out, threads);
+            } else if threads > 1 && graph.flops(id, batch) >= SPLIT_MIN_FLOPS {
                 cpu::linear_parallel(
                     x,
                     &weight.data,

@@ -1,4 +1,6 @@
-//! CPU kernels: safe Rust over slices, with GEMMs through `matrixmultiply`.
+//! CPU kernels: safe Rust over slices, with prepacked linear layers on AVX-512 / AVX2+FMA
+//! micro-kernels chosen at run time ([`PackedLinear`], [`linear_packed`]) and the other GEMMs
+//! through `matrixmultiply`.
 //!
 //! Every kernel writes the whole `rows x cols` region of its output view and nothing outside it,
 //! so an output may be a column slice of a wider buffer. Shapes are checked with assertions;
@@ -7,8 +9,12 @@
 
 mod dense;
 mod embedding;
+mod gemm;
 mod interaction;
 
 pub use dense::{concat, linear, linear_parallel, relu_inplace, sigmoid, sigmoid_inplace};
 pub use embedding::{embedding_bag, table_batched_embedding_bag};
+pub use gemm::{
+    linear_packed, linear_packed_isa, linear_packed_parallel, Isa, PackedLinear, PANEL,
+};
 pub use interaction::{dcn_cross, dot_interaction};

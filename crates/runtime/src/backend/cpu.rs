@@ -22,6 +22,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use streamrec_graph::{OpGraph, OpId, OpKind};
+use streamrec_kernels::cpu::PackedLinear;
 
 use super::{Backend, Span, SpanKind};
 use crate::batch::Batch;
@@ -141,6 +142,8 @@ pub(crate) struct BufInner {
 /// Weights of the CPU backend, resolved per op once.
 pub struct CpuWeights {
     pub(crate) by_op: Vec<OpWeights>,
+    /// Each linear layer's weight and bias, packed once into the panels the kernels stream.
+    pub(crate) packed: Vec<Option<PackedLinear>>,
 }
 
 /// An event: a generation counter published by stream threads.
@@ -344,6 +347,7 @@ fn stream_main(shared: Arc<StreamShared>, epoch: Instant, spin: Arc<SpinPolicy>)
                             graph,
                             id: op,
                             weights: &weights.by_op[op],
+                            packed: weights.packed[op].as_ref(),
                             bufs,
                             input: input.as_deref(),
                             batch,
@@ -443,10 +447,22 @@ impl Backend for CpuBackend {
     }
 
     fn load_weights(&self, graph: &OpGraph, weights: &Weights) -> Result<CpuWeights> {
-        let by_op = (0..graph.len())
+        let by_op: Vec<OpWeights> = (0..graph.len())
             .map(|id| exec::resolve_weights(graph, id, weights))
             .collect::<Result<_>>()?;
-        Ok(CpuWeights { by_op })
+        let packed = by_op
+            .iter()
+            .map(|w| match w {
+                OpWeights::Linear { weight, bias } => Some(PackedLinear::new(
+                    &weight.data,
+                    weight.shape[0],
+                    weight.shape[1],
+                    Some(&bias.data),
+                )),
+                _ => None,
+            })
+            .collect();
+        Ok(CpuWeights { by_op, packed })
     }
 
     fn new_stream(&self) -> Result<CpuStream> {

@@ -1,0 +1,968 @@
+//! Prepacked linear layers: `out = act(x · Wᵀ + bias)` with the weight packed once into column
+//! panels, AVX-512 / AVX2+FMA micro-kernels chosen at run time and a portable fallback.
+//!
+//! # Layout
+//!
+//! [`PackedLinear`] stores `Wᵀ` (`k x n`) as `ceil(n / 16)` panels of 16 output columns; panel
+//! `j` holds, for `p = 0..k`, the 16 weights `W[16 j .. 16 j + 16][p]` in one 64-byte aligned row
+//! (missing columns of the last panel are zero). A kernel streams a panel front to back, so a
+//! batch-1 GEMV reads the weights exactly once, contiguously, and a skinny GEMM reuses each
+//! panel slice from L1 for every row of the batch.
+//!
+//! # Determinism
+//!
+//! Every output element is computed the same way on every path (GEMV, skinny or large GEMM,
+//! any tile, tail, thread split, batch position and ISA): for each block of 128 consecutive `k`
+//! (`KB`), in order, one f32 accumulator starts at zero and takes a fused multiply-add for each
+//! `p` of the block in order; the block sums are added to a running total in order; then
+//! `+ bias`, then the activation. Work is split only by output rows and columns, never along
+//! `k`, so the result is bit-identical however it is split, and on every ISA path.
+
+use std::sync::OnceLock;
+
+use crate::types::{Activation, MatMut, MatRef};
+
+/// Output columns per packed panel.
+pub const PANEL: usize = 16;
+
+/// One 64-byte aligned panel row: 16 weights, or 16 bias values.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C, align(64))]
+struct Row16([f32; PANEL]);
+
+/// An instruction-set path of the packed kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// AVX-512F micro-kernels (16 lanes).
+    Avx512,
+    /// AVX2 + FMA micro-kernels (8 lanes).
+    Avx2,
+    /// Portable Rust (`f32::mul_add`), for every other machine.
+    Portable,
+}
+
+impl Isa {
+    /// The fastest path this machine supports, detected once per process.
+    ///
+    /// `STREAMREC_CPU_ISA=avx512|avx2|portable` picks a slower supported path instead (for
+    /// measurements); an unsupported or unknown value is ignored.
+    pub fn detect() -> Isa {
+        static ISA: OnceLock<Isa> = OnceLock::new();
+        *ISA.get_or_init(|| {
+            let wanted = std::env::var("STREAMREC_CPU_ISA")
+                .ok()
+                .and_then(|v| match v.trim() {
+                    "avx512" => Some(Isa::Avx512),
+                    "avx2" => Some(Isa::Avx2),
+                    "portable" => Some(Isa::Portable),
+                    _ => None,
+                });
+            match wanted {
+                Some(isa) if isa.is_supported() => isa,
+                _ => Isa::supported()[0],
+            }
+        })
+    }
+
+    /// Whether this machine can run the path.
+    pub fn is_supported(self) -> bool {
+        match self {
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            Isa::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            Isa::Portable => true,
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// Every path this machine supports, fastest first.
+    pub fn supported() -> Vec<Isa> {
+        [Isa::Avx512, Isa::Avx2, Isa::Portable]
+            .into_iter()
+            .filter(|i| i.is_supported())
+            .collect()
+    }
+}
+
+/// A linear layer's weight (and bias) packed once into the panel layout the kernels stream.
+#[derive(Clone, Debug)]
+pub struct PackedLinear {
+    k: usize,
+    n: usize,
+    /// `panels() * k` rows: panel `j`, reduction index `p` is row `j * k + p`.
+    panels: Box<[Row16]>,
+    /// The bias, zero-padded to `panels() * 16` (zeros without a bias).
+    bias: Box<[Row16]>,
+}
+
+impl PackedLinear {
+    /// Packs `weight` (`[n, k]` row-major, the PyTorch `nn.Linear` layout) and `bias` (`n`
+    /// elements, or none).
+    ///
+    /// # Panics
+    ///
+    /// Panics if `weight.len() != n * k` or the bias length is not `n`.
+    pub fn new(weight: &[f32], n: usize, k: usize, bias: Option<&[f32]>) -> Self {
+        assert_eq!(
+            Some(weight.len()),
+            n.checked_mul(k),
+            "PackedLinear: weight must be [out_features, in_features]"
+        );
+        if let Some(b) = bias {
+            assert_eq!(
+                b.len(),
+                n,
+                "PackedLinear: bias must have out_features elements"
+            );
+        }
+        let np = n.div_ceil(PANEL);
+        let mut panels = vec![Row16::default(); np * k].into_boxed_slice();
+        for j in 0..np {
+            for c in 0..PANEL.min(n - j * PANEL) {
+                let w_row = &weight[(j * PANEL + c) * k..][..k];
+                for (p, &w) in w_row.iter().enumerate() {
+                    panels[j * k + p].0[c] = w;
+                }
+            }
+        }
+        let mut padded = vec![Row16::default(); np].into_boxed_slice();
+        if let Some(b) = bias {
+            for (i, &v) in b.iter().enumerate() {
+                padded[i / PANEL].0[i % PANEL] = v;
+            }
+        }
+        Self {
+            k,
+            n,
+            panels,
+            bias: padded,
+        }
+    }
+
+    /// `in_features` (the reduction length `k`).
+    pub fn in_features(&self) -> usize {
+        self.k
+    }
+
+    /// `out_features` (`n`).
+    pub fn out_features(&self) -> usize {
+        self.n
+    }
+
+    /// The number of 16-column panels.
+    pub fn panels(&self) -> usize {
+        self.n.div_ceil(PANEL)
+    }
+
+    /// Bytes of packed weights a call streams.
+    pub fn weight_bytes(&self) -> usize {
+        self.panels.len() * std::mem::size_of::<Row16>()
+    }
+}
+
+/// `out = act(x · Wᵀ + bias)` with prepacked weights, on this machine's fastest path
+/// ([`Isa::detect`]).
+///
+/// # Panics
+///
+/// Panics if `x.cols != w.in_features()`, `out.cols != w.out_features()` or
+/// `out.rows != x.rows`.
+pub fn linear_packed(x: MatRef<'_>, w: &PackedLinear, act: Activation, out: MatMut<'_>) {
+    linear_packed_parallel(x, w, act, out, 1);
+}
+
+/// The path a call of `rows` rows takes on this machine: [`Isa::detect`], except that a
+/// batch-1 GEMV takes the AVX2 kernel on AVX-512 machines (it streams the weights faster, measured
+/// on a Xeon; every path gives the same bits).
+fn isa_for(rows: usize) -> Isa {
+    match Isa::detect() {
+        Isa::Avx512 if rows == 1 && Isa::Avx2.is_supported() => Isa::Avx2,
+        isa => isa,
+    }
+}
+
+/// [`linear_packed`] split over `threads` OS threads by output panels (each thread computes
+/// whole 16-column panels, the batch-1 GEMV included). Bit-identical to [`linear_packed`] for
+/// any thread count.
+///
+/// # Panics
+///
+/// Panics under the conditions of [`linear_packed`].
+pub fn linear_packed_parallel(
+    x: MatRef<'_>,
+    w: &PackedLinear,
+    act: Activation,
+    out: MatMut<'_>,
+    threads: usize,
+) {
+    linear_packed_isa(isa_for(x.rows), x, w, act, out, threads);
+}
+
+/// [`linear_packed_parallel`] on an explicit ISA path (for tests and benchmarks).
+///
+/// # Panics
+///
+/// Panics under the conditions of [`linear_packed`], or if the machine does not support `isa`.
+pub fn linear_packed_isa(
+    isa: Isa,
+    x: MatRef<'_>,
+    w: &PackedLinear,
+    act: Activation,
+    out: MatMut<'_>,
+    threads: usize,
+) {
+    assert!(
+        isa.is_supported(),
+        "linear_packed: {isa:?} is not supported here"
+    );
+    let (m, n) = (x.rows, w.n);
+    assert_eq!(x.cols, w.k, "linear_packed: x cols must equal in_features");
+    assert_eq!(
+        out.cols, n,
+        "linear_packed: out cols must equal out_features"
+    );
+    assert_eq!(out.rows, m, "linear_packed: out rows must equal x rows");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let job = Job {
+        isa,
+        m,
+        k: w.k,
+        n,
+        a: x.data.as_ptr(),
+        lda: x.ld,
+        b: w.panels.as_ptr().cast(),
+        bias: w.bias.as_ptr().cast(),
+        relu: act == Activation::Relu,
+        c: SendPtr(out.data.as_mut_ptr()),
+        ldc: out.ld,
+    };
+    let np = w.panels();
+    let threads = threads.clamp(1, np);
+    // Contiguous, balanced panel ranges; the first runs on this thread.
+    let range = |t: usize| (np * t / threads, np * (t + 1) / threads);
+    if threads == 1 {
+        // SAFETY: the views were checked above: `x` holds `m` rows of `k` at stride `lda`,
+        // `out` holds `m` rows of `n` at stride `ldc` and is borrowed mutably for this call,
+        // and the panels and bias hold `np` panels of `k` rows and `np` rows.
+        unsafe { job.run(0, np) };
+    } else {
+        std::thread::scope(|s| {
+            let job = &job;
+            for t in 1..threads {
+                let (p0, p1) = range(t);
+                // SAFETY: as above; each thread writes only the output columns of its own
+                // panels, and the ranges are disjoint.
+                s.spawn(move || unsafe { job.run(p0, p1) });
+            }
+            let (p0, p1) = range(0);
+            // SAFETY: as above, panels [p0, p1) only.
+            unsafe { job.run(p0, p1) };
+        });
+    }
+    if act == Activation::Sigmoid {
+        let mut out = out;
+        for row in out.row_iter_mut() {
+            super::dense::sigmoid_inplace(row);
+        }
+    }
+}
+
+/// A raw output pointer handed to the threads of one call (they write disjoint columns).
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+
+// SAFETY: the pointer is only dereferenced inside `Job::run`, whose callers give each thread a
+// disjoint set of output columns of a buffer that outlives the scoped threads.
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+
+/// One call's operands as raw pointers.
+struct Job {
+    isa: Isa,
+    m: usize,
+    k: usize,
+    n: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    bias: *const f32,
+    relu: bool,
+    c: SendPtr,
+    ldc: usize,
+}
+
+// SAFETY: the input pointers are only read, and they point into borrows that outlive the call.
+unsafe impl Sync for Job {}
+
+impl Job {
+    /// Computes the output columns of panels `[p0, p1)`.
+    ///
+    /// # Safety
+    ///
+    /// The operands must be as `linear_packed_isa` checked them, the ISA supported, and no
+    /// other thread may touch the output columns of these panels.
+    unsafe fn run(&self, p0: usize, p1: usize) {
+        if p0 >= p1 {
+            return;
+        }
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the caller checked that the machine supports AVX-512F.
+            Isa::Avx512 => unsafe { x86::run_avx512(self, p0, p1) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the caller checked that the machine supports AVX2 and FMA.
+            Isa::Avx2 => unsafe { x86::run_avx2(self, p0, p1) },
+            // SAFETY: the caller's contract.
+            _ => unsafe { driver::<Portable>(self, p0, p1) },
+        }
+    }
+}
+
+/// The vector operations a micro-kernel needs.
+trait Simd {
+    /// One vector of `W` lanes.
+    type V: Copy;
+    /// Lanes per vector.
+    const W: usize;
+    /// Rows of the GEMM tile, and vectors per tile row (a multiple of `PANEL / W`).
+    const MR: usize;
+    const NV: usize;
+    /// Vectors per tile row of the one- and two-row tiles (more accumulators hide the FMA
+    /// latency when the tile has few rows).
+    const NV1: usize;
+    const NV2: usize;
+
+    unsafe fn zero() -> Self::V;
+    unsafe fn splat(p: *const f32) -> Self::V;
+    unsafe fn load(p: *const f32) -> Self::V;
+    unsafe fn store(p: *mut f32, v: Self::V);
+    /// `a * b + c`, rounded once.
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
+    /// `x > 0 ? x : 0` (NaN and -0 give +0).
+    unsafe fn relu(a: Self::V) -> Self::V;
+    /// A hint to fetch the cache line at `p` (any address: it is never dereferenced).
+    unsafe fn prefetch(p: *const f32);
+}
+
+/// How far ahead of the panel row in use the kernels prefetch (floats: 16 rows of a panel).
+const PREFETCH: usize = 16 * PANEL;
+
+/// The reduction runs in blocks of this many `k`: each block sums into a fresh accumulator that
+/// is then added to the running total (kept in the output between blocks). That is the fixed
+/// summation order of every element, and it keeps the f32 rounding error near that of a
+/// blocked sum; a block of a panel pair also stays in L1 while every row block uses it.
+const KB: usize = 128;
+/// Rows of the batch per block of a large GEMM (their `KB` columns of `x` stay in L2).
+const MC: usize = 128;
+
+/// The blocked loop nest over output panels `[p0, p1)`.
+///
+/// # Safety
+///
+/// As [`Job::run`], and `S` must be supported by the machine.
+#[inline(always)]
+unsafe fn driver<S: Simd>(job: &Job, p0: usize, p1: usize) {
+    let (m, k) = (job.m, job.k);
+    let vpp = PANEL / S::W;
+    // Tile width in vectors: wider for one- and two-row calls.
+    let nv = match m {
+        1 => S::NV1,
+        2 => S::NV2,
+        _ => S::NV,
+    };
+    let mr = if m <= 2 { m } else { S::MR };
+    let group = nv / vpp;
+    if m <= mr {
+        // One row block (GEMV and the smallest batches): nothing reuses a panel, so each panel
+        // group is streamed front to back.
+        let mut jp = p0;
+        while jp < p1 {
+            let np = group.min(p1 - jp);
+            let mut k0 = 0;
+            loop {
+                tile_at::<S>(job, 0, m, jp, np, k0);
+                k0 += KB;
+                if k0 >= k {
+                    break;
+                }
+            }
+            jp += np;
+        }
+        return;
+    }
+    let mut ic = 0;
+    while ic < m {
+        let mc = MC.min(m - ic);
+        let mut k0 = 0;
+        loop {
+            let mut jp = p0;
+            while jp < p1 {
+                let np = group.min(p1 - jp);
+                let mut ir = 0;
+                while ir < mc {
+                    let rows = mr.min(mc - ir);
+                    tile_at::<S>(job, ic + ir, rows, jp, np, k0);
+                    ir += rows;
+                }
+                jp += np;
+            }
+            k0 += KB;
+            if k0 >= k {
+                break;
+            }
+        }
+        ic += mc;
+    }
+}
+
+/// One tile of [`driver`]: `rows` rows from `i0`, panels `[jp, jp + np)`, the `k` block from
+/// `k0`.
+///
+/// # Safety
+///
+/// As [`driver`], with the tile inside the batch, the caller's panel range and `k`.
+#[inline(always)]
+unsafe fn tile_at<S: Simd>(job: &Job, i0: usize, rows: usize, jp: usize, np: usize, k0: usize) {
+    let k = job.k;
+    let kc = KB.min(k - k0);
+    let last = k0 + kc == k;
+    let t = Tile {
+        kc,
+        a: job.a.add(i0 * job.lda + k0),
+        lda: job.lda,
+        b: job.b.add((jp * k + k0) * PANEL),
+        pstride: k * PANEL,
+        bias: if last {
+            Some(job.bias.add(jp * PANEL))
+        } else {
+            None
+        },
+        relu: last && job.relu,
+        first: k0 == 0,
+    };
+    let cols = (np * PANEL).min(job.n - jp * PANEL);
+    let c = job.c.0.add(i0 * job.ldc + jp * PANEL);
+    // SAFETY: the caller's contract; `rows`, `np` and `cols` stay inside the batch, the panel
+    // range and the output width.
+    unsafe { tile_dispatch::<S>(&t, rows, np * (PANEL / S::W), c, job.ldc, cols) };
+}
+
+/// One tile's inputs: `kc` steps of `rows` rows of `x` against `np` panels.
+struct Tile {
+    kc: usize,
+    /// `x` at (first row, first k of the block).
+    a: *const f32,
+    lda: usize,
+    /// The first panel at the first k of the block.
+    b: *const f32,
+    /// Floats between consecutive panels.
+    pstride: usize,
+    /// The bias of the tile's first column, on the last k block.
+    bias: Option<*const f32>,
+    relu: bool,
+    /// The first k block: start from zero instead of the partial sums in the output.
+    first: bool,
+}
+
+/// Runs the tile of `rows` rows and `nv` vectors, writing its first `cols` columns at `c`.
+///
+/// # Safety
+///
+/// As [`driver`]; `1 <= rows <= S::MR` (or `<= 2` with a wider `nv`), `nv` one of `S::NV`,
+/// `S::NV1`, `S::NV2` or a smaller multiple of `PANEL / S::W`.
+#[inline(always)]
+unsafe fn tile_dispatch<S: Simd>(
+    t: &Tile,
+    rows: usize,
+    nv: usize,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+) {
+    macro_rules! go {
+        ($cp:expr, $cld:expr) => {{
+            let (cp, cld) = ($cp, $cld);
+            if rows <= 2 {
+                macro_rules! small {
+                    ($nv:expr) => {
+                        match rows {
+                            1 => kernel::<S, 1, { $nv }>(t, cp, cld),
+                            _ => kernel::<S, 2, { $nv }>(t, cp, cld),
+                        }
+                    };
+                }
+                match nv {
+                    1 => small!(1),
+                    2 => small!(2),
+                    3 => small!(3),
+                    4 => small!(4),
+                    6 => small!(6),
+                    8 => small!(8),
+                    _ => unreachable!("tile of {nv} vectors"),
+                }
+            } else {
+                macro_rules! big {
+                    ($nv:expr) => {
+                        match rows {
+                            3 => kernel::<S, 3, { $nv }>(t, cp, cld),
+                            4 => kernel::<S, 4, { $nv }>(t, cp, cld),
+                            5 => kernel::<S, 5, { $nv }>(t, cp, cld),
+                            6 => kernel::<S, 6, { $nv }>(t, cp, cld),
+                            7 => kernel::<S, 7, { $nv }>(t, cp, cld),
+                            8 => kernel::<S, 8, { $nv }>(t, cp, cld),
+                            _ => unreachable!("tile of {rows} rows"),
+                        }
+                    };
+                }
+                match nv {
+                    1 => big!(1),
+                    2 => big!(2),
+                    4 => big!(4),
+                    _ => unreachable!("tile of {nv} vectors"),
+                }
+            }
+        }};
+    }
+    let width = nv * S::W;
+    if cols == width {
+        go!(c, ldc);
+    } else {
+        // A partial tile goes through a local buffer: the kernel always writes whole vectors.
+        let mut buf = [0.0f32; 8 * 64];
+        debug_assert!(rows * width <= buf.len());
+        if !t.first {
+            for r in 0..rows {
+                std::ptr::copy_nonoverlapping(
+                    c.add(r * ldc),
+                    buf.as_mut_ptr().add(r * width),
+                    cols,
+                );
+            }
+        }
+        go!(buf.as_mut_ptr(), width);
+        for r in 0..rows {
+            std::ptr::copy_nonoverlapping(buf.as_ptr().add(r * width), c.add(r * ldc), cols);
+        }
+    }
+}
+
+/// The micro-kernel: an `R x NV`-vector tile of accumulators, one FMA per (row, vector, k),
+/// from zero; then the earlier blocks' total from the output, then the epilogue.
+///
+/// # Safety
+///
+/// `t.a` readable for `R` rows of `t.kc` at stride `t.lda`; the panels readable for `t.kc`
+/// rows; `c` readable (unless `t.first`) and writable for `R` rows of `NV * S::W` at `ldc`.
+#[inline(always)]
+unsafe fn kernel<S: Simd, const R: usize, const NV: usize>(t: &Tile, c: *mut f32, ldc: usize) {
+    let vpp = PANEL / S::W;
+    let mut acc = [[S::zero(); NV]; R];
+    // Offsets of each vector of a panel row from the first panel.
+    let mut off = [0usize; NV];
+    for (v, o) in off.iter_mut().enumerate() {
+        *o = (v / vpp) * t.pstride + (v % vpp) * S::W;
+    }
+    let mut a = t.a;
+    let mut b = t.b;
+    for _ in 0..t.kc {
+        // The panels are streamed from memory the first time a row tile reads them.
+        for &o in off.iter().step_by(vpp) {
+            S::prefetch(b.wrapping_add(o + PREFETCH));
+        }
+        let mut bv = [S::zero(); NV];
+        for v in 0..NV {
+            bv[v] = S::load(b.add(off[v]));
+        }
+        for (r, row) in acc.iter_mut().enumerate() {
+            let av = S::splat(a.add(r * t.lda));
+            for v in 0..NV {
+                row[v] = S::fma(av, bv[v], row[v]);
+            }
+        }
+        a = a.add(1);
+        b = b.add(PANEL);
+    }
+    if !t.first {
+        // The running total of the earlier blocks, plus this block.
+        for (r, row) in acc.iter_mut().enumerate() {
+            for (v, a) in row.iter_mut().enumerate() {
+                *a = S::add(S::load(c.add(r * ldc + v * S::W)), *a);
+            }
+        }
+    }
+    if let Some(bias) = t.bias {
+        for row in acc.iter_mut() {
+            for (v, a) in row.iter_mut().enumerate() {
+                *a = S::add(*a, S::load(bias.add((v / vpp) * PANEL + (v % vpp) * S::W)));
+            }
+        }
+    }
+    if t.relu {
+        for row in acc.iter_mut() {
+            for a in row.iter_mut() {
+                *a = S::relu(*a);
+            }
+        }
+    }
+    for (r, row) in acc.iter().enumerate() {
+        for (v, a) in row.iter().enumerate() {
+            S::store(c.add(r * ldc + v * S::W), *a);
+        }
+    }
+}
+
+/// The portable path: four-lane arrays, `f32::mul_add` (so its results are bit-identical to
+/// the FMA paths).
+struct Portable;
+
+impl Simd for Portable {
+    type V = [f32; 4];
+    const W: usize = 4;
+    const MR: usize = 4;
+    const NV: usize = 4;
+    const NV1: usize = 8;
+    const NV2: usize = 8;
+
+    #[inline(always)]
+    unsafe fn zero() -> Self::V {
+        [0.0; 4]
+    }
+    #[inline(always)]
+    unsafe fn splat(p: *const f32) -> Self::V {
+        [*p; 4]
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self::V {
+        std::ptr::read_unaligned(p.cast())
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: Self::V) {
+        std::ptr::write_unaligned(p.cast(), v)
+    }
+    #[inline(always)]
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+        std::array::from_fn(|i| a[i].mul_add(b[i], c[i]))
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self::V, b: Self::V) -> Self::V {
+        std::array::from_fn(|i| a[i] + b[i])
+    }
+    #[inline(always)]
+    unsafe fn relu(a: Self::V) -> Self::V {
+        a.map(|x| if x > 0.0 { x } else { 0.0 })
+    }
+    #[inline(always)]
+    unsafe fn prefetch(_p: *const f32) {}
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    //! The x86-64 paths: the generic loop nest instantiated inside `#[target_feature]` entry
+    //! points, so the intrinsics inline into AVX-512 or AVX2 code.
+
+    use std::arch::x86_64::*;
+
+    use super::{driver, Job, Simd};
+
+    pub(super) struct Avx512;
+
+    impl Simd for Avx512 {
+        type V = __m512;
+        const W: usize = 16;
+        const MR: usize = 8;
+        const NV: usize = 2;
+        const NV1: usize = 4;
+        const NV2: usize = 4;
+
+        #[inline(always)]
+        unsafe fn zero() -> __m512 {
+            _mm512_setzero_ps()
+        }
+        #[inline(always)]
+        unsafe fn splat(p: *const f32) -> __m512 {
+            _mm512_set1_ps(*p)
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m512 {
+            _mm512_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: __m512) {
+            _mm512_storeu_ps(p, v)
+        }
+        #[inline(always)]
+        unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
+            _mm512_fmadd_ps(a, b, c)
+        }
+        #[inline(always)]
+        unsafe fn add(a: __m512, b: __m512) -> __m512 {
+            _mm512_add_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn relu(a: __m512) -> __m512 {
+            // MAXPS returns its second operand when either is NaN or both are zero.
+            _mm512_max_ps(a, _mm512_setzero_ps())
+        }
+        #[inline(always)]
+        unsafe fn prefetch(p: *const f32) {
+            _mm_prefetch::<_MM_HINT_T0>(p.cast());
+        }
+    }
+
+    pub(super) struct Avx2;
+
+    impl Simd for Avx2 {
+        type V = __m256;
+        const W: usize = 8;
+        const MR: usize = 6;
+        const NV: usize = 2;
+        const NV1: usize = 8;
+        const NV2: usize = 4;
+
+        #[inline(always)]
+        unsafe fn zero() -> __m256 {
+            _mm256_setzero_ps()
+        }
+        #[inline(always)]
+        unsafe fn splat(p: *const f32) -> __m256 {
+            _mm256_broadcast_ss(&*p)
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m256 {
+            _mm256_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: __m256) {
+            _mm256_storeu_ps(p, v)
+        }
+        #[inline(always)]
+        unsafe fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
+            _mm256_fmadd_ps(a, b, c)
+        }
+        #[inline(always)]
+        unsafe fn add(a: __m256, b: __m256) -> __m256 {
+            _mm256_add_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn relu(a: __m256) -> __m256 {
+            // MAXPS returns its second operand when either is NaN or both are zero.
+            _mm256_max_ps(a, _mm256_setzero_ps())
+        }
+        #[inline(always)]
+        unsafe fn prefetch(p: *const f32) {
+            _mm_prefetch::<_MM_HINT_T0>(p.cast());
+        }
+    }
+
+    /// # Safety
+    ///
+    /// As `Job::run`, on a machine with AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn run_avx512(job: &Job, p0: usize, p1: usize) {
+        // SAFETY: the caller's contract.
+        unsafe { driver::<Avx512>(job, p0, p1) }
+    }
+
+    /// # Safety
+    ///
+    /// As `Job::run`, on a machine with AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn run_avx2(job: &Job, p0: usize, p1: usize) {
+        // SAFETY: the caller's contract.
+        unsafe { driver::<Avx2>(job, p0, p1) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every supported ISA path, forced explicitly, against an f64 reference on odd shapes.
+
+    use super::*;
+
+    /// xorshift values in [-1, 1).
+    fn fill(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    fn reference(
+        x: &[f32],
+        ldx: usize,
+        w: &[f32],
+        b: Option<&[f32]>,
+        act: Activation,
+        (m, k, n): (usize, usize, usize),
+    ) -> Vec<(f64, f64)> {
+        let mut out = vec![(0.0f64, 0.0f64); m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = b.map_or(0.0, |b| f64::from(b[j]));
+                let mut mag = s.abs();
+                for p in 0..k {
+                    let t = f64::from(x[i * ldx + p]) * f64::from(w[j * k + p]);
+                    s += t;
+                    mag += t.abs();
+                }
+                let v = match act {
+                    Activation::None => s,
+                    Activation::Relu => s.max(0.0),
+                    Activation::Sigmoid => 1.0 / (1.0 + (-s).exp()),
+                };
+                out[i * n + j] = (v, mag);
+            }
+        }
+        out
+    }
+
+    /// Runs `isa` on `m x k x n` (x strided, out a column slice of a NaN buffer) and checks
+    /// every element against the reference, the untouched columns, and returns the output.
+    fn check(
+        isa: Isa,
+        (m, k, n): (usize, usize, usize),
+        act: Activation,
+        threads: usize,
+    ) -> Vec<f32> {
+        let seed = (m * 1_000_003 + k * 1009 + n) as u64;
+        let ldx = k + 3;
+        let x = fill(m * ldx, seed);
+        let w = fill(n * k, seed + 1);
+        let b = fill(n, seed + 2);
+        let packed = PackedLinear::new(&w, n, k, Some(&b));
+        let want = reference(&x, ldx, &w, Some(&b), act, (m, k, n));
+        let ldo = n + 5;
+        let mut buf = vec![f32::NAN; m * ldo];
+        let out = MatMut::new(&mut buf, m, ldo, ldo).col_slice(2, n);
+        linear_packed_isa(isa, MatRef::new(&x, m, k, ldx), &packed, act, out, threads);
+        let mut got = Vec::with_capacity(m * n);
+        for i in 0..m {
+            for j in 0..ldo {
+                let v = buf[i * ldo + j];
+                if (2..2 + n).contains(&j) {
+                    let (r, mag) = want[i * n + j - 2];
+                    // Relative to the magnitude of the terms summed (f32 rounding of a sum
+                    // scales with it); a wrong panel, tail or row is off by about `mag`.
+                    let tol = 1e-6 * (1.0 + mag);
+                    assert!(
+                        (f64::from(v) - r).abs() <= tol,
+                        "{isa:?} {m}x{k}x{n} {act:?} t={threads}: ({i}, {}) = {v}, want {r}",
+                        j - 2
+                    );
+                    got.push(v);
+                } else {
+                    assert!(
+                        v.is_nan(),
+                        "{isa:?} {m}x{k}x{n}: column {j} outside was written"
+                    );
+                }
+            }
+        }
+        got
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    #[test]
+    fn every_isa_matches_the_f64_reference_on_odd_shapes() {
+        let isas = Isa::supported();
+        println!("supported: {isas:?}");
+        let mut shapes = vec![];
+        for m in [1, 2, 3, 5, 7, 8, 9, 13, 16, 17, 33, 64, 70] {
+            for &(k, n) in &[(1, 1), (7, 1), (33, 17), (300, 47), (16, 32), (0, 5)] {
+                shapes.push((m, k, n));
+            }
+        }
+        // Several k blocks, several row blocks of a large GEMM, and a multi-panel tail.
+        shapes.extend([(1, 700, 100), (2, 520, 70), (130, 600, 49), (70, 257, 129)]);
+        for &shape in &shapes {
+            for act in [Activation::None, Activation::Relu, Activation::Sigmoid] {
+                let mut first: Option<Vec<u32>> = None;
+                for &isa in &isas {
+                    for threads in [1, 2, 3] {
+                        let got = bits(&check(isa, shape, act, threads));
+                        // Bit-identical across ISA paths and thread counts.
+                        match &first {
+                            None => first = Some(got),
+                            Some(f) => assert!(
+                                *f == got,
+                                "{isa:?} {shape:?} {act:?} t={threads} differs from the first path"
+                            ),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_row_is_the_same_at_every_batch_size_and_position() {
+        let (k, n) = (300, 45);
+        let w = fill(n * k, 5);
+        let b = fill(n, 6);
+        let packed = PackedLinear::new(&w, n, k, Some(&b));
+        let x = fill(70 * k, 7);
+        for isa in Isa::supported() {
+            let mut alone = vec![0.0f32; 70 * n];
+            for i in 0..70 {
+                let out = MatMut::contiguous(&mut alone[i * n..(i + 1) * n], 1, n);
+                linear_packed_isa(
+                    isa,
+                    MatRef::contiguous(&x[i * k..(i + 1) * k], 1, k),
+                    &packed,
+                    Activation::Relu,
+                    out,
+                    1,
+                );
+            }
+            for m in [2, 3, 9, 16, 64, 70] {
+                let mut out = vec![0.0f32; m * n];
+                linear_packed_isa(
+                    isa,
+                    MatRef::contiguous(&x[..m * k], m, k),
+                    &packed,
+                    Activation::Relu,
+                    MatMut::contiguous(&mut out, m, n),
+                    1,
+                );
+                assert_eq!(bits(&out), bits(&alone[..m * n]), "{isa:?} batch {m}");
+            }
+        }
+    }
+
+    #[test]
+    fn without_bias_and_with_relu_of_negative_zero() {
+        let w = [1.0f32, -1.0, 0.0, 0.0];
+        let packed = PackedLinear::new(&w, 2, 2, None);
+        for isa in Isa::supported() {
+            let x = [f32::NAN, 0.0, 0.5, 0.5];
+            let mut out = [7.0f32; 4];
+            linear_packed_isa(
+                isa,
+                MatRef::contiguous(&x, 2, 2),
+                &packed,
+                Activation::Relu,
+                MatMut::contiguous(&mut out, 2, 2),
+                1,
+            );
+            // NaN and zeros give +0 through ReLU.
+            assert_eq!(bits(&out), bits(&[0.0, 0.0, 0.0, 0.0]), "{isa:?}");
+        }
+    }
+}
