@@ -255,7 +255,8 @@ if has bench; then
                 --algo "$algo" --streams "$k" "${extra[@]}" --graph "$graph" --compare --csv \
                 2>>"$OUT/bench.log" |
                 awk -F, -v OFS=, -v plan="$plan" -v raw="$RAW" -v csv="$CSV" '
-                    function ratio(a, b) { return (a != "" && b != "" && b + 0 > 0) ? sprintf("%.2f", a / b) : "" }
+                    # Three significant digits: a ratio far below 1 stays positive, never "0.00".
+                    function ratio(a, b) { return (a != "" && b != "" && b + 0 > 0) ? sprintf("%.3g", a / b) : "" }
                     $1 == "model" { next }
                     {
                         print
