@@ -15,16 +15,17 @@
 //! branch dropped from the export and mean pooled as a sum, every case fails (errors 8.3e-4 to
 //! 3.1e-2).
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
+use common::{build_weights, Rng};
 use streamrec::graph::{ModelSpec, OpGraph, Plan};
 use streamrec::runtime::gen::{random_batch, Skew};
-use streamrec::runtime::{
-    Batch, CpuBackend, Engine, EngineConfig, IndexVec, SparseInput, Tensor, Weights,
-};
+use streamrec::runtime::{Batch, CpuBackend, Engine, EngineConfig, IndexVec, SparseInput, Weights};
 
 const TOL: f64 = 1e-5;
 
@@ -65,70 +66,6 @@ fn scratch(tag: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&p);
     std::fs::create_dir_all(&p).unwrap();
     p
-}
-
-/// Deterministic random numbers (splitmix64).
-struct Rng(u64);
-
-impl Rng {
-    fn bits(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [-a, a).
-    fn sym(&mut self, a: f64) -> f32 {
-        let u = (self.bits() >> 11) as f64 / (1u64 << 53) as f64;
-        ((2.0 * u - 1.0) * a) as f32
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.bits() % n as u64) as usize
-    }
-}
-
-/// Unit-gain weights: pooled vectors of about unit variance, He-scaled linear layers, cross
-/// layers with gain ~0.7 and a bias that matters.
-fn build_weights(graph: &OpGraph, seed: u64) -> Weights {
-    let spec = &graph.spec;
-    let mut rng = Rng(seed);
-    let mut w = Weights::default();
-    for ws in graph.weights() {
-        let name = ws.name.as_str();
-        let fan_in = ws.shape.get(1).copied().unwrap_or(1) as f64;
-        let a = if let Some(feat) = name
-            .strip_prefix("emb.")
-            .and_then(|n| n.strip_suffix(".weight"))
-        {
-            let f = &spec.features[spec.feature_index(feat).unwrap()];
-            (3.0 / f.pooling as f64).sqrt()
-        } else if name.starts_with("cross.") {
-            if name.ends_with(".v") {
-                (3.0 / fan_in).sqrt()
-            } else if name.ends_with(".u") {
-                0.7 * (3.0 / fan_in).sqrt()
-            } else {
-                0.6
-            }
-        } else if name.ends_with(".bias") {
-            0.1
-        } else {
-            (6.0 / fan_in).sqrt()
-        };
-        let len: usize = ws.shape.iter().product();
-        let data = (0..len).map(|_| rng.sym(a)).collect();
-        w.insert(
-            ws.name.clone(),
-            Tensor {
-                shape: ws.shape.clone(),
-                data,
-            },
-        );
-    }
-    w
 }
 
 fn engine_scores(graph: &Arc<OpGraph>, w: &Weights, batches: &[Arc<Batch>]) -> Vec<Vec<f32>> {
