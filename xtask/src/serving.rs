@@ -190,7 +190,7 @@ struct ServerProc {
     _guard: Guard,
 }
 
-fn start_server(o: &Opts, bin: &Path, algo: &str) -> Result<ServerProc> {
+fn start_server(o: &Opts, bin: &Path, algo: &str, model: &str) -> Result<ServerProc> {
     let mut cmd = Command::new(bin);
     cmd.arg("serve")
         .arg(&o.spec)
@@ -225,13 +225,7 @@ fn start_server(o: &Opts, bin: &Path, algo: &str) -> Result<ServerProc> {
         let log = log.lock().expect("log lock").join("\n");
         bail!("streamrec serve --algo {algo} did not start:\n{log}");
     };
-    let spec =
-        streamrec_graph::ModelSpec::load(&o.root.join(&o.spec), o.row_cap.map(|c| c as usize))
-            .with_context(|| o.spec.display().to_string())?;
-    wait_ready(
-        &Target::new(url.clone(), spec.name.clone()),
-        Duration::from_secs(300),
-    )?;
+    wait_ready(&Target::new(url.clone(), model), Duration::from_secs(300))?;
     let plan_line = log
         .lock()
         .expect("log lock")
@@ -466,8 +460,8 @@ pub fn run(o: &Opts) -> Result<String> {
         "serving experiment: {model} (batch {} per request), p99 bound {} ms, {} s per point",
         o.batch, o.p99_ms, o.secs
     );
-    let single = start_server(o, &bin, "single")?;
-    let auto = start_server(o, &bin, "auto")?;
+    let single = start_server(o, &bin, "single", &model)?;
+    let auto = start_server(o, &bin, "auto", &model)?;
     eprintln!("  single: {}", single.plan_line);
     eprintln!("  auto:   {}", auto.plan_line);
     let schedules: [(&'static str, ScheduleKind); 2] = [
