@@ -198,28 +198,16 @@ pub(crate) fn run_op(call: &OpCall<'_>) -> std::result::Result<(), String> {
                 cpu::table_batched_embedding_bag(&tables, &i, &o, out);
             }
         }
-        (OpKind::Linear { act, .. }, OpWeights::Linear { weight, bias }) => {
+        (OpKind::Linear { act, .. }, OpWeights::Linear { .. }) => {
             let x = view(&op.inputs[0])?;
             let act = activation(*act);
-            if let Some(p) = packed {
-                // Split by output panels only: every element is summed in the same order.
-                let big = graph.flops(id, batch) >= SPLIT_MIN_FLOPS
-                    || p.weight_bytes() >= SPLIT_MIN_WEIGHT_BYTES;
-                let threads = if big { threads } else { 1 };
-                cpu::linear_packed_parallel(x, p, act, out, threads);
-            } else if threads > 1 && graph.flops(id, batch) >= SPLIT_MIN_FLOPS {
-                cpu::linear_parallel(
-                    x,
-                    &weight.data,
-                    Some(&bias.data),
-                    act,
-                    out,
-                    threads,
-                    scratch,
-                );
-            } else {
-                cpu::linear(x, &weight.data, Some(&bias.data), act, out);
-            }
+            // The CPU backend packs every linear layer's weights at load.
+            let p = packed.ok_or_else(|| "linear weights were not packed".to_string())?;
+            // Split by output panels only: every element is summed in the same order.
+            let big = graph.flops(id, batch) >= SPLIT_MIN_FLOPS
+                || p.weight_bytes() >= SPLIT_MIN_WEIGHT_BYTES;
+            let threads = if big { threads } else { 1 };
+            cpu::linear_packed_parallel(x, p, act, out, threads);
         }
         (OpKind::Concat, _) => {
             let xs = op

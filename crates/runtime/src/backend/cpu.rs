@@ -508,8 +508,6 @@ impl Backend for CpuBackend {
             .map(|op| {
                 let extra = match op.kind {
                     OpKind::DcnCross { rank, .. } => rank,
-                    // Room for the column blocks of a split linear layer.
-                    OpKind::Linear { .. } if self.intra_op_threads > 1 => op.width,
                     _ => 0,
                 };
                 let len = op
