@@ -36,11 +36,7 @@ pub struct CheckArgs {
 /// Runs `streamrec check`.
 pub fn main(a: CheckArgs) -> Result<()> {
     super::bounded("--batch", a.batch, streamrec_graph::limits::MAX_BATCH)?;
-    super::bounded(
-        "--intra-op-threads",
-        a.engine.intra_op_threads,
-        super::MAX_THREADS,
-    )?;
+    a.engine.check_threads()?;
     super::bounded(
         "--batches",
         usize::try_from(a.batches).unwrap_or(usize::MAX),

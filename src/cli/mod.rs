@@ -91,12 +91,12 @@ impl PlanOpts {
     }
 
     /// The cost model: the named profile (or `default_device`) plus measured times; with
-    /// `intra_op_threads` > 1 a CPU kernel may use that many cores.
-    pub fn cost_model(&self, default_device: &str, intra_op_threads: usize) -> Result<CostModel> {
+    /// `cpu_threads` > 1 a CPU kernel may use that many cores.
+    pub fn cost_model(&self, default_device: &str, cpu_threads: usize) -> Result<CostModel> {
         let name = self.device.as_deref().unwrap_or(default_device);
         let mut profile = DeviceProfile::by_name_or_path(name)?;
-        if intra_op_threads > 1 && profile.name.starts_with("cpu") {
-            profile.max_units_per_kernel = (intra_op_threads as f64).min(profile.units);
+        if cpu_threads > 1 && profile.name.starts_with("cpu") {
+            profile.max_units_per_kernel = (cpu_threads as f64).min(profile.units);
         }
         let mut cost = CostModel::new(profile);
         if let Some(p) = &self.costs {
@@ -144,13 +144,22 @@ pub struct EngineArgs {
     /// Let CUDA GEMMs use TF32 tensor cores (faster, ~1e-3 relative error).
     #[arg(long)]
     pub tf32: bool,
-    /// CPU: split large linear layers over N threads (the plan's cost model then lets one
-    /// kernel use N cores).
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    pub intra_op_threads: usize,
+    /// CPU: the threads the engine runs on (default: every core). Streams are queues over
+    /// this pool and large kernels split into tiles that idle threads take (the plan's cost
+    /// model then lets one kernel use N cores).
+    #[arg(long, value_name = "N", alias = "intra-op-threads")]
+    pub cpu_threads: Option<usize>,
 }
 
 impl EngineArgs {
+    /// Refuses `--cpu-threads 0` or an absurd count.
+    pub fn check_threads(&self) -> Result<()> {
+        if let Some(t) = self.cpu_threads {
+            bounded("--cpu-threads", t, MAX_THREADS)?;
+        }
+        Ok(())
+    }
+
     /// True with `--graph on`.
     pub fn graphs(&self) -> bool {
         self.graph == "on"
@@ -162,7 +171,9 @@ impl EngineArgs {
             backend: self.backend,
             opts: BackendOptions {
                 tf32: self.tf32,
-                intra_op_threads: self.intra_op_threads,
+                cpu_threads: self
+                    .cpu_threads
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
             },
             cfg,
         }
@@ -173,7 +184,7 @@ impl EngineArgs {
 pub const MAX_STREAMS: usize = 256;
 /// Most execution contexts (`--contexts`).
 pub const MAX_CONTEXTS: usize = 64;
-/// Most threads of one kind (`--threads`, `--intra-op-threads`).
+/// Most threads of one kind (`--threads`, `--cpu-threads`).
 pub const MAX_THREADS: usize = 1024;
 
 /// Checks that a count given on the command line is in `1..=max`; the error names the flag.

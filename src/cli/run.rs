@@ -142,7 +142,7 @@ pub fn plan_for(
     } else {
         "cpu"
     };
-    let cost = plan_opts.cost_model(default_device, target.opts.intra_op_threads)?;
+    let cost = plan_opts.cost_model(default_device, target.opts.cpu_threads)?;
     let mode = if target.cfg.graphs {
         SimMode::Graph
     } else {
@@ -204,7 +204,7 @@ pub fn main(a: RunArgs) -> Result<()> {
     if let Some(t) = a.threads {
         bounded("--threads", t, MAX_THREADS)?;
     }
-    bounded("--intra-op-threads", a.engine.intra_op_threads, MAX_THREADS)?;
+    a.engine.check_threads()?;
     bounded("--max-request-bytes", a.max_request_bytes, usize::MAX)?;
     if sizes.len() > 1 {
         if a.emit_request {

@@ -80,11 +80,7 @@ pub fn main(a: ServeArgs) -> Result<()> {
         cfg.contexts = c;
     }
     cfg.validate()?;
-    super::bounded(
-        "--intra-op-threads",
-        a.engine.intra_op_threads,
-        super::MAX_THREADS,
-    )?;
+    a.engine.check_threads()?;
     let spec = a.model.load()?;
     let backend = resolve(a.engine.backend)?;
     let streams = a.streams.unwrap_or_else(|| {
@@ -151,7 +147,7 @@ pub fn main(a: ServeArgs) -> Result<()> {
     } else {
         "cpu"
     };
-    let cost = plan.cost_model(device, a.engine.intra_op_threads)?;
+    let cost = plan.cost_model(device, a.engine.target(Default::default()).opts.cpu_threads)?;
     let algo_name = plan.algo().to_string();
     let view = streamrec_graph::html::page(
         &graph,

@@ -149,7 +149,7 @@ fn cache_key(target: &Target, spec: &ModelSpec, plan: &PlanOpts, batches: &[usiz
         plan.fuse,
         plan.device,
         plan.costs,
-        target.opts.intra_op_threads,
+        target.opts.cpu_threads,
         target.opts.tf32,
         target.cfg.graphs,
     )

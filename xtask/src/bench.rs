@@ -557,7 +557,7 @@ pub fn run(args: &[String]) -> Result<()> {
             bar.set_message(format!("{}: onnxruntime peer", m.spec.name));
             let input: Vec<Arc<Batch>> = sizes.iter().flat_map(|&b| batches(&m.spec, b)).collect();
             let budget_ms = if o.quick { 150 } else { 900 };
-            let outcome = crate::peer::run_peer(&m.graph, &m.weights, &input, budget_ms)?;
+            let outcome = crate::peer::run_peer(&m.graph, &m.weights, &input, budget_ms, None)?;
             peer_rows(
                 &m.spec.name,
                 &best_rows,
@@ -604,7 +604,7 @@ pub fn run(args: &[String]) -> Result<()> {
             bar.set_message(format!("{}: intra-op threads", m.spec.name));
             let cost = CostModel::new(cpu.clone());
             let mut rows = String::from(
-                "model,batch,algo,streams,intra_op_threads,p50_us,p99_us,ratio_p50_to_single,noise_floor,verdict\n",
+                "model,batch,algo,streams,cpu_threads,p50_us,p99_us,ratio_p50_to_single,noise_floor,verdict\n",
             );
             let mut setups = Vec::new();
             for (algo, k, threads) in [
@@ -615,7 +615,7 @@ pub fn run(args: &[String]) -> Result<()> {
             ] {
                 let planned = plan_for(&m.graph, algo, k, b, &cost)?;
                 let engine = Engine::new(
-                    CpuBackend::with_intra_op_threads(threads),
+                    CpuBackend::with_cpu_threads(threads),
                     Arc::new(planned.graph),
                     planned.plan,
                     &m.weights,
@@ -725,5 +725,104 @@ pub fn run(args: &[String]) -> Result<()> {
         "\nwrote {}/report.md, plan-*.html, engine.csv, prediction.csv, noise.txt, contexts.csv, intra-op.csv, cpu-profile.toml",
         o.out.display()
     );
+    Ok(())
+}
+
+/// `cargo xtask peer`: the ONNX Runtime comparison alone, for one model. The engine runs its
+/// candidate configurations (`single` on 1 and on every core's intra-op split, StreamRec on
+/// every core, measured `auto`) side by side in interleaved rounds, then ORT is checked and
+/// timed on the same batches.
+pub fn peer_task(args: &[String]) -> Result<()> {
+    let mut model = String::from("streamrec-26.toml");
+    let mut row_cap = 100_000usize;
+    let mut budget_ms = 900u64;
+    let mut keep: Option<PathBuf> = None;
+    let mut sizes: Vec<usize> = vec![1, 16, 128, 1024];
+    let mut it = args.iter();
+    let num = |v: Option<&String>, what: &str| -> Result<u64> {
+        v.with_context(|| format!("{what} needs a number"))?
+            .parse()
+            .with_context(|| format!("{what} needs a number"))
+    };
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--model" => model = it.next().context("--model needs a spec file name")?.clone(),
+            "--row-cap" => row_cap = num(it.next(), "--row-cap")? as usize,
+            "--budget-ms" => budget_ms = num(it.next(), "--budget-ms")?.max(1),
+            "--keep" => keep = Some(PathBuf::from(it.next().context("--keep needs a folder")?)),
+            "--batch" => {
+                sizes = it
+                    .next()
+                    .context("--batch needs sizes")?
+                    .split(',')
+                    .map(|s| s.trim().parse::<usize>())
+                    .collect::<std::result::Result<_, _>>()
+                    .context("--batch needs comma-separated sizes")?;
+                if sizes.iter().any(|&b| b == 0 || b > 65_536) {
+                    bail!("--batch: every size must be 1..=65536");
+                }
+            }
+            x => bail!("peer: unknown option `{x}` (known: --model, --row-cap, --budget-ms, --keep, --batch)"),
+        }
+    }
+    if let Err(why) = crate::peer::probe() {
+        bail!("peer: ONNX Runtime cannot run: {why}");
+    }
+    let m = load(&model, Some(row_cap))?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpu = calibrate::cpu_profile(DeviceProfile::cpu())?;
+    let budget = Duration::from_millis(budget_ms);
+    let mut best_rows = Vec::new();
+    for &b in &sizes {
+        let input = batches(&m.spec, b);
+        let costs = profile(&m, &input, budget)?;
+        let cost = CostModel::new(cpu.clone()).with_measured(costs);
+        let mut setups: Vec<(String, Engine<CpuBackend>)> = Vec::new();
+        for (algo, k, threads) in [
+            (Algorithm::Single, 1, 1),
+            (Algorithm::Single, 1, cores),
+            (Algorithm::StreamRec, cores, 1),
+        ] {
+            let planned = plan_for(&m.graph, algo, k, b, &cost)?;
+            let engine = Engine::new(
+                CpuBackend::with_cpu_threads(threads),
+                Arc::new(planned.graph),
+                planned.plan,
+                &m.weights,
+                engine_cfg(b, 1, false),
+            )?;
+            setups.push((format!("{algo} x{k} intra{threads}"), engine));
+        }
+        let (_, planned) = measured_auto(&m, b, &cost)?;
+        let label = format!("auto ({})", planned.plan.algo);
+        let auto = cpu_engine(&m, &planned.graph, planned.plan, engine_cfg(b, 1, false))?;
+        setups.push((label, auto));
+        let engines: Vec<(&Engine<CpuBackend>, usize)> = setups.iter().map(|s| (&s.1, 1)).collect();
+        let r = time_side_by_side(&engines, &input, budget, 3, || {})?;
+        for ((name, _), t) in setups.iter().zip(&r) {
+            eprintln!(
+                "{} batch {b}: {name}: p50 {:.1} us",
+                m.spec.name, t.median.p50_us
+            );
+        }
+        let (bi, bt) = r[..setups.len() - 1]
+            .iter()
+            .enumerate()
+            .min_by(|a, b| a.1.median.p50_us.total_cmp(&b.1.median.p50_us))
+            .expect("configurations");
+        let auto = r.last().map(|t| t.median.p50_us);
+        let best = bt.median.p50_us.min(auto.unwrap_or(f64::INFINITY));
+        let cfg = if Some(best) == auto {
+            setups[setups.len() - 1].0.clone()
+        } else {
+            setups[bi].0.clone()
+        };
+        best_rows.push((b, cfg, best, auto));
+    }
+    let input: Vec<Arc<Batch>> = sizes.iter().flat_map(|&b| batches(&m.spec, b)).collect();
+    let outcome = crate::peer::run_peer(&m.graph, &m.weights, &input, budget_ms, keep.as_deref())?;
+    let (mut csv, mut table) = (String::new(), String::new());
+    peer_rows(&m.spec.name, &best_rows, &outcome, &mut csv, &mut table);
+    print!("{PEER_HEADER}{table}");
     Ok(())
 }

@@ -28,6 +28,12 @@ tasks:
         ONNX (tools/onnx_peer.py; Python with onnx and onnxruntime), checks that ONNX Runtime's
         scores equal the engine's within 1e-5, times its best thread setting beside the engine
         and writes DIR/peer.csv (StreamRec's best p50 / ORT's best p50) and machine.txt.
+  peer [--model FILE] [--row-cap N] [--batch B,..] [--budget-ms MS] [--keep DIR]
+        The ONNX Runtime comparison of `bench --peer onnxruntime` alone, for one model (default
+        streamrec-26.toml at 100,000 rows, batch 1,16,128,1024): the engine's single plan on 1
+        and on every core's intra-op split, StreamRec on every core and measured auto, side by
+        side, then ORT checked and timed on the same batches. --keep DIR leaves the ONNX export
+        there (`python3 tools/onnx_peer.py time DIR` reruns ORT's timing).
   serving [--quick] [--out DIR] [serving options]
         The serving experiment alone: `streamrec serve --algo single` and `--algo auto`, driven
         open-loop with Poisson arrivals and the Azure trace over a sweep of offered QPS; the
@@ -62,6 +68,7 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("bench") => bench::run(&args[1..]),
+        Some("peer") => bench::peer_task(&args[1..]),
         Some("device-bundle") => device_bundle::run(&args[1..]),
         Some("serving") => serving::main(&args[1..]),
         Some("serve-bench") => serve_bench::run(&args[1..]),

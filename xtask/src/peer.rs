@@ -76,8 +76,8 @@ fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/onnx_peer.py")
 }
 
-/// A folder removed when dropped.
-struct TempDir(PathBuf);
+/// The export folder: removed when dropped, unless it was asked to be kept.
+struct TempDir(PathBuf, bool);
 
 impl TempDir {
     fn new(tag: &str) -> Result<Self> {
@@ -89,13 +89,21 @@ impl TempDir {
             std::env::temp_dir().join(format!("streamrec-onnx-peer-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).with_context(|| p.display().to_string())?;
-        Ok(Self(p))
+        Ok(Self(p, false))
+    }
+
+    /// `dir`, created if missing and kept afterwards.
+    fn keep(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+        Ok(Self(dir.to_path_buf(), true))
     }
 }
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if !self.1 {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
 
@@ -286,18 +294,23 @@ fn read_timing(text: &str) -> Result<(String, Vec<PeerBatch>)> {
 
 /// Exports the model with `batches`, checks ORT's scores against the engine's on every batch
 /// (an error when they differ by more than [`TOLERANCE`]) and times ORT per batch size with
-/// about `budget_ms` per size and thread setting.
+/// about `budget_ms` per size and thread setting. With `keep`, the export is written there and
+/// left for inspection (`python3 tools/onnx_peer.py time DIR` reruns the timing).
 pub(crate) fn run_peer(
     graph: &OpGraph,
     weights: &Weights,
     batches: &[Arc<Batch>],
     budget_ms: u64,
+    keep: Option<&Path>,
 ) -> Result<PeerOutcome> {
     if let Err(why) = probe() {
         return Ok(PeerOutcome::Skipped(why));
     }
     let spec = &graph.spec;
-    let dir = TempDir::new(&spec.name)?;
+    let dir = match keep {
+        Some(d) => TempDir::keep(d)?,
+        None => TempDir::new(&spec.name)?,
+    };
     export(spec, weights, batches, &dir.0)?;
     let d = dir.0.to_string_lossy().into_owned();
     let scores_path = dir.0.join("ort-scores.json");

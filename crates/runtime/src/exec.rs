@@ -98,15 +98,16 @@ pub(crate) struct OpCall<'a> {
     pub(crate) bufs: &'a BufInner,
     pub(crate) input: Option<&'a Batch>,
     pub(crate) batch: usize,
-    /// Threads a large linear layer may split over.
-    pub(crate) threads: usize,
+    /// Where large kernels hand their tiles (the backend's worker pool).
+    pub(crate) par: &'a dyn cpu::Parallel,
 }
 
-/// Linear layers below this many FLOPs run on one thread: splitting costs a thread start.
-const SPLIT_MIN_FLOPS: f64 = 16e6;
+/// Linear layers below this many FLOPs run on one thread: handing out tiles costs a few
+/// microseconds.
+const SPLIT_MIN_FLOPS: f64 = 2e6;
 /// ... unless they stream at least this many bytes of packed weights (a small-batch GEMV is
 /// bound by memory bandwidth, which a second core adds to).
-const SPLIT_MIN_WEIGHT_BYTES: usize = 2 << 20;
+const SPLIT_MIN_WEIGHT_BYTES: usize = 512 << 10;
 
 /// Runs `op` for `batch` samples, reading its inputs from the buffers and the request.
 pub(crate) fn run_op(call: &OpCall<'_>) -> std::result::Result<(), String> {
@@ -118,7 +119,7 @@ pub(crate) fn run_op(call: &OpCall<'_>) -> std::result::Result<(), String> {
         bufs,
         input,
         batch,
-        threads,
+        par,
     } = call;
     let op = graph.op(id);
     let request = || input.ok_or_else(|| "no request staged".to_string());
@@ -150,12 +151,26 @@ pub(crate) fn run_op(call: &OpCall<'_>) -> std::result::Result<(), String> {
             let s = &b.sparse[*feature];
             let mode = pooling(f.mode);
             match (&s.indices, &s.offsets) {
-                (IndexVec::I64(i), IndexVec::I64(o)) => {
-                    cpu::embedding_bag(&t[0].data, f.rows, f.dim, i, &o[..batch], mode, out)
-                }
-                (IndexVec::I32(i), IndexVec::I32(o)) => {
-                    cpu::embedding_bag(&t[0].data, f.rows, f.dim, i, &o[..batch], mode, out)
-                }
+                (IndexVec::I64(i), IndexVec::I64(o)) => cpu::embedding_bag_par(
+                    &t[0].data,
+                    f.rows,
+                    f.dim,
+                    i,
+                    &o[..batch],
+                    mode,
+                    out,
+                    par,
+                ),
+                (IndexVec::I32(i), IndexVec::I32(o)) => cpu::embedding_bag_par(
+                    &t[0].data,
+                    f.rows,
+                    f.dim,
+                    i,
+                    &o[..batch],
+                    mode,
+                    out,
+                    par,
+                ),
                 _ => return Err("indices and offsets must have the same integer type".into()),
             }
         }
@@ -187,7 +202,7 @@ pub(crate) fn run_op(call: &OpCall<'_>) -> std::result::Result<(), String> {
                     .collect::<std::result::Result<Vec<_>, _>>()?
                     .into_iter()
                     .unzip();
-                cpu::table_batched_embedding_bag(&tables, &i, &o, out);
+                cpu::table_batched_embedding_bag_par(&tables, &i, &o, out, par);
             } else {
                 let conv: Vec<(Vec<i64>, Vec<i64>)> = features
                     .iter()
@@ -195,7 +210,7 @@ pub(crate) fn run_op(call: &OpCall<'_>) -> std::result::Result<(), String> {
                     .collect();
                 let i: Vec<&[i64]> = conv.iter().map(|c| &c.0[..]).collect();
                 let o: Vec<&[i64]> = conv.iter().map(|c| &c.1[..batch]).collect();
-                cpu::table_batched_embedding_bag(&tables, &i, &o, out);
+                cpu::table_batched_embedding_bag_par(&tables, &i, &o, out, par);
             }
         }
         (OpKind::Linear { act, .. }, OpWeights::Linear { .. }) => {
@@ -206,8 +221,11 @@ pub(crate) fn run_op(call: &OpCall<'_>) -> std::result::Result<(), String> {
             // Split by output panels only: every element is summed in the same order.
             let big = graph.flops(id, batch) >= SPLIT_MIN_FLOPS
                 || p.weight_bytes() >= SPLIT_MIN_WEIGHT_BYTES;
-            let threads = if big { threads } else { 1 };
-            cpu::linear_packed_parallel(x, p, act, out, threads);
+            if big {
+                cpu::linear_packed_par(x, p, act, out, par);
+            } else {
+                cpu::linear_packed(x, p, act, out);
+            }
         }
         (OpKind::Concat, _) => {
             let xs = op

@@ -1,5 +1,6 @@
 //! Embedding-bag kernels: pooled lookups of one table or of many tables in one call.
 
+use super::par::{row_tiles, Parallel};
 use crate::types::{Index, MatMut, Pooling, TableRef};
 
 /// The end of bag `b`: the next offset, or `indices_len` for the last bag.
@@ -13,6 +14,8 @@ fn bag_end<I: Index>(offsets: &[I], b: usize, indices_len: usize) -> usize {
 
 /// Pools the rows of `table` named by `bag` into `out` (length `dim`).
 ///
+/// Every element is summed the same way on every path: from zero, adding the bag's rows in
+/// order (then divided by the count for a mean), so the vector paths give the scalar path's bits.
 /// `table` holds at least `rows * dim` elements (checked by the callers).
 #[inline(always)]
 fn pool_bag<I: Index>(
@@ -23,7 +26,6 @@ fn pool_bag<I: Index>(
     mode: Pooling,
     out: &mut [f32],
 ) {
-    out.fill(0.0);
     for &i in bag {
         let r = i.to_usize();
         assert!(
@@ -31,6 +33,17 @@ fn pool_bag<I: Index>(
             "embedding index {} out of range for {rows} rows",
             i.to_i64()
         );
+    }
+    #[cfg(target_arch = "x86_64")]
+    if dim % 16 == 0 && std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F is present; every index was checked to be `< rows` above and
+        // `rows * dim <= table.len()`, `out.len() == dim`.
+        unsafe { pool_bag_avx512(table, dim, bag, mode, out) };
+        return;
+    }
+    out.fill(0.0);
+    for &i in bag {
+        let r = i.to_usize();
         // `r < rows` and `rows * dim <= table.len()` make this slice in range without overflow.
         let src = &table[r * dim..r * dim + dim];
         for (o, &s) in out.iter_mut().zip(src) {
@@ -42,6 +55,45 @@ fn pool_bag<I: Index>(
         for o in out.iter_mut() {
             *o /= n;
         }
+    }
+}
+
+/// [`pool_bag`] with AVX-512: up to 128 columns at a time in eight vector accumulators.
+///
+/// # Safety
+///
+/// AVX-512F must be present, `dim % 16 == 0`, every index `< rows` with `rows * dim <=
+/// table.len()`, and `out.len() == dim`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pool_bag_avx512<I: Index>(
+    table: &[f32],
+    dim: usize,
+    bag: &[I],
+    mode: Pooling,
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let base = table.as_ptr();
+    let inv = (mode == Pooling::Mean && !bag.is_empty()).then(|| bag.len() as f32);
+    let mut c0 = 0;
+    while c0 < dim {
+        let nv = ((dim - c0) / 16).min(8);
+        let mut acc = [_mm512_setzero_ps(); 8];
+        for &i in bag {
+            let row = base.add(i.to_usize() * dim + c0);
+            for (v, a) in acc.iter_mut().enumerate().take(nv) {
+                *a = _mm512_add_ps(*a, _mm512_loadu_ps(row.add(v * 16)));
+            }
+        }
+        for (v, a) in acc.iter().enumerate().take(nv) {
+            let r = match inv {
+                Some(n) => _mm512_div_ps(*a, _mm512_set1_ps(n)),
+                None => *a,
+            };
+            _mm512_storeu_ps(out.as_mut_ptr().add(c0 + v * 16), r);
+        }
+        c0 += nv * 16;
     }
 }
 
@@ -95,8 +147,9 @@ pub fn embedding_bag<I: Index>(
     }
 }
 
-/// How many lookups ahead rows are prefetched.
-const PREFETCH_ROWS: usize = 16;
+/// How many lookups ahead rows are prefetched (measured on a 2-core Xeon VM over 26 tables of
+/// 100,000 x 128: 4 to 32 rows ahead are alike, ~175 ns a row against ~270 ns without).
+const PREFETCH_ROWS: usize = 8;
 
 /// Hints the CPU to fetch a table row into cache; out-of-range indices are ignored (the pooling
 /// itself reports them).
@@ -185,3 +238,176 @@ pub fn table_batched_embedding_bag<I: Index>(
         }
     }
 }
+
+/// Lookups below this many (indices) run on the calling thread: a tile hand-off costs more.
+const PAR_MIN_LOOKUPS: usize = 256;
+
+/// [`embedding_bag`] with the bags split into row tiles that `par` runs (random row gathers
+/// are bound by memory latency, which every core adds to). Bit-identical to [`embedding_bag`].
+///
+/// # Panics
+///
+/// Panics under the conditions of [`embedding_bag`].
+#[allow(clippy::too_many_arguments)]
+pub fn embedding_bag_par<I: Index>(
+    table: &[f32],
+    rows: usize,
+    dim: usize,
+    indices: &[I],
+    offsets: &[I],
+    mode: Pooling,
+    out: MatMut<'_>,
+    par: &dyn Parallel,
+) {
+    let width = par.width();
+    if width <= 1 || indices.len() < PAR_MIN_LOOKUPS || offsets.len() < 2 {
+        return embedding_bag(table, rows, dim, indices, offsets, mode, out);
+    }
+    assert_eq!(
+        out.rows,
+        offsets.len(),
+        "embedding_bag: out rows must equal the number of bags"
+    );
+    let tiles = row_tiles(out, width * 2);
+    par.for_each(tiles.len(), &|t| {
+        let (b0, view) = tiles[t]
+            .lock()
+            .expect("tile slot")
+            .take()
+            .expect("each tile runs once");
+        let b1 = b0 + view.rows;
+        let start = offsets[b0].to_usize();
+        let end = bag_end(offsets, b1 - 1, indices.len());
+        assert!(start <= end, "embedding_bag: offsets must not decrease");
+        // The tile's bags as a call of their own: offsets shifted to start at zero.
+        let local: Vec<usize> = offsets[b0..b1]
+            .iter()
+            .map(|o| o.to_usize() - start)
+            .collect();
+        embedding_bag_usize(table, rows, dim, &indices[start..end], &local, mode, view);
+    });
+}
+
+/// [`embedding_bag`] with `usize` offsets (a tile's, shifted to start at zero).
+fn embedding_bag_usize<I: Index>(
+    table: &[f32],
+    rows: usize,
+    dim: usize,
+    indices: &[I],
+    offsets: &[usize],
+    mode: Pooling,
+    mut out: MatMut<'_>,
+) {
+    assert_eq!(out.cols, dim, "embedding_bag: out cols must equal dim");
+    let size = rows
+        .checked_mul(dim)
+        .expect("embedding_bag: table size overflows usize");
+    assert!(table.len() >= size, "embedding_bag: table too short");
+    let table = &table[..size];
+    let mut ahead = 0usize;
+    for (b, out_row) in out.row_iter_mut().enumerate() {
+        let start = offsets[b];
+        let end = offsets.get(b + 1).copied().unwrap_or(indices.len());
+        let want = (end + PREFETCH_ROWS).min(indices.len());
+        while ahead < want {
+            prefetch_row(table, rows, dim, indices[ahead]);
+            ahead += 1;
+        }
+        pool_bag(table, rows, dim, &indices[start..end], mode, out_row);
+    }
+}
+
+/// [`table_batched_embedding_bag`] with the tables spread over `par`'s workers (each table's
+/// bags pooled by one task). Bit-identical to [`table_batched_embedding_bag`].
+///
+/// # Panics
+///
+/// Panics under the conditions of [`table_batched_embedding_bag`].
+pub fn table_batched_embedding_bag_par<I: Index>(
+    tables: &[TableRef<'_>],
+    indices: &[&[I]],
+    offsets: &[&[I]],
+    mut out: MatMut<'_>,
+    par: &dyn Parallel,
+) {
+    let lookups: usize = indices.iter().map(|i| i.len()).sum();
+    if par.width() <= 1 || tables.len() < 2 || lookups < PAR_MIN_LOOKUPS {
+        return table_batched_embedding_bag(tables, indices, offsets, out);
+    }
+    assert_eq!(
+        indices.len(),
+        tables.len(),
+        "table_batched_embedding_bag: one index list per table"
+    );
+    assert_eq!(
+        offsets.len(),
+        tables.len(),
+        "table_batched_embedding_bag: one offset list per table"
+    );
+    let total: usize = tables.iter().map(|t| t.dim).sum();
+    assert_eq!(
+        out.cols, total,
+        "table_batched_embedding_bag: out cols must equal the sum of dims"
+    );
+    for (t, (table, offs)) in tables.iter().zip(offsets).enumerate() {
+        assert_eq!(
+            offs.len(),
+            out.rows,
+            "table_batched_embedding_bag: table {t} has a wrong bag count"
+        );
+        let size = table
+            .rows
+            .checked_mul(table.dim)
+            .expect("table size overflows usize");
+        assert!(
+            table.data.len() >= size,
+            "table_batched_embedding_bag: table {t} has {} elements, needs {size}",
+            table.data.len()
+        );
+    }
+    let (rows, ld) = (out.rows, out.ld);
+    let starts: Vec<usize> = tables
+        .iter()
+        .scan(0, |c, t| {
+            let c0 = *c;
+            *c += t.dim;
+            Some(c0)
+        })
+        .collect();
+    let base = OutPtr(out.reborrow().data.as_mut_ptr());
+    let base = &base;
+    par.for_each(tables.len(), &|t| {
+        let (table, idx, offs) = (&tables[t], indices[t], offsets[t]);
+        let size = table.rows * table.dim;
+        let data = &table.data[..size];
+        let mut ahead = 0usize;
+        for b in 0..rows {
+            let start = offs[b].to_usize();
+            let end = bag_end(offs, b, idx.len());
+            let want = (end + PREFETCH_ROWS).min(idx.len());
+            while ahead < want {
+                prefetch_row(data, table.rows, table.dim, idx[ahead]);
+                ahead += 1;
+            }
+            // SAFETY: row `b`, columns [starts[t], + dim) of `out` (checked to be `rows x
+            // total` at stride `ld`): only this task writes them, no other slice of them
+            // exists, and `for_each` returns only when every task is done.
+            let seg = unsafe {
+                std::slice::from_raw_parts_mut(base.0.add(b * ld + starts[t]), table.dim)
+            };
+            pool_bag(
+                data,
+                table.rows,
+                table.dim,
+                &idx[start..end],
+                table.mode,
+                seg,
+            );
+        }
+    });
+}
+
+/// The output of a table-batched call, shared by its tasks (each writes its own columns).
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint elements through it, and the call outlives them.
+unsafe impl Sync for OutPtr {}

@@ -20,6 +20,7 @@
 
 use std::sync::OnceLock;
 
+use super::par::{Parallel, ScopedThreads};
 use crate::types::{Activation, MatMut, MatRef};
 
 /// Output columns per packed panel.
@@ -203,6 +204,22 @@ pub fn linear_packed_parallel(
     linear_packed_isa(isa_for(x.rows), x, w, act, out, threads);
 }
 
+/// [`linear_packed`] with its output panels split into tiles that `par` runs (an engine's
+/// worker pool: idle workers take tiles). Bit-identical to [`linear_packed`] for any runner.
+///
+/// # Panics
+///
+/// Panics under the conditions of [`linear_packed`].
+pub fn linear_packed_par(
+    x: MatRef<'_>,
+    w: &PackedLinear,
+    act: Activation,
+    out: MatMut<'_>,
+    par: &dyn Parallel,
+) {
+    linear_packed_on(isa_for(x.rows), x, w, act, out, par);
+}
+
 /// [`linear_packed_parallel`] on an explicit ISA path (for tests and benchmarks).
 ///
 /// # Panics
@@ -215,6 +232,21 @@ pub fn linear_packed_isa(
     act: Activation,
     out: MatMut<'_>,
     threads: usize,
+) {
+    linear_packed_on(isa, x, w, act, out, &ScopedThreads(threads));
+}
+
+/// Tiles per thread of the runner: more than one, so that a worker that arrives late (or is
+/// busy elsewhere) leaves its share to the others.
+const TILES_PER_THREAD: usize = 2;
+
+fn linear_packed_on(
+    isa: Isa,
+    x: MatRef<'_>,
+    w: &PackedLinear,
+    act: Activation,
+    out: MatMut<'_>,
+    par: &dyn Parallel,
 ) {
     assert!(
         isa.is_supported(),
@@ -244,25 +276,25 @@ pub fn linear_packed_isa(
         ldc: out.ld,
     };
     let np = w.panels();
-    let threads = threads.clamp(1, np);
-    // Contiguous, balanced panel ranges; the first runs on this thread.
-    let range = |t: usize| (np * t / threads, np * (t + 1) / threads);
-    if threads == 1 {
+    let width = par.width();
+    let tiles = if width <= 1 {
+        1
+    } else {
+        (width * TILES_PER_THREAD).min(np)
+    };
+    // Contiguous, balanced panel ranges.
+    let range = |t: usize| (np * t / tiles, np * (t + 1) / tiles);
+    if tiles == 1 {
         // SAFETY: the views were checked above: `x` holds `m` rows of `k` at stride `lda`,
         // `out` holds `m` rows of `n` at stride `ldc` and is borrowed mutably for this call,
         // and the panels and bias hold `np` panels of `k` rows and `np` rows.
         unsafe { job.run(0, np) };
     } else {
-        std::thread::scope(|s| {
-            let job = &job;
-            for t in 1..threads {
-                let (p0, p1) = range(t);
-                // SAFETY: as above; each thread writes only the output columns of its own
-                // panels, and the ranges are disjoint.
-                s.spawn(move || unsafe { job.run(p0, p1) });
-            }
-            let (p0, p1) = range(0);
-            // SAFETY: as above, panels [p0, p1) only.
+        let job = &job;
+        par.for_each(tiles, &|t| {
+            let (p0, p1) = range(t);
+            // SAFETY: as above; each tile writes only the output columns of its own panels,
+            // the ranges are disjoint, and `for_each` returns only when every tile is done.
             unsafe { job.run(p0, p1) };
         });
     }

@@ -11,10 +11,15 @@ mod dense;
 mod embedding;
 mod gemm;
 mod interaction;
+mod par;
 
 pub use dense::{concat, linear, linear_parallel, relu_inplace, sigmoid, sigmoid_inplace};
-pub use embedding::{embedding_bag, table_batched_embedding_bag};
+pub use embedding::{
+    embedding_bag, embedding_bag_par, table_batched_embedding_bag, table_batched_embedding_bag_par,
+};
 pub use gemm::{
-    linear_packed, linear_packed_isa, linear_packed_parallel, Isa, PackedLinear, PANEL,
+    linear_packed, linear_packed_isa, linear_packed_par, linear_packed_parallel, Isa, PackedLinear,
+    PANEL,
 };
 pub use interaction::{dcn_cross, dot_interaction};
+pub use par::{Parallel, ScopedThreads, Sequential};

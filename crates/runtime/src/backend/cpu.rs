@@ -1,12 +1,16 @@
-//! The CPU backend: each stream is an OS thread with a FIFO of commands; an event is a
-//! generation counter with a condition variable.
+//! The CPU backend: one pool of worker threads, as many as the cores it is given, runs every
+//! stream. A stream is an ordered queue of commands, not a thread: an idle worker takes the
+//! next command of any stream that is neither running on another worker nor stopped at an
+//! event that has not been reached, and large kernels split into tiles that idle workers take.
+//! The host thread that synchronises a stream works alongside the pool until that stream is
+//! done, so one request on an idle machine uses every core without a thread hand-off at the end.
 //!
-//! A record issued on the host takes the event's next generation; the stream thread publishes it
-//! when it reaches the record. A wait issued on the host captures the latest generation issued so
-//! far and blocks only its own stream's thread until that generation is published. A failing or
-//! panicking kernel poisons the rest of the current request on its stream (later launches are
-//! skipped, records still publish so no other stream deadlocks) and the error is returned by the
-//! next [`Backend::synchronize`] of that stream.
+//! An event is a generation counter: a record issued on the host takes the event's next
+//! generation and the stream publishes it when it reaches the record; a wait issued on the host
+//! captures the latest generation issued so far and holds back only its own stream until that
+//! generation is published. A failing or panicking kernel poisons the rest of the current
+//! request on its stream (later launches are skipped, records still publish so no other stream
+//! stalls) and the error is returned by the next [`Backend::synchronize`] of that stream.
 //!
 //! Memory: every op owns one `[max_batch, width]` activation buffer, allocated once per context.
 //! Kernels on different streams read and write these buffers concurrently; that is sound because
@@ -17,12 +21,12 @@ use std::cell::UnsafeCell;
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use streamrec_graph::{OpGraph, OpId, OpKind};
-use streamrec_kernels::cpu::PackedLinear;
+use streamrec_kernels::cpu::{PackedLinear, Parallel};
 
 use super::{Backend, Span, SpanKind};
 use crate::batch::Batch;
@@ -33,27 +37,9 @@ use crate::weights::Weights;
 /// The CPU backend.
 #[derive(Debug)]
 pub struct CpuBackend {
-    epoch: Instant,
-    spin: Arc<SpinPolicy>,
-    intra_op_threads: usize,
-}
-
-/// Spinning before sleeping saves a wake-up but burns a core: stream threads spin only while
-/// this backend's streams fit on the machine's cores, and so does the host (its spin yields).
-#[derive(Debug)]
-struct SpinPolicy {
-    live_streams: AtomicUsize,
-    cores: usize,
-}
-
-impl SpinPolicy {
-    fn streams_may_spin(&self) -> bool {
-        self.live_streams.load(Ordering::Relaxed) <= self.cores
-    }
-
-    fn host_may_spin(&self) -> bool {
-        self.live_streams.load(Ordering::Relaxed) <= self.cores
-    }
+    pool: Arc<Pool>,
+    threads: usize,
+    workers: Vec<JoinHandle<()>>,
 }
 
 impl Default for CpuBackend {
@@ -62,23 +48,65 @@ impl Default for CpuBackend {
     }
 }
 
+impl Drop for CpuBackend {
+    fn drop(&mut self) {
+        self.pool.shutdown.store(true, Ordering::SeqCst);
+        self.pool.wake_all();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
 impl CpuBackend {
-    /// A CPU backend; span times count from now.
+    /// A CPU backend on every core of the machine; span times count from now.
     pub fn new() -> Self {
-        Self::with_intra_op_threads(1)
+        Self::with_threads(std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
 
-    /// A CPU backend whose large linear layers split their output columns over `threads` OS
-    /// threads (1: every kernel runs on its stream's thread alone).
-    pub fn with_intra_op_threads(threads: usize) -> Self {
+    /// A CPU backend whose streams and kernels run on `threads` threads in all: `threads - 1`
+    /// pool workers plus the host thread that synchronises (1: everything runs on the host
+    /// thread, when it synchronises).
+    pub fn with_threads(threads: usize) -> Self {
+        let threads = threads.max(1);
+        let pool = Arc::new(Pool {
+            streams: RwLock::new(Arc::new(Vec::new())),
+            tiles: Mutex::new(Vec::new()),
+            tiles_posted: AtomicUsize::new(0),
+            epoch: AtomicU64::new(0),
+            sleepers: AtomicUsize::new(0),
+            sleep: Mutex::new(()),
+            cv: Condvar::new(),
+            shutdown: AtomicBool::new(false),
+            width: threads,
+            next_stream: AtomicUsize::new(0),
+            epoch_start: Instant::now(),
+        });
+        let workers = (1..threads)
+            .filter_map(|i| {
+                let p = Arc::clone(&pool);
+                std::thread::Builder::new()
+                    .name(format!("streamrec-cpu-{i}"))
+                    .spawn(move || worker_main(&p))
+                    .ok()
+            })
+            .collect();
         Self {
-            intra_op_threads: threads.max(1),
-            epoch: Instant::now(),
-            spin: Arc::new(SpinPolicy {
-                live_streams: AtomicUsize::new(0),
-                cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            }),
+            pool,
+            threads,
+            workers,
         }
+    }
+
+    /// The same as [`CpuBackend::with_threads`] (the name of earlier releases, where only the
+    /// large linear layers split over extra threads).
+    pub fn with_cpu_threads(threads: usize) -> Self {
+        Self::with_threads(threads)
+    }
+
+    /// The threads streams and kernels run on (the host thread included).
+    pub fn threads(&self) -> usize {
+        self.threads
     }
 }
 
@@ -146,47 +174,22 @@ pub struct CpuWeights {
     pub(crate) packed: Vec<Option<PackedLinear>>,
 }
 
-/// An event: a generation counter published by stream threads.
+/// An event: a generation counter published by streams.
 pub struct CpuEvent {
     inner: Arc<EventInner>,
 }
 
 struct EventInner {
     issued: AtomicU64,
-    /// The last generation published, readable without the lock (for spinning waiters).
+    /// The last generation published.
     published: AtomicU64,
-    /// The last generation published, and how many threads sleep waiting for a later one.
-    done: Mutex<(u64, usize)>,
-    cv: Condvar,
 }
 
-/// How long an idle stream thread, or one waiting on an event, spins before it sleeps. Waking a
-/// sleeping thread costs tens of microseconds on a virtual machine; work that arrives within
-/// this window is picked up at once.
-const SPIN: std::time::Duration = std::time::Duration::from_micros(40);
-
-/// Spins until `ready()` holds or [`SPIN`] has passed; true when it holds. After a few
-/// microseconds of busy spinning it yields the core between checks, so a spinner never holds
-/// off a thread with real work when there are more threads than cores.
-fn spin_until(ready: impl Fn() -> bool) -> bool {
-    let t0 = Instant::now();
-    loop {
-        if ready() {
-            return true;
-        }
-        let waited = t0.elapsed();
-        if waited > SPIN {
-            return false;
-        }
-        if waited < std::time::Duration::from_micros(3) {
-            for _ in 0..32 {
-                std::hint::spin_loop();
-            }
-        } else {
-            std::thread::yield_now();
-        }
-    }
-}
+/// How long an idle worker (or a synchronising host) spins before it sleeps. Waking a sleeping
+/// thread costs tens of microseconds on a virtual machine; work that arrives within this window
+/// is picked up at once. A spinner yields its core between checks after the first few
+/// microseconds, so it never holds off a thread with real work.
+const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
 
 /// What the ops of one request read. A stream receives it once per request, so a launch moves
 /// no reference counts between threads.
@@ -222,7 +225,6 @@ enum Cmd {
     Op {
         op: OpId,
         batch: usize,
-        threads: usize,
     },
     Download {
         bufs: Arc<BufInner>,
@@ -235,14 +237,10 @@ enum Cmd {
 
 struct StreamShared {
     state: Mutex<StreamState>,
-    /// Commands queued and not yet taken, readable without the lock (for spinning).
-    queued: AtomicU64,
     /// Commands finished (mirrors `StreamState::done`), readable without the lock.
     finished: AtomicU64,
-    /// Signalled when a command is queued (the stream thread waits on it).
-    work: Condvar,
-    /// Signalled when every issued command has run (the host waits on it).
-    cv: Condvar,
+    /// Commands queued and not yet taken, readable without the lock.
+    queued: AtomicUsize,
     tracing: AtomicBool,
     spans: Mutex<Vec<Span>>,
 }
@@ -252,140 +250,300 @@ struct StreamShared {
 #[derive(Default)]
 struct StreamState {
     cmds: VecDeque<Cmd>,
-    closed: bool,
-    /// The stream thread sleeps on `work` (so a push must wake it).
-    idle: bool,
-    /// The host sleeps on `cv` in a synchronise (so finishing must wake it).
+    /// A worker is running this stream's head command (commands of a stream run in order, one
+    /// at a time).
+    busy: bool,
+    /// The job of the launches being taken.
+    job: Option<Arc<Job>>,
+    /// The host sleeps in a synchronise of this stream (so finishing must wake it).
     host_waiting: bool,
     issued: u64,
     done: u64,
     error: Option<String>,
 }
 
-/// A stream: one OS thread draining a FIFO of commands.
+/// A stream: an ordered queue of commands that the pool's workers run.
 pub struct CpuStream {
     shared: Arc<StreamShared>,
-    /// The job last sent to the stream thread (host side).
+    /// The job last sent to the stream (host side).
     job: Mutex<Option<Arc<Job>>>,
-    thread: Option<JoinHandle<()>>,
-    spin: Arc<SpinPolicy>,
+    pool: Arc<Pool>,
 }
 
 impl CpuStream {
     fn push(&self, cmd: Cmd) -> Result<()> {
         let mut st = self.shared.state.lock().expect("stream state");
-        if st.closed {
-            return Err(RuntimeError::Execution("stream thread has stopped".into()));
-        }
         st.issued += 1;
         st.cmds.push_back(cmd);
         self.shared.queued.fetch_add(1, Ordering::Release);
-        // Waking costs a system call: only when the thread sleeps.
-        let wake = st.idle;
         drop(st);
-        if wake {
-            self.shared.work.notify_one();
-        }
+        self.pool.notify();
         Ok(())
     }
 }
 
 impl Drop for CpuStream {
     fn drop(&mut self) {
-        if let Ok(mut st) = self.shared.state.lock() {
-            st.closed = true;
-        }
-        self.shared.work.notify_one();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        self.spin.live_streams.fetch_sub(1, Ordering::Relaxed);
+        let mut list = self.pool.streams.write().expect("stream list");
+        let kept: Vec<Arc<StreamShared>> = list
+            .iter()
+            .filter(|s| !Arc::ptr_eq(s, &self.shared))
+            .cloned()
+            .collect();
+        *list = Arc::new(kept);
     }
 }
 
-/// The next command, blocking while the queue is empty; `None` once the stream is closed.
-fn next_cmd(shared: &StreamShared, spin: &SpinPolicy) -> Option<Cmd> {
-    if shared.queued.load(Ordering::Acquire) == 0 && spin.streams_may_spin() {
-        spin_until(|| shared.queued.load(Ordering::Acquire) > 0);
+/// The shared state of the worker pool.
+#[derive(Debug)]
+struct Pool {
+    /// Every live stream (copied on change, so a scan takes no lock for long).
+    streams: RwLock<Arc<Vec<Arc<StreamShared>>>>,
+    /// Tile jobs posted by running kernels, for idle threads to help with.
+    tiles: Mutex<Vec<Arc<TileJob>>>,
+    /// How many tile jobs are posted (read without the lock).
+    tiles_posted: AtomicUsize,
+    /// Bumped whenever work may have appeared (a push, a publish, a tile job).
+    epoch: AtomicU64,
+    /// Threads asleep on `cv`.
+    sleepers: AtomicUsize,
+    sleep: Mutex<()>,
+    cv: Condvar,
+    shutdown: AtomicBool,
+    /// Threads that run work: the workers and one synchronising host.
+    width: usize,
+    /// Where the next scan of the streams starts (fairness between streams).
+    next_stream: AtomicUsize,
+    epoch_start: Instant,
+}
+
+impl std::fmt::Debug for StreamShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StreamShared")
     }
-    let mut st = shared.state.lock().expect("stream state");
+}
+
+impl std::fmt::Debug for TileJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TileJob")
+    }
+}
+
+/// One kernel's tiles: `n` calls of `task`, taken by index.
+struct TileJob {
+    /// The kernel's task; valid while `done < n` (the poster waits for that before returning).
+    task: *const (dyn Fn(usize) + Sync),
+    n: usize,
+    next: AtomicUsize,
+    done: AtomicUsize,
+    panicked: AtomicBool,
+}
+
+// SAFETY: `task` points to a `Sync` closure that outlives every call made through it (the
+// poster returns only when all `n` calls have finished).
+unsafe impl Send for TileJob {}
+// SAFETY: as above.
+unsafe impl Sync for TileJob {}
+
+impl TileJob {
+    /// Runs tiles of this job until none is left; true if it ran any.
+    fn help(&self) -> bool {
+        let mut ran = false;
+        loop {
+            let i = self.next.fetch_add(1, Ordering::AcqRel);
+            if i >= self.n {
+                return ran;
+            }
+            ran = true;
+            // SAFETY: `i < n`, so the poster is still waiting for this call (see `task`).
+            let task = unsafe { &*self.task };
+            if catch_unwind(AssertUnwindSafe(|| task(i))).is_err() {
+                self.panicked.store(true, Ordering::Release);
+            }
+            self.done.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Pool {
+    /// Work may have appeared: wakes a sleeping thread.
+    fn notify(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
+            let _g = self.sleep.lock().expect("pool sleep");
+            self.cv.notify_all();
+        }
+    }
+
+    fn wake_all(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        let _g = self.sleep.lock().expect("pool sleep");
+        self.cv.notify_all();
+    }
+
+    /// Sleeps until `notify` unless work appeared since `seen` (or `ready` holds).
+    fn sleep_unless(&self, seen: u64, ready: &dyn Fn() -> bool) {
+        let g = self.sleep.lock().expect("pool sleep");
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        if self.epoch.load(Ordering::SeqCst) == seen
+            && !ready()
+            && !self.shutdown.load(Ordering::SeqCst)
+        {
+            let _g = self.cv.wait(g).expect("pool sleep");
+        }
+        self.sleepers.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Helps with a posted tile job; true if it ran a tile.
+    fn help_tiles(&self) -> bool {
+        if self.tiles_posted.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let job = self.tiles.lock().expect("tile jobs").first().cloned();
+        job.is_some_and(|j| j.help())
+    }
+
+    /// Runs one runnable command of some stream (and the ones after it on the same stream
+    /// while they stay runnable); true if it ran any.
+    fn run_streams(&self) -> bool {
+        let list = Arc::clone(&self.streams.read().expect("stream list"));
+        let n = list.len();
+        if n == 0 {
+            return false;
+        }
+        let first = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        for j in 0..n {
+            let s = &list[(first + j) % n];
+            if s.queued.load(Ordering::Acquire) == 0 {
+                continue;
+            }
+            if run_stream(self, s) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// One step of a thread that works for the pool: tiles first (a kernel is waiting on
+    /// them), then stream commands. True if it did anything.
+    fn step(&self) -> bool {
+        self.help_tiles() || self.run_streams()
+    }
+}
+
+impl Parallel for Pool {
+    fn for_each(&self, n: usize, task: &(dyn Fn(usize) + Sync)) {
+        if n <= 1 || self.width <= 1 {
+            return (0..n).for_each(task);
+        }
+        // SAFETY (of the lifetime erasure): the job is removed from the list and every call
+        // has finished before this function returns, so no thread uses `task` afterwards.
+        let task: *const (dyn Fn(usize) + Sync + '_) = task;
+        let task: *const (dyn Fn(usize) + Sync) = unsafe { std::mem::transmute(task) };
+        let job = Arc::new(TileJob {
+            task,
+            n,
+            next: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+            panicked: AtomicBool::new(false),
+        });
+        self.tiles.lock().expect("tile jobs").push(Arc::clone(&job));
+        self.tiles_posted.fetch_add(1, Ordering::Release);
+        self.notify();
+        job.help();
+        {
+            let mut list = self.tiles.lock().expect("tile jobs");
+            list.retain(|j| !Arc::ptr_eq(j, &job));
+            self.tiles_posted.fetch_sub(1, Ordering::Release);
+        }
+        // Tiles other threads took are short: wait for them without sleeping.
+        while job.done.load(Ordering::Acquire) < n {
+            std::hint::spin_loop();
+        }
+        if job.panicked.load(Ordering::Acquire) {
+            panic!("a tile of this kernel panicked");
+        }
+    }
+
+    fn width(&self) -> usize {
+        self.width
+    }
+}
+
+/// Spins (then yields) until `ready()` holds or [`SPIN`] has passed; true when it holds.
+fn spin_until(ready: impl Fn() -> bool) -> bool {
+    let t0 = Instant::now();
     loop {
-        if let Some(c) = st.cmds.pop_front() {
-            shared.queued.fetch_sub(1, Ordering::AcqRel);
-            return Some(c);
+        if ready() {
+            return true;
         }
-        if st.closed {
-            return None;
+        let waited = t0.elapsed();
+        if waited > SPIN {
+            return false;
         }
-        st.idle = true;
-        st = shared.work.wait(st).expect("stream state");
-        st.idle = false;
+        if waited < std::time::Duration::from_micros(5) {
+            for _ in 0..32 {
+                std::hint::spin_loop();
+            }
+        } else {
+            std::thread::yield_now();
+        }
     }
 }
 
-fn stream_main(shared: Arc<StreamShared>, epoch: Instant, spin: Arc<SpinPolicy>) {
-    let mut job: Option<Arc<Job>> = None;
-    while let Some(cmd) = next_cmd(&shared, &spin) {
+/// A pool worker: runs tiles and stream commands, spinning a little and then sleeping when
+/// there are none.
+fn worker_main(pool: &Pool) {
+    while !pool.shutdown.load(Ordering::SeqCst) {
+        let seen = pool.epoch.load(Ordering::SeqCst);
+        if pool.step() {
+            continue;
+        }
+        let busy = || pool.epoch.load(Ordering::SeqCst) != seen;
+        if spin_until(|| busy() || pool.shutdown.load(Ordering::Relaxed)) {
+            continue;
+        }
+        pool.sleep_unless(seen, &|| false);
+    }
+}
+
+/// Takes and runs the runnable commands at the head of `s`, in order; false if its head was
+/// not runnable (empty, running elsewhere, or a wait on an unpublished event).
+fn run_stream(pool: &Pool, s: &StreamShared) -> bool {
+    let mut ran = false;
+    loop {
+        let (cmd, job, poisoned) = {
+            let mut st = s.state.lock().expect("stream state");
+            if st.busy {
+                return ran;
+            }
+            let runnable = match st.cmds.front() {
+                None => false,
+                Some(Cmd::Wait(ev, gen)) => ev.published.load(Ordering::Acquire) >= *gen,
+                Some(_) => true,
+            };
+            if !runnable {
+                return ran;
+            }
+            let cmd = st.cmds.pop_front().expect("a queued command");
+            s.queued.fetch_sub(1, Ordering::AcqRel);
+            st.busy = true;
+            (cmd, st.job.clone(), st.error.is_some())
+        };
+        let mut new_job = None;
+        let mut err = None;
+        let mut published = false;
         match cmd {
-            Cmd::Job(j) => job = Some(j),
-            Cmd::Op { op, batch, threads } => {
-                let poisoned = shared.state.lock().expect("stream state").error.is_some();
+            Cmd::Job(j) => new_job = Some(j),
+            Cmd::Op { op, batch } => {
                 if let (false, Some(j)) = (poisoned, &job) {
-                    let Job {
-                        graph,
-                        weights,
-                        bufs,
-                        input,
-                    } = &**j;
-                    // Clock reads only when a timeline is being recorded.
-                    let t0 = shared
-                        .tracing
-                        .load(Ordering::Relaxed)
-                        .then(|| epoch.elapsed());
-                    let res = catch_unwind(AssertUnwindSafe(|| {
-                        exec::run_op(&exec::OpCall {
-                            graph,
-                            id: op,
-                            weights: &weights.by_op[op],
-                            packed: weights.packed[op].as_ref(),
-                            bufs,
-                            input: input.as_deref(),
-                            batch,
-                            threads,
-                        })
-                    }));
-                    if let Some(t0) = t0 {
-                        let t1 = epoch.elapsed();
-                        shared.spans.lock().expect("spans").push(Span {
-                            kind: SpanKind::Op(op),
-                            start_us: t0.as_secs_f64() * 1e6,
-                            end_us: t1.as_secs_f64() * 1e6,
-                        });
-                    }
-                    let err = match res {
-                        Ok(Ok(())) => None,
-                        Ok(Err(e)) => Some(format!("op `{}`: {e}", graph.op(op).name)),
-                        Err(p) => Some(format!(
-                            "op `{}` panicked: {}",
-                            graph.op(op).name,
-                            panic_message(&p)
-                        )),
-                    };
-                    if let Some(e) = err {
-                        shared
-                            .state
-                            .lock()
-                            .expect("stream state")
-                            .error
-                            .get_or_insert(e);
-                    }
+                    err = run_op(pool, s, j, op, batch);
                 }
             }
             Cmd::Download { bufs, op, batch } => {
-                let poisoned = shared.state.lock().expect("stream state").error.is_some();
                 if !poisoned {
-                    // SAFETY: the op's writer ran earlier on this stream or was waited for; only
-                    // this command writes the scores buffer, and the host reads it after
+                    // SAFETY: the op's writer ran earlier on this stream or was waited for;
+                    // only this command writes the scores buffer, and the host reads it after
                     // synchronising.
                     unsafe {
                         let src = bufs.acts[op].get();
@@ -394,34 +552,76 @@ fn stream_main(shared: Arc<StreamShared>, epoch: Instant, spin: Arc<SpinPolicy>)
                 }
             }
             Cmd::Record(ev, gen) => {
-                let mut d = ev.done.lock().expect("event");
-                if d.0 < gen {
-                    d.0 = gen;
-                    ev.published.store(gen, Ordering::Release);
-                }
-                if d.1 > 0 {
-                    ev.cv.notify_all();
-                }
+                ev.published.fetch_max(gen, Ordering::AcqRel);
+                published = true;
             }
-            Cmd::Wait(ev, gen) => {
-                let spun = spin.streams_may_spin()
-                    && spin_until(|| ev.published.load(Ordering::Acquire) >= gen);
-                if !spun {
-                    let mut d = ev.done.lock().expect("event");
-                    while d.0 < gen {
-                        d.1 += 1;
-                        d = ev.cv.wait(d).expect("event");
-                        d.1 -= 1;
-                    }
-                }
+            // Taken only once its event was published.
+            Cmd::Wait(..) => {}
+        }
+        let wake_host = {
+            let mut st = s.state.lock().expect("stream state");
+            if let Some(j) = new_job {
+                st.job = Some(j);
             }
+            if let Some(e) = err {
+                st.error.get_or_insert(e);
+            }
+            st.busy = false;
+            st.done += 1;
+            s.finished.store(st.done, Ordering::Release);
+            st.done == st.issued && st.host_waiting
+        };
+        if wake_host {
+            pool.wake_all();
+        } else if published {
+            // A stream held at a wait on this event may run now.
+            pool.notify();
         }
-        let mut st = shared.state.lock().expect("stream state");
-        st.done += 1;
-        shared.finished.store(st.done, Ordering::Release);
-        if st.done == st.issued && st.host_waiting {
-            shared.cv.notify_all();
-        }
+        ran = true;
+    }
+}
+
+/// Runs one op of a stream's job; the error message if it failed or panicked.
+fn run_op(pool: &Pool, s: &StreamShared, j: &Job, op: OpId, batch: usize) -> Option<String> {
+    let Job {
+        graph,
+        weights,
+        bufs,
+        input,
+    } = j;
+    // Clock reads only when a timeline is being recorded.
+    let t0 = s
+        .tracing
+        .load(Ordering::Relaxed)
+        .then(|| pool.epoch_start.elapsed());
+    let res = catch_unwind(AssertUnwindSafe(|| {
+        exec::run_op(&exec::OpCall {
+            graph,
+            id: op,
+            weights: &weights.by_op[op],
+            packed: weights.packed[op].as_ref(),
+            bufs,
+            input: input.as_deref(),
+            batch,
+            par: pool,
+        })
+    }));
+    if let Some(t0) = t0 {
+        let t1 = pool.epoch_start.elapsed();
+        s.spans.lock().expect("spans").push(Span {
+            kind: SpanKind::Op(op),
+            start_us: t0.as_secs_f64() * 1e6,
+            end_us: t1.as_secs_f64() * 1e6,
+        });
+    }
+    match res {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(format!("op `{}`: {e}", graph.op(op).name)),
+        Err(p) => Some(format!(
+            "op `{}` panicked: {}",
+            graph.op(op).name,
+            panic_message(&p)
+        )),
     }
 }
 
@@ -468,26 +668,21 @@ impl Backend for CpuBackend {
     fn new_stream(&self) -> Result<CpuStream> {
         let shared = Arc::new(StreamShared {
             state: Mutex::new(StreamState::default()),
-            queued: AtomicU64::new(0),
+            queued: AtomicUsize::new(0),
             finished: AtomicU64::new(0),
-            work: Condvar::new(),
-            cv: Condvar::new(),
             tracing: AtomicBool::new(false),
             spans: Mutex::new(Vec::new()),
         });
-        let s2 = Arc::clone(&shared);
-        let epoch = self.epoch;
-        let spin = Arc::clone(&self.spin);
-        self.spin.live_streams.fetch_add(1, Ordering::Relaxed);
-        let thread = std::thread::Builder::new()
-            .name("streamrec-cpu-stream".into())
-            .spawn(move || stream_main(s2, epoch, spin))
-            .map_err(|e| RuntimeError::Execution(format!("cannot start a stream thread: {e}")))?;
+        {
+            let mut list = self.pool.streams.write().expect("stream list");
+            let mut v: Vec<Arc<StreamShared>> = list.iter().cloned().collect();
+            v.push(Arc::clone(&shared));
+            *list = Arc::new(v);
+        }
         Ok(CpuStream {
             shared,
             job: Mutex::new(None),
-            thread: Some(thread),
-            spin: Arc::clone(&self.spin),
+            pool: Arc::clone(&self.pool),
         })
     }
 
@@ -496,8 +691,6 @@ impl Backend for CpuBackend {
             inner: Arc::new(EventInner {
                 issued: AtomicU64::new(0),
                 published: AtomicU64::new(0),
-                done: Mutex::new((0, 0)),
-                cv: Condvar::new(),
             }),
         })
     }
@@ -578,11 +771,7 @@ impl Backend for CpuBackend {
                 stream.push(Cmd::Job(j))?;
             }
         }
-        stream.push(Cmd::Op {
-            op,
-            batch,
-            threads: self.intra_op_threads,
-        })
+        stream.push(Cmd::Op { op, batch })
     }
 
     fn record(&self, stream: &CpuStream, event: &CpuEvent) -> Result<()> {
@@ -616,15 +805,29 @@ impl Backend for CpuBackend {
     fn synchronize(&self, stream: &CpuStream) -> Result<()> {
         let sh = &stream.shared;
         let target = sh.state.lock().expect("stream state").issued;
-        if self.spin.host_may_spin() {
-            spin_until(|| sh.finished.load(Ordering::Acquire) >= target);
+        let done = || sh.finished.load(Ordering::Acquire) >= target;
+        let pool = &self.pool;
+        // The host works alongside the pool until its stream is done: it runs tiles and stream
+        // commands, spins briefly when there are none, and sleeps only after that.
+        while !done() {
+            let seen = pool.epoch.load(Ordering::SeqCst);
+            if pool.step() {
+                continue;
+            }
+            if spin_until(|| done() || pool.epoch.load(Ordering::SeqCst) != seen) {
+                continue;
+            }
+            let mut st = sh.state.lock().expect("stream state");
+            if st.done >= target {
+                break;
+            }
+            // Wake on the stream finishing, or on new work the host could help with.
+            st.host_waiting = true;
+            drop(st);
+            pool.sleep_unless(seen, &done);
+            sh.state.lock().expect("stream state").host_waiting = false;
         }
         let mut st = sh.state.lock().expect("stream state");
-        while st.done < st.issued {
-            st.host_waiting = true;
-            st = sh.cv.wait(st).expect("stream state");
-            st.host_waiting = false;
-        }
         match st.error.take() {
             Some(e) => Err(RuntimeError::Execution(e)),
             None => Ok(()),

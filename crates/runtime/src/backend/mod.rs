@@ -201,15 +201,16 @@ impl std::str::FromStr for BackendKind {
 pub struct BackendOptions {
     /// Let CUDA GEMMs use TF32 tensor cores.
     pub tf32: bool,
-    /// Threads a large CPU linear layer splits over (1: none).
-    pub intra_op_threads: usize,
+    /// CPU: the threads streams and kernels run on (the pool's workers plus the host thread
+    /// that synchronises; 1: everything on the host thread).
+    pub cpu_threads: usize,
 }
 
 impl Default for BackendOptions {
     fn default() -> Self {
         Self {
             tf32: false,
-            intra_op_threads: 1,
+            cpu_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -225,7 +226,7 @@ pub fn build_engine(
 ) -> Result<Box<dyn crate::Infer>> {
     match resolve(kind)? {
         BackendKind::Cpu => Ok(Box::new(crate::Engine::new(
-            cpu::CpuBackend::with_intra_op_threads(opts.intra_op_threads),
+            cpu::CpuBackend::with_threads(opts.cpu_threads),
             graph,
             plan,
             weights,
