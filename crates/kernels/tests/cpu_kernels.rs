@@ -688,3 +688,112 @@ fn linear_parallel_equals_linear_bit_for_bit() {
         }
     }
 }
+
+/// The f32 sum each pooled element must be, bit for bit: from zero, the bag's rows added in
+/// order, then divided by the count for a mean (the order every path of the kernel keeps).
+fn embedding_bag_f32_order(
+    table: &[f32],
+    dim: usize,
+    indices: &[i64],
+    offsets: &[i64],
+    mode: Pooling,
+) -> Vec<f32> {
+    let mut out = vec![0.0f32; offsets.len() * dim];
+    for b in 0..offsets.len() {
+        let start = offsets[b] as usize;
+        let end = offsets.get(b + 1).map_or(indices.len(), |&o| o as usize);
+        for &i in &indices[start..end] {
+            for c in 0..dim {
+                out[b * dim + c] += table[i as usize * dim + c];
+            }
+        }
+        if mode == Pooling::Mean && end > start {
+            for c in 0..dim {
+                out[b * dim + c] /= (end - start) as f32;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn embedding_bags_are_bit_identical_on_every_path_and_split() {
+    let mut rng = rng(77);
+    for &(rows, dim, bags) in &[
+        (1000usize, 128usize, 64usize),
+        (300, 48, 33),
+        (50, 5, 80),
+        (2000, 256, 17),
+    ] {
+        for mode in [Pooling::Sum, Pooling::Mean] {
+            let table = uniform(&mut rng, rows * dim);
+            let (indices, offsets) = random_bags::<i64>(&mut rng, rows, bags);
+            let want = embedding_bag_f32_order(&table, dim, &indices, &offsets, mode);
+            let mut seq = vec![f32::NAN; bags * dim];
+            cpu::embedding_bag(
+                &table,
+                rows,
+                dim,
+                &indices,
+                &offsets,
+                mode,
+                MatMut::contiguous(&mut seq, bags, dim),
+            );
+            assert!(
+                seq.iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "embedding_bag rows={rows} dim={dim} {mode:?}: not the in-order f32 sum"
+            );
+            for threads in [2, 3, 8] {
+                let mut par = vec![f32::NAN; bags * dim];
+                cpu::embedding_bag_par(
+                    &table,
+                    rows,
+                    dim,
+                    &indices,
+                    &offsets,
+                    mode,
+                    MatMut::contiguous(&mut par, bags, dim),
+                    &cpu::ScopedThreads(threads),
+                );
+                assert!(
+                    par.iter()
+                        .zip(&seq)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "embedding_bag_par x{threads} rows={rows} dim={dim} {mode:?} differs"
+                );
+            }
+            // Table-batched over three copies of the table, split by table.
+            let refs: Vec<TableRef<'_>> = (0..3)
+                .map(|_| TableRef {
+                    data: &table,
+                    rows,
+                    dim,
+                    mode,
+                })
+                .collect();
+            let idx = vec![indices.as_slice(); 3];
+            let offs = vec![offsets.as_slice(); 3];
+            let mut tb = vec![f32::NAN; bags * dim * 3];
+            cpu::table_batched_embedding_bag_par(
+                &refs,
+                &idx,
+                &offs,
+                MatMut::contiguous(&mut tb, bags, dim * 3),
+                &cpu::ScopedThreads(2),
+            );
+            for b in 0..bags {
+                for t in 0..3 {
+                    let got = &tb[b * dim * 3 + t * dim..][..dim];
+                    assert!(
+                        got.iter()
+                            .zip(&seq[b * dim..][..dim])
+                            .all(|(a, w)| a.to_bits() == w.to_bits()),
+                        "table_batched_embedding_bag_par table {t} bag {b} differs"
+                    );
+                }
+            }
+        }
+    }
+}

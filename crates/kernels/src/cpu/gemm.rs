@@ -558,6 +558,7 @@ unsafe fn tile_dispatch<S: Simd>(
                 match nv {
                     1 => big!(1),
                     2 => big!(2),
+                    3 => big!(3),
                     4 => big!(4),
                     _ => unreachable!("tile of {nv} vectors"),
                 }
@@ -607,8 +608,10 @@ unsafe fn kernel<S: Simd, const R: usize, const NV: usize>(t: &Tile, c: *mut f32
     let mut b = t.b;
     for _ in 0..t.kc {
         // The panels are streamed from memory the first time a row tile reads them.
-        for &o in off.iter().step_by(vpp) {
-            S::prefetch(b.wrapping_add(o + PREFETCH));
+        if R <= 2 {
+            for &o in off.iter().step_by(vpp) {
+                S::prefetch(b.wrapping_add(o + PREFETCH));
+            }
         }
         let mut bv = [S::zero(); NV];
         for v in 0..NV {
@@ -710,8 +713,8 @@ mod x86 {
     impl Simd for Avx512 {
         type V = __m512;
         const W: usize = 16;
-        const MR: usize = 8;
-        const NV: usize = 2;
+        const MR: usize = 6;
+        const NV: usize = 4;
         const NV1: usize = 4;
         const NV2: usize = 4;
 
