@@ -335,7 +335,7 @@ fn bad_flags_are_one_line_errors() {
     fails_with(&["run", t, "--threads", "0"], "--threads: must be > 0");
     fails_with(
         &["run", t, "--intra-op-threads", "0"],
-        "--intra-op-threads: must be > 0",
+        "--cpu-threads: must be > 0",
     );
     fails_with(&["run", t, "--contexts", "0"], "--contexts: must be > 0");
     fails_with(

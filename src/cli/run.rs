@@ -99,7 +99,7 @@ pub struct Built {
 pub struct Target {
     /// The backend.
     pub backend: BackendKind,
-    /// TF32 GEMMs, intra-op threads.
+    /// TF32 GEMMs, CPU worker threads.
     pub opts: BackendOptions,
     /// Contexts, max batch, graphs, tracing.
     pub cfg: EngineConfig,

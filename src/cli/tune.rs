@@ -22,7 +22,7 @@ use super::run::{build, plan_for, Built, Target};
 use super::PlanOpts;
 
 /// Version of the cache file format (and of the selection rule).
-const CACHE_VERSION: u32 = 1;
+const CACHE_VERSION: u32 = 2;
 /// Timing rounds per candidate and batch size.
 const ROUNDS: usize = 3;
 /// Most time one round of one candidate at one batch size may take.
@@ -138,7 +138,7 @@ fn fnv1a(s: &str) -> u64 {
 /// Everything the choice depends on.
 fn cache_key(target: &Target, spec: &ModelSpec, plan: &PlanOpts, batches: &[usize]) -> String {
     format!(
-        "v{CACHE_VERSION}|streamrec {}|{}|{}|streams<={}|fuse={:?}|device={:?}|costs={:?}|intra-op={}|tf32={}|graphs={}|batches={batches:?}|{spec:?}",
+        "v{CACHE_VERSION}|streamrec {}|{}|{}|streams<={}|fuse={:?}|device={:?}|costs={:?}|cpu-threads={}|tf32={}|graphs={}|batches={batches:?}|{spec:?}",
         env!("CARGO_PKG_VERSION"),
         machine(),
         match target.backend {
