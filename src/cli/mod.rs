@@ -90,13 +90,15 @@ impl PlanOpts {
         self.algo.unwrap_or(Algorithm::Single)
     }
 
-    /// The cost model: the named profile (or `default_device`) plus measured times; with
-    /// `cpu_threads` > 1 a CPU kernel may use that many cores.
+    /// The cost model: the named profile (or `default_device`) plus measured times; a `cpu`
+    /// profile gets `cpu_threads` cores, all of which one kernel may use.
     pub fn cost_model(&self, default_device: &str, cpu_threads: usize) -> Result<CostModel> {
         let name = self.device.as_deref().unwrap_or(default_device);
         let mut profile = DeviceProfile::by_name_or_path(name)?;
-        if cpu_threads > 1 && profile.name.starts_with("cpu") {
-            profile.max_units_per_kernel = (cpu_threads as f64).min(profile.units);
+        if profile.name.starts_with("cpu") {
+            // The CPU backend's pool: `cpu_threads` cores, any of which one kernel's tiles use.
+            profile.units = cpu_threads.max(1) as f64;
+            profile.max_units_per_kernel = profile.units;
         }
         let mut cost = CostModel::new(profile);
         if let Some(p) = &self.costs {

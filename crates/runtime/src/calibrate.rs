@@ -137,7 +137,11 @@ pub fn cpu_profile(base: DeviceProfile) -> Result<DeviceProfile> {
     // One empty op: the host issues it, the sleeping stream thread wakes, runs it and wakes the
     // host blocked in the synchronise; both wake-ups are the same mechanism.
     let wakes = (empty - launch - per_op).max(0.2);
+    // The backend's pool has a thread per core, and one kernel's tiles may take all of them.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     Ok(DeviceProfile {
+        units: cores,
+        max_units_per_kernel: cores,
         name: "cpu (calibrated)".into(),
         launch_us: launch,
         graph_node_us: per_op,

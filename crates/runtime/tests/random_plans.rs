@@ -1,6 +1,6 @@
 //! Random DAGs, random stream counts, every algorithm: plans run on the CPU backend give the
 //! sequential result, finish in bounded time, and no op starts before the ops it depends on
-//! (on other streams) have finished.
+//! (on other streams) have finished, on a worker pool of 1 to 3 threads.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,14 +53,16 @@ proptest! {
         k in 1usize..=8,
         algo_i in 0usize..5,
         seed in 0u64..1000,
+        threads in 1usize..=3,
     ) {
         let g = OpGraph::synthetic(n, &edges, &costs).unwrap();
         let algo = Algorithm::ALL[algo_i];
         let cost = CostModel::new(DeviceProfile::cpu());
         let planned = assign(&g, &AssignConfig { algo, max_streams: k, batch: 2, mode: SimMode::Eager, fuse: None }, &cost).unwrap();
         let g = Arc::new(planned.graph);
+        // The pool's width: 1 runs everything on the host thread as it synchronises.
         let engine = Engine::new(
-            CpuBackend::new(),
+            CpuBackend::with_threads(threads),
             Arc::clone(&g),
             planned.plan.clone(),
             &Weights::default(),
