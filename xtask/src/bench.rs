@@ -791,7 +791,7 @@ pub fn peer_task(args: &[String]) -> Result<()> {
                 &m.weights,
                 engine_cfg(b, 1, false),
             )?;
-            setups.push((format!("{algo} x{k} intra{threads}"), engine));
+            setups.push((format!("{} x{k} threads{threads}", engine.plan().algo), engine));
         }
         let (_, planned) = measured_auto(&m, b, &cost)?;
         let label = format!("auto ({})", planned.plan.algo);
