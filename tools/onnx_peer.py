@@ -497,6 +497,68 @@ def time_mode(mods, args, scratch):
     print()
 
 
+def time_one(prepared, warmup, budget_ms, iters):
+    """p50/p99 of up to `iters` runs over the prepared (session, feed) pairs within the budget."""
+    for i in range(warmup):
+        sess, feed = prepared[i % len(prepared)]
+        sess.run(["scores"], feed)
+    lat = []
+    deadline = time.perf_counter() + budget_ms / 1000.0
+    while len(lat) < iters and (len(lat) < 3 or time.perf_counter() < deadline):
+        sess, feed = prepared[len(lat) % len(prepared)]
+        t0 = time.perf_counter()
+        sess.run(["scores"], feed)
+        lat.append((time.perf_counter() - t0) * 1e6)
+    lat.sort()
+    return {"p50_us": percentile(lat, 0.5), "p99_us": percentile(lat, 0.99), "iters": len(lat)}
+
+
+def serve_mode(mods, args, scratch):
+    """Times on request, so a caller can interleave ORT's rounds with its own: one command per
+    line on stdin, `time SIZE SETTING BUDGET_MS` (one JSON line back) or `quit`. Sessions are
+    built on first use and kept."""
+    ort = mods["onnxruntime"]
+    peer = Peer(mods, args.dir, scratch)
+    batches = load_batches(mods, peer.spec, args.dir)
+    by_size = {}
+    for batch in batches:
+        by_size.setdefault(batch["size"], []).append(batch)
+    sessions = {}
+    prepared = {}
+    print(json.dumps({"ready": True, "onnxruntime": ort.__version__, "sizes": sorted(by_size)}), flush=True)
+    for line in sys.stdin:
+        words = line.split()
+        if not words:
+            continue
+        if words[0] == "quit":
+            break
+        try:
+            if words[0] != "time" or len(words) != 4:
+                raise InputError("expected `time SIZE SETTING BUDGET_MS` or `quit`, got %r" % line.strip())
+            size, name, budget = int(words[1]), words[2], float(words[3])
+            if name not in SETTINGS:
+                raise InputError("unknown setting `%s` (known: %s)" % (name, ", ".join(SETTINGS)))
+            if size not in by_size:
+                raise InputError("no exported batch of size %d" % size)
+            if not budget > 0:
+                raise InputError("the budget must be > 0 ms")
+            intra, inter, parallel = SETTINGS[name]
+            if (size, name) not in prepared:
+                pairs = []
+                for batch in by_size[size]:
+                    ragged = fixed_pooling(mods, peer.spec, batch) is None
+                    key = (name, ragged)
+                    if key not in sessions:
+                        sessions[key] = peer.session(ragged, intra, inter, parallel)
+                    pairs.append((sessions[key], feeds(mods, peer.spec, batch, ragged)))
+                prepared[(size, name)] = pairs
+            r = time_one(prepared[(size, name)], 2, budget, 400)
+            r.update({"batch": size, "setting": name})
+            print(json.dumps(r), flush=True)
+        except InputError as e:
+            print(json.dumps({"error": str(e)}), flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description="ONNX Runtime as a peer of the StreamRec engine.")
     sub = p.add_subparsers(dest="mode", required=True)
@@ -509,6 +571,8 @@ def main():
     t.add_argument("--budget-ms", type=float, default=900.0, help="time per batch size and setting")
     t.add_argument("--iters", type=int, default=400, help="at most this many timed runs")
     t.add_argument("--warmup", type=int, default=5, help="untimed runs first")
+    v = sub.add_parser("serve", help="time on request: `time SIZE SETTING BUDGET_MS` per stdin line, JSON lines back")
+    v.add_argument("dir", help="the export folder (model.json, weights.safetensors, batches.json)")
     args = p.parse_args()
     if not os.path.isdir(args.dir):
         print("onnx_peer: %s: not a folder" % args.dir, file=sys.stderr)
@@ -521,6 +585,8 @@ def main():
         with tempfile.TemporaryDirectory(prefix="onnx-peer-") as scratch:
             if args.mode == "check":
                 check(mods, args, scratch)
+            elif args.mode == "serve":
+                serve_mode(mods, args, scratch)
             else:
                 time_mode(mods, args, scratch)
     except InputError as e:

@@ -155,6 +155,17 @@ fn time_engine(
     )?)
 }
 
+/// Time per configuration (over all its rounds) at batch `b`: enough requests per round at
+/// the large batches too.
+fn budget_for(quick: bool, b: usize) -> Duration {
+    Duration::from_millis(match (quick, b) {
+        (true, _) => 150,
+        (false, 0..=16) => 900,
+        (false, 17..=256) => 1500,
+        _ => 3000,
+    })
+}
+
 /// One engine's figures: the median over the rounds, and each round's own.
 struct Timed {
     median: LatencySummary,
@@ -190,7 +201,19 @@ fn time_side_by_side(
     input: &[Arc<Batch>],
     budget: Duration,
     rounds: usize,
+    tick: impl FnMut(),
+) -> Result<Vec<Timed>> {
+    time_rounds(engines, input, budget, rounds, tick, |_| Ok(()))
+}
+
+/// [`time_side_by_side`], calling `between(round)` after each round (a peer's round).
+fn time_rounds(
+    engines: &[(&Engine<CpuBackend>, usize)],
+    input: &[Arc<Batch>],
+    budget: Duration,
+    rounds: usize,
     mut tick: impl FnMut(),
+    mut between: impl FnMut(usize) -> Result<()>,
 ) -> Result<Vec<Timed>> {
     let mut per: Vec<Vec<LatencySummary>> = vec![Vec::new(); engines.len()];
     let n = engines.len();
@@ -202,6 +225,7 @@ fn time_side_by_side(
             per[i].push(time_engine(e, contexts, input, budget / rounds as u32)?);
             tick();
         }
+        between(r)?;
     }
     Ok(per
         .into_iter()
@@ -396,6 +420,26 @@ pub fn run(args: &[String]) -> Result<()> {
     for (name, cap) in &models {
         bar.set_message(format!("loading {name}"));
         let m = load(name, *cap)?;
+        // The ONNX Runtime peer: exported and checked once, then timed in rounds interleaved
+        // with the engine's, so both see the same machine conditions.
+        let mut ort = None;
+        if peer {
+            bar.set_message(format!("{}: onnxruntime peer (export, check)", m.spec.name));
+            let input: Vec<Arc<Batch>> = sizes.iter().flat_map(|&b| batches(&m.spec, b)).collect();
+            match crate::peer::OrtServer::start(&m.graph, &m.weights, &input, None)? {
+                Ok(s) => ort = Some(s),
+                Err(why) => {
+                    bar.suspend(|| eprintln!("{}: onnxruntime peer skipped: {why}", m.spec.name));
+                    peer_rows(
+                        &m.spec.name,
+                        &[],
+                        &crate::peer::PeerOutcome::Skipped(why),
+                        &mut peer_csv,
+                        &mut peer_table,
+                    );
+                }
+            }
+        }
         // Per batch size: the best engine row (config, p50) and the best `auto` row's p50.
         let mut best_rows: Vec<(usize, String, f64, Option<f64>)> = Vec::new();
         // The plan view of this workload (every algorithm at batch 128, K = 4, the calibrated
@@ -416,7 +460,7 @@ pub fn run(args: &[String]) -> Result<()> {
         pages.push((m.spec.name.clone(), page_name));
         for &b in sizes {
             let input = batches(&m.spec, b);
-            let budget = Duration::from_millis(if o.quick { 150 } else { 900 });
+            let budget = budget_for(o.quick, b);
             bar.set_message(format!("{} batch {b}: calibrating", m.spec.name));
             let costs = profile(&m, &input, budget)?;
             let cost = CostModel::new(cpu.clone()).with_measured(costs);
@@ -459,7 +503,18 @@ pub fn run(args: &[String]) -> Result<()> {
             let engines: Vec<(&Engine<CpuBackend>, usize)> =
                 configs.iter().map(|c| (&c.5, 1)).collect();
             let rounds = 3;
-            let results = time_side_by_side(&engines, &input, budget, rounds, || bar.inc(1))?;
+            let per_round_ms = (budget / rounds as u32).as_millis() as u64;
+            let results = time_rounds(
+                &engines,
+                &input,
+                budget,
+                rounds,
+                || bar.inc(1),
+                |_| match ort.as_mut() {
+                    Some(o) => o.round(b, per_round_ms.max(1)),
+                    None => Ok(()),
+                },
+            )?;
             // The baseline: `single` is planned once per K (the same plan each time); the median
             // of those runs is steadier than any one of them.
             let singles: Vec<&Timed> = configs
@@ -553,21 +608,14 @@ pub fn run(args: &[String]) -> Result<()> {
                 }
             }
         }
-        if peer {
-            bar.set_message(format!("{}: onnxruntime peer", m.spec.name));
-            let input: Vec<Arc<Batch>> = sizes.iter().flat_map(|&b| batches(&m.spec, b)).collect();
-            let budget_ms = if o.quick { 150 } else { 900 };
-            let outcome = crate::peer::run_peer(&m.graph, &m.weights, &input, budget_ms, None)?;
+        if let Some(o) = ort.take() {
             peer_rows(
                 &m.spec.name,
                 &best_rows,
-                &outcome,
+                &o.outcome(),
                 &mut peer_csv,
                 &mut peer_table,
             );
-            if let crate::peer::PeerOutcome::Skipped(why) = &outcome {
-                bar.suspend(|| eprintln!("{}: onnxruntime peer skipped: {why}", m.spec.name));
-            }
         }
         if m.spec.name == "streamrec-26" || o.quick {
             bar.set_message(format!("{}: contexts", m.spec.name));
@@ -735,7 +783,7 @@ pub fn run(args: &[String]) -> Result<()> {
 pub fn peer_task(args: &[String]) -> Result<()> {
     let mut model = String::from("streamrec-26.toml");
     let mut row_cap = 100_000usize;
-    let mut budget_ms = 900u64;
+    let mut budget_ms: Option<u64> = None;
     let mut keep: Option<PathBuf> = None;
     let mut sizes: Vec<usize> = vec![1, 16, 128, 1024];
     let mut it = args.iter();
@@ -748,7 +796,7 @@ pub fn peer_task(args: &[String]) -> Result<()> {
         match a.as_str() {
             "--model" => model = it.next().context("--model needs a spec file name")?.clone(),
             "--row-cap" => row_cap = num(it.next(), "--row-cap")? as usize,
-            "--budget-ms" => budget_ms = num(it.next(), "--budget-ms")?.max(1),
+            "--budget-ms" => budget_ms = Some(num(it.next(), "--budget-ms")?.max(1)),
             "--keep" => keep = Some(PathBuf::from(it.next().context("--keep needs a folder")?)),
             "--batch" => {
                 sizes = it
@@ -765,16 +813,18 @@ pub fn peer_task(args: &[String]) -> Result<()> {
             x => bail!("peer: unknown option `{x}` (known: --model, --row-cap, --budget-ms, --keep, --batch)"),
         }
     }
-    if let Err(why) = crate::peer::probe() {
-        bail!("peer: ONNX Runtime cannot run: {why}");
-    }
     let m = load(&model, Some(row_cap))?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cpu = calibrate::cpu_profile(DeviceProfile::cpu())?;
-    let budget = Duration::from_millis(budget_ms);
+    let input: Vec<Arc<Batch>> = sizes.iter().flat_map(|&b| batches(&m.spec, b)).collect();
+    let mut ort = match crate::peer::OrtServer::start(&m.graph, &m.weights, &input, keep.as_deref())? {
+        Ok(o) => o,
+        Err(why) => bail!("peer: ONNX Runtime cannot run this model: {why}"),
+    };
     let mut best_rows = Vec::new();
     for &b in &sizes {
         let input = batches(&m.spec, b);
+        let budget = budget_ms.map_or_else(|| budget_for(false, b), Duration::from_millis);
         let costs = profile(&m, &input, budget)?;
         let cost = CostModel::new(cpu.clone()).with_measured(costs);
         let mut setups: Vec<(String, Engine<CpuBackend>)> = Vec::new();
@@ -798,7 +848,8 @@ pub fn peer_task(args: &[String]) -> Result<()> {
         let auto = cpu_engine(&m, &planned.graph, planned.plan, engine_cfg(b, 1, false))?;
         setups.push((label, auto));
         let engines: Vec<(&Engine<CpuBackend>, usize)> = setups.iter().map(|s| (&s.1, 1)).collect();
-        let r = time_side_by_side(&engines, &input, budget, 3, || {})?;
+        let per_round_ms = (budget / 3).as_millis().max(1) as u64;
+        let r = time_rounds(&engines, &input, budget, 3, || {}, |_| ort.round(b, per_round_ms))?;
         for ((name, _), t) in setups.iter().zip(&r) {
             eprintln!(
                 "{} batch {b}: {name}: p50 {:.1} us",
@@ -819,10 +870,8 @@ pub fn peer_task(args: &[String]) -> Result<()> {
         };
         best_rows.push((b, cfg, best, auto));
     }
-    let input: Vec<Arc<Batch>> = sizes.iter().flat_map(|&b| batches(&m.spec, b)).collect();
-    let outcome = crate::peer::run_peer(&m.graph, &m.weights, &input, budget_ms, keep.as_deref())?;
     let (mut csv, mut table) = (String::new(), String::new());
-    peer_rows(&m.spec.name, &best_rows, &outcome, &mut csv, &mut table);
+    peer_rows(&m.spec.name, &best_rows, &ort.outcome(), &mut csv, &mut table);
     print!("{PEER_HEADER}{table}");
     Ok(())
 }

@@ -1,10 +1,11 @@
 //! ONNX Runtime as a peer of the engine: exports a model (spec, weights, input batches) to a
 //! folder, runs `tools/onnx_peer.py` on it, checks that ORT's scores equal the engine's within
-//! [`TOLERANCE`] and reads ORT's p50 latency per batch size for its best thread setting.
+//! [`TOLERANCE`] and keeps it running to time its thread settings in rounds between the engine's.
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write as _};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -248,90 +249,152 @@ fn read_scores(path: &Path) -> Result<Vec<Vec<f64>>> {
         .collect()
 }
 
-/// Reads the script's `time` JSON: per batch size the best setting and every setting's p50.
-fn read_timing(text: &str) -> Result<(String, Vec<PeerBatch>)> {
-    let v: Value = serde_json::from_str(text).context("tools/onnx_peer.py time: not JSON")?;
-    let bad = |what: &str| anyhow::anyhow!("tools/onnx_peer.py time: {what} is missing");
-    let version = v
-        .get("onnxruntime")
-        .and_then(Value::as_str)
-        .unwrap_or("?")
-        .to_string();
-    let mut out = Vec::new();
-    for b in v
-        .get("batches")
-        .and_then(Value::as_array)
-        .ok_or_else(|| bad("`batches`"))?
-    {
-        let batch = b
-            .get("batch")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| bad("`batch`"))? as usize;
-        let best = b
-            .get("best")
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad("`best`"))?;
-        let p50_us = b
-            .get("best_p50_us")
-            .and_then(Value::as_f64)
-            .ok_or_else(|| bad("`best_p50_us`"))?;
-        let settings = b
-            .get("settings")
-            .and_then(Value::as_object)
-            .ok_or_else(|| bad("`settings`"))?
-            .iter()
-            .filter_map(|(k, s)| Some((k.clone(), s.get("p50_us")?.as_f64()?)))
-            .collect();
-        out.push(PeerBatch {
-            batch,
-            best: best.to_string(),
-            p50_us,
-            settings,
-        });
-    }
-    Ok((version, out))
+/// ORT's thread settings timed beside the engine (`tools/onnx_peer.py` SETTINGS).
+pub(crate) const SETTINGS: [&str; 3] = ["intra1", "intra2", "intra1-inter2"];
+
+/// ONNX Runtime kept running (`tools/onnx_peer.py serve`) with the model exported and its scores
+/// checked, timed on request, so that its rounds interleave with the engine's in one run.
+pub(crate) struct OrtServer {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    /// The ONNX Runtime version.
+    pub version: String,
+    /// Largest |ORT - engine| over every checked score.
+    pub max_abs_error: f64,
+    /// Per batch size and setting, the p50 of each round so far.
+    pub rounds: BTreeMap<usize, BTreeMap<String, Vec<f64>>>,
+    _dir: TempDir,
 }
 
-/// Exports the model with `batches`, checks ORT's scores against the engine's on every batch
-/// (an error when they differ by more than [`TOLERANCE`]) and times ORT per batch size with
-/// about `budget_ms` per size and thread setting. With `keep`, the export is written there and
-/// left for inspection (`python3 tools/onnx_peer.py time DIR` reruns the timing).
-pub(crate) fn run_peer(
-    graph: &OpGraph,
-    weights: &Weights,
-    batches: &[Arc<Batch>],
-    budget_ms: u64,
-    keep: Option<&Path>,
-) -> Result<PeerOutcome> {
-    if let Err(why) = probe() {
-        return Ok(PeerOutcome::Skipped(why));
+impl OrtServer {
+    /// Exports the model with `batches`, checks ORT's scores against the engine's (an error
+    /// when they differ by more than [`TOLERANCE`]) and starts the timing process; `Ok(Err)`
+    /// with the reason when ORT cannot run here or cannot express the model.
+    pub(crate) fn start(
+        graph: &OpGraph,
+        weights: &Weights,
+        batches: &[Arc<Batch>],
+        keep: Option<&Path>,
+    ) -> Result<std::result::Result<Self, String>> {
+        if let Err(why) = probe() {
+            return Ok(Err(why));
+        }
+        let spec = &graph.spec;
+        let dir = match keep {
+            Some(d) => TempDir::keep(d)?,
+            None => TempDir::new(&spec.name)?,
+        };
+        export(spec, weights, batches, &dir.0)?;
+        let d = dir.0.to_string_lossy().into_owned();
+        let scores_path = dir.0.join("ort-scores.json");
+        let out = scores_path.to_string_lossy().into_owned();
+        if let Err(why) = run_script(&["check", &d, "--out", &out])? {
+            return Ok(Err(why));
+        }
+        let ort = read_scores(&scores_path)?;
+        let engine = engine_scores(graph, weights, batches)?;
+        let max_abs_error = compare(&spec.name, &ort, &engine)?;
+        let mut child = Command::new("python3")
+            .arg(script())
+            .args(["serve", &d])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting python3 tools/onnx_peer.py serve")?;
+        let stdin = child.stdin.take().context("onnx_peer serve: no stdin")?;
+        let mut stdout = BufReader::new(child.stdout.take().context("onnx_peer serve: no stdout")?);
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        let v: Value = serde_json::from_str(line.trim())
+            .with_context(|| format!("onnx_peer serve: bad greeting {line:?}"))?;
+        let version = v
+            .get("onnxruntime")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_string();
+        Ok(Ok(Self {
+            child,
+            stdin,
+            stdout,
+            version,
+            max_abs_error,
+            rounds: BTreeMap::new(),
+            _dir: dir,
+        }))
     }
-    let spec = &graph.spec;
-    let dir = match keep {
-        Some(d) => TempDir::keep(d)?,
-        None => TempDir::new(&spec.name)?,
-    };
-    export(spec, weights, batches, &dir.0)?;
-    let d = dir.0.to_string_lossy().into_owned();
-    let scores_path = dir.0.join("ort-scores.json");
-    let out = scores_path.to_string_lossy().into_owned();
-    if let Err(why) = run_script(&["check", &d, "--out", &out])? {
-        return Ok(PeerOutcome::Skipped(why));
+
+    /// One round of every setting at batch `size`, about `budget_ms` each; the p50s are kept.
+    pub(crate) fn round(&mut self, size: usize, budget_ms: u64) -> Result<()> {
+        for setting in SETTINGS {
+            writeln!(self.stdin, "time {size} {setting} {budget_ms}")?;
+            self.stdin.flush()?;
+            let mut line = String::new();
+            if self.stdout.read_line(&mut line)? == 0 {
+                bail!("onnx_peer serve stopped");
+            }
+            let v: Value = serde_json::from_str(line.trim())
+                .with_context(|| format!("onnx_peer serve: bad reply {line:?}"))?;
+            if let Some(e) = v.get("error").and_then(Value::as_str) {
+                bail!("onnx_peer serve: {e}");
+            }
+            let p50 = v
+                .get("p50_us")
+                .and_then(Value::as_f64)
+                .context("onnx_peer serve: no p50_us")?;
+            self.rounds
+                .entry(size)
+                .or_default()
+                .entry(setting.to_string())
+                .or_default()
+                .push(p50);
+        }
+        Ok(())
     }
-    let ort = read_scores(&scores_path)?;
-    let engine = engine_scores(graph, weights, batches)?;
-    let max_abs_error = compare(&spec.name, &ort, &engine)?;
-    let budget = budget_ms.to_string();
-    let text = match run_script(&["time", &d, "--budget-ms", &budget])? {
-        Ok(t) => t,
-        Err(why) => return Ok(PeerOutcome::Skipped(why)),
-    };
-    let (version, timed) = read_timing(&text)?;
-    Ok(PeerOutcome::Timed {
-        batches: timed,
-        max_abs_error,
-        version,
-    })
+
+    /// The figures so far, in the form of the one-shot timing: per batch size, the median p50
+    /// of each setting over its rounds and the best setting.
+    pub(crate) fn outcome(&self) -> PeerOutcome {
+        let batches = self
+            .rounds
+            .iter()
+            .map(|(&batch, per)| {
+                let settings: BTreeMap<String, f64> = per
+                    .iter()
+                    .map(|(k, v)| {
+                        let mut v = v.clone();
+                        v.sort_by(f64::total_cmp);
+                        (k.clone(), v[v.len() / 2])
+                    })
+                    .collect();
+                let (best, p50_us) = settings
+                    .iter()
+                    .min_by(|a, b| a.1.total_cmp(b.1))
+                    .map(|(k, v)| (k.clone(), *v))
+                    .unwrap_or_default();
+                PeerBatch {
+                    batch,
+                    best,
+                    p50_us,
+                    settings,
+                }
+            })
+            .collect();
+        PeerOutcome::Timed {
+            batches,
+            max_abs_error: self.max_abs_error,
+            version: self.version.clone(),
+        }
+    }
+}
+
+impl Drop for OrtServer {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "quit");
+        let _ = self.stdin.flush();
+        let _ = self.child.wait();
+    }
 }
 
 /// `lscpu`'s model name and flags (and the core count), for `machine.txt`.
@@ -371,15 +434,4 @@ mod tests {
         assert!(compare("m", &[vec![0.25]], &e).is_err());
     }
 
-    #[test]
-    fn timing_json_is_read() {
-        let text = r#"{"onnxruntime": "1.2", "batches": [{"batch": 16, "best": "intra2",
-            "best_p50_us": 10.5, "settings": {"intra1": {"p50_us": 20.0}, "intra2": {"p50_us": 10.5}}}]}"#;
-        let (v, b) = read_timing(text).unwrap();
-        assert_eq!(v, "1.2");
-        assert_eq!(b[0].batch, 16);
-        assert_eq!(b[0].best, "intra2");
-        assert_eq!(b[0].settings["intra1"], 20.0);
-        assert!(read_timing("{}").is_err());
-    }
 }
