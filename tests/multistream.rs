@@ -90,7 +90,7 @@ fn every_algorithm_and_stream_count_is_bit_identical_to_single() {
         // Linear layers split over two threads compute every element as one thread does.
         let planned = plan(&graph, Algorithm::StreamRec, 2, b);
         let split = Engine::new(
-            CpuBackend::with_cpu_threads(2),
+            CpuBackend::with_threads(2),
             Arc::new(planned.graph),
             planned.plan,
             &w,

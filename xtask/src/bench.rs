@@ -575,7 +575,7 @@ pub fn run(args: &[String]) -> Result<()> {
                     "{:<13} {b:>5} {algo_name:>13} {k:>2} {streams:>3} {waits:>5} {:>11.1} {:>11.1} {:>12.1} {r_lat:>7.2}x {v:>13} {r_pred:>7.2}x",
                     m.spec.name, s.p50_us, s.p99_us, s.samples_per_s
                 );
-                if k == 2
+                if k >= 2
                     && matches!(
                         algo,
                         Algorithm::StreamRec | Algorithm::Nimble | Algorithm::CriticalPath
@@ -647,23 +647,24 @@ pub fn run(args: &[String]) -> Result<()> {
                     noise * 100.0
                 )
             });
-            // Latency with both cores on one request: streams, and linear layers split over
-            // two threads.
-            bar.set_message(format!("{}: intra-op threads", m.spec.name));
+            // Latency with one worker thread and with every core on one request (the pool runs
+            // the streams and splits large kernels into tiles).
+            bar.set_message(format!("{}: cpu threads", m.spec.name));
             let cost = CostModel::new(cpu.clone());
             let mut rows = String::from(
                 "model,batch,algo,streams,cpu_threads,p50_us,p99_us,ratio_p50_to_single,noise_floor,verdict\n",
             );
             let mut setups = Vec::new();
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             for (algo, k, threads) in [
                 (Algorithm::Single, 1, 1),
-                (Algorithm::Single, 1, 2),
-                (Algorithm::StreamRec, 2, 1),
-                (Algorithm::StreamRec, 2, 2),
+                (Algorithm::Single, 1, cores),
+                (Algorithm::StreamRec, cores.max(2), 1),
+                (Algorithm::StreamRec, cores.max(2), cores),
             ] {
                 let planned = plan_for(&m.graph, algo, k, b, &cost)?;
                 let engine = Engine::new(
-                    CpuBackend::with_cpu_threads(threads),
+                    CpuBackend::with_threads(threads),
                     Arc::new(planned.graph),
                     planned.plan,
                     &m.weights,
@@ -687,12 +688,12 @@ pub fn run(args: &[String]) -> Result<()> {
                     m.spec.name, s.p50_us, s.p99_us
                 );
                 let line = format!(
-                    "{} batch {b}: {algo} x{k}, {threads} intra-op thread(s): p50 {:.1} us, p99 {:.1} us, {ratio:.2}x vs single ({v}, noise floor {:.1}%)",
+                    "{} batch {b}: {algo} x{k}, {threads} cpu thread(s): p50 {:.1} us, p99 {:.1} us, {ratio:.2}x vs single ({v}, noise floor {:.1}%)",
                     m.spec.name, s.p50_us, s.p99_us, noise * 100.0
                 );
                 bar.suspend(|| eprintln!("{line}"));
             }
-            std::fs::write(o.out.join("intra-op.csv"), rows)?;
+            std::fs::write(o.out.join("threads.csv"), rows)?;
         }
     }
     bar.finish_and_clear();
@@ -719,8 +720,8 @@ pub fn run(args: &[String]) -> Result<()> {
          ratio to single)\n\nSee [engine.csv](engine.csv). The `auto` rows are measured `auto`, \
          the default of `run` and `serve`, chosen afresh in this run:\n\n```\n{}\n```\n\n\
          ```\n{table}```\n\n## Measured \
-         vs simulated speed-up on 2 streams\n\n```\n{pred_table}```\n\nAlso: \
-         [contexts.csv](contexts.csv), [intra-op.csv](intra-op.csv), \
+         vs simulated speed-up on 2, 4 and 8 streams\n\n```\n{pred_table}```\n\nAlso: \
+         [contexts.csv](contexts.csv), [threads.csv](threads.csv), \
          [prediction.csv](prediction.csv), [cpu-profile.toml](cpu-profile.toml).\n",
         auto_lines.join("\n")
     );
@@ -761,7 +762,7 @@ pub fn run(args: &[String]) -> Result<()> {
         "predicted"
     );
     print!("{table}");
-    println!("\nmulti-stream speed-up on 2 streams, measured vs simulated (cpu profile calibrated in this run):");
+    println!("\nmulti-stream speed-up on 2, 4 and 8 streams, measured vs simulated (cpu profile calibrated in this run):");
     print!("{pred_table}");
     if peer {
         println!(
@@ -770,14 +771,14 @@ pub fn run(args: &[String]) -> Result<()> {
         print!("{PEER_HEADER}{peer_table}");
     }
     println!(
-        "\nwrote {}/report.md, plan-*.html, engine.csv, prediction.csv, noise.txt, contexts.csv, intra-op.csv, cpu-profile.toml",
+        "\nwrote {}/report.md, plan-*.html, engine.csv, prediction.csv, noise.txt, contexts.csv, threads.csv, cpu-profile.toml",
         o.out.display()
     );
     Ok(())
 }
 
 /// `cargo xtask peer`: the ONNX Runtime comparison alone, for one model. The engine runs its
-/// candidate configurations (`single` on 1 and on every core's intra-op split, StreamRec on
+/// candidate configurations (`single` on 1 thread and on every core's pool, StreamRec on
 /// every core, measured `auto`) side by side in interleaved rounds, then ORT is checked and
 /// timed on the same batches.
 pub fn peer_task(args: &[String]) -> Result<()> {
@@ -817,10 +818,11 @@ pub fn peer_task(args: &[String]) -> Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cpu = calibrate::cpu_profile(DeviceProfile::cpu())?;
     let input: Vec<Arc<Batch>> = sizes.iter().flat_map(|&b| batches(&m.spec, b)).collect();
-    let mut ort = match crate::peer::OrtServer::start(&m.graph, &m.weights, &input, keep.as_deref())? {
-        Ok(o) => o,
-        Err(why) => bail!("peer: ONNX Runtime cannot run this model: {why}"),
-    };
+    let mut ort =
+        match crate::peer::OrtServer::start(&m.graph, &m.weights, &input, keep.as_deref())? {
+            Ok(o) => o,
+            Err(why) => bail!("peer: ONNX Runtime cannot run this model: {why}"),
+        };
     let mut best_rows = Vec::new();
     for &b in &sizes {
         let input = batches(&m.spec, b);
@@ -835,13 +837,16 @@ pub fn peer_task(args: &[String]) -> Result<()> {
         ] {
             let planned = plan_for(&m.graph, algo, k, b, &cost)?;
             let engine = Engine::new(
-                CpuBackend::with_cpu_threads(threads),
+                CpuBackend::with_threads(threads),
                 Arc::new(planned.graph),
                 planned.plan,
                 &m.weights,
                 engine_cfg(b, 1, false),
             )?;
-            setups.push((format!("{} x{k} threads{threads}", engine.plan().algo), engine));
+            setups.push((
+                format!("{} x{k} threads{threads}", engine.plan().algo),
+                engine,
+            ));
         }
         let (_, planned) = measured_auto(&m, b, &cost)?;
         let label = format!("auto ({})", planned.plan.algo);
@@ -849,7 +854,14 @@ pub fn peer_task(args: &[String]) -> Result<()> {
         setups.push((label, auto));
         let engines: Vec<(&Engine<CpuBackend>, usize)> = setups.iter().map(|s| (&s.1, 1)).collect();
         let per_round_ms = (budget / 3).as_millis().max(1) as u64;
-        let r = time_rounds(&engines, &input, budget, 3, || {}, |_| ort.round(b, per_round_ms))?;
+        let r = time_rounds(
+            &engines,
+            &input,
+            budget,
+            3,
+            || {},
+            |_| ort.round(b, per_round_ms),
+        )?;
         for ((name, _), t) in setups.iter().zip(&r) {
             eprintln!(
                 "{} batch {b}: {name}: p50 {:.1} us",
@@ -871,7 +883,13 @@ pub fn peer_task(args: &[String]) -> Result<()> {
         best_rows.push((b, cfg, best, auto));
     }
     let (mut csv, mut table) = (String::new(), String::new());
-    peer_rows(&m.spec.name, &best_rows, &ort.outcome(), &mut csv, &mut table);
+    peer_rows(
+        &m.spec.name,
+        &best_rows,
+        &ort.outcome(),
+        &mut csv,
+        &mut table,
+    );
     print!("{PEER_HEADER}{table}");
     Ok(())
 }

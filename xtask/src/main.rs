@@ -19,21 +19,23 @@ tasks:
   bench [--quick] [--out DIR] [--row-cap N] [--peer onnxruntime] [--no-serve] [serving options]
         CPU engine experiments: every algorithm at K in {1,2,4,8} on tiny and streamrec-26 at
         batch 1, 16, 128, 1024 (p50/p99 latency, throughput, ratio to single measured in the same
-        run), 1 vs 2 execution contexts, intra-op threads, and measured vs simulated
+        run), 1 vs 2 execution contexts, 1 vs every cpu thread, and measured vs simulated
         multi-stream speed-ups; then the serving experiment (below) unless --no-serve. Writes
-        DIR/engine.csv, contexts.csv, intra-op.csv, prediction.csv, the calibrated
+        DIR/engine.csv, contexts.csv, threads.csv, prediction.csv, the calibrated
         cpu-profile.toml, the serving CSVs and SVG plots, and report.md embedding them
         (default DIR: results/<date>-cpu). --quick runs tiny only at batch 1 and 16, and a short
         serving run on tiny. --peer onnxruntime exports each model with the same weights to
         ONNX (tools/onnx_peer.py; Python with onnx and onnxruntime), checks that ONNX Runtime's
-        scores equal the engine's within 1e-5, times its best thread setting beside the engine
-        and writes DIR/peer.csv (StreamRec's best p50 / ORT's best p50) and machine.txt.
+        scores equal the engine's within 1e-5, times its thread settings in rounds interleaved
+        with the engine's (tools/onnx_peer.py serve) and writes DIR/peer.csv (StreamRec's best
+        p50 / ORT's best p50) and machine.txt.
   peer [--model FILE] [--row-cap N] [--batch B,..] [--budget-ms MS] [--keep DIR]
         The ONNX Runtime comparison of `bench --peer onnxruntime` alone, for one model (default
         streamrec-26.toml at 100,000 rows, batch 1,16,128,1024): the engine's single plan on 1
-        and on every core's intra-op split, StreamRec on every core and measured auto, side by
-        side, then ORT checked and timed on the same batches. --keep DIR leaves the ONNX export
-        there (`python3 tools/onnx_peer.py time DIR` reruns ORT's timing).
+        and on every core's pool, StreamRec on every core and measured auto, with ORT's thread
+        settings timed in rounds between the engine's on the same batches (its scores checked
+        first). --keep DIR leaves the ONNX export there (`python3 tools/onnx_peer.py time DIR`
+        reruns ORT's timing alone).
   serving [--quick] [--out DIR] [serving options]
         The serving experiment alone: `streamrec serve --algo single` and `--algo auto`, driven
         open-loop with Poisson arrivals and the Azure trace over a sweep of offered QPS; the

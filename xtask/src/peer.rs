@@ -433,5 +433,4 @@ mod tests {
         assert!(compare("m", &[vec![f64::NAN, 0.75]], &e).is_err());
         assert!(compare("m", &[vec![0.25]], &e).is_err());
     }
-
 }

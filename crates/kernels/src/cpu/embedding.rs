@@ -35,7 +35,7 @@ fn pool_bag<I: Index>(
         );
     }
     #[cfg(target_arch = "x86_64")]
-    if dim % 16 == 0 && std::arch::is_x86_feature_detected!("avx512f") {
+    if dim.is_multiple_of(16) && std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: AVX-512F is present; every index was checked to be `< rows` above and
         // `rows * dim <= table.len()`, `out.len() == dim`.
         unsafe { pool_bag_avx512(table, dim, bag, mode, out) };
@@ -75,7 +75,7 @@ unsafe fn pool_bag_avx512<I: Index>(
 ) {
     use std::arch::x86_64::*;
     let base = table.as_ptr();
-    let inv = (mode == Pooling::Mean && !bag.is_empty()).then(|| bag.len() as f32);
+    let inv = (mode == Pooling::Mean && !bag.is_empty()).then_some(bag.len() as f32);
     let mut c0 = 0;
     while c0 < dim {
         let nv = ((dim - c0) / 16).min(8);

@@ -421,7 +421,7 @@ unsafe fn driver<S: Simd>(job: &Job, p0: usize, p1: usize) {
             let np = group.min(p1 - jp);
             let mut k0 = 0;
             loop {
-                tile_at::<S>(job, 0, m, jp, np, k0);
+                tile_at::<S>(job, 0, m, jp, np, k0, true);
                 k0 += KB;
                 if k0 >= k {
                     break;
@@ -442,7 +442,8 @@ unsafe fn driver<S: Simd>(job: &Job, p0: usize, p1: usize) {
                 let mut ir = 0;
                 while ir < mc {
                     let rows = mr.min(mc - ir);
-                    tile_at::<S>(job, ic + ir, rows, jp, np, k0);
+                    // The first row tile streams the panels in; the others find them cached.
+                    tile_at::<S>(job, ic + ir, rows, jp, np, k0, ir == 0);
                     ir += rows;
                 }
                 jp += np;
@@ -463,7 +464,15 @@ unsafe fn driver<S: Simd>(job: &Job, p0: usize, p1: usize) {
 ///
 /// As [`driver`], with the tile inside the batch, the caller's panel range and `k`.
 #[inline(always)]
-unsafe fn tile_at<S: Simd>(job: &Job, i0: usize, rows: usize, jp: usize, np: usize, k0: usize) {
+unsafe fn tile_at<S: Simd>(
+    job: &Job,
+    i0: usize,
+    rows: usize,
+    jp: usize,
+    np: usize,
+    k0: usize,
+    prefetch: bool,
+) {
     let k = job.k;
     let kc = KB.min(k - k0);
     let last = k0 + kc == k;
@@ -480,6 +489,7 @@ unsafe fn tile_at<S: Simd>(job: &Job, i0: usize, rows: usize, jp: usize, np: usi
         },
         relu: last && job.relu,
         first: k0 == 0,
+        prefetch,
     };
     let cols = (np * PANEL).min(job.n - jp * PANEL);
     let c = job.c.0.add(i0 * job.ldc + jp * PANEL);
@@ -501,6 +511,8 @@ struct Tile {
     /// The bias of the tile's first column, on the last k block.
     bias: Option<*const f32>,
     relu: bool,
+    /// Prefetch the panels ahead (the tile is the first to read them from memory).
+    prefetch: bool,
     /// The first k block: start from zero instead of the partial sums in the output.
     first: bool,
 }
@@ -608,7 +620,7 @@ unsafe fn kernel<S: Simd, const R: usize, const NV: usize>(t: &Tile, c: *mut f32
     let mut b = t.b;
     for _ in 0..t.kc {
         // The panels are streamed from memory the first time a row tile reads them.
-        if R <= 2 {
+        if t.prefetch {
             for &o in off.iter().step_by(vpp) {
                 S::prefetch(b.wrapping_add(o + PREFETCH));
             }

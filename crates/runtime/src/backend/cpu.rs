@@ -98,12 +98,6 @@ impl CpuBackend {
         }
     }
 
-    /// The same as [`CpuBackend::with_threads`] (the name of earlier releases, where only the
-    /// large linear layers split over extra threads).
-    pub fn with_cpu_threads(threads: usize) -> Self {
-        Self::with_threads(threads)
-    }
-
     /// The threads streams and kernels run on (the host thread included).
     pub fn threads(&self) -> usize {
         self.threads
