@@ -450,9 +450,16 @@ impl Parallel for Pool {
             list.retain(|j| !Arc::ptr_eq(j, &job));
             self.tiles_posted.fetch_sub(1, Ordering::Release);
         }
-        // Tiles other threads took are short: wait for them without sleeping.
+        // Tiles other threads took are short: wait for them without sleeping, yielding the
+        // core now and then in case the thread running one was preempted.
+        let mut spins = 0u32;
         while job.done.load(Ordering::Acquire) < n {
-            std::hint::spin_loop();
+            spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(256) {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
         }
         if job.panicked.load(Ordering::Acquire) {
             panic!("a tile of this kernel panicked");
