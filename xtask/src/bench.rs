@@ -594,7 +594,7 @@ pub fn run(args: &[String]) -> Result<()> {
                     );
                     let _ = writeln!(
                         pred_table,
-                        "{:<13} {b:>5} {algo_name:>13} measured {r_lat:>5.2}x predicted {r_pred:>5.2}x {}",
+                        "{:<13} {b:>5} {algo_name:>13} x{k} measured {r_lat:>5.2}x predicted {r_pred:>5.2}x {}",
                         m.spec.name,
                         match (decidable, ok) {
                             (false, _) => format!(

@@ -86,9 +86,10 @@ impl DeviceProfile {
         }
     }
 
-    /// Our CPU backend on a 2-core machine: each stream is an OS thread, kernels are
-    /// single-threaded (one core each, ~40 GFLOP/s SGEMM and ~10 GB/s per core), a launch is an
-    /// enqueue onto a stream thread (~2 us) and an idle stream thread needs a wake-up (~5 us).
+    /// Our CPU backend on a 2-core machine before calibration: a pool of one worker per core
+    /// runs the streams, a launch is an enqueue onto a stream's queue (~2 us) and an idle worker
+    /// needs a wake-up (~5 us). `calibrate::cpu_profile` measures these on the machine and sets
+    /// `units` (and `max_units_per_kernel`: a kernel's tiles may take every worker) to its cores.
     pub fn cpu() -> Self {
         Self {
             name: "cpu".into(),

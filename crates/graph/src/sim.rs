@@ -14,7 +14,7 @@
 //!   the end of the stream's previous op, and the events waited on before it, plus the device's
 //!   dispatch gap `graph_node_us` (the per-node gap of a graph replay; eagerly launched kernels pay
 //!   it too, on top of the host's launch cost). In eager mode a stream that sat idle until the host
-//!   issued its work also pays `wake_us` on that arrival (a sleeping CPU stream thread; zero on a
+//!   issued its work also pays `wake_us` on that arrival (a sleeping CPU pool worker; zero on a
 //!   GPU); a stream held by an event wait pays only `event_us`, which already includes waking
 //!   it. A record fires when
 //!   everything before it on its stream has finished.
@@ -28,7 +28,7 @@
 //! - **End.** The latency is when the host has issued everything and the joined device work has
 //!   finished, plus `sync_us` for the final host synchronise.
 //!
-//! Not modelled: the host thread competing with CPU stream threads for cores, memory bandwidth
+//! Not modelled: a CPU pool's workers moving between streams, memory bandwidth
 //! shared by CPU cores, caches, and the lower efficiency of random gathers (estimated at full
 //! bandwidth; measured costs capture it, and a measured kernel slower than its roofline occupies
 //! fewer units, see [`crate::cost`]).

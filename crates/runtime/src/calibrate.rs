@@ -134,8 +134,8 @@ pub fn cpu_profile(base: DeviceProfile) -> Result<DeviceProfile> {
     let chain_hop = (p32 - l32) / 31.0;
     let fork_hop = (f2 - f1 + W as f64 * (OP + per_op)) / 3.0;
     let hop = chain_hop.max(fork_hop).max(0.1);
-    // One empty op: the host issues it, the sleeping stream thread wakes, runs it and wakes the
-    // host blocked in the synchronise; both wake-ups are the same mechanism.
+    // One empty op: the host issues it and runs it itself in the synchronise (or a pool worker
+    // wakes for it and then wakes the host); what is left is the hand-off.
     let wakes = (empty - launch - per_op).max(0.2);
     // The backend's pool has a thread per core, and one kernel's tiles may take all of them.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;

@@ -104,7 +104,7 @@ impl CpuBackend {
     }
 }
 
-/// A host-visible f32 buffer shared between stream threads (see the module docs for why the
+/// A host-visible f32 buffer shared between pool threads (see the module docs for why the
 /// unsynchronised access is sound).
 pub(crate) struct SharedBuf {
     data: UnsafeCell<Box<[f32]>>,
