@@ -2,7 +2,8 @@
 //! `kubernetes-validate` package; `.ci/run` installs it and sets `STREAMREC_REQUIRE_DEPLOY=1`,
 //! elsewhere a missing package is a visible skip) and consistent with each other and the CLI.
 
-use std::io::Write;
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -21,14 +22,7 @@ fn manifests() -> Vec<PathBuf> {
 }
 
 fn skip(what: &str) {
-    let required = std::env::var("STREAMREC_REQUIRE_DEPLOY").is_ok_and(|v| v == "1");
-    assert!(!required, "STREAMREC_REQUIRE_DEPLOY=1 but {what}");
-    let t = std::thread::current();
-    let _ = writeln!(
-        std::io::stderr().lock(),
-        "{}: skipped: {what}",
-        t.name().unwrap_or("test")
-    );
+    common::skip("STREAMREC_REQUIRE_DEPLOY", what);
 }
 
 fn validate(files: &[PathBuf]) -> std::process::Output {

@@ -17,7 +17,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -34,14 +33,7 @@ fn root() -> &'static Path {
 }
 
 fn skip(what: &str) {
-    let required = std::env::var("STREAMREC_REQUIRE_ONNX").is_ok_and(|v| v == "1");
-    assert!(!required, "STREAMREC_REQUIRE_ONNX=1 but {what}");
-    let t = std::thread::current();
-    let _ = writeln!(
-        std::io::stderr().lock(),
-        "{}: skipped: {what}",
-        t.name().unwrap_or("test")
-    );
+    common::skip("STREAMREC_REQUIRE_ONNX", what);
 }
 
 /// True when python3 imports what the script needs; otherwise a visible skip (or a failure

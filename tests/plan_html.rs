@@ -8,6 +8,8 @@
 //! harness's capture; STREAMREC_REQUIRE_BROWSER=1 (set by .ci/run, which installs Debian's
 //! chromium) makes that a failure.
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -178,14 +180,7 @@ fn plan_html_refuses_what_cannot_apply() {
 }
 
 fn skip(what: &str) {
-    let required = std::env::var("STREAMREC_REQUIRE_BROWSER").is_ok_and(|v| v == "1");
-    assert!(!required, "STREAMREC_REQUIRE_BROWSER=1 but {what}");
-    let t = std::thread::current();
-    let _ = writeln!(
-        std::io::stderr().lock(),
-        "{}: skipped: {what}",
-        t.name().unwrap_or("test")
-    );
+    common::skip("STREAMREC_REQUIRE_BROWSER", what);
 }
 
 /// `CHROMIUM` when set (nothing when it names no file), else `chromium` on PATH or in /usr/bin.

@@ -6,6 +6,8 @@
 //! `STREAMREC_REQUIRE_DEPLOY=1`, which turns a missing one into a failure); elsewhere they say
 //! that they skipped, on stderr past the test harness's capture.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -19,14 +21,7 @@ fn root() -> &'static Path {
 }
 
 fn skip(what: &str) {
-    let required = std::env::var("STREAMREC_REQUIRE_DEPLOY").is_ok_and(|v| v == "1");
-    assert!(!required, "STREAMREC_REQUIRE_DEPLOY=1 but {what}");
-    let t = std::thread::current();
-    let _ = writeln!(
-        std::io::stderr().lock(),
-        "{}: skipped: {what}",
-        t.name().unwrap_or("test")
-    );
+    common::skip("STREAMREC_REQUIRE_DEPLOY", what);
 }
 
 fn tmp(name: &str) -> PathBuf {

@@ -1,5 +1,6 @@
 //! Test support shared by the end-to-end tests: a deterministic generator independent of the
-//! crate's, and unit-gain weights whose scores spread (so that a wrong kernel or export shows).
+//! crate's, unit-gain weights whose scores spread (so that a wrong kernel or export shows), and
+//! the visible skip of a test whose outside tool is missing.
 
 #![allow(dead_code)]
 
@@ -78,4 +79,19 @@ pub fn build_weights(graph: &OpGraph, seed: u64) -> Weights {
         );
     }
     w
+}
+
+/// Reports that the running test skips its work because `what`: `<test>: skipped: <what>` on
+/// stderr (past libtest's capture, so a skip is never silent), or a failure when the variable
+/// `require` is set to 1 (CI sets it where the tool is installed).
+pub fn skip(require: &str, what: &str) {
+    use std::io::Write as _;
+    let required = std::env::var(require).is_ok_and(|v| v == "1");
+    assert!(!required, "{require}=1 but {what}");
+    let t = std::thread::current();
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "{}: skipped: {what}",
+        t.name().unwrap_or("test")
+    );
 }
