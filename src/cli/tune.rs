@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use streamrec_runtime::stats::median;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -232,11 +233,6 @@ fn time_round(built: &Built, inputs: &[Vec<Arc<Batch>>]) -> Result<Vec<f64>> {
         .collect()
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 /// The plan options `auto` resolves to for this target, model and batch sizes (at most three
 /// are timed): from the cache, or measured now and cached. Prints the choice to stderr unless
 /// `quiet`.
@@ -343,7 +339,7 @@ pub fn tune_with(
                     rounds[i].push(t);
                 }
             }
-            cand_p50.push(rounds.iter_mut().map(|r| median(r)).collect());
+            cand_p50.push(rounds.iter().map(|r| median(r)).collect());
         }
         for _ in 0..ROUNDS {
             for (i, t) in time_round(&single, &inputs)?.into_iter().enumerate() {
@@ -353,12 +349,12 @@ pub fn tune_with(
         let noise = single_rounds
             .iter()
             .map(|r| {
-                let mut s = r.clone();
-                let m = median(&mut s);
-                (s[s.len() - 1] - s[0]) / m
+                let max = r.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let min = r.iter().copied().fold(f64::INFINITY, f64::min);
+                (max - min) / median(r)
             })
             .fold(0.0, f64::max);
-        let base: Vec<f64> = single_rounds.iter_mut().map(|r| median(r)).collect();
+        let base: Vec<f64> = single_rounds.iter().map(|r| median(r)).collect();
         // p50 relative to single, geometric mean over the batch sizes (< 1: faster).
         let rel = |p: &[f64]| -> f64 {
             let logs: f64 = p.iter().zip(&base).map(|(x, b)| (x / b).ln()).sum();

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use streamrec_runtime::stats::median;
 
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
@@ -167,11 +168,6 @@ fn closed_loop(
     })
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 /// Runs the task.
 pub fn run(args: &[String]) -> Result<()> {
     let o = parse(args)?;
@@ -219,7 +215,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "{:<13} parse + validate a 100-sample JSON body ({} bytes): median {:.1} us",
             spec.name,
             hundred.len(),
-            median(&mut times)
+            median(&times)
         );
         let b = Arc::new(random_batch(&spec, batch, Skew::Uniform, 3));
         let body = Arc::new(serde_json::to_vec(&InferRequest::from_batch(&spec, &b))?);
@@ -259,11 +255,11 @@ pub fn run(args: &[String]) -> Result<()> {
             let summary = |runs: &[Figures]| {
                 let rps: Vec<f64> = runs.iter().map(|f| f.rps).collect();
                 let p50: Vec<f64> = runs.iter().map(|f| f.p50_us).collect();
-                let mut p99: Vec<f64> = runs.iter().map(|f| f.p99_us).collect();
+                let p99: Vec<f64> = runs.iter().map(|f| f.p99_us).collect();
                 (
-                    median(&mut rps.clone()),
-                    median(&mut p50.clone()),
-                    median(&mut p99),
+                    median(&rps),
+                    median(&p50),
+                    median(&p99),
                     spread(&rps),
                     spread(&p50),
                 )

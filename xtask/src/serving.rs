@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use streamrec_runtime::stats::median;
 
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
@@ -421,15 +422,6 @@ impl Ctx<'_> {
         }
         Ok(lo)
     }
-}
-
-fn median(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    s[s.len() / 2]
 }
 
 /// A ratio read against a noise floor.

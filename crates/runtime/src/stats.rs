@@ -83,16 +83,23 @@ pub fn quantile(v: &[f64], q: f64) -> Option<f64> {
     Some(s[i])
 }
 
+/// The median of repeated measurements (the upper one of the middle two for an even count);
+/// NaN for none.
+pub fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[s.len() / 2]
+}
+
 impl LatencySummary {
     /// Combines repeated runs of one configuration: the median of each figure over the runs
     /// (request counts add up).
     pub fn median_of(runs: &[LatencySummary]) -> LatencySummary {
         assert!(!runs.is_empty(), "median_of needs at least one run");
-        let med = |f: fn(&LatencySummary) -> f64| {
-            let mut x: Vec<f64> = runs.iter().map(f).collect();
-            x.sort_by(f64::total_cmp);
-            x[x.len() / 2]
-        };
+        let med = |f: fn(&LatencySummary) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
         LatencySummary {
             count: runs.iter().map(|s| s.count).sum(),
             p50_us: med(|s| s.p50_us),
@@ -108,10 +115,6 @@ impl LatencySummary {
 
 /// The median of the values that are present; None when none is.
 fn median_opt(v: impl Iterator<Item = Option<f64>>) -> Option<f64> {
-    let mut x: Vec<f64> = v.flatten().collect();
-    if x.is_empty() {
-        return None;
-    }
-    x.sort_by(f64::total_cmp);
-    Some(x[x.len() / 2])
+    let x: Vec<f64> = v.flatten().collect();
+    (!x.is_empty()).then(|| median(&x))
 }
