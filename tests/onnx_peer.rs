@@ -350,3 +350,68 @@ fn onnx_peer_script_refuses_bad_input() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `onnx_peer.py serve`: a greeting with the batch sizes, one JSON line per `time` command
+/// (p50 and p99 in microseconds, at least three runs), a JSON error for a bad command or an
+/// unknown size or setting (the process goes on), and exit status 0 on `quit`.
+#[test]
+fn onnx_peer_serve_times_on_request() {
+    use std::io::{BufRead, BufReader, Write as _};
+    if !have_onnx() {
+        return;
+    }
+    let spec = workload("tiny.toml", 1000);
+    let graph = Arc::new(OpGraph::from_spec(&spec));
+    let batches: Vec<Arc<Batch>> = [4usize, 4, 16]
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| Arc::new(random_batch(&spec, b, Skew::Uniform, i as u64)))
+        .collect();
+    let w = build_weights(&graph, 5);
+    let dir = scratch("serve");
+    export(&spec, &w, &batches, &dir);
+    let mut child = Command::new("python3")
+        .arg(script())
+        .arg("serve")
+        .arg(&dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut reply = |cmd: &str| -> serde_json::Value {
+        if !cmd.is_empty() {
+            writeln!(stdin, "{cmd}").unwrap();
+            stdin.flush().unwrap();
+        }
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{cmd:?}: {line:?}: {e}"))
+    };
+    let hello = reply("");
+    assert_eq!(hello["ready"], true, "{hello}");
+    assert_eq!(hello["sizes"], serde_json::json!([4, 16]), "{hello}");
+    for (size, setting) in [(4, "intra1"), (16, "intra2"), (4, "intra1-inter2")] {
+        let r = reply(&format!("time {size} {setting} 50"));
+        let (p50, p99) = (r["p50_us"].as_f64().unwrap(), r["p99_us"].as_f64().unwrap());
+        assert!(p50 > 0.0 && p99 >= p50, "{r}");
+        assert!(r["iters"].as_u64().unwrap() >= 3, "{r}");
+        assert_eq!(r["batch"], size, "{r}");
+        assert_eq!(r["setting"], setting, "{r}");
+    }
+    for (cmd, want) in [
+        ("time 7 intra1 50", "no exported batch of size 7"),
+        ("time 4 intra9 50", "unknown setting"),
+        ("time 4 intra1 0", "budget must be > 0"),
+        ("bogus", "expected `time SIZE SETTING BUDGET_MS`"),
+    ] {
+        let r = reply(cmd);
+        let e = r["error"].as_str().unwrap_or_else(|| panic!("{cmd}: {r}"));
+        assert!(e.contains(want), "{cmd}: {e}");
+    }
+    writeln!(stdin, "quit").unwrap();
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
