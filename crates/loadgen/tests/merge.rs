@@ -83,7 +83,7 @@ fn merged_shards_equal_the_histogram_of_all_samples() {
 fn summary_numbers_read_back_exactly() {
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     let mut values = vec![
-        1567.002_157_099_536_4,
+        1_567.002_157_099_536_4,
         324_438.547_179_130_95,
         0.803_812_709,
     ];
