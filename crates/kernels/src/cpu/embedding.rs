@@ -131,19 +131,35 @@ pub fn embedding_bag<I: Index>(
         "embedding_bag: table has {} elements, needs {size}",
         table.len()
     );
-    let table = &table[..size];
-    let mut ahead = 0usize;
-    for (b, out_row) in out.row_iter_mut().enumerate() {
+    let mut rows_out = out.row_iter_mut();
+    pool_table(&table[..size], rows, dim, indices, offsets, mode, |_| {
+        rows_out.next().expect("one output row per bag")
+    });
+}
+
+/// Pools every bag of one table in order into the row `row(b)` hands out for bag `b`, keeping
+/// the rows of the next few lookups (across bag boundaries) on their way from memory while a
+/// bag is pooled: random row gathers are bound by memory latency. The caller has checked the
+/// shapes, and `table` holds exactly `rows * dim` elements.
+fn pool_table<'o, I: Index>(
+    table: &[f32],
+    rows: usize,
+    dim: usize,
+    indices: &[I],
+    offsets: &[I],
+    mode: Pooling,
+    mut row: impl FnMut(usize) -> &'o mut [f32],
+) {
+    let mut ahead = offsets.first().map_or(0, |o| o.to_usize());
+    for b in 0..offsets.len() {
         let start = offsets[b].to_usize();
         let end = bag_end(offsets, b, indices.len());
-        // Keep the rows of the next few lookups (across bag boundaries) on their way from
-        // memory while this bag is pooled: random row gathers are bound by memory latency.
         let want = (end + PREFETCH_ROWS).min(indices.len());
         while ahead < want {
             prefetch_row(table, rows, dim, indices[ahead]);
             ahead += 1;
         }
-        pool_bag(table, rows, dim, &indices[start..end], mode, out_row);
+        pool_bag(table, rows, dim, &indices[start..end], mode, row(b));
     }
 }
 
@@ -193,6 +209,28 @@ pub fn table_batched_embedding_bag<I: Index>(
     offsets: &[&[I]],
     mut out: MatMut<'_>,
 ) {
+    check_tables(tables, indices, offsets, &out);
+    // Table-major order: each table's bags are pooled together, so the working set (rows and
+    // page-table entries) is one table at a time.
+    let mut c0 = 0;
+    for ((table, idx), offs) in tables.iter().zip(indices).zip(offsets) {
+        let mut seg = out.reborrow().col_slice(c0, table.dim);
+        c0 += table.dim;
+        let mut rows_out = seg.row_iter_mut();
+        let data = &table.data[..table.rows * table.dim];
+        pool_table(data, table.rows, table.dim, idx, offs, table.mode, |_| {
+            rows_out.next().expect("one output row per bag")
+        });
+    }
+}
+
+/// The shape checks of a table-batched call (see [`table_batched_embedding_bag`]'s panics).
+fn check_tables<I: Index>(
+    tables: &[TableRef<'_>],
+    indices: &[&[I]],
+    offsets: &[&[I]],
+    out: &MatMut<'_>,
+) {
     assert_eq!(
         indices.len(),
         tables.len(),
@@ -225,18 +263,6 @@ pub fn table_batched_embedding_bag<I: Index>(
         out.cols, total,
         "table_batched_embedding_bag: out cols must equal the sum of dims"
     );
-
-    // Table-major order: each table's bags are pooled together, so the working set (rows and
-    // page-table entries) is one table at a time.
-    let mut c0 = 0;
-    for ((table, idx), offs) in tables.iter().zip(indices).zip(offsets) {
-        let mut seg = out.reborrow().col_slice(c0, table.dim);
-        c0 += table.dim;
-        for (b, out_row) in seg.row_iter_mut().enumerate() {
-            let bag = &idx[offs[b].to_usize()..bag_end(offs, b, idx.len())];
-            pool_bag(table.data, table.rows, table.dim, bag, table.mode, out_row);
-        }
-    }
 }
 
 /// Lookups below this many (indices) run on the calling thread: a tile hand-off costs more.
@@ -279,42 +305,18 @@ pub fn embedding_bag_par<I: Index>(
         let start = offsets[b0].to_usize();
         let end = bag_end(offsets, b1 - 1, indices.len());
         assert!(start <= end, "embedding_bag: offsets must not decrease");
-        // The tile's bags as a call of their own: offsets shifted to start at zero.
-        let local: Vec<usize> = offsets[b0..b1]
-            .iter()
-            .map(|o| o.to_usize() - start)
-            .collect();
-        embedding_bag_usize(table, rows, dim, &indices[start..end], &local, mode, view);
+        // The tile's bags as a call of their own: its offsets index the same indices, which
+        // end where its last bag does.
+        embedding_bag(
+            table,
+            rows,
+            dim,
+            &indices[..end],
+            &offsets[b0..b1],
+            mode,
+            view,
+        );
     });
-}
-
-/// [`embedding_bag`] with `usize` offsets (a tile's, shifted to start at zero).
-fn embedding_bag_usize<I: Index>(
-    table: &[f32],
-    rows: usize,
-    dim: usize,
-    indices: &[I],
-    offsets: &[usize],
-    mode: Pooling,
-    mut out: MatMut<'_>,
-) {
-    assert_eq!(out.cols, dim, "embedding_bag: out cols must equal dim");
-    let size = rows
-        .checked_mul(dim)
-        .expect("embedding_bag: table size overflows usize");
-    assert!(table.len() >= size, "embedding_bag: table too short");
-    let table = &table[..size];
-    let mut ahead = 0usize;
-    for (b, out_row) in out.row_iter_mut().enumerate() {
-        let start = offsets[b];
-        let end = offsets.get(b + 1).copied().unwrap_or(indices.len());
-        let want = (end + PREFETCH_ROWS).min(indices.len());
-        while ahead < want {
-            prefetch_row(table, rows, dim, indices[ahead]);
-            ahead += 1;
-        }
-        pool_bag(table, rows, dim, &indices[start..end], mode, out_row);
-    }
 }
 
 /// [`table_batched_embedding_bag`] with the tables spread over `par`'s workers (each table's
@@ -334,37 +336,7 @@ pub fn table_batched_embedding_bag_par<I: Index>(
     if par.width() <= 1 || tables.len() < 2 || lookups < PAR_MIN_LOOKUPS {
         return table_batched_embedding_bag(tables, indices, offsets, out);
     }
-    assert_eq!(
-        indices.len(),
-        tables.len(),
-        "table_batched_embedding_bag: one index list per table"
-    );
-    assert_eq!(
-        offsets.len(),
-        tables.len(),
-        "table_batched_embedding_bag: one offset list per table"
-    );
-    let total: usize = tables.iter().map(|t| t.dim).sum();
-    assert_eq!(
-        out.cols, total,
-        "table_batched_embedding_bag: out cols must equal the sum of dims"
-    );
-    for (t, (table, offs)) in tables.iter().zip(offsets).enumerate() {
-        assert_eq!(
-            offs.len(),
-            out.rows,
-            "table_batched_embedding_bag: table {t} has a wrong bag count"
-        );
-        let size = table
-            .rows
-            .checked_mul(table.dim)
-            .expect("table size overflows usize");
-        assert!(
-            table.data.len() >= size,
-            "table_batched_embedding_bag: table {t} has {} elements, needs {size}",
-            table.data.len()
-        );
-    }
+    check_tables(tables, indices, offsets, &out);
     let (rows, ld) = (out.rows, out.ld);
     let starts: Vec<usize> = tables
         .iter()
@@ -377,33 +349,23 @@ pub fn table_batched_embedding_bag_par<I: Index>(
     let base = OutPtr(out.reborrow().data.as_mut_ptr());
     let base = &base;
     par.for_each(tables.len(), &|t| {
-        let (table, idx, offs) = (&tables[t], indices[t], offsets[t]);
-        let size = table.rows * table.dim;
-        let data = &table.data[..size];
-        let mut ahead = 0usize;
-        for b in 0..rows {
-            let start = offs[b].to_usize();
-            let end = bag_end(offs, b, idx.len());
-            let want = (end + PREFETCH_ROWS).min(idx.len());
-            while ahead < want {
-                prefetch_row(data, table.rows, table.dim, idx[ahead]);
-                ahead += 1;
-            }
-            // SAFETY: row `b`, columns [starts[t], + dim) of `out` (checked to be `rows x
-            // total` at stride `ld`): only this task writes them, no other slice of them
-            // exists, and `for_each` returns only when every task is done.
-            let seg = unsafe {
-                std::slice::from_raw_parts_mut(base.0.add(b * ld + starts[t]), table.dim)
-            };
-            pool_bag(
-                data,
-                table.rows,
-                table.dim,
-                &idx[start..end],
-                table.mode,
-                seg,
-            );
-        }
+        let table = &tables[t];
+        let data = &table.data[..table.rows * table.dim];
+        pool_table(
+            data,
+            table.rows,
+            table.dim,
+            indices[t],
+            offsets[t],
+            table.mode,
+            |b| {
+                assert!(b < rows, "one output row per bag");
+                // SAFETY: row `b`, columns [starts[t], + dim) of `out` (checked to be `rows x
+                // total` at stride `ld`): only this task writes them, no other slice of them
+                // exists, and `for_each` returns only when every task is done.
+                unsafe { std::slice::from_raw_parts_mut(base.0.add(b * ld + starts[t]), table.dim) }
+            },
+        );
     });
 }
 
