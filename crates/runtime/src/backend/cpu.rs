@@ -38,7 +38,6 @@ use crate::weights::Weights;
 #[derive(Debug)]
 pub struct CpuBackend {
     pool: Arc<Pool>,
-    threads: usize,
     workers: Vec<JoinHandle<()>>,
 }
 
@@ -91,16 +90,12 @@ impl CpuBackend {
                     .ok()
             })
             .collect();
-        Self {
-            pool,
-            threads,
-            workers,
-        }
+        Self { pool, workers }
     }
 
     /// The threads streams and kernels run on (the host thread included).
     pub fn threads(&self) -> usize {
-        self.threads
+        self.pool.width
     }
 }
 
@@ -423,6 +418,22 @@ impl Pool {
     fn step(&self) -> bool {
         self.help_tiles() || self.run_streams()
     }
+
+    /// Works for the pool until `stop()` holds: steps while there is work, spins briefly when
+    /// there is none, and then calls `sleep(seen)` with the epoch it last saw (which sleeps
+    /// unless work appeared since, or returns at once when it finds `stop` holding).
+    fn work_until(&self, stop: &dyn Fn() -> bool, mut sleep: impl FnMut(u64)) {
+        while !stop() {
+            let seen = self.epoch.load(Ordering::SeqCst);
+            if self.step() {
+                continue;
+            }
+            if spin_until(|| stop() || self.epoch.load(Ordering::SeqCst) != seen) {
+                continue;
+            }
+            sleep(seen);
+        }
+    }
 }
 
 impl Parallel for Pool {
@@ -495,17 +506,9 @@ fn spin_until(ready: impl Fn() -> bool) -> bool {
 /// A pool worker: runs tiles and stream commands, spinning a little and then sleeping when
 /// there are none.
 fn worker_main(pool: &Pool) {
-    while !pool.shutdown.load(Ordering::SeqCst) {
-        let seen = pool.epoch.load(Ordering::SeqCst);
-        if pool.step() {
-            continue;
-        }
-        let busy = || pool.epoch.load(Ordering::SeqCst) != seen;
-        if spin_until(|| busy() || pool.shutdown.load(Ordering::Relaxed)) {
-            continue;
-        }
-        pool.sleep_unless(seen, &|| false);
-    }
+    pool.work_until(&|| pool.shutdown.load(Ordering::SeqCst), |seen| {
+        pool.sleep_unless(seen, &|| false)
+    });
 }
 
 /// Takes and runs the runnable commands at the head of `s`, in order; false if its head was
@@ -808,26 +811,18 @@ impl Backend for CpuBackend {
         let target = sh.state.lock().expect("stream state").issued;
         let done = || sh.finished.load(Ordering::Acquire) >= target;
         let pool = &self.pool;
-        // The host works alongside the pool until its stream is done: it runs tiles and stream
-        // commands, spins briefly when there are none, and sleeps only after that.
-        while !done() {
-            let seen = pool.epoch.load(Ordering::SeqCst);
-            if pool.step() {
-                continue;
-            }
-            if spin_until(|| done() || pool.epoch.load(Ordering::SeqCst) != seen) {
-                continue;
-            }
+        // The host works alongside the pool until its stream is done.
+        pool.work_until(&done, |seen| {
             let mut st = sh.state.lock().expect("stream state");
             if st.done >= target {
-                break;
+                return;
             }
             // Wake on the stream finishing, or on new work the host could help with.
             st.host_waiting = true;
             drop(st);
             pool.sleep_unless(seen, &done);
             sh.state.lock().expect("stream state").host_waiting = false;
-        }
+        });
         let mut st = sh.state.lock().expect("stream state");
         match st.error.take() {
             Some(e) => Err(RuntimeError::Execution(e)),
