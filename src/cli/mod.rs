@@ -154,6 +154,12 @@ pub struct EngineArgs {
 }
 
 impl EngineArgs {
+    /// The CPU pool's threads: `--cpu-threads`, else every core.
+    pub fn cpu_threads(&self) -> usize {
+        self.cpu_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
     /// Refuses `--cpu-threads 0` or an absurd count.
     pub fn check_threads(&self) -> Result<()> {
         if let Some(t) = self.cpu_threads {
@@ -173,9 +179,7 @@ impl EngineArgs {
             backend: self.backend,
             opts: BackendOptions {
                 tf32: self.tf32,
-                cpu_threads: self
-                    .cpu_threads
-                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                cpu_threads: self.cpu_threads(),
             },
             cfg,
         }

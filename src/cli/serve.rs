@@ -147,7 +147,7 @@ pub fn main(a: ServeArgs) -> Result<()> {
     } else {
         "cpu"
     };
-    let cost = plan.cost_model(device, a.engine.target(Default::default()).opts.cpu_threads)?;
+    let cost = plan.cost_model(device, a.engine.cpu_threads())?;
     let algo_name = plan.algo().to_string();
     let view = streamrec_graph::html::page(
         &graph,
