@@ -443,9 +443,7 @@ def time_mode(mods, args, scratch):
     ort = mods["onnxruntime"]
     peer = Peer(mods, args.dir, scratch)
     batches = load_batches(mods, peer.spec, args.dir)
-    by_size = {}
-    for batch in batches:
-        by_size.setdefault(batch["size"], []).append(batch)
+    by_size = group_by_size(batches)
     names = [s.strip() for s in args.threads.split(",") if s.strip()]
     for n in names:
         if n not in SETTINGS:
@@ -455,31 +453,10 @@ def time_mode(mods, args, scratch):
         intra, inter, parallel = SETTINGS[n]
         sessions = {}
         for size, group in sorted(by_size.items()):
-            prepared = []
-            for batch in group:
-                ragged = fixed_pooling(mods, peer.spec, batch) is None
-                if ragged not in sessions:
-                    sessions[ragged] = peer.session(ragged, intra, inter, parallel)
-                prepared.append((sessions[ragged], feeds(mods, peer.spec, batch, ragged)))
-            for i in range(args.warmup):
-                sess, feed = prepared[i % len(prepared)]
-                sess.run(["scores"], feed)
-            lat = []
-            deadline = time.perf_counter() + args.budget_ms / 1000.0
-            while len(lat) < args.iters and (len(lat) < 5 or time.perf_counter() < deadline):
-                sess, feed = prepared[len(lat) % len(prepared)]
-                t0 = time.perf_counter()
-                sess.run(["scores"], feed)
-                lat.append((time.perf_counter() - t0) * 1e6)
-            lat.sort()
-            results[size][n] = {
-                "intra_op_threads": intra,
-                "inter_op_threads": inter,
-                "parallel": parallel,
-                "p50_us": percentile(lat, 0.5),
-                "p99_us": percentile(lat, 0.99),
-                "iters": len(lat),
-            }
+            prepared = prepare(mods, peer, group, n, sessions)
+            r = time_one(prepared, args.warmup, args.budget_ms, args.iters, 5)
+            r.update({"intra_op_threads": intra, "inter_op_threads": inter, "parallel": parallel})
+            results[size][n] = r
         del sessions
     out = {
         "model": peer.spec.name,
@@ -497,14 +474,37 @@ def time_mode(mods, args, scratch):
     print()
 
 
-def time_one(prepared, warmup, budget_ms, iters):
-    """p50/p99 of up to `iters` runs over the prepared (session, feed) pairs within the budget."""
+def group_by_size(batches):
+    """The batches by their size, each list in file order."""
+    by_size = {}
+    for batch in batches:
+        by_size.setdefault(batch["size"], []).append(batch)
+    return by_size
+
+
+def prepare(mods, peer, group, setting, sessions):
+    """(session, feed) pairs for the batches of `group` with the thread `setting`; a session per
+    graph form, built on first use and kept in `sessions` (keyed by setting and form)."""
+    intra, inter, parallel = SETTINGS[setting]
+    pairs = []
+    for batch in group:
+        ragged = fixed_pooling(mods, peer.spec, batch) is None
+        key = (setting, ragged)
+        if key not in sessions:
+            sessions[key] = peer.session(ragged, intra, inter, parallel)
+        pairs.append((sessions[key], feeds(mods, peer.spec, batch, ragged)))
+    return pairs
+
+
+def time_one(prepared, warmup, budget_ms, iters, min_runs):
+    """p50/p99 of up to `iters` runs (at least `min_runs`, then while the budget lasts) over the
+    prepared (session, feed) pairs, after `warmup` untimed runs."""
     for i in range(warmup):
         sess, feed = prepared[i % len(prepared)]
         sess.run(["scores"], feed)
     lat = []
     deadline = time.perf_counter() + budget_ms / 1000.0
-    while len(lat) < iters and (len(lat) < 3 or time.perf_counter() < deadline):
+    while len(lat) < iters and (len(lat) < min_runs or time.perf_counter() < deadline):
         sess, feed = prepared[len(lat) % len(prepared)]
         t0 = time.perf_counter()
         sess.run(["scores"], feed)
@@ -520,9 +520,7 @@ def serve_mode(mods, args, scratch):
     ort = mods["onnxruntime"]
     peer = Peer(mods, args.dir, scratch)
     batches = load_batches(mods, peer.spec, args.dir)
-    by_size = {}
-    for batch in batches:
-        by_size.setdefault(batch["size"], []).append(batch)
+    by_size = group_by_size(batches)
     sessions = {}
     prepared = {}
     print(json.dumps({"ready": True, "onnxruntime": ort.__version__, "sizes": sorted(by_size)}), flush=True)
@@ -542,17 +540,9 @@ def serve_mode(mods, args, scratch):
                 raise InputError("no exported batch of size %d" % size)
             if not budget > 0:
                 raise InputError("the budget must be > 0 ms")
-            intra, inter, parallel = SETTINGS[name]
             if (size, name) not in prepared:
-                pairs = []
-                for batch in by_size[size]:
-                    ragged = fixed_pooling(mods, peer.spec, batch) is None
-                    key = (name, ragged)
-                    if key not in sessions:
-                        sessions[key] = peer.session(ragged, intra, inter, parallel)
-                    pairs.append((sessions[key], feeds(mods, peer.spec, batch, ragged)))
-                prepared[(size, name)] = pairs
-            r = time_one(prepared[(size, name)], 2, budget, 400)
+                prepared[(size, name)] = prepare(mods, peer, by_size[size], name, sessions)
+            r = time_one(prepared[(size, name)], 2, budget, 400, 3)
             r.update({"batch": size, "setting": name})
             print(json.dumps(r), flush=True)
         except InputError as e:

@@ -125,6 +125,25 @@ fn cpu_engine(
     )?)
 }
 
+/// `m` planned with `algo` on at most `k` streams for batch `b`, on a CPU pool of `threads`.
+fn pool_engine(
+    m: &Model,
+    algo: Algorithm,
+    k: usize,
+    threads: usize,
+    b: usize,
+    cost: &CostModel,
+) -> Result<Engine<CpuBackend>> {
+    let planned = plan_for(&m.graph, algo, k, b, cost)?;
+    Ok(Engine::new(
+        CpuBackend::with_threads(threads),
+        Arc::new(planned.graph),
+        planned.plan,
+        &m.weights,
+        engine_cfg(b, 1, false),
+    )?)
+}
+
 fn engine_cfg(b: usize, contexts: usize, trace: bool) -> EngineConfig {
     EngineConfig {
         contexts,
@@ -662,15 +681,12 @@ pub fn run(args: &[String]) -> Result<()> {
                 (Algorithm::StreamRec, cores.max(2), 1),
                 (Algorithm::StreamRec, cores.max(2), cores),
             ] {
-                let planned = plan_for(&m.graph, algo, k, b, &cost)?;
-                let engine = Engine::new(
-                    CpuBackend::with_threads(threads),
-                    Arc::new(planned.graph),
-                    planned.plan,
-                    &m.weights,
-                    engine_cfg(b, 1, false),
-                )?;
-                setups.push((algo, k, threads, engine));
+                setups.push((
+                    algo,
+                    k,
+                    threads,
+                    pool_engine(&m, algo, k, threads, b, &cost)?,
+                ));
             }
             let engines: Vec<(&Engine<CpuBackend>, usize)> =
                 setups.iter().map(|s| (&s.3, 1)).collect();
@@ -800,16 +816,9 @@ pub fn peer_task(args: &[String]) -> Result<()> {
             "--budget-ms" => budget_ms = Some(num(it.next(), "--budget-ms")?.max(1)),
             "--keep" => keep = Some(PathBuf::from(it.next().context("--keep needs a folder")?)),
             "--batch" => {
-                sizes = it
-                    .next()
-                    .context("--batch needs sizes")?
-                    .split(',')
-                    .map(|s| s.trim().parse::<usize>())
-                    .collect::<std::result::Result<_, _>>()
-                    .context("--batch needs comma-separated sizes")?;
-                if sizes.iter().any(|&b| b == 0 || b > 65_536) {
-                    bail!("--batch: every size must be 1..=65536");
-                }
+                sizes = streamrec::cli::run::parse_batches(
+                    it.next().context("--batch needs sizes")?,
+                )?
             }
             x => bail!("peer: unknown option `{x}` (known: --model, --row-cap, --budget-ms, --keep, --batch)"),
         }
@@ -835,14 +844,7 @@ pub fn peer_task(args: &[String]) -> Result<()> {
             (Algorithm::Single, 1, cores),
             (Algorithm::StreamRec, cores, 1),
         ] {
-            let planned = plan_for(&m.graph, algo, k, b, &cost)?;
-            let engine = Engine::new(
-                CpuBackend::with_threads(threads),
-                Arc::new(planned.graph),
-                planned.plan,
-                &m.weights,
-                engine_cfg(b, 1, false),
-            )?;
+            let engine = pool_engine(&m, algo, k, threads, b, &cost)?;
             setups.push((
                 format!("{} x{k} threads{threads}", engine.plan().algo),
                 engine,
@@ -868,19 +870,14 @@ pub fn peer_task(args: &[String]) -> Result<()> {
                 m.spec.name, t.median.p50_us
             );
         }
-        let (bi, bt) = r[..setups.len() - 1]
+        // The fastest of every setup, `auto` (the last) included.
+        let (bi, bt) = r
             .iter()
             .enumerate()
             .min_by(|a, b| a.1.median.p50_us.total_cmp(&b.1.median.p50_us))
             .expect("configurations");
         let auto = r.last().map(|t| t.median.p50_us);
-        let best = bt.median.p50_us.min(auto.unwrap_or(f64::INFINITY));
-        let cfg = if Some(best) == auto {
-            setups[setups.len() - 1].0.clone()
-        } else {
-            setups[bi].0.clone()
-        };
-        best_rows.push((b, cfg, best, auto));
+        best_rows.push((b, setups[bi].0.clone(), bt.median.p50_us, auto));
     }
     let (mut csv, mut table) = (String::new(), String::new());
     peer_rows(
