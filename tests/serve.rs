@@ -5,7 +5,6 @@
 //! fuzz pass over random and mutated bodies.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,6 +21,7 @@ use streamrec::runtime::trace::TraceEvent;
 use streamrec::runtime::{
     Batch, CpuBackend, Engine, EngineConfig, IndexVec, Infer, RuntimeError, Weights,
 };
+use streamrec::serve::client::Client;
 use streamrec::serve::fuzz;
 use streamrec::serve::protocol::parse_infer;
 use streamrec::serve::{Model, Running, ServeConfig, Server};
@@ -105,45 +105,15 @@ fn http(
     headers: &[(&str, String)],
     body: &[u8],
 ) -> Reply {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if !headers
-        .iter()
-        .any(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-    {
-        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a complete response head");
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let r = Client::new(addr)
+        .close_each()
+        .request(method, path, &headers, body)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
     Reply {
-        status,
-        headers,
-        body: raw[split + 4..].to_vec(),
+        status: r.status,
+        headers: r.headers.into_iter().collect(),
+        body: r.body,
     }
 }
 
@@ -818,67 +788,16 @@ fn a_fatal_engine_error_turns_readiness_false() {
 
 /// POSTs on a keep-alive connection (opened again after an error or `Connection: close`);
 /// the status, or None when the connection failed.
-fn post_keep_alive(
-    conn: &mut Option<std::io::BufReader<TcpStream>>,
-    addr: SocketAddr,
-    body: &[u8],
-    header: Option<usize>,
-) -> Option<u16> {
-    use std::io::BufRead;
-    if conn.is_none() {
-        let s = TcpStream::connect(addr).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-        s.set_nodelay(true).ok()?;
-        *conn = Some(std::io::BufReader::new(s));
-    }
-    let c = conn.as_mut()?;
-    let mut head = format!(
-        "POST {INFER} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if let Some(n) = header {
-        head.push_str(&format!("Inference-Header-Content-Length: {n}\r\n"));
-    }
-    head.push_str("\r\n");
-    let mut req = head.into_bytes();
-    req.extend_from_slice(body);
-    let sent = c.get_mut().write_all(&req).is_ok();
-    let mut read = || -> Option<(u16, bool)> {
-        let mut line = String::new();
-        c.read_line(&mut line).ok()?;
-        let status = line.split(' ').nth(1)?.parse().ok()?;
-        let (mut len, mut close) = (0usize, false);
-        loop {
-            line.clear();
-            c.read_line(&mut line).ok()?;
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            let (k, v) = l.split_once(':')?;
-            match k.trim().to_ascii_lowercase().as_str() {
-                "content-length" => len = v.trim().parse().ok()?,
-                "connection" => close = v.trim().eq_ignore_ascii_case("close"),
-                _ => {}
-            }
-        }
-        let mut rest = vec![0u8; len];
-        c.read_exact(&mut rest).ok()?;
-        Some((status, close))
-    };
-    let got = if sent { read() } else { None };
-    match got {
-        Some((status, close)) => {
-            if close {
-                *conn = None;
-            }
-            Some(status)
-        }
-        None => {
-            *conn = None;
-            None
-        }
-    }
+fn post_keep_alive(client: &mut Client, body: &[u8], header: Option<usize>) -> Option<u16> {
+    let n = header.map(|n| n.to_string());
+    let headers: Vec<(&str, &str)> = n
+        .iter()
+        .map(|n| ("Inference-Header-Content-Length", n.as_str()))
+        .collect();
+    client
+        .request("POST", INFER, &headers, body)
+        .ok()
+        .map(|r| r.status)
 }
 
 /// 100,000 random and mutated bodies (JSON and binary), each through the parser and through
@@ -901,7 +820,7 @@ fn fuzzed_bodies_never_panic_the_parser_or_the_server() {
                 s.spawn(move || {
                     let mut rng = StdRng::seed_from_u64(0x5eed + t);
                     let (mut ok, mut bad, mut served) = (0, 0, 0);
-                    let mut conn = None;
+                    let mut client = Client::new(a);
                     for n in 0..per {
                         let (body, header) = match n % 3 {
                             0 => (fuzz::mutate(&mut rng, json_seed), None),
@@ -924,8 +843,8 @@ fn fuzzed_bodies_never_panic_the_parser_or_the_server() {
                             }
                         }
                         // A connection error is retried once on a new connection.
-                        let status = post_keep_alive(&mut conn, a, &body, header)
-                            .or_else(|| post_keep_alive(&mut conn, a, &body, header))
+                        let status = post_keep_alive(&mut client, &body, header)
+                            .or_else(|| post_keep_alive(&mut client, &body, header))
                             .unwrap_or_else(|| panic!("no answer to body {n} of thread {t}"));
                         assert!(
                             status == 200 || (400..500).contains(&status),

@@ -8,13 +8,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use streamrec::serve::client::Client;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -96,68 +98,14 @@ impl Drop for Replica {
     }
 }
 
-/// A keep-alive HTTP/1.1 client that reconnects after an error.
-struct Client {
-    addr: SocketAddr,
-    conn: Option<BufReader<TcpStream>>,
+/// A keep-alive client of `addr` (reconnecting after an error) with a 10 s timeout.
+fn client(addr: SocketAddr) -> Client {
+    Client::new(addr).timeout(Duration::from_secs(10))
 }
 
-impl Client {
-    fn new(addr: SocketAddr) -> Self {
-        Self { addr, conn: None }
-    }
-
-    /// POSTs `body`; the status, or None on a connection error.
-    fn post(&mut self, path: &str, body: &[u8]) -> Option<u16> {
-        let r = self.try_post(path, body);
-        if r.is_none() {
-            self.conn = None;
-        }
-        r
-    }
-
-    fn try_post(&mut self, path: &str, body: &[u8]) -> Option<u16> {
-        if self.conn.is_none() {
-            let s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(2)).ok()?;
-            s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-            s.set_nodelay(true).ok()?;
-            self.conn = Some(BufReader::new(s));
-        }
-        let c = self.conn.as_mut()?;
-        let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            self.addr,
-            body.len()
-        );
-        c.get_mut().write_all(head.as_bytes()).ok()?;
-        c.get_mut().write_all(body).ok()?;
-        let mut line = String::new();
-        if c.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        let status: u16 = line.split(' ').nth(1)?.parse().ok()?;
-        let (mut len, mut close) = (0usize, false);
-        loop {
-            line.clear();
-            c.read_line(&mut line).ok()?;
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            let (k, v) = l.split_once(':')?;
-            match k.trim().to_ascii_lowercase().as_str() {
-                "content-length" => len = v.trim().parse().ok()?,
-                "connection" => close = v.trim().eq_ignore_ascii_case("close"),
-                _ => {}
-            }
-        }
-        let mut body = vec![0u8; len];
-        c.read_exact(&mut body).ok()?;
-        if close {
-            self.conn = None;
-        }
-        Some(status)
-    }
+/// POSTs `body`; the status, or None on a connection error.
+fn post(c: &mut Client, path: &str, body: &[u8]) -> Option<u16> {
+    c.post(path, body).ok().map(|r| r.status)
 }
 
 fn request_body(batch: usize, seed: u64) -> Vec<u8> {
@@ -258,11 +206,11 @@ fn load_phase(addr: SocketAddr, threads: usize, secs: f64, at_s: f64, at: impl F
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
-                let mut c = Client::new(addr);
+                let mut c = client(addr);
                 while start.elapsed().as_secs_f64() < secs
                     && sent.fetch_add(1, Ordering::Relaxed) < 100_000
                 {
-                    let r = c.post(INFER, &body);
+                    let r = post(&mut c, INFER, &body);
                     if r == Some(200) {
                         tally.ok.fetch_add(1, Ordering::Relaxed);
                     } else {
@@ -319,7 +267,7 @@ fn two_replicas_behind_nginx_survive_sigterm_and_sigkill() {
     );
     let front: SocketAddr = format!("127.0.0.1:{front}").parse().unwrap();
     let up = Instant::now();
-    while Client::new(front).post("/v2/health/ready", b"").is_none() {
+    while post(&mut client(front), "/v2/health/ready", b"").is_none() {
         assert!(
             up.elapsed() < Duration::from_secs(10),
             "nginx did not come up"
@@ -402,19 +350,9 @@ fn overload_at_three_times_capacity_gets_only_200_and_503() {
     ]);
     let addr = server.addr;
     // `streamrec serve` also serves the plan view, read-only, at /ui.
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET /ui HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut page = String::new();
-    s.read_to_string(&mut page).unwrap();
-    assert!(
-        page.starts_with("HTTP/1.1 200"),
-        "{}",
-        &page[..page.len().min(200)]
-    );
+    let page = client(addr).get("/ui").expect("GET /ui");
+    assert_eq!(page.status, 200, "{}", String::from_utf8_lossy(&page.body));
+    let page = String::from_utf8_lossy(&page.body);
     assert!(page.contains("data-op=") && page.contains("data-algo="));
     let body = request_body(16, 5);
     // Capacity: closed loop, 8 keep-alive clients, 1 s.
@@ -423,9 +361,9 @@ fn overload_at_three_times_capacity_gets_only_200_and_503() {
     std::thread::scope(|s| {
         for _ in 0..8 {
             s.spawn(|| {
-                let mut c = Client::new(addr);
+                let mut c = client(addr);
                 while t.elapsed() < Duration::from_secs(1) {
-                    assert_eq!(c.post(INFER, &body), Some(200));
+                    assert_eq!(post(&mut c, INFER, &body), Some(200));
                     done.fetch_add(1, Ordering::Relaxed);
                 }
             });
@@ -458,7 +396,7 @@ fn overload_at_three_times_capacity_gets_only_200_and_503() {
         let senders: Vec<_> = (0..96)
             .map(|_| {
                 s.spawn(|| {
-                    let mut c = Client::new(addr);
+                    let mut c = client(addr);
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         if i >= total || start.elapsed() > Duration::from_secs(20) {
@@ -469,7 +407,7 @@ fn overload_at_three_times_capacity_gets_only_200_and_503() {
                             std::thread::sleep(w);
                         }
                         let sent = start.elapsed();
-                        match c.post(INFER, &body) {
+                        match post(&mut c, INFER, &body) {
                             Some(200) => {
                                 ok.fetch_add(1, Ordering::Relaxed);
                                 let now = start.elapsed();

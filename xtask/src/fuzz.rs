@@ -2,8 +2,7 @@
 //! through the request parser, and a share of them through a live server over loopback, for a
 //! bounded time; any panic, or an answer other than 200 or 4xx, is a failure.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,31 +14,23 @@ use streamrec_graph::{ModelSpec, OpGraph, Plan};
 use streamrec_runtime::gen::{random_batch, Skew};
 use streamrec_runtime::request::InferRequest;
 use streamrec_runtime::{CpuBackend, Engine, EngineConfig, IndexVec, Weights};
+use streamrec_serve::client::Client;
 use streamrec_serve::fuzz::{mutate, random_bytes};
 use streamrec_serve::protocol::parse_infer;
 use streamrec_serve::{Model, ServeConfig, Server};
 
 /// One request on a fresh connection; the status code.
 fn post(addr: SocketAddr, body: &[u8], header: Option<usize>) -> Result<u16> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut head = format!(
-        "POST /v2/models/tiny/infer HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if let Some(n) = header {
-        head.push_str(&format!("Inference-Header-Content-Length: {n}\r\n"));
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes())?;
-    s.write_all(body)?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let line = String::from_utf8_lossy(&raw[..raw.len().min(16)]).to_string();
-    line.split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("no status line in {line:?}"))
+    let n = header.map(|n| n.to_string());
+    let headers: Vec<(&str, &str)> = n
+        .iter()
+        .map(|n| ("Inference-Header-Content-Length", n.as_str()))
+        .collect();
+    let r = Client::new(addr)
+        .timeout(Duration::from_secs(10))
+        .close_each()
+        .request("POST", "/v2/models/tiny/infer", &headers, body)?;
+    Ok(r.status)
 }
 
 /// Runs the task.

@@ -4,8 +4,7 @@
 //! (latency) and with several (throughput), in interleaved rounds with their spread.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -18,6 +17,7 @@ use streamrec_graph::{ModelSpec, OpGraph, Plan};
 use streamrec_runtime::gen::{random_batch, Skew};
 use streamrec_runtime::request::InferRequest;
 use streamrec_runtime::{CpuBackend, Engine, EngineConfig, Infer, Weights};
+use streamrec_serve::client::Client;
 use streamrec_serve::{Model, ServeConfig, Server};
 
 use crate::bench::spread;
@@ -62,57 +62,36 @@ fn parse(args: &[String]) -> Result<Opts> {
     Ok(o)
 }
 
-/// A keep-alive HTTP/1.1 client for one prepared request.
-struct Client {
-    conn: BufReader<TcpStream>,
-    head: Vec<u8>,
+/// One keep-alive connection posting one prepared JSON body.
+struct Caller {
+    client: Client,
+    path: String,
     body: Arc<Vec<u8>>,
-    buf: Vec<u8>,
 }
 
-impl Client {
-    fn new(addr: SocketAddr, path: &str, body: Arc<Vec<u8>>) -> Result<Self> {
-        let s = TcpStream::connect(addr)?;
-        s.set_nodelay(true)?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        )
-        .into_bytes();
-        Ok(Self {
-            conn: BufReader::new(s),
-            head,
+impl Caller {
+    fn new(addr: SocketAddr, path: &str, body: Arc<Vec<u8>>) -> Self {
+        Self {
+            client: Client::new(addr),
+            path: path.to_string(),
             body,
-            buf: Vec::new(),
-        })
+        }
     }
 
     fn call(&mut self) -> Result<()> {
-        let s = self.conn.get_mut();
-        s.write_all(&self.head)?;
-        s.write_all(&self.body)?;
-        let mut line = String::new();
-        self.conn.read_line(&mut line)?;
-        if !line.starts_with("HTTP/1.1 200") {
-            bail!("server answered {}", line.trim());
+        let r = self.client.request(
+            "POST",
+            &self.path,
+            &[("Content-Type", "application/json")],
+            &self.body,
+        )?;
+        if r.status != 200 {
+            bail!(
+                "server answered {}: {}",
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            );
         }
-        let mut len = 0usize;
-        loop {
-            line.clear();
-            self.conn.read_line(&mut line)?;
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = l.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    len = v.trim().parse()?;
-                }
-            }
-        }
-        self.buf.resize(len, 0);
-        self.conn.read_exact(&mut self.buf)?;
         Ok(())
     }
 }
@@ -248,7 +227,7 @@ pub fn run(args: &[String]) -> Result<()> {
                     }))
                 })?);
                 served.push(closed_loop(clients, o.secs, || {
-                    let mut c = Client::new(addr, &infer_path, Arc::clone(&body))?;
+                    let mut c = Caller::new(addr, &infer_path, Arc::clone(&body));
                     Ok(Box::new(move || c.call()))
                 })?);
             }

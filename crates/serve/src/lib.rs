@@ -76,6 +76,7 @@
 #![warn(missing_docs)]
 
 pub mod batcher;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod fuzz;
