@@ -472,13 +472,21 @@ layers = [24, 1]
 /// Observed max error 6.1e-7 (batch 0 sample 90, every plan): tolerance 1e-5 (16x).
 const DCN_TOL: f64 = 1e-5;
 
-/// 160 samples of the DCN model: 96 with INT64 inputs, 64 with INT32 inputs and an empty
-/// last bag.
+/// 192 samples of the DCN model: 96 with INT64 inputs, 64 with INT32 inputs and an empty
+/// last bag, 32 with INT32 inputs for the even features and INT64 for the odd ones.
 fn dcn_case() -> Case {
     let spec = parse(DCN);
+    let mut mixed = ragged_batch(&spec, 32, 3, false, false);
+    for s in mixed.sparse.iter_mut().step_by(2) {
+        let narrow = |v: &IndexVec| IndexVec::I32(v.to_i64().iter().map(|&x| x as i32).collect());
+        s.indices = narrow(&s.indices);
+        s.offsets = narrow(&s.offsets);
+    }
+    mixed.validate(&spec).expect("mixed batch is valid");
     let batches = vec![
         ragged_batch(&spec, 96, 1, false, false),
         ragged_batch(&spec, 64, 2, true, true),
+        mixed,
     ];
     Case::new("dcn", spec, batches, 11, DCN_TOL)
 }
@@ -493,7 +501,7 @@ fn dcn_multistream_plans_match_f64_reference() {
     let case = dcn_case();
     case.check_planned(Algorithm::StreamRec, 3, None);
     case.check_planned(Algorithm::Nimble, 3, None);
-    // Table-batched lookups, with the INT32 batch widened on the way.
+    // Table-batched lookups on INT64, INT32 and mixed batches (the mixed one widened).
     case.check_planned(Algorithm::CriticalPath, 3, Some(2));
 }
 

@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use streamrec_graph::{Act, OpGraph, OpId, OpKind, PoolingMode, Source, TensorRef};
 use streamrec_kernels::cpu;
-use streamrec_kernels::{Activation, MatMut, MatRef, Pooling, TableRef};
+use streamrec_kernels::cpu::Parallel;
+use streamrec_kernels::{Activation, Index, MatMut, MatRef, Pooling, TableRef};
 
 use crate::backend::cpu::BufInner;
-use crate::batch::{Batch, IndexVec};
+use crate::batch::{Batch, IndexVec, SparseInput};
 use crate::error::{Result, RuntimeError};
 use crate::weights::{Tensor, Weights};
 
@@ -150,28 +151,14 @@ pub(crate) fn run_op(call: &OpCall<'_>) -> std::result::Result<(), String> {
             let f = &graph.spec.features[*feature];
             let s = &b.sparse[*feature];
             let mode = pooling(f.mode);
-            match (&s.indices, &s.offsets) {
-                (IndexVec::I64(i), IndexVec::I64(o)) => cpu::embedding_bag_par(
-                    &t[0].data,
-                    f.rows,
-                    f.dim,
-                    i,
-                    &o[..batch],
-                    mode,
-                    out,
-                    par,
-                ),
-                (IndexVec::I32(i), IndexVec::I32(o)) => cpu::embedding_bag_par(
-                    &t[0].data,
-                    f.rows,
-                    f.dim,
-                    i,
-                    &o[..batch],
-                    mode,
-                    out,
-                    par,
-                ),
-                _ => return Err("indices and offsets must have the same integer type".into()),
+            macro_rules! bag {
+                ($i:expr, $o:expr) => {
+                    cpu::embedding_bag_par(&t[0].data, f.rows, f.dim, $i, $o, mode, out, par)
+                };
+            }
+            match bags(s, batch)? {
+                Bags::I64(i, o) => bag!(i, o),
+                Bags::I32(i, o) => bag!(i, o),
             }
         }
         (OpKind::TableBatchedEmbeddingBag { features }, OpWeights::Tables(t)) => {
@@ -189,28 +176,19 @@ pub(crate) fn run_op(call: &OpCall<'_>) -> std::result::Result<(), String> {
                     }
                 })
                 .collect();
-            let all64 = features
+            let all = features
                 .iter()
-                .all(|&f| matches!(b.sparse[f].indices, IndexVec::I64(_)));
-            if all64 {
-                let (i, o): (Vec<&[i64]>, Vec<&[i64]>) = features
-                    .iter()
-                    .map(|&f| match (&b.sparse[f].indices, &b.sparse[f].offsets) {
-                        (IndexVec::I64(i), IndexVec::I64(o)) => Ok((&i[..], &o[..batch])),
-                        _ => Err("indices and offsets must have the same integer type".to_string()),
-                    })
-                    .collect::<std::result::Result<Vec<_>, _>>()?
-                    .into_iter()
-                    .unzip();
-                cpu::table_batched_embedding_bag_par(&tables, &i, &o, out, par);
+                .map(|&f| bags(&b.sparse[f], batch))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            if let Some(v) = all.iter().map(Bags::as_i64).collect::<Option<Vec<_>>>() {
+                table_batched(&tables, v, out, par);
+            } else if let Some(v) = all.iter().map(Bags::as_i32).collect::<Option<Vec<_>>>() {
+                table_batched(&tables, v, out, par);
             } else {
-                let conv: Vec<(Vec<i64>, Vec<i64>)> = features
-                    .iter()
-                    .map(|&f| (b.sparse[f].indices.to_i64(), b.sparse[f].offsets.to_i64()))
-                    .collect();
-                let i: Vec<&[i64]> = conv.iter().map(|c| &c.0[..]).collect();
-                let o: Vec<&[i64]> = conv.iter().map(|c| &c.1[..batch]).collect();
-                cpu::table_batched_embedding_bag_par(&tables, &i, &o, out, par);
+                // Features of both integer types: all widened to i64.
+                let wide: Vec<(Vec<i64>, Vec<i64>)> = all.iter().map(|b| b.widened()).collect();
+                let v = wide.iter().map(|(i, o)| (&i[..], &o[..])).collect();
+                table_batched(&tables, v, out, par);
             }
         }
         (OpKind::Linear { act, .. }, OpWeights::Linear { .. }) => {
@@ -294,4 +272,58 @@ pub fn synthetic_value(id: OpId, dense: f32, inputs: impl Iterator<Item = f32>) 
         acc = acc * 0.5 + v;
     }
     acc
+}
+
+/// One feature's indices and its first `batch` offsets, of one integer type.
+#[derive(Clone, Copy)]
+enum Bags<'a> {
+    I32(&'a [i32], &'a [i32]),
+    I64(&'a [i64], &'a [i64]),
+}
+
+impl<'a> Bags<'a> {
+    fn as_i32(&self) -> Option<(&'a [i32], &'a [i32])> {
+        match *self {
+            Bags::I32(i, o) => Some((i, o)),
+            Bags::I64(..) => None,
+        }
+    }
+
+    fn as_i64(&self) -> Option<(&'a [i64], &'a [i64])> {
+        match *self {
+            Bags::I64(i, o) => Some((i, o)),
+            Bags::I32(..) => None,
+        }
+    }
+
+    fn widened(self) -> (Vec<i64>, Vec<i64>) {
+        match self {
+            Bags::I64(i, o) => (i.to_vec(), o.to_vec()),
+            Bags::I32(i, o) => (
+                i.iter().map(|&v| i64::from(v)).collect(),
+                o.iter().map(|&v| i64::from(v)).collect(),
+            ),
+        }
+    }
+}
+
+/// The bags of feature input `s` for a batch of `batch` samples; indices and offsets of
+/// different integer types are an error.
+fn bags(s: &SparseInput, batch: usize) -> std::result::Result<Bags<'_>, String> {
+    match (&s.indices, &s.offsets) {
+        (IndexVec::I64(i), IndexVec::I64(o)) => Ok(Bags::I64(i, &o[..batch])),
+        (IndexVec::I32(i), IndexVec::I32(o)) => Ok(Bags::I32(i, &o[..batch])),
+        _ => Err("indices and offsets must have the same integer type".into()),
+    }
+}
+
+/// The table-batched bag kernel on per-table (indices, offsets).
+fn table_batched<I: Index>(
+    tables: &[TableRef<'_>],
+    v: Vec<(&[I], &[I])>,
+    out: MatMut<'_>,
+    par: &dyn Parallel,
+) {
+    let (i, o): (Vec<_>, Vec<_>) = v.into_iter().unzip();
+    cpu::table_batched_embedding_bag_par(tables, &i, &o, out, par);
 }
