@@ -77,25 +77,36 @@ impl CpuBackend {
             sleep: Mutex::new(()),
             cv: Condvar::new(),
             shutdown: AtomicBool::new(false),
-            width: threads,
+            width: AtomicUsize::new(threads),
             next_stream: AtomicUsize::new(0),
             epoch_start: Instant::now(),
         });
-        let workers = (1..threads)
-            .filter_map(|i| {
-                let p = Arc::clone(&pool);
-                std::thread::Builder::new()
-                    .name(format!("streamrec-cpu-{i}"))
-                    .spawn(move || worker_main(&p))
-                    .ok()
-            })
-            .collect();
+        let mut workers = Vec::with_capacity(threads - 1);
+        for i in 1..threads {
+            let p = Arc::clone(&pool);
+            match std::thread::Builder::new()
+                .name(format!("streamrec-cpu-{i}"))
+                .spawn(move || worker_main(&p))
+            {
+                Ok(w) => workers.push(w),
+                Err(e) => {
+                    // Fewer threads than asked: the pool is as wide as what started.
+                    eprintln!(
+                        "streamrec: started {} of {} CPU threads ({e}); running on those",
+                        workers.len() + 1,
+                        threads
+                    );
+                    break;
+                }
+            }
+        }
+        pool.width.store(workers.len() + 1, Ordering::Release);
         Self { pool, workers }
     }
 
     /// The threads streams and kernels run on (the host thread included).
     pub fn threads(&self) -> usize {
-        self.pool.width
+        self.pool.width.load(Ordering::Acquire)
     }
 }
 
@@ -299,8 +310,8 @@ struct Pool {
     sleep: Mutex<()>,
     cv: Condvar,
     shutdown: AtomicBool,
-    /// Threads that run work: the workers and one synchronising host.
-    width: usize,
+    /// Threads that run work: the workers that started and one synchronising host.
+    width: AtomicUsize,
     /// Where the next scan of the streams starts (fairness between streams).
     next_stream: AtomicUsize,
     epoch_start: Instant,
@@ -438,7 +449,7 @@ impl Pool {
 
 impl Parallel for Pool {
     fn for_each(&self, n: usize, task: &(dyn Fn(usize) + Sync)) {
-        if n <= 1 || self.width <= 1 {
+        if n <= 1 || self.width() <= 1 {
             return (0..n).for_each(task);
         }
         // SAFETY (of the lifetime erasure): the job is removed from the list and every call
@@ -478,7 +489,7 @@ impl Parallel for Pool {
     }
 
     fn width(&self) -> usize {
-        self.width
+        self.width.load(Ordering::Relaxed)
     }
 }
 
