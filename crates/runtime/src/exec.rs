@@ -96,6 +96,8 @@ pub(crate) struct OpCall<'a> {
     pub(crate) weights: &'a OpWeights,
     /// The op's prepacked linear weights, when it is a linear layer.
     pub(crate) packed: Option<&'a cpu::PackedLinear>,
+    /// Per op: a concat whose consumers read its parts in place ([`in_place_concats`]).
+    pub(crate) in_place: &'a [bool],
     pub(crate) bufs: &'a BufInner,
     pub(crate) input: Option<&'a Batch>,
     pub(crate) batch: usize,
@@ -117,6 +119,7 @@ pub(crate) fn run_op(call: &OpCall<'_>) -> std::result::Result<(), String> {
         id,
         weights,
         packed,
+        in_place,
         bufs,
         input,
         batch,
@@ -192,18 +195,22 @@ pub(crate) fn run_op(call: &OpCall<'_>) -> std::result::Result<(), String> {
             }
         }
         (OpKind::Linear { act, .. }, OpWeights::Linear { .. }) => {
-            let x = view(&op.inputs[0])?;
+            // The input, or the parts of a concat that is read in place.
+            let parts = match op.inputs[0].src {
+                Source::Op(c) if in_place[c] => graph.op(c).inputs.iter().map(view).collect(),
+                _ => view(&op.inputs[0]).map(|x| vec![x]),
+            }?;
             let act = activation(*act);
             // The CPU backend packs every linear layer's weights at load.
             let p = packed.ok_or_else(|| "linear weights were not packed".to_string())?;
             // Split by output panels only: every element is summed in the same order.
             let big = graph.flops(id, batch) >= SPLIT_MIN_FLOPS
                 || p.weight_bytes() >= SPLIT_MIN_WEIGHT_BYTES;
-            if big {
-                cpu::linear_packed_par(x, p, act, out, par);
-            } else {
-                cpu::linear_packed(x, p, act, out);
-            }
+            let par: &dyn Parallel = if big { par } else { &cpu::Sequential };
+            cpu::linear_packed_cat_par(&parts, p, act, out, par);
+        }
+        (OpKind::Concat, _) if in_place[id] => {
+            // Its consumers read the parts where their producers wrote them.
         }
         (OpKind::Concat, _) => {
             let xs = op
@@ -274,6 +281,31 @@ pub fn synthetic_value(id: OpId, dense: f32, inputs: impl Iterator<Item = f32>) 
     acc
 }
 
+/// Per op: whether it is a concat whose copy can be skipped, because every consumer is a
+/// linear layer reading all of it (the kernel then reads the parts in place,
+/// [`cpu::linear_packed_cat_par`]). A concat that is the graph's output, or that anything else
+/// reads, is copied as usual.
+pub(crate) fn in_place_concats(graph: &OpGraph) -> Vec<bool> {
+    (0..graph.len())
+        .map(|c| {
+            let op = graph.op(c);
+            let whole = TensorRef {
+                src: Source::Op(c),
+                col: 0,
+                width: op.width,
+            };
+            let succs = graph.succs(c);
+            matches!(op.kind, OpKind::Concat)
+                && c != graph.output()
+                && !succs.is_empty()
+                && succs.iter().all(|&s| {
+                    let s = graph.op(s);
+                    matches!(s.kind, OpKind::Linear { .. }) && s.inputs == [whole]
+                })
+        })
+        .collect()
+}
+
 /// One feature's indices and its first `batch` offsets, of one integer type.
 #[derive(Clone, Copy)]
 enum Bags<'a> {
@@ -326,4 +358,46 @@ fn table_batched<I: Index>(
 ) {
     let (i, o): (Vec<_>, Vec<_>) = v.into_iter().unzip();
     cpu::table_batched_embedding_bag_par(tables, &i, &o, out, par);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use streamrec_graph::ModelSpec;
+
+    fn graph(interaction: &str) -> OpGraph {
+        let spec = ModelSpec::parse(
+            &format!(
+                r#"
+                dense = 4
+                [bottom]
+                layers = [8]
+                [sparse]
+                count = 2
+                rows = 10
+                dim = 8
+                [interaction]
+                {interaction}
+                [top]
+                layers = [8, 1]
+                "#
+            ),
+            "inline",
+            None,
+        )
+        .unwrap();
+        OpGraph::from_spec(&spec)
+    }
+
+    #[test]
+    fn only_a_concat_read_whole_by_linear_layers_is_read_in_place() {
+        let g = graph(r#"kind = "cat""#);
+        let cat = g.find("concat").expect("a concat op");
+        let flags = in_place_concats(&g);
+        assert!(flags[cat]);
+        assert_eq!(flags.iter().filter(|&&f| f).count(), 1);
+        // The cross layers of DCN read the concat too: it is copied.
+        let g = graph("kind = \"dcn\"\nlayers = 1\nrank = 2");
+        assert!(in_place_concats(&g).iter().all(|&f| !f));
+    }
 }

@@ -12,11 +12,17 @@
 //! # Determinism
 //!
 //! Every output element is computed the same way on every path (GEMV, skinny or large GEMM,
-//! any tile, tail, thread split, batch position and ISA): for each block of 128 consecutive `k`
-//! (`KB`), in order, one f32 accumulator starts at zero and takes a fused multiply-add for each
-//! `p` of the block in order; the block sums are added to a running total in order; then
-//! `+ bias`, then the activation. Work is split only by output rows and columns, never along
-//! `k`, so the result is bit-identical however it is split, and on every ISA path.
+//! any tile, tail, thread split, batch position and ISA): for each block of up to 128
+//! consecutive `k` (`KB`), in order, one f32 accumulator starts at zero and takes a fused
+//! multiply-add for each `p` of the block in order; the block sums are added to a running total
+//! in order; then `+ bias`, then the activation. Work is split only by output rows and columns,
+//! never along `k`, so the result is bit-identical however it is split, and on every ISA path.
+//!
+//! The input may be given as the column concatenation of several matrices
+//! ([`linear_packed_cat_par`]), which spares a concat its copy: the blocks then restart at each
+//! part's first column (a part of 300 columns is summed as 128 + 128 + 44), so the blocks of one
+//! input given whole and given in parts coincide when every part but the last is a multiple of
+//! 128 wide.
 
 use std::sync::OnceLock;
 
@@ -217,7 +223,27 @@ pub fn linear_packed_par(
     out: MatMut<'_>,
     par: &dyn Parallel,
 ) {
-    linear_packed_on(isa_for(x.rows), x, w, act, out, par);
+    linear_packed_on(isa_for(x.rows), &[x], w, act, out, par);
+}
+
+/// [`linear_packed_par`] on the column concatenation of `xs` (every part with the batch's
+/// rows, their widths adding up to `in_features`), read in place: no concatenated copy is made.
+/// Bit-identical to [`linear_packed_par`] on the concatenated input when every part but the
+/// last is a multiple of 128 columns wide (see the module docs for the blocks otherwise).
+///
+/// # Panics
+///
+/// Panics if `xs` is empty, the parts' rows differ from `out.rows`, their widths do not add up
+/// to `w.in_features()`, or `out.cols != w.out_features()`.
+pub fn linear_packed_cat_par(
+    xs: &[MatRef<'_>],
+    w: &PackedLinear,
+    act: Activation,
+    out: MatMut<'_>,
+    par: &dyn Parallel,
+) {
+    assert!(!xs.is_empty(), "linear_packed: no input");
+    linear_packed_on(isa_for(xs[0].rows), xs, w, act, out, par);
 }
 
 /// [`linear_packed_parallel`] on an explicit ISA path (for tests and benchmarks).
@@ -233,7 +259,7 @@ pub fn linear_packed_isa(
     out: MatMut<'_>,
     threads: usize,
 ) {
-    linear_packed_on(isa, x, w, act, out, &ScopedThreads(threads));
+    linear_packed_on(isa, &[x], w, act, out, &ScopedThreads(threads));
 }
 
 /// Tiles per thread of the runner: more than one, so that a worker that arrives late (or is
@@ -242,7 +268,7 @@ const TILES_PER_THREAD: usize = 2;
 
 fn linear_packed_on(
     isa: Isa,
-    x: MatRef<'_>,
+    xs: &[MatRef<'_>],
     w: &PackedLinear,
     act: Activation,
     out: MatMut<'_>,
@@ -252,23 +278,60 @@ fn linear_packed_on(
         isa.is_supported(),
         "linear_packed: {isa:?} is not supported here"
     );
-    let (m, n) = (x.rows, w.n);
-    assert_eq!(x.cols, w.k, "linear_packed: x cols must equal in_features");
+    let (m, n) = (out.rows, w.n);
+    let cols = xs.iter().try_fold(0usize, |acc, x| acc.checked_add(x.cols));
+    assert_eq!(
+        cols,
+        Some(w.k),
+        "linear_packed: x cols must equal in_features"
+    );
+    assert!(
+        xs.iter().all(|x| x.rows == m),
+        "linear_packed: out rows must equal x rows"
+    );
     assert_eq!(
         out.cols, n,
         "linear_packed: out cols must equal out_features"
     );
-    assert_eq!(out.rows, m, "linear_packed: out rows must equal x rows");
     if m == 0 || n == 0 {
         return;
     }
+    // The parts as blocks of columns (empty ones dropped; a 0-column input keeps one empty
+    // part, so the bias and activation are still written).
+    let mut parts = [Part::EMPTY; 4];
+    let mut many = Vec::new();
+    let mut k0 = 0;
+    let mut count = 0;
+    for x in xs.iter().filter(|x| x.cols > 0) {
+        let part = Part {
+            a: x.data.as_ptr(),
+            lda: x.ld,
+            k0,
+            k1: k0 + x.cols,
+        };
+        k0 = part.k1;
+        if xs.len() <= parts.len() {
+            parts[count] = part;
+        } else {
+            many.push(part);
+        }
+        count += 1;
+    }
+    let parts: &[Part] = if xs.len() <= parts.len() {
+        &parts[..count.max(1)]
+    } else if many.is_empty() {
+        &parts[..1]
+    } else {
+        &many
+    };
     let job = Job {
         isa,
         m,
         k: w.k,
         n,
-        a: x.data.as_ptr(),
-        lda: x.ld,
+        parts: parts.as_ptr(),
+        nparts: parts.len(),
+        row0: 0,
         b: w.panels.as_ptr().cast(),
         bias: w.bias.as_ptr().cast(),
         relu: act == Activation::Relu,
@@ -288,8 +351,8 @@ fn linear_packed_on(
             let (r0, r1) = (m * t / tiles, m * (t + 1) / tiles);
             let rows = Job {
                 m: r1 - r0,
-                // SAFETY: `r0 < m`, inside `x` and `out` (checked above).
-                a: unsafe { job.a.add(r0 * job.lda) },
+                row0: r0,
+                // SAFETY: `r0 < m`, inside `out` (checked above).
                 c: SendPtr(unsafe { job.c.0.add(r0 * job.ldc) }),
                 ..*job
             };
@@ -345,15 +408,37 @@ unsafe impl Send for SendPtr {}
 // SAFETY: as above.
 unsafe impl Sync for SendPtr {}
 
+/// One part of the input: columns `[k0, k1)` of `x`, at `a` with rows `lda` apart.
+#[derive(Clone, Copy)]
+struct Part {
+    a: *const f32,
+    lda: usize,
+    k0: usize,
+    k1: usize,
+}
+
+impl Part {
+    const EMPTY: Part = Part {
+        a: std::ptr::null(),
+        lda: 0,
+        k0: 0,
+        k1: 0,
+    };
+}
+
 /// One call's operands as raw pointers.
 #[derive(Clone, Copy)]
 struct Job {
     isa: Isa,
+    /// Rows of this job (from row `row0` of the input).
     m: usize,
     k: usize,
     n: usize,
-    a: *const f32,
-    lda: usize,
+    /// The input's parts, in column order (at least one).
+    parts: *const Part,
+    nparts: usize,
+    /// The job's first row in the input (a row tile of a split call).
+    row0: usize,
     b: *const f32,
     bias: *const f32,
     relu: bool,
@@ -413,6 +498,14 @@ trait Simd {
     unsafe fn relu(a: Self::V) -> Self::V;
     /// A hint to fetch the cache line at `p` (any address: it is never dereferenced).
     unsafe fn prefetch(p: *const f32);
+
+    /// [`tile_dispatch`] compiled for this ISA as a function of its own: the micro-kernel's
+    /// registers are then allocated for it alone, not for the loop nest around it.
+    ///
+    /// # Safety
+    ///
+    /// As [`tile_dispatch`].
+    unsafe fn tile(t: &Tile, rows: usize, nv: usize, c: *mut f32, ldc: usize, cols: usize);
 }
 
 /// How far ahead of the panel row in use the kernels prefetch (floats: 16 rows of a panel).
@@ -433,7 +526,7 @@ const MC: usize = 128;
 /// As [`Job::run`], and `S` must be supported by the machine.
 #[inline(always)]
 unsafe fn driver<S: Simd>(job: &Job, p0: usize, p1: usize) {
-    let (m, k) = (job.m, job.k);
+    let m = job.m;
     let vpp = PANEL / S::W;
     // Tile width in vectors: wider for one- and two-row calls.
     let nv = match m {
@@ -449,13 +542,9 @@ unsafe fn driver<S: Simd>(job: &Job, p0: usize, p1: usize) {
         let mut jp = p0;
         while jp < p1 {
             let np = group.min(p1 - jp);
-            let mut k0 = 0;
-            loop {
-                tile_at::<S>(job, 0, m, jp, np, k0, true);
-                k0 += KB;
-                if k0 >= k {
-                    break;
-                }
+            let mut at = (0, 0);
+            while let Some(blk) = next_block(job, &mut at) {
+                tile_at::<S>(job, 0, m, jp, np, &blk, true);
             }
             jp += np;
         }
@@ -464,8 +553,8 @@ unsafe fn driver<S: Simd>(job: &Job, p0: usize, p1: usize) {
     let mut ic = 0;
     while ic < m {
         let mc = MC.min(m - ic);
-        let mut k0 = 0;
-        loop {
+        let mut at = (0, 0);
+        while let Some(blk) = next_block(job, &mut at) {
             let mut jp = p0;
             while jp < p1 {
                 let np = group.min(p1 - jp);
@@ -473,22 +562,65 @@ unsafe fn driver<S: Simd>(job: &Job, p0: usize, p1: usize) {
                 while ir < mc {
                     let rows = mr.min(mc - ir);
                     // The first row tile streams the panels in; the others find them cached.
-                    tile_at::<S>(job, ic + ir, rows, jp, np, k0, ir == 0);
+                    tile_at::<S>(job, ic + ir, rows, jp, np, &blk, ir == 0);
                     ir += rows;
                 }
                 jp += np;
-            }
-            k0 += KB;
-            if k0 >= k {
-                break;
             }
         }
         ic += mc;
     }
 }
 
-/// One tile of [`driver`]: `rows` rows from `i0`, panels `[jp, jp + np)`, the `k` block from
-/// `k0`.
+/// One `k` block of a job: columns `[k0, k0 + kc)` of the input, inside one part, whose first
+/// row (of the job) is at `a`, rows `lda` apart.
+#[derive(Clone, Copy)]
+struct Block {
+    k0: usize,
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+}
+
+/// The job's next `k` block after the cursor `at` (part, first column), which it advances:
+/// blocks of up to `KB` columns, restarting at each part (an empty part, the only one of a
+/// 0-column input, gives one empty block). Start the cursor at `(0, 0)`.
+///
+/// # Safety
+///
+/// `job.parts` must point to `job.nparts` parts.
+#[inline(always)]
+unsafe fn next_block(job: &Job, at: &mut (usize, usize)) -> Option<Block> {
+    let (part, k0) = *at;
+    if part >= job.nparts {
+        return None;
+    }
+    // SAFETY: the caller's contract; `part < nparts`.
+    let p = unsafe { &*job.parts.add(part) };
+    let kc = KB.min(p.k1 - k0);
+    *at = if k0 + kc >= p.k1 {
+        let next = part + 1;
+        // SAFETY: as above, `next < nparts` is checked first.
+        (
+            next,
+            if next < job.nparts {
+                unsafe { (*job.parts.add(next)).k0 }
+            } else {
+                0
+            },
+        )
+    } else {
+        (part, k0 + kc)
+    };
+    Some(Block {
+        k0,
+        kc,
+        a: p.a.wrapping_add(job.row0 * p.lda + (k0 - p.k0)),
+        lda: p.lda,
+    })
+}
+
+/// One tile of [`driver`]: `rows` rows from `i0`, panels `[jp, jp + np)`, the `k` block `blk`.
 ///
 /// # Safety
 ///
@@ -500,16 +632,16 @@ unsafe fn tile_at<S: Simd>(
     rows: usize,
     jp: usize,
     np: usize,
-    k0: usize,
+    blk: &Block,
     prefetch: bool,
 ) {
     let k = job.k;
-    let kc = KB.min(k - k0);
+    let (k0, kc) = (blk.k0, blk.kc);
     let last = k0 + kc == k;
     let t = Tile {
         kc,
-        a: job.a.add(i0 * job.lda + k0),
-        lda: job.lda,
+        a: blk.a.wrapping_add(i0 * blk.lda),
+        lda: blk.lda,
         b: job.b.add((jp * k + k0) * PANEL),
         pstride: k * PANEL,
         bias: if last {
@@ -525,7 +657,7 @@ unsafe fn tile_at<S: Simd>(
     let c = job.c.0.add(i0 * job.ldc + jp * PANEL);
     // SAFETY: the caller's contract; `rows`, `np` and `cols` stay inside the batch, the panel
     // range and the output width.
-    unsafe { tile_dispatch::<S>(&t, rows, np * (PANEL / S::W), c, job.ldc, cols) };
+    unsafe { S::tile(&t, rows, np * (PANEL / S::W), c, job.ldc, cols) };
 }
 
 /// One tile's inputs: `kc` steps of `rows` rows of `x` against `np` panels.
@@ -739,6 +871,11 @@ impl Simd for Portable {
     }
     #[inline(always)]
     unsafe fn prefetch(_p: *const f32) {}
+    #[inline(never)]
+    unsafe fn tile(t: &Tile, rows: usize, nv: usize, c: *mut f32, ldc: usize, cols: usize) {
+        // SAFETY: the caller's contract.
+        unsafe { tile_dispatch::<Self>(t, rows, nv, c, ldc, cols) }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -748,7 +885,7 @@ mod x86 {
 
     use std::arch::x86_64::*;
 
-    use super::{driver, Job, Simd};
+    use super::{driver, tile_dispatch, Job, Simd, Tile};
 
     pub(super) struct Avx512;
 
@@ -792,6 +929,10 @@ mod x86 {
         #[inline(always)]
         unsafe fn prefetch(p: *const f32) {
             _mm_prefetch::<_MM_HINT_T0>(p.cast());
+        }
+        unsafe fn tile(t: &Tile, rows: usize, nv: usize, c: *mut f32, ldc: usize, cols: usize) {
+            // SAFETY: the caller's contract; Self is only used on machines with these features.
+            unsafe { tile_avx512(t, rows, nv, c, ldc, cols) }
         }
     }
 
@@ -838,6 +979,10 @@ mod x86 {
         unsafe fn prefetch(p: *const f32) {
             _mm_prefetch::<_MM_HINT_T0>(p.cast());
         }
+        unsafe fn tile(t: &Tile, rows: usize, nv: usize, c: *mut f32, ldc: usize, cols: usize) {
+            // SAFETY: the caller's contract; Self is only used on machines with these features.
+            unsafe { tile_avx2(t, rows, nv, c, ldc, cols) }
+        }
     }
 
     /// # Safety
@@ -856,6 +1001,26 @@ mod x86 {
     pub(super) unsafe fn run_avx2(job: &Job, p0: usize, p1: usize) {
         // SAFETY: the caller's contract.
         unsafe { driver::<Avx2>(job, p0, p1) }
+    }
+
+    /// # Safety
+    ///
+    /// As `tile_dispatch`, on a machine with AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    #[inline(never)]
+    unsafe fn tile_avx512(t: &Tile, rows: usize, nv: usize, c: *mut f32, ldc: usize, cols: usize) {
+        // SAFETY: the caller's contract.
+        unsafe { tile_dispatch::<Avx512>(t, rows, nv, c, ldc, cols) }
+    }
+
+    /// # Safety
+    ///
+    /// As `tile_dispatch`, on a machine with AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline(never)]
+    unsafe fn tile_avx2(t: &Tile, rows: usize, nv: usize, c: *mut f32, ldc: usize, cols: usize) {
+        // SAFETY: the caller's contract.
+        unsafe { tile_dispatch::<Avx2>(t, rows, nv, c, ldc, cols) }
     }
 }
 
@@ -1020,6 +1185,73 @@ mod tests {
                 );
                 assert_eq!(bits(&out), bits(&alone[..m * n]), "{isa:?} batch {m}");
             }
+        }
+    }
+
+    /// `xs` given in parts of these widths (each in its own buffer, rows `width + 3` apart),
+    /// on every ISA and thread count: the f64 reference on the whole input, bit-identical
+    /// across paths, and (when `same_blocks`) bit-identical to the whole input given at once.
+    fn check_parts(m: usize, widths: &[usize], n: usize, same_blocks: bool) {
+        let k: usize = widths.iter().sum();
+        let seed = (m * 7919 + k * 31 + n) as u64;
+        let x = fill(m * k, seed);
+        let w = fill(n * k, seed + 1);
+        let b = fill(n, seed + 2);
+        let packed = PackedLinear::new(&w, n, k, Some(&b));
+        let want = reference(&x, k, &w, Some(&b), Activation::Relu, (m, k, n));
+        let mut bufs = Vec::new();
+        let mut c0 = 0;
+        for &wd in widths {
+            let ld = wd + 3;
+            let mut buf = vec![f32::NAN; m * ld];
+            for r in 0..m {
+                buf[r * ld..r * ld + wd].copy_from_slice(&x[r * k + c0..r * k + c0 + wd]);
+            }
+            bufs.push((buf, wd, ld));
+            c0 += wd;
+        }
+        let parts: Vec<MatRef<'_>> = bufs
+            .iter()
+            .map(|(buf, wd, ld)| MatRef::new(buf, m, *wd, *ld))
+            .collect();
+        let mut first: Option<Vec<u32>> = None;
+        for isa in Isa::supported() {
+            for threads in [1, 2, 3] {
+                let mut out = vec![0.0f32; m * n];
+                let par = ScopedThreads(threads);
+                let o = MatMut::contiguous(&mut out, m, n);
+                linear_packed_on(isa, &parts, &packed, Activation::Relu, o, &par);
+                for (i, (&v, &(r, mag))) in out.iter().zip(&want).enumerate() {
+                    assert!(
+                        (f64::from(v) - r).abs() <= 1e-6 * (1.0 + mag),
+                        "{isa:?} m={m} {widths:?} t={threads}: element {i} = {v}, want {r}"
+                    );
+                }
+                if same_blocks {
+                    let mut whole = vec![0.0f32; m * n];
+                    let o = MatMut::contiguous(&mut whole, m, n);
+                    let xm = MatRef::contiguous(&x, m, k);
+                    linear_packed_on(isa, &[xm], &packed, Activation::Relu, o, &par);
+                    assert_eq!(bits(&out), bits(&whole), "{isa:?} m={m} {widths:?}");
+                }
+                match &first {
+                    None => first = Some(bits(&out)),
+                    Some(f) => assert!(*f == bits(&out), "{isa:?} m={m} {widths:?} t={threads}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_input_in_parts_is_read_in_place() {
+        for m in [1, 2, 7, 70, 130] {
+            // Parts 128 wide but the last: the same blocks as the whole input.
+            check_parts(m, &[128, 128, 44], 37, true);
+            check_parts(m, &[128, 300], 17, true);
+            // Ragged and empty parts, more than fit the call's inline list.
+            check_parts(m, &[5, 0, 300, 1, 77, 9], 33, false);
+            // No columns at all: the bias through the activation.
+            check_parts(m, &[0, 0], 20, true);
         }
     }
 

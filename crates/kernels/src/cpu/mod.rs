@@ -18,8 +18,8 @@ pub use embedding::{
     embedding_bag, embedding_bag_par, table_batched_embedding_bag, table_batched_embedding_bag_par,
 };
 pub use gemm::{
-    linear_packed, linear_packed_isa, linear_packed_par, linear_packed_parallel, Isa, PackedLinear,
-    PANEL,
+    linear_packed, linear_packed_cat_par, linear_packed_isa, linear_packed_par,
+    linear_packed_parallel, Isa, PackedLinear, PANEL,
 };
 pub use interaction::{dcn_cross, dot_interaction};
 pub use par::{Parallel, ScopedThreads, Sequential};

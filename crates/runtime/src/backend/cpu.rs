@@ -172,6 +172,9 @@ pub struct CpuWeights {
     pub(crate) by_op: Vec<OpWeights>,
     /// Each linear layer's weight and bias, packed once into the panels the kernels stream.
     pub(crate) packed: Vec<Option<PackedLinear>>,
+    /// Concat ops that copy nothing: every consumer is a linear layer that reads the parts in
+    /// place (see [`exec::in_place_concats`]).
+    pub(crate) in_place: Vec<bool>,
 }
 
 /// An event: a generation counter published by streams.
@@ -615,6 +618,7 @@ fn run_op(pool: &Pool, s: &StreamShared, j: &Job, op: OpId, batch: usize) -> Opt
             id: op,
             weights: &weights.by_op[op],
             packed: weights.packed[op].as_ref(),
+            in_place: &weights.in_place,
             bufs,
             input: input.as_deref(),
             batch,
@@ -677,7 +681,11 @@ impl Backend for CpuBackend {
                 _ => None,
             })
             .collect();
-        Ok(CpuWeights { by_op, packed })
+        Ok(CpuWeights {
+            by_op,
+            packed,
+            in_place: exec::in_place_concats(graph),
+        })
     }
 
     fn new_stream(&self) -> Result<CpuStream> {
