@@ -342,9 +342,14 @@ fn linear_packed_on(
     let width = par.width();
     // A large batch splits by rows: every tile keeps whole-width register tiles and its rows
     // of `x` in cache, and reads the weights from the cache the other tiles share (measured
-    // faster than a panel split at batch 128 and 1024 on streamrec-26). A small batch, bound by
-    // streaming the weights, splits by panels, so the weights are streamed once in all.
-    if width > 1 && m >= ROW_SPLIT_MIN {
+    // faster than a panel split at batch 1024 on streamrec-26). A small batch, bound by
+    // streaming the weights, splits by panels, so the weights are streamed once in all; so does
+    // a mid-sized batch against weights too large to share from cache (streamrec-26 at batch
+    // 128 on 2 threads: the 14 MB `top.0` 4.89 -> 4.35 ms, the 4 MB `top.1` 1.47 -> 1.40 ms,
+    // while the smaller layers stay faster split by rows).
+    let by_rows =
+        m >= ROW_SPLIT_MIN && (m >= ROW_SPLIT_ALWAYS || w.weight_bytes() < PANEL_SPLIT_MIN_BYTES);
+    if width > 1 && by_rows {
         let tiles = (width * TILES_PER_THREAD).min(m / 8);
         let job = &job;
         par.for_each(tiles, &|t| {
@@ -377,8 +382,12 @@ fn linear_packed_on(
     }
 }
 
-/// Batches of at least this many rows split by rows.
+/// Batches of at least this many rows split by rows ...
 const ROW_SPLIT_MIN: usize = 64;
+/// ... unless the weights take at least this many bytes and the batch is under
+/// `ROW_SPLIT_ALWAYS` rows.
+const PANEL_SPLIT_MIN_BYTES: usize = 4 << 20;
+const ROW_SPLIT_ALWAYS: usize = 256;
 
 /// Runs `job` over `np` panels in `tiles` contiguous, balanced panel ranges.
 fn run_panel_tiles(job: &Job, np: usize, tiles: usize, par: &dyn Parallel) {
@@ -1252,6 +1261,32 @@ mod tests {
             check_parts(m, &[5, 0, 300, 1, 77, 9], 33, false);
             // No columns at all: the bias through the activation.
             check_parts(m, &[0, 0], 20, true);
+        }
+    }
+
+    #[test]
+    fn large_weights_give_the_same_bits_split_by_panels_or_rows() {
+        // Over 4 MiB of weights: 70 rows split by panels, 256 by rows.
+        let (k, n) = (1024, 1040);
+        let w = fill(n * k, 21);
+        let b = fill(n, 22);
+        let packed = PackedLinear::new(&w, n, k, Some(&b));
+        assert!(packed.weight_bytes() >= PANEL_SPLIT_MIN_BYTES);
+        let x = fill(256 * k, 23);
+        for isa in Isa::supported() {
+            for m in [70, 256] {
+                let run = |threads| {
+                    let mut out = vec![0.0f32; m * n];
+                    let o = MatMut::contiguous(&mut out, m, n);
+                    let xm = MatRef::contiguous(&x[..m * k], m, k);
+                    linear_packed_isa(isa, xm, &packed, Activation::Relu, o, threads);
+                    bits(&out)
+                };
+                let one = run(1);
+                for threads in [2, 3] {
+                    assert!(one == run(threads), "{isa:?} m={m} t={threads}");
+                }
+            }
         }
     }
 
