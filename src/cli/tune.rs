@@ -22,8 +22,10 @@ use streamrec_runtime::{measure, Batch, EngineConfig, MeasureConfig, Weights};
 use super::run::{build, plan_for, Built, Target};
 use super::PlanOpts;
 
-/// Version of the cache file format (and of the selection rule).
-const CACHE_VERSION: u32 = 2;
+/// Version of the cache file format, of the selection rule and of the CPU kernels whose
+/// timings decided a choice (3: in-place concat, per-row prefetch, panel split for large
+/// weights), so that a choice measured on older kernels is measured again.
+const CACHE_VERSION: u32 = 3;
 /// Timing rounds per candidate and batch size.
 const ROUNDS: usize = 3;
 /// Most time one round of one candidate at one batch size may take.
