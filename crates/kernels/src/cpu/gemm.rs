@@ -297,33 +297,27 @@ fn linear_packed_on(
         return;
     }
     // The parts as blocks of columns (empty ones dropped; a 0-column input keeps one empty
-    // part, so the bias and activation are still written).
-    let mut parts = [Part::EMPTY; 4];
-    let mut many = Vec::new();
-    let mut k0 = 0;
-    let mut count = 0;
+    // part, so the bias and activation are still written), on the stack for up to four.
+    let mut inline = [Part::EMPTY; 4];
+    let mut heap = Vec::new();
+    let store: &mut [Part] = if xs.len() <= inline.len() {
+        &mut inline
+    } else {
+        heap.resize(xs.len(), Part::EMPTY);
+        &mut heap
+    };
+    let (mut count, mut k0) = (0, 0);
     for x in xs.iter().filter(|x| x.cols > 0) {
-        let part = Part {
+        store[count] = Part {
             a: x.data.as_ptr(),
             lda: x.ld,
             k0,
             k1: k0 + x.cols,
         };
-        k0 = part.k1;
-        if xs.len() <= parts.len() {
-            parts[count] = part;
-        } else {
-            many.push(part);
-        }
+        k0 += x.cols;
         count += 1;
     }
-    let parts: &[Part] = if xs.len() <= parts.len() {
-        &parts[..count.max(1)]
-    } else if many.is_empty() {
-        &parts[..1]
-    } else {
-        &many
-    };
+    let parts = &store[..count.max(1)];
     let job = Job {
         isa,
         m,
