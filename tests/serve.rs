@@ -789,13 +789,8 @@ fn a_fatal_engine_error_turns_readiness_false() {
 /// POSTs on a keep-alive connection (opened again after an error or `Connection: close`);
 /// the status, or None when the connection failed.
 fn post_keep_alive(client: &mut Client, body: &[u8], header: Option<usize>) -> Option<u16> {
-    let n = header.map(|n| n.to_string());
-    let headers: Vec<(&str, &str)> = n
-        .iter()
-        .map(|n| ("Inference-Header-Content-Length", n.as_str()))
-        .collect();
     client
-        .request("POST", INFER, &headers, body)
+        .post_infer(INFER, body, header)
         .ok()
         .map(|r| r.status)
 }

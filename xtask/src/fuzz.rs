@@ -21,15 +21,10 @@ use streamrec_serve::{Model, ServeConfig, Server};
 
 /// One request on a fresh connection; the status code.
 fn post(addr: SocketAddr, body: &[u8], header: Option<usize>) -> Result<u16> {
-    let n = header.map(|n| n.to_string());
-    let headers: Vec<(&str, &str)> = n
-        .iter()
-        .map(|n| ("Inference-Header-Content-Length", n.as_str()))
-        .collect();
     let r = Client::new(addr)
         .timeout(Duration::from_secs(10))
         .close_each()
-        .request("POST", "/v2/models/tiny/infer", &headers, body)?;
+        .post_infer("/v2/models/tiny/infer", body, header)?;
     Ok(r.status)
 }
 

@@ -79,6 +79,23 @@ impl Client {
         self.request("POST", path, &[], body)
     }
 
+    /// `POST path` with an inference body; `header_len`, when given, is sent as
+    /// `Inference-Header-Content-Length` (the body's first bytes are then the JSON header of
+    /// Triton's binary tensor data extension, [`crate::protocol::HEADER_LENGTH`]).
+    pub fn post_infer(
+        &mut self,
+        path: &str,
+        body: &[u8],
+        header_len: Option<usize>,
+    ) -> io::Result<Response> {
+        let n = header_len.map(|n| n.to_string());
+        let headers: Vec<(&str, &str)> = n
+            .iter()
+            .map(|n| (crate::protocol::HEADER_LENGTH, n.as_str()))
+            .collect();
+        self.request("POST", path, &headers, body)
+    }
+
     /// Sends one request and reads its response. `Host`, `Connection` and (unless `headers`
     /// give one) `Content-Length` are added. After an error, or when either side asked to
     /// close, the next request opens a new connection.
@@ -249,7 +266,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{\"a\":1}",
         ]);
         let mut c = Client::new(addr);
-        let r = c.post("/p", b"xyz").unwrap();
+        let r = c.post_infer("/p", b"xyz", Some(2)).unwrap();
         assert_eq!(r.status, 503);
         assert_eq!(r.header("retry-after"), Some("1"));
         assert_eq!(r.body, b"busy!");
@@ -265,7 +282,12 @@ mod tests {
         assert_eq!((r.status, r.body.as_slice()), (200, &b"{\"a\":1}"[..]));
         let seen = String::from_utf8(h.join().unwrap()).unwrap();
         assert!(seen.starts_with("POST /p HTTP/1.1\r\n"), "{seen}");
-        assert!(seen.contains("Content-Length: 3\r\n\r\nxyz"), "{seen}");
+        assert!(
+            seen.contains("inference-header-content-length: 2\r\n"),
+            "{seen}"
+        );
+        assert!(seen.contains("Content-Length: 3\r\n"), "{seen}");
+        assert!(seen.contains("\r\n\r\nxyz"), "{seen}");
         // A caller's Content-Length is sent as given, not a second time.
         assert_eq!(seen.matches("Content-Length").count(), 2, "{seen}");
         assert!(seen.contains("GET /q HTTP/1.1\r\n") && seen.contains("X-Test: 1\r\n"));
