@@ -11,6 +11,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use streamrec_graph::{ModelSpec, OpGraph, Plan};
+use streamrec_runtime::stats::median;
 use streamrec_runtime::{Batch, CpuBackend, Engine, EngineConfig, Weights};
 
 /// Largest absolute difference allowed between an ORT score and the engine's.
@@ -360,14 +361,8 @@ impl OrtServer {
             .rounds
             .iter()
             .map(|(&batch, per)| {
-                let settings: BTreeMap<String, f64> = per
-                    .iter()
-                    .map(|(k, v)| {
-                        let mut v = v.clone();
-                        v.sort_by(f64::total_cmp);
-                        (k.clone(), v[v.len() / 2])
-                    })
-                    .collect();
+                let settings: BTreeMap<String, f64> =
+                    per.iter().map(|(k, v)| (k.clone(), median(v))).collect();
                 let (best, p50_us) = settings
                     .iter()
                     .min_by(|a, b| a.1.total_cmp(b.1))
