@@ -575,7 +575,7 @@ unsafe fn driver<S: Simd>(job: &Job, p0: usize, p1: usize) {
         while jp < p1 {
             let np = group.min(p1 - jp);
             for blk in blocks.iter() {
-                tile_at::<S>(job, 0, m, jp, np, &blk, true);
+                tile_at::<S>(job, 0, m, jp, np, &blk);
             }
             jp += np;
         }
@@ -591,8 +591,7 @@ unsafe fn driver<S: Simd>(job: &Job, p0: usize, p1: usize) {
                 let mut ir = 0;
                 while ir < mc {
                     let rows = mr.min(mc - ir);
-                    // The first row tile streams the panels in; the others find them cached.
-                    tile_at::<S>(job, ic + ir, rows, jp, np, &blk, ir == 0);
+                    tile_at::<S>(job, ic + ir, rows, jp, np, &blk);
                     ir += rows;
                 }
                 jp += np;
@@ -675,15 +674,7 @@ impl Blocks {
 ///
 /// As [`driver`], with the tile inside the batch, the caller's panel range and `k`.
 #[inline(always)]
-unsafe fn tile_at<S: Simd>(
-    job: &Job,
-    i0: usize,
-    rows: usize,
-    jp: usize,
-    np: usize,
-    blk: &Block,
-    prefetch: bool,
-) {
+unsafe fn tile_at<S: Simd>(job: &Job, i0: usize, rows: usize, jp: usize, np: usize, blk: &Block) {
     let k = job.k;
     let (k0, kc) = (blk.k0, blk.kc);
     let last = k0 + kc == k;
@@ -700,7 +691,6 @@ unsafe fn tile_at<S: Simd>(
         },
         relu: last && job.relu,
         first: k0 == 0,
-        prefetch,
     };
     let cols = (np * PANEL).min(job.n - jp * PANEL);
     let c = job.c.0.add(i0 * job.ldc + jp * PANEL);
@@ -723,8 +713,6 @@ struct Tile {
     /// The bias of the tile's first column, on the last k block.
     bias: Option<*const f32>,
     relu: bool,
-    /// Prefetch the panels ahead (the tile is the first to read them from memory).
-    prefetch: bool,
     /// The first k block: start from zero instead of the partial sums in the output.
     first: bool,
 }
@@ -845,11 +833,11 @@ unsafe fn kernel<S: Simd, const R: usize, const NV: usize>(t: &Tile, c: *mut f32
         let lda = seg.lda;
         let mut a = seg.a.wrapping_add(t.i0 * lda);
         for _ in 0..seg.kc {
-            // The panels are streamed from memory the first time a row tile reads them.
-            if t.prefetch {
-                for &o in off.iter().step_by(vpp) {
-                    S::prefetch(b.wrapping_add(o + PREFETCH));
-                }
+            // Every row tile fetches the panel rows ahead: the first of a row block streams them
+            // from memory, the others from L2 (a block of a group, 256 KiB, outgrows L1);
+            // measured 1.5-2.5% faster on `top.0` than the first tile alone.
+            for &o in off.iter().step_by(vpp) {
+                S::prefetch(b.wrapping_add(o + PREFETCH));
             }
             let mut bv = [S::zero(); NV];
             for v in 0..NV {
