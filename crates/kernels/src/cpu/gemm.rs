@@ -206,11 +206,7 @@ pub fn linear_packed(x: MatRef<'_>, w: &PackedLinear, act: Activation, out: MatM
 /// kept the batch-1 GEMV of the grouped layout as fast as the separate panels before it.
 fn isa_for(rows: usize) -> Isa {
     match Isa::detect() {
-        Isa::Avx512
-            if rows == 1 && Isa::Avx2.is_supported() && std::env::var_os("SR_512").is_none() =>
-        {
-            Isa::Avx2
-        }
+        Isa::Avx512 if rows == 1 && Isa::Avx2.is_supported() => Isa::Avx2,
         isa => isa,
     }
 }
@@ -317,35 +313,13 @@ fn linear_packed_on(
     if m == 0 || n == 0 {
         return;
     }
-    // The parts as blocks of columns (empty ones dropped; a 0-column input keeps one empty
-    // part, so the bias and activation are still written), on the stack for up to four.
-    let mut inline = [Part::EMPTY; 4];
-    let mut heap = Vec::new();
-    let store: &mut [Part] = if xs.len() <= inline.len() {
-        &mut inline
-    } else {
-        heap.resize(xs.len(), Part::EMPTY);
-        &mut heap
-    };
-    let (mut count, mut k0) = (0, 0);
-    for x in xs.iter().filter(|x| x.cols > 0) {
-        store[count] = Part {
-            a: x.data.as_ptr(),
-            lda: x.ld,
-            k0,
-            k1: k0 + x.cols,
-        };
-        k0 += x.cols;
-        count += 1;
-    }
-    let parts = &store[..count.max(1)];
+    let blocks = Blocks::new(xs, w.k);
     let job = Job {
         isa,
         m,
         k: w.k,
         n,
-        parts: parts.as_ptr(),
-        nparts: parts.len(),
+        blocks: &blocks,
         row0: 0,
         b: w.panels.as_ptr().cast(),
         bias: w.bias.as_ptr().cast(),
@@ -432,24 +406,6 @@ unsafe impl Send for SendPtr {}
 // SAFETY: as above.
 unsafe impl Sync for SendPtr {}
 
-/// One part of the input: columns `[k0, k1)` of `x`, at `a` with rows `lda` apart.
-#[derive(Clone, Copy)]
-struct Part {
-    a: *const f32,
-    lda: usize,
-    k0: usize,
-    k1: usize,
-}
-
-impl Part {
-    const EMPTY: Part = Part {
-        a: std::ptr::null(),
-        lda: 0,
-        k0: 0,
-        k1: 0,
-    };
-}
-
 /// One call's operands as raw pointers.
 #[derive(Clone, Copy)]
 struct Job {
@@ -458,9 +414,8 @@ struct Job {
     m: usize,
     k: usize,
     n: usize,
-    /// The input's parts, in column order (at least one).
-    parts: *const Part,
-    nparts: usize,
+    /// The input's `k` blocks.
+    blocks: *const Blocks,
     /// The job's first row in the input (a row tile of a split call).
     row0: usize,
     b: *const f32,
@@ -478,8 +433,9 @@ impl Job {
     ///
     /// # Safety
     ///
-    /// The operands must be as `linear_packed_isa` checked them, the ISA supported, and no
-    /// other thread may touch the output columns of these panels.
+    /// The operands must be as `linear_packed_isa` checked them (the blocks alive for the
+    /// call), the ISA supported, and no other thread may touch the output columns of these
+    /// panels.
     unsafe fn run(&self, p0: usize, p1: usize) {
         if p0 >= p1 {
             return;
@@ -567,7 +523,8 @@ unsafe fn driver<S: Simd>(job: &Job, p0: usize, p1: usize) {
     };
     let mr = if m <= 2 { m } else { S::MR };
     let group = nv / vpp;
-    let blocks = Blocks::new(job);
+    // SAFETY: the caller's contract: the blocks outlive the job.
+    let blocks = unsafe { &*job.blocks };
     if m <= mr {
         // One row block (GEMV and the smallest batches): nothing reuses a panel, so each panel
         // group is streamed front to back.
@@ -601,7 +558,7 @@ unsafe fn driver<S: Simd>(job: &Job, p0: usize, p1: usize) {
     }
 }
 
-/// A piece of a `k` block inside one part of the input: `kc` columns from `a` (at the job's
+/// A piece of a `k` block inside one part of the input: `kc` columns from `a` (at the input's
 /// first row), rows `lda` apart.
 #[derive(Clone, Copy)]
 struct Seg {
@@ -627,33 +584,32 @@ struct Blocks {
 }
 
 impl Blocks {
-    /// # Safety
-    ///
-    /// `job.parts` must point to `job.nparts` parts covering `[0, job.k)` in order.
-    unsafe fn new(job: &Job) -> Blocks {
-        // SAFETY: the caller's contract.
-        let parts = unsafe { std::slice::from_raw_parts(job.parts, job.nparts) };
+    /// The blocks of the column concatenation of `xs` (`k` columns in all).
+    fn new(xs: &[MatRef<'_>], k: usize) -> Blocks {
         let mut out = Blocks {
-            blocks: Vec::with_capacity(job.k.div_ceil(KB).max(1)),
+            blocks: Vec::with_capacity(k.div_ceil(KB).max(1)),
             segs: Vec::new(),
         };
         let mut k0 = 0;
         loop {
-            let k1 = (k0 + KB).min(job.k);
+            let k1 = (k0 + KB).min(k);
             let s0 = out.segs.len();
-            for p in parts {
-                let (lo, hi) = (k0.max(p.k0), k1.min(p.k1));
+            // Each part's overlap with the block (empty parts have none).
+            let mut p0 = 0;
+            for x in xs {
+                let (lo, hi) = (k0.max(p0), k1.min(p0 + x.cols));
                 if lo < hi {
                     out.segs.push(Seg {
-                        a: p.a.wrapping_add(job.row0 * p.lda + (lo - p.k0)),
-                        lda: p.lda,
+                        a: x.data[lo - p0..].as_ptr(),
+                        lda: x.ld,
                         kc: hi - lo,
                     });
                 }
+                p0 += x.cols;
             }
             out.blocks.push((k0, k1 - k0, s0, out.segs.len()));
             k0 = k1;
-            if k0 >= job.k {
+            if k0 >= k {
                 return out;
             }
         }
@@ -681,7 +637,7 @@ unsafe fn tile_at<S: Simd>(job: &Job, i0: usize, rows: usize, jp: usize, np: usi
     let t = Tile {
         segs: blk.segs.as_ptr(),
         nsegs: blk.segs.len(),
-        i0,
+        i0: job.row0 + i0,
         b: job.b.add(panel_at(k, jp) + k0 * ROW),
         poff: std::array::from_fn(|i| panel_at(k, jp + i).wrapping_sub(panel_at(k, jp))),
         bias: if last {
@@ -701,10 +657,10 @@ unsafe fn tile_at<S: Simd>(job: &Job, i0: usize, rows: usize, jp: usize, np: usi
 
 /// One tile's inputs: `kc` steps of `rows` rows of `x` against `np` panels.
 struct Tile {
-    /// The block's pieces of `x` (at the job's first row), in `k` order.
+    /// The block's pieces of `x` (at the input's first row), in `k` order.
     segs: *const Seg,
     nsegs: usize,
-    /// The tile's first row in the job.
+    /// The tile's first row in the input.
     i0: usize,
     /// The first panel at the first k of the block.
     b: *const f32,
@@ -1354,7 +1310,7 @@ mod tests {
     fn an_input_in_parts_is_read_in_place() {
         for m in [1, 2, 7, 70, 130] {
             check_parts(m, &[128, 128, 44], 37);
-            // Ragged and empty parts, more than fit the call's inline list.
+            // Ragged and empty parts, and more than four of them.
             check_parts(m, &[5, 0, 300, 1, 77, 9], 33);
             // No columns at all: the bias through the activation.
             check_parts(m, &[0, 0], 20);
