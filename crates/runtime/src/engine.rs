@@ -81,7 +81,7 @@ pub struct Engine<B: Backend> {
     issue: Vec<(usize, Step)>,
     out_stream: usize,
     weights: Arc<B::DeviceWeights>,
-    pool: Mutex<Vec<Context<B>>>,
+    pool: Mutex<std::collections::VecDeque<Context<B>>>,
     freed: Condvar,
     cfg: EngineConfig,
     next_request: AtomicU64,
@@ -118,7 +118,7 @@ impl<B: Backend> Engine<B> {
         }
         let dw = Arc::new(backend.load_weights(&graph, weights)?);
         let k = plan.num_streams();
-        let mut pool = Vec::with_capacity(cfg.contexts);
+        let mut pool = std::collections::VecDeque::with_capacity(cfg.contexts);
         for id in 0..cfg.contexts {
             let streams = (0..k)
                 .map(|_| backend.new_stream())
@@ -126,7 +126,7 @@ impl<B: Backend> Engine<B> {
             for s in &streams {
                 backend.set_tracing(s, cfg.trace);
             }
-            pool.push(Context {
+            pool.push_back(Context {
                 id,
                 events: (0..plan.num_events())
                     .map(|_| backend.new_event())
@@ -190,7 +190,8 @@ impl<B: Backend> Engine<B> {
         let mut ctx = {
             let mut pool = self.pool.lock().expect("context pool");
             loop {
-                if let Some(c) = pool.pop() {
+                // The context freed longest ago: requests take every context in turn.
+                if let Some(c) = pool.pop_front() {
                     break c;
                 }
                 pool = self.freed.wait(pool).expect("context pool");
@@ -198,7 +199,7 @@ impl<B: Backend> Engine<B> {
         };
         let request = self.next_request.fetch_add(1, Ordering::Relaxed);
         let res = self.run(&mut ctx, batch, request);
-        self.pool.lock().expect("context pool").push(ctx);
+        self.pool.lock().expect("context pool").push_back(ctx);
         self.freed.notify_one();
         res
     }
