@@ -24,9 +24,9 @@ use super::PlanOpts;
 
 /// Version of the cache file format, of the selection rule and of the CPU kernels whose
 /// timings decided a choice (3: in-place concat, per-row prefetch, panel split for large
-/// weights; 4: grouped panels and k blocks of 1024), so that a choice measured on older kernels
-/// is measured again.
-const CACHE_VERSION: u32 = 4;
+/// weights; 4: grouped panels and k blocks of 1024; 5: concats assembled by their producers),
+/// so that a choice measured on older kernels is measured again.
+const CACHE_VERSION: u32 = 5;
 /// Timing rounds per candidate and batch size.
 const ROUNDS: usize = 3;
 /// Most time one round of one candidate at one batch size may take.

@@ -220,15 +220,29 @@ fn alloc_table(name: &str, len: usize) -> Result<Vec<f32>> {
             "{name}: cannot allocate {len} floats ({e}); shrink the tables with --row-cap N"
         ))
     })?;
+    advise_huge_pages(&mut v);
+    v.resize(len, 0.0);
+    Ok(v)
+}
+
+/// Asks the kernel to back `v`'s reserved capacity with transparent huge pages where it is
+/// large (at least four 2 MiB pages), before the pages are first touched: random row gathers
+/// from embedding tables, and kernels that read or write rows far apart in a wide activation,
+/// then miss the TLB far less. A hint: it fails harmlessly where THP is unavailable.
+pub(crate) fn advise_huge_pages(v: &mut Vec<f32>) {
     const HUGE: usize = 2 << 20;
-    let bytes = len * 4;
-    if bytes >= 4 * HUGE {
+    let bytes = v.capacity().saturating_mul(4);
+    if bytes < 4 * HUGE {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
         let start = v.as_mut_ptr() as usize;
         let aligned = start.next_multiple_of(HUGE);
         let end = (start + bytes) / HUGE * HUGE;
         if end > aligned {
-            // SAFETY: the range lies inside the allocation just made; madvise only changes how
-            // the kernel backs those pages and fails harmlessly where THP is unavailable.
+            // SAFETY: the range lies inside the vector's allocation; madvise only changes how
+            // the kernel backs those pages.
             unsafe {
                 libc::madvise(
                     aligned as *mut libc::c_void,
@@ -238,8 +252,6 @@ fn alloc_table(name: &str, len: usize) -> Result<Vec<f32>> {
             }
         }
     }
-    v.resize(len, 0.0);
-    Ok(v)
 }
 
 /// Refuses weights that cannot fit in this machine's available memory (or under the process's

@@ -12,12 +12,13 @@
 //! request on its stream (later launches are skipped, records still publish so no other stream
 //! stalls) and the error is returned by the next [`Backend::synchronize`] of that stream.
 //!
-//! Memory: every op owns one `[max_batch, width]` activation buffer, allocated once per context.
-//! Kernels on different streams read and write these buffers concurrently; that is sound because
-//! a validated plan orders every reader after its writer (events give the happens-before edge),
-//! no two ops write the same buffer, and a context runs one request at a time.
+//! Memory: every op owns one `[max_batch, width]` activation buffer, allocated once per context,
+//! except the inputs of an assembled concat ([`exec::Placement`]), which write their columns of
+//! the concat's buffer instead. Kernels on different streams read and write these buffers
+//! concurrently; that is sound because a validated plan orders every reader after its writer
+//! (events give the happens-before edge), no two ops write the same elements, and a context runs
+//! one request at a time.
 
-use std::cell::UnsafeCell;
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -111,15 +112,17 @@ impl CpuBackend {
 }
 
 /// A host-visible f32 buffer shared between pool threads (see the module docs for why the
-/// unsynchronised access is sound).
+/// unsynchronised access is sound). It is kept as a raw allocation, so that producers on
+/// different threads can write disjoint columns of one buffer through views of their own.
 pub(crate) struct SharedBuf {
-    data: UnsafeCell<Box<[f32]>>,
+    ptr: *mut f32,
+    len: usize,
 }
 
 // SAFETY: access is ordered by the plan's stream order and events (module docs); the buffer is
 // never resized after creation.
 unsafe impl Sync for SharedBuf {}
-// SAFETY: a boxed slice of f32 can move between threads.
+// SAFETY: the buffer owns its allocation of f32, which can move between threads.
 unsafe impl Send for SharedBuf {}
 
 impl SharedBuf {
@@ -132,25 +135,63 @@ impl SharedBuf {
                 "cannot allocate an activation buffer of {len} floats ({e}); use a smaller batch"
             ))
         })?;
+        crate::weights::advise_huge_pages(&mut v);
         v.resize(len, f32::NAN);
+        let b = v.into_boxed_slice();
         Ok(Self {
-            data: UnsafeCell::new(v.into_boxed_slice()),
+            len: b.len(),
+            ptr: Box::into_raw(b).cast::<f32>(),
         })
     }
 
     /// # Safety
     /// No other thread may write this buffer while the returned slice is alive.
     pub(crate) unsafe fn get(&self) -> &[f32] {
-        // SAFETY: the caller guarantees no concurrent writer.
-        unsafe { &*self.data.get() }
+        // SAFETY: the allocation holds `len` floats; the caller guarantees no concurrent writer.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 
     /// # Safety
     /// No other thread may read or write this buffer while the returned slice is alive.
     #[allow(clippy::mut_from_ref)]
     pub(crate) unsafe fn get_mut(&self) -> &mut [f32] {
-        // SAFETY: the caller guarantees exclusive access.
-        unsafe { &mut *self.data.get() }
+        // SAFETY: the allocation holds `len` floats; the caller guarantees exclusive access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+
+    /// The `rows x cols` block at column `col` of this buffer read as rows of `ld` floats, as
+    /// an output view (`None` if it does not fit in the buffer).
+    ///
+    /// # Safety
+    /// No other thread may read or write the block's elements while the view is alive. Other
+    /// threads may write other columns of the same rows meanwhile: the view's slice spans them,
+    /// but a kernel writes only its `rows x cols` block (the contract of the CPU kernels).
+    pub(crate) unsafe fn block_mut(
+        &self,
+        col: usize,
+        rows: usize,
+        cols: usize,
+        ld: usize,
+    ) -> Option<streamrec_kernels::MatMut<'_>> {
+        let span = match rows {
+            0 => 0,
+            r => (r - 1).checked_mul(ld)?.checked_add(cols)?,
+        };
+        if cols > ld || col.checked_add(span)? > self.len {
+            return None;
+        }
+        // SAFETY: `col + span <= len` keeps the slice inside the allocation; the caller
+        // guarantees that no one else touches the block's elements.
+        let data = unsafe { std::slice::from_raw_parts_mut(self.ptr.add(col), span) };
+        Some(streamrec_kernels::MatMut::new(data, rows, cols, ld))
+    }
+}
+
+impl Drop for SharedBuf {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` and `len` came from `Box::into_raw` of a boxed slice in `new`, and the
+        // buffer is dropped once.
+        drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr, self.len)) });
     }
 }
 
@@ -172,9 +213,8 @@ pub struct CpuWeights {
     pub(crate) by_op: Vec<OpWeights>,
     /// Each linear layer's weight and bias, packed once into the panels the kernels stream.
     pub(crate) packed: Vec<Option<PackedLinear>>,
-    /// Concat ops that copy nothing: every consumer is a linear layer that reads the parts in
-    /// place (see [`exec::in_place_concats`]).
-    pub(crate) in_place: Vec<bool>,
+    /// Where each op's output lives, and which concats copy nothing ([`exec::Placement`]).
+    pub(crate) place: exec::Placement,
 }
 
 /// An event: a generation counter published by streams.
@@ -618,7 +658,7 @@ fn run_op(pool: &Pool, s: &StreamShared, j: &Job, op: OpId, batch: usize) -> Opt
             id: op,
             weights: &weights.by_op[op],
             packed: weights.packed[op].as_ref(),
-            in_place: &weights.in_place,
+            place: &weights.place,
             bufs,
             input: input.as_deref(),
             batch,
@@ -684,7 +724,7 @@ impl Backend for CpuBackend {
         Ok(CpuWeights {
             by_op,
             packed,
-            in_place: exec::in_place_concats(graph),
+            place: exec::Placement::new(graph),
         })
     }
 
@@ -719,9 +759,15 @@ impl Backend for CpuBackend {
     }
 
     fn alloc_buffers(&self, graph: &OpGraph, max_batch: usize) -> Result<CpuBuffers> {
+        // An op written straight into its concat's buffer needs none of its own.
+        let into = exec::concat_slots(graph);
         let acts = graph
             .ops()
-            .map(|op| {
+            .zip(&into)
+            .map(|(op, into)| {
+                if into.is_some() {
+                    return SharedBuf::new(0);
+                }
                 let extra = match op.kind {
                     OpKind::DcnCross { rank, .. } => rank,
                     _ => 0,
