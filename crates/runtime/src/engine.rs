@@ -22,8 +22,9 @@
 //! stream 0 (`graph replay (bucket N)`): per-op spans need eager mode.
 
 use std::collections::HashMap;
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use streamrec_graph::{OpGraph, Plan, Step};
 
@@ -75,12 +76,14 @@ struct Context<B: Backend> {
 
 /// Runs a plan on a backend; `infer` may be called from many threads at once.
 pub struct Engine<B: Backend> {
-    backend: B,
+    /// Dropped after the contexts, under [`Backend::quiesce`] (see `Drop`).
+    backend: ManuallyDrop<B>,
     graph: Arc<OpGraph>,
     plan: Plan,
     issue: Vec<(usize, Step)>,
     out_stream: usize,
-    weights: Arc<B::DeviceWeights>,
+    /// Dropped after the contexts, under [`Backend::quiesce`].
+    weights: ManuallyDrop<Arc<B::DeviceWeights>>,
     pool: Mutex<std::collections::VecDeque<Context<B>>>,
     freed: Condvar,
     cfg: EngineConfig,
@@ -90,6 +93,23 @@ pub struct Engine<B: Backend> {
     gpu_times: Mutex<Vec<f64>>,
     /// Launches of the last eager request or captured graph; [`NOT_COUNTED`] before any.
     launches: AtomicU64,
+}
+
+impl<B: Backend> Drop for Engine<B> {
+    fn drop(&mut self) {
+        // Freeing device resources may synchronise the device: other threads' captures are held
+        // off meanwhile (none runs on this thread: `infer` ends its own before returning).
+        let _quiet = self.backend.quiesce();
+        self.pool
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        // SAFETY: both are dropped once, here, and not used afterwards.
+        unsafe {
+            ManuallyDrop::drop(&mut self.weights);
+            ManuallyDrop::drop(&mut self.backend);
+        }
+    }
 }
 
 /// Device times kept between two [`Engine::take_gpu_times_us`] calls; later ones are dropped
@@ -142,10 +162,10 @@ impl<B: Backend> Engine<B> {
         Ok(Self {
             issue: plan.issue_order(),
             out_stream,
-            weights: dw,
+            weights: ManuallyDrop::new(dw),
             pool: Mutex::new(pool),
             freed: Condvar::new(),
-            backend,
+            backend: ManuallyDrop::new(backend),
             graph,
             plan,
             cfg,

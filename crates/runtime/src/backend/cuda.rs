@@ -39,7 +39,10 @@
 //! that brackets each request's plan on stream 0 ([`Backend::mark_start`], the GPU time).
 //! cudarc's per-buffer event tracking is off: the engine's plan orders every reader after its
 //! writer. Capture uses `CU_STREAM_CAPTURE_MODE_THREAD_LOCAL` on stream 0; the engine forks the
-//! other streams off it with an event and joins them back, so they join the capture. The graph
+//! other streams off it with an event and joins them back, so they join the capture. Calls that
+//! may synchronise the device (pinned host memory, cuBLAS handles, buffer growth, an engine's
+//! teardown) wait until no other thread is capturing, and captures wait for them
+//! ([`DEVICE_GATE`]): such a call on another thread invalidates a capture in progress. The graph
 //! is instantiated and uploaded once in [`Backend::end_capture`] and launched per replay. Errors
 //! of device work belong to the context (sticky), so synchronising stream 0 after the join
 //! reports every stream's ([`Backend::join_reports_all_errors`]).
@@ -60,7 +63,9 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{
+    Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak,
+};
 
 use streamrec_graph::{Act, OpGraph, OpId, OpKind, PoolingMode, Source, TensorRef};
 use streamrec_kernels::cuda::cudarc::driver::{
@@ -198,6 +203,27 @@ thread_local! {
 
 fn capturing() -> bool {
     CAPTURE.with(|c| c.borrow().is_some())
+}
+
+/// Captures hold this shared, from `begin_capture` to `end_capture`; calls that may synchronise
+/// the device (allocating or freeing pinned host memory, creating or destroying a cuBLAS handle,
+/// growing or freeing buffers) hold it exclusively. A capture is thread-local, but a device-wide
+/// synchronisation on another thread still invalidates it (`CUDA_ERROR_STREAM_CAPTURE_INVALIDATED`
+/// when engines were built, run and dropped on several threads at once).
+static DEVICE_GATE: RwLock<()> = RwLock::new(());
+
+thread_local! {
+    /// This thread's shared hold on [`DEVICE_GATE`] while it captures.
+    static CAPTURE_HOLD: RefCell<Option<RwLockReadGuard<'static, ()>>> = const { RefCell::new(None) };
+}
+
+/// Waits until no other thread is capturing and holds captures off while the guard lives;
+/// `None` on a thread that is capturing itself (waiting would never end).
+fn exclusive() -> Option<RwLockWriteGuard<'static, ()>> {
+    if capturing() {
+        return None;
+    }
+    Some(DEVICE_GATE.write().unwrap_or_else(PoisonError::into_inner))
 }
 
 /// The CUDA backend on one device.
@@ -1025,6 +1051,7 @@ impl Backend for CudaBackend {
     }
 
     fn load_weights(&self, graph: &OpGraph, weights: &Weights) -> Result<CudaWeights> {
+        let _gate = exclusive();
         let by_op = (0..graph.len())
             .map(|id| exec::resolve_weights(graph, id, weights))
             .collect::<Result<Vec<_>>>()?;
@@ -1124,6 +1151,7 @@ impl Backend for CudaBackend {
     }
 
     fn new_stream(&self) -> Result<CudaStreamHandle> {
+        let _gate = exclusive();
         let stream = self.ctx.new_stream().map_err(exec_err)?;
         let blas = Blas::new(Arc::clone(&stream), self.cfg.math).map_err(cuda_err)?;
         // The handle's workspace was allocated on its own stream; finish that before any use.
@@ -1151,6 +1179,7 @@ impl Backend for CudaBackend {
     }
 
     fn alloc_buffers(&self, graph: &OpGraph, max_batch: usize) -> Result<CudaBuffers> {
+        let _gate = exclusive();
         if max_batch == 0 {
             return Err(RuntimeError::Input("max batch must be > 0".into()));
         }
@@ -1317,6 +1346,7 @@ impl Backend for CudaBackend {
                 let total: usize = batch.sparse.iter().map(|s| s.indices.len()).sum();
                 let need = Self::packet_words(bufs.slots, bufs.max_batch, total, bufs.index);
                 let cap = need.max(st.capacity * 2);
+                let _gate = exclusive();
                 st.packet = self.zeros::<i32>(cap)?;
                 st.host = self.pinned::<i32>(cap)?;
                 st.capacity = cap;
@@ -1632,23 +1662,30 @@ impl Backend for CudaBackend {
         out
     }
 
+    fn quiesce(&self) -> Option<Box<dyn std::any::Any>> {
+        exclusive().map(|g| Box::new(g) as Box<dyn std::any::Any>)
+    }
+
     fn begin_capture(&self, stream: &CudaStreamHandle) -> Result<bool> {
         if capturing() {
             return Err(exec_err("a capture is already in progress on this thread"));
         }
+        let hold = DEVICE_GATE.read().unwrap_or_else(PoisonError::into_inner);
         stream
             .stream
             .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(exec_err)?;
+        CAPTURE_HOLD.with(|h| *h.borrow_mut() = Some(hold));
         CAPTURE.with(|c| *c.borrow_mut() = Some(Vec::new()));
         Ok(true)
     }
 
     fn end_capture(&self, stream: &CudaStreamHandle) -> Result<CudaGraphHandle> {
         let guards = CAPTURE.with(|c| c.borrow_mut().take()).unwrap_or_default();
-        let graph = stream
-            .stream
-            .end_capture(sys::CUgraphInstantiate_flags(0))
+        let ended = stream.stream.end_capture(sys::CUgraphInstantiate_flags(0));
+        // The capture is over (or failed): let the other threads' device-wide calls go on.
+        CAPTURE_HOLD.with(|h| h.borrow_mut().take());
+        let graph = ended
             .map_err(exec_err)?
             .ok_or_else(|| exec_err("the capture recorded no work"))?;
         graph.upload().map_err(exec_err)?;

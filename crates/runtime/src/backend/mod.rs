@@ -148,6 +148,14 @@ pub trait Backend: Send + Sync + 'static {
         None
     }
 
+    /// Holds off captures on other threads until the returned guard is dropped: the engine
+    /// frees its contexts under it, because freeing some device resources (pinned host memory,
+    /// library handles) synchronises the device, which breaks a capture in progress. `None`
+    /// for backends without capture, and on a thread that is capturing itself.
+    fn quiesce(&self) -> Option<Box<dyn std::any::Any>> {
+        None
+    }
+
     /// Starts capturing the work issued on `stream` (and streams forked from it by events).
     /// Backends without capture return `Ok(false)` and run eagerly.
     fn begin_capture(&self, _stream: &Self::Stream) -> Result<bool> {
