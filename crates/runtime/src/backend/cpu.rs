@@ -13,7 +13,7 @@
 //! stalls) and the error is returned by the next [`Backend::synchronize`] of that stream.
 //!
 //! Memory: every op owns one `[max_batch, width]` activation buffer, allocated once per context,
-//! except the inputs of an assembled concat ([`exec::Placement`]), which write their columns of
+//! except the inputs of an assembled concat (`exec::Placement`), which write their columns of
 //! the concat's buffer instead. Kernels on different streams read and write these buffers
 //! concurrently; that is sound because a validated plan orders every reader after its writer
 //! (events give the happens-before edge), no two ops write the same elements, and a context runs

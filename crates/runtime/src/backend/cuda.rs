@@ -42,7 +42,7 @@
 //! other streams off it with an event and joins them back, so they join the capture. Calls that
 //! may synchronise the device (pinned host memory, cuBLAS handles, buffer growth, an engine's
 //! teardown) wait until no other thread is capturing, and captures wait for them
-//! ([`DEVICE_GATE`]): such a call on another thread invalidates a capture in progress. The graph
+//! (`DEVICE_GATE`): such a call on another thread invalidates a capture in progress. The graph
 //! is instantiated and uploaded once in [`Backend::end_capture`] and launched per replay. Errors
 //! of device work belong to the context (sticky), so synchronising stream 0 after the join
 //! reports every stream's ([`Backend::join_reports_all_errors`]).
