@@ -37,7 +37,7 @@ fn median_us(graph: &Arc<OpGraph>, plan: Plan, reps: usize) -> Result<f64> {
     for _ in 0..reps / 2 {
         engine.infer(&batch)?;
     }
-    let mut v: Vec<f64> = (0..reps)
+    let v: Vec<f64> = (0..reps)
         .map(|_| {
             let t = Instant::now();
             engine
@@ -45,8 +45,7 @@ fn median_us(graph: &Arc<OpGraph>, plan: Plan, reps: usize) -> Result<f64> {
                 .map(|_| t.elapsed().as_secs_f64() * 1e6)
         })
         .collect::<Result<_>>()?;
-    v.sort_by(f64::total_cmp);
-    Ok(v[v.len() / 2])
+    Ok(crate::stats::median(&v))
 }
 
 /// A chain of `n` ops spinning `spin_us` each, on one stream and alternating over two streams.
