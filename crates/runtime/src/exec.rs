@@ -331,39 +331,70 @@ impl Placement {
     }
 }
 
+/// The concat that is op `id`'s only consumer and reads its whole output once, with the column
+/// it starts at there: where the op's output can live inside the concat's (`None` for the
+/// graph's output). The CUDA arena places such ops there one by one (`ArenaLayout`); the CPU
+/// backend when every input of the concat is one ([`concat_slots`]).
+pub(crate) fn concat_slot(graph: &OpGraph, id: OpId) -> Option<(OpId, usize)> {
+    if id == graph.output() {
+        return None;
+    }
+    let [c] = graph.succs(id)[..] else {
+        return None;
+    };
+    let cop = graph.op(c);
+    if !matches!(cop.kind, OpKind::Concat) {
+        return None;
+    }
+    let mut uses = cop
+        .inputs
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.src == Source::Op(id));
+    let (i, t) = match (uses.next(), uses.next()) {
+        (Some(u), None) => u,
+        _ => return None,
+    };
+    (t.col == 0 && t.width == graph.op(id).width)
+        .then(|| (c, cop.inputs[..i].iter().map(|t| t.width).sum()))
+}
+
 /// Per op: the concat whose buffer its output is written into, and at which column. A concat
-/// is assembled this way when each of its inputs is the whole output of an op that nothing else
-/// reads and that the concat reads once (not the graph's output, not a concat, not a DCN layer,
-/// which keeps scratch after its activation). Its consumers then read one matrix: the linear
-/// kernel streams that faster than the same input in parts (streamrec-26's `top.0`, whose 27
-/// parts of 128 columns cost 7.5% against one 3456-column matrix on a Xeon, one thread).
+/// is assembled this way when every one of its inputs has it as its [`concat_slot`] and is
+/// neither a concat nor a DCN layer (which keeps scratch after its activation), and its width
+/// is theirs. Its consumers
+/// then read one matrix: the linear kernel streams that faster than the same input in parts
+/// (streamrec-26's `top.0`, whose 27 parts of 128 columns cost 7.5% against one 3456-column
+/// matrix on a Xeon, one thread).
 pub(crate) fn concat_slots(graph: &OpGraph) -> Vec<Option<(OpId, usize)>> {
     let mut into = vec![None; graph.len()];
     for c in 0..graph.len() {
         let op = graph.op(c);
-        if !matches!(op.kind, OpKind::Concat) {
+        // (A concat's width is its inputs' by construction; checked, as its producers' views
+        // rely on it.)
+        let width = op
+            .inputs
+            .iter()
+            .try_fold(0usize, |w, t| w.checked_add(t.width));
+        if !matches!(op.kind, OpKind::Concat) || width != Some(op.width) {
             continue;
         }
-        let mut slots = Vec::with_capacity(op.inputs.len());
-        let mut col = 0usize;
-        let whole = op.inputs.iter().all(|t| {
-            let Source::Op(p) = t.src else {
-                return false;
-            };
-            let producer = graph.op(p);
-            slots.push((p, col));
-            col = col.saturating_add(t.width);
-            t.col == 0
-                && t.width == producer.width
-                && p != graph.output()
-                && !matches!(producer.kind, OpKind::Concat | OpKind::DcnCross { .. })
-                && graph.succs(p) == [c]
-                && op.inputs.iter().filter(|u| u.src == t.src).count() == 1
-        });
-        if whole && col == op.width {
-            for (p, col) in slots {
-                into[p] = Some((c, col));
-            }
+        let slots: Option<Vec<(OpId, usize)>> = op
+            .inputs
+            .iter()
+            .map(|t| match t.src {
+                Source::Op(p)
+                    if !matches!(graph.op(p).kind, OpKind::Concat | OpKind::DcnCross { .. }) =>
+                {
+                    concat_slot(graph, p)
+                        .filter(|&(to, _)| to == c)
+                        .map(|(_, col)| (p, col))
+                }
+                _ => None,
+            })
+            .collect();
+        for (p, col) in slots.into_iter().flatten() {
+            into[p] = Some((c, col));
         }
     }
     into

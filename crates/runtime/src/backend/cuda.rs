@@ -195,10 +195,18 @@ fn device_ptr<T>(s: &CudaSlice<T>, stream: &CudaStream) -> DevPtr {
 /// A buffers' generation counter and its value when a graph was captured.
 type Guard = (Arc<AtomicU64>, u64);
 
+/// The capture this thread is issuing (captures are thread-local).
+struct Capture {
+    /// The generation counters of the buffers its launches used, with their values at capture
+    /// time.
+    guards: Vec<Guard>,
+    /// Its shared hold on [`DEVICE_GATE`].
+    _hold: RwLockReadGuard<'static, ()>,
+}
+
 thread_local! {
-    /// The capture this thread is issuing, if any (captures are thread-local): the generation
-    /// counters of the buffers its launches used, with their values at capture time.
-    static CAPTURE: RefCell<Option<Vec<Guard>>> = const { RefCell::new(None) };
+    /// The capture this thread is issuing, if any.
+    static CAPTURE: RefCell<Option<Capture>> = const { RefCell::new(None) };
 }
 
 fn capturing() -> bool {
@@ -211,11 +219,6 @@ fn capturing() -> bool {
 /// synchronisation on another thread still invalidates it (`CUDA_ERROR_STREAM_CAPTURE_INVALIDATED`
 /// when engines were built, run and dropped on several threads at once).
 static DEVICE_GATE: RwLock<()> = RwLock::new(());
-
-thread_local! {
-    /// This thread's shared hold on [`DEVICE_GATE`] while it captures.
-    static CAPTURE_HOLD: RefCell<Option<RwLockReadGuard<'static, ()>>> = const { RefCell::new(None) };
-}
 
 /// Waits until no other thread is capturing and holds captures off while the guard lives;
 /// `None` on a thread that is capturing itself (waiting would never end).
@@ -839,24 +842,10 @@ impl ArenaLayout {
         let mut len = 0usize;
         for id in (0..n).rev() {
             let op = graph.op(id);
-            if alias_concat && id != graph.output() {
-                if let [c] = graph.succs(id)[..] {
-                    let cop = graph.op(c);
-                    let uses: Vec<usize> = cop
-                        .inputs
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, t)| t.src == Source::Op(id))
-                        .map(|(i, _)| i)
-                        .collect();
-                    if let (OpKind::Concat, [i]) = (&cop.kind, &uses[..]) {
-                        let t = cop.inputs[*i];
-                        if t.col == 0 && t.width == op.width {
-                            let col = cop.inputs[..*i].iter().map(|t| t.width).sum();
-                            alias[id] = Some((c, col));
-                            continue;
-                        }
-                    }
+            if alias_concat {
+                if let Some(slot) = exec::concat_slot(graph, id) {
+                    alias[id] = Some(slot);
+                    continue;
                 }
             }
             own[id] = Some(len);
@@ -1394,7 +1383,7 @@ impl Backend for CudaBackend {
         if capture {
             // Remember which buffers (and which packet) this graph reads.
             CAPTURE.with(|c| {
-                if let Some(list) = c.borrow_mut().as_mut() {
+                if let Some(Capture { guards: list, .. }) = c.borrow_mut().as_mut() {
                     if !list.iter().any(|(g, _)| Arc::ptr_eq(g, &bufs.generation)) {
                         list.push((Arc::clone(&bufs.generation), bufs.generation()));
                     }
@@ -1675,16 +1664,21 @@ impl Backend for CudaBackend {
             .stream
             .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(exec_err)?;
-        CAPTURE_HOLD.with(|h| *h.borrow_mut() = Some(hold));
-        CAPTURE.with(|c| *c.borrow_mut() = Some(Vec::new()));
+        CAPTURE.with(|c| {
+            *c.borrow_mut() = Some(Capture {
+                guards: Vec::new(),
+                _hold: hold,
+            })
+        });
         Ok(true)
     }
 
     fn end_capture(&self, stream: &CudaStreamHandle) -> Result<CudaGraphHandle> {
-        let guards = CAPTURE.with(|c| c.borrow_mut().take()).unwrap_or_default();
+        let capture = CAPTURE.with(|c| c.borrow_mut().take());
         let ended = stream.stream.end_capture(sys::CUgraphInstantiate_flags(0));
-        // The capture is over (or failed): let the other threads' device-wide calls go on.
-        CAPTURE_HOLD.with(|h| h.borrow_mut().take());
+        // The capture is over (or failed): release the hold, so that the other threads'
+        // device-wide calls go on.
+        let guards = capture.map(|c| c.guards).unwrap_or_default();
         let graph = ended
             .map_err(exec_err)?
             .ok_or_else(|| exec_err("the capture recorded no work"))?;
