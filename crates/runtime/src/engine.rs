@@ -21,7 +21,7 @@
 //! eager requests give one span per op; a graph replay gives one span for the whole replay on
 //! stream 0 (`graph replay (bucket N)`): per-op spans need eager mode.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -84,7 +84,7 @@ pub struct Engine<B: Backend> {
     out_stream: usize,
     /// Dropped after the contexts, under [`Backend::quiesce`].
     weights: ManuallyDrop<Arc<B::DeviceWeights>>,
-    pool: Mutex<std::collections::VecDeque<Context<B>>>,
+    pool: Mutex<VecDeque<Context<B>>>,
     freed: Condvar,
     cfg: EngineConfig,
     next_request: AtomicU64,
@@ -138,7 +138,7 @@ impl<B: Backend> Engine<B> {
         }
         let dw = Arc::new(backend.load_weights(&graph, weights)?);
         let k = plan.num_streams();
-        let mut pool = std::collections::VecDeque::with_capacity(cfg.contexts);
+        let mut pool = VecDeque::with_capacity(cfg.contexts);
         for id in 0..cfg.contexts {
             let streams = (0..k)
                 .map(|_| backend.new_stream())

@@ -211,17 +211,26 @@ impl Weights {
     }
 }
 
-/// A zeroed f32 buffer; large ones ask the kernel for transparent huge pages, which cut the
-/// TLB misses of random embedding-row gathers.
+/// A zeroed f32 buffer for a table.
 fn alloc_table(name: &str, len: usize) -> Result<Vec<f32>> {
-    let mut v: Vec<f32> = Vec::new();
-    v.try_reserve_exact(len).map_err(|e| {
+    alloc_f32(len, 0.0).map_err(|e| {
         RuntimeError::Weights(format!(
             "{name}: cannot allocate {len} floats ({e}); shrink the tables with --row-cap N"
         ))
-    })?;
+    })
+}
+
+/// `len` floats of `fill`, on transparent huge pages where large ([`advise_huge_pages`]); an
+/// allocation the machine cannot make is an error (the caller says what it was for), not an
+/// abort.
+pub(crate) fn alloc_f32(
+    len: usize,
+    fill: f32,
+) -> std::result::Result<Vec<f32>, std::collections::TryReserveError> {
+    let mut v: Vec<f32> = Vec::new();
+    v.try_reserve_exact(len)?;
     advise_huge_pages(&mut v);
-    v.resize(len, 0.0);
+    v.resize(len, fill);
     Ok(v)
 }
 
@@ -229,7 +238,7 @@ fn alloc_table(name: &str, len: usize) -> Result<Vec<f32>> {
 /// large (at least four 2 MiB pages), before the pages are first touched: random row gathers
 /// from embedding tables, and kernels that read or write rows far apart in a wide activation,
 /// then miss the TLB far less. A hint: it fails harmlessly where THP is unavailable.
-pub(crate) fn advise_huge_pages(v: &mut Vec<f32>) {
+fn advise_huge_pages(v: &mut Vec<f32>) {
     const HUGE: usize = 2 << 20;
     let bytes = v.capacity().saturating_mul(4);
     if bytes < 4 * HUGE {

@@ -129,14 +129,11 @@ impl SharedBuf {
     /// A buffer of `len` floats, poisoned with NaN so unwritten elements show; an allocation
     /// the machine cannot make is an error, not an abort.
     fn new(len: usize) -> Result<Self> {
-        let mut v: Vec<f32> = Vec::new();
-        v.try_reserve_exact(len).map_err(|e| {
+        let v = crate::weights::alloc_f32(len, f32::NAN).map_err(|e| {
             RuntimeError::Input(format!(
                 "cannot allocate an activation buffer of {len} floats ({e}); use a smaller batch"
             ))
         })?;
-        crate::weights::advise_huge_pages(&mut v);
-        v.resize(len, f32::NAN);
         let b = v.into_boxed_slice();
         Ok(Self {
             len: b.len(),
