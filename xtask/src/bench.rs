@@ -109,16 +109,27 @@ fn batches(spec: &ModelSpec, b: usize) -> Vec<Arc<Batch>> {
         .collect()
 }
 
-/// An engine on the CPU backend over the model's weights.
+/// An engine on the CPU backend (every core) over the model's weights.
 fn cpu_engine(
     m: &Model,
     graph: &OpGraph,
     plan: Plan,
     cfg: EngineConfig,
 ) -> Result<Engine<CpuBackend>> {
+    engine_on(CpuBackend::new(), m, graph.clone(), plan, cfg)
+}
+
+/// An engine on `backend` over the model's weights.
+fn engine_on(
+    backend: CpuBackend,
+    m: &Model,
+    graph: OpGraph,
+    plan: Plan,
+    cfg: EngineConfig,
+) -> Result<Engine<CpuBackend>> {
     Ok(Engine::new(
-        CpuBackend::new(),
-        Arc::new(graph.clone()),
+        backend,
+        Arc::new(graph),
         plan,
         &m.weights,
         cfg,
@@ -135,13 +146,13 @@ fn pool_engine(
     cost: &CostModel,
 ) -> Result<Engine<CpuBackend>> {
     let planned = plan_for(&m.graph, algo, k, b, cost)?;
-    Ok(Engine::new(
+    engine_on(
         CpuBackend::with_threads(threads),
-        Arc::new(planned.graph),
+        m,
+        planned.graph,
         planned.plan,
-        &m.weights,
         engine_cfg(b, 1, false),
-    )?)
+    )
 }
 
 fn engine_cfg(b: usize, contexts: usize, trace: bool) -> EngineConfig {
