@@ -938,6 +938,8 @@ mod x86 {
         const MR: usize = 6;
         const NV: usize = 4;
         const NV1: usize = 8;
+        // Batch 2 streams the weights like a GEMV: 4, 8 and 12 vectors measured alike within
+        // the noise (one thread, `top.0`/`top.1`/branch/`bottom.0` shapes of streamrec-26).
         const NV2: usize = 8;
 
         #[inline(always)]
