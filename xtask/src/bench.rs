@@ -342,13 +342,46 @@ fn profile(m: &Model, input: &[Arc<Batch>], budget: Duration) -> Result<Measured
     Ok(costs)
 }
 
+/// The header of peer.csv.
+const PEER_CSV_HEADER: &str = "model,batch,streamrec_best_config,streamrec_best_p50_us,streamrec_auto_p50_us,onnxruntime_best_setting,onnxruntime_p50_us,onnxruntime_settings_p50_us,streamrec_best_to_ort,streamrec_auto_to_ort,streamrec_best_to_ort_per_round,streamrec_auto_to_ort_per_round,ort_max_abs_error\n";
+
 /// The header of the ONNX Runtime peer table.
-const PEER_HEADER: &str = "model          batch  StreamRec best config     p50 us   auto p50 us  ORT setting      ORT p50 us  best/ORT  auto/ORT  max |err|\n";
+const PEER_HEADER: &str = "model          batch  StreamRec best config     p50 us   auto p50 us  ORT setting      ORT p50 us  best/ORT  auto/ORT  best/ORT per round  auto/ORT per round  max |err|\n";
+
+/// StreamRec's side of the peer table at one batch size.
+#[derive(Clone, Debug, Default)]
+struct BestRow {
+    batch: usize,
+    /// The fastest configuration, and its p50 (the median over the rounds).
+    config: String,
+    p50: f64,
+    /// Measured `auto`'s p50.
+    auto: Option<f64>,
+    /// The p50 of each round, in order: the fastest configuration's and `auto`'s.
+    best_rounds: Vec<f64>,
+    auto_rounds: Vec<f64>,
+}
+
+/// `a / b` round by round, for two series timed in the same interleaved rounds (as many rounds
+/// as both have): the ratio's own spread, where the two sides saw the same host in each round.
+fn per_round(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter().zip(b).map(|(x, y)| x / y).collect()
+}
+
+/// `min-max` of per-round ratios, or `-` without any.
+fn ratio_range(v: &[f64]) -> String {
+    if v.is_empty() {
+        return "-".into();
+    }
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{lo:.2}-{hi:.2}x")
+}
 
 /// Adds one model's peer rows (one per batch size) to peer.csv and the table.
 fn peer_rows(
     model: &str,
-    best_rows: &[(usize, String, f64, Option<f64>)],
+    best_rows: &[BestRow],
     outcome: &crate::peer::PeerOutcome,
     csv: &mut String,
     table: &mut String,
@@ -364,9 +397,18 @@ fn peer_rows(
         }
         return;
     };
-    for (b, cfg, p50, auto) in best_rows {
+    for row in best_rows {
+        let (b, cfg, p50, auto) = (&row.batch, &row.config, &row.p50, &row.auto);
         let Some(ort) = batches.iter().find(|x| x.batch == *b) else {
             continue;
+        };
+        let best_per_round = per_round(&row.best_rounds, &ort.rounds);
+        let auto_per_round = per_round(&row.auto_rounds, &ort.rounds);
+        let joined = |v: &[f64]| {
+            v.iter()
+                .map(|r| format!("{r:.3}"))
+                .collect::<Vec<_>>()
+                .join(";")
         };
         let settings: Vec<String> = ort
             .settings
@@ -378,20 +420,24 @@ fn peer_rows(
         let opt = |v: Option<f64>, prec: usize| v.map_or(String::new(), |v| format!("{v:.prec$}"));
         let _ = writeln!(
             csv,
-            "{model},{b},{cfg},{p50:.1},{},{},{:.1},{},{ratio:.3},{},{max_abs_error:.3e}",
+            "{model},{b},{cfg},{p50:.1},{},{},{:.1},{},{ratio:.3},{},{},{},{max_abs_error:.3e}",
             opt(*auto, 1),
             ort.best,
             ort.p50_us,
             settings.join(";"),
-            opt(auto_ratio, 3)
+            opt(auto_ratio, 3),
+            joined(&best_per_round),
+            joined(&auto_per_round),
         );
         let _ = writeln!(
             table,
-            "{model:<13} {b:>6}  {cfg:<22} {p50:>10.1} {:>13}  {:<14} {:>10.1} {ratio:>8.2}x {:>9} {max_abs_error:>10.2e}",
+            "{model:<13} {b:>6}  {cfg:<22} {p50:>10.1} {:>13}  {:<14} {:>10.1} {ratio:>8.2}x {:>9} {:>19} {:>19} {max_abs_error:>10.2e}",
             opt(*auto, 1),
             ort.best,
             ort.p50_us,
-            auto_ratio.map_or("-".into(), |r| format!("{r:.2}x"))
+            auto_ratio.map_or("-".into(), |r| format!("{r:.2}x")),
+            ratio_range(&best_per_round),
+            ratio_range(&auto_per_round),
         );
     }
     let _ = writeln!(
@@ -413,7 +459,7 @@ pub fn run(args: &[String]) -> Result<()> {
             peer = false;
         }
     }
-    let mut peer_csv = String::from("model,batch,streamrec_best_config,streamrec_best_p50_us,streamrec_auto_p50_us,onnxruntime_best_setting,onnxruntime_p50_us,onnxruntime_settings_p50_us,streamrec_best_to_ort,streamrec_auto_to_ort,ort_max_abs_error\n");
+    let mut peer_csv = String::from(PEER_CSV_HEADER);
     let mut peer_table = String::new();
     let models: Vec<(&str, Option<usize>)> = if o.quick {
         vec![("tiny.toml", None)]
@@ -471,7 +517,7 @@ pub fn run(args: &[String]) -> Result<()> {
             }
         }
         // Per batch size: the best engine row (config, p50) and the best `auto` row's p50.
-        let mut best_rows: Vec<(usize, String, f64, Option<f64>)> = Vec::new();
+        let mut best_rows: Vec<BestRow> = Vec::new();
         // The plan view of this workload (every algorithm at batch 128, K = 4, the calibrated
         // cpu profile), linked from report.md.
         let page = streamrec_graph::html::page(
@@ -573,19 +619,30 @@ pub fn run(args: &[String]) -> Result<()> {
                 noise * 100.0
             );
             let single_pred = configs[0].4;
-            let mut best: Option<(String, f64)> = None;
-            let mut auto: Option<f64> = None;
+            let mut best: Option<BestRow> = None;
+            let mut auto: Option<(f64, Vec<f64>)> = None;
             for ((algo, k, ..), t) in configs.iter().zip(&results) {
                 let p50 = t.median.p50_us;
-                if best.as_ref().is_none_or(|b| p50 < b.1) {
-                    best = Some((format!("{algo} x{k}"), p50));
+                let rounds = || t.rounds.iter().map(|r| r.p50_us).collect::<Vec<_>>();
+                if best.as_ref().is_none_or(|b| p50 < b.p50) {
+                    best = Some(BestRow {
+                        batch: b,
+                        config: format!("{algo} x{k}"),
+                        p50,
+                        best_rounds: rounds(),
+                        ..BestRow::default()
+                    });
                 }
-                if *algo == Algorithm::Auto && auto.is_none_or(|a| p50 < a) {
-                    auto = Some(p50);
+                if *algo == Algorithm::Auto && auto.as_ref().is_none_or(|a| p50 < a.0) {
+                    auto = Some((p50, rounds()));
                 }
             }
-            if let Some((cfg, p50)) = best {
-                best_rows.push((b, cfg, p50, auto));
+            if let Some(mut row) = best {
+                if let Some((p50, rounds)) = auto {
+                    row.auto = Some(p50);
+                    row.auto_rounds = rounds;
+                }
+                best_rows.push(row);
             }
             for ((algo, k, streams, waits, pred, _), t) in configs.iter().zip(&results) {
                 let s = &t.median;
@@ -759,7 +816,9 @@ pub fn run(args: &[String]) -> Result<()> {
             "\n## ONNX Runtime peer\n\nThe same model and weights exported to ONNX \
              (`tools/onnx_peer.py`: Gather + ReduceSum/ReduceMean, Gemm + Relu, Concat), its scores \
              checked against the engine's within {:e}, and timed with its best thread setting in \
-             this run. A ratio is StreamRec's p50 over ORT's (below 1: StreamRec is faster). See \
+             this run. A ratio is StreamRec's p50 over ORT's (below 1: StreamRec is faster), the median \
+             of each side over its rounds; per round: the ratio within each round (ORT's timing \
+             follows the engine's in every round), min-max, its spread on this host. See \
              [peer.csv](peer.csv) and [machine.txt](machine.txt).\n\n```\n{}{peer_table}```\n",
             crate::peer::TOLERANCE,
             PEER_HEADER
@@ -887,8 +946,15 @@ pub fn peer_task(args: &[String]) -> Result<()> {
             .enumerate()
             .min_by(|a, b| a.1.median.p50_us.total_cmp(&b.1.median.p50_us))
             .expect("configurations");
-        let auto = r.last().map(|t| t.median.p50_us);
-        best_rows.push((b, setups[bi].0.clone(), bt.median.p50_us, auto));
+        let rounds = |t: &Timed| t.rounds.iter().map(|r| r.p50_us).collect::<Vec<_>>();
+        best_rows.push(BestRow {
+            batch: b,
+            config: setups[bi].0.clone(),
+            p50: bt.median.p50_us,
+            auto: r.last().map(|t| t.median.p50_us),
+            best_rounds: rounds(bt),
+            auto_rounds: r.last().map(rounds).unwrap_or_default(),
+        });
     }
     let (mut csv, mut table) = (String::new(), String::new());
     peer_rows(
@@ -900,4 +966,51 @@ pub fn peer_task(args: &[String]) -> Result<()> {
     );
     print!("{PEER_HEADER}{table}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peer::{PeerBatch, PeerOutcome};
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn peer_rows_give_each_rounds_ratio_beside_the_medians() {
+        let ort = PeerOutcome::Timed {
+            batches: vec![PeerBatch {
+                batch: 128,
+                best: "intra2".into(),
+                p50_us: 1000.0,
+                settings: BTreeMap::from([("intra2".into(), 1000.0), ("intra1".into(), 1500.0)]),
+                rounds: vec![1000.0, 800.0, 1250.0],
+            }],
+            max_abs_error: 3e-8,
+            version: "1.0".into(),
+        };
+        let row = BestRow {
+            batch: 128,
+            config: "single x1".into(),
+            p50: 650.0,
+            auto: Some(700.0),
+            best_rounds: vec![650.0, 560.0, 750.0],
+            auto_rounds: vec![700.0, 600.0],
+        };
+        let (mut csv, mut table) = (String::from(PEER_CSV_HEADER), String::new());
+        peer_rows("m", &[row], &ort, &mut csv, &mut table);
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines.len(), 2, "{csv}");
+        let head: Vec<&str> = lines[0].split(',').collect();
+        let cells: Vec<&str> = lines[1].split(',').collect();
+        assert_eq!(head.len(), cells.len(), "{csv}");
+        let cell = |name: &str| cells[head.iter().position(|h| *h == name).unwrap()];
+        assert_eq!(cell("streamrec_best_to_ort"), "0.650");
+        assert_eq!(cell("streamrec_auto_to_ort"), "0.700");
+        // Round by round: 650/1000, 560/800, 750/1250; auto has two rounds.
+        assert_eq!(cell("streamrec_best_to_ort_per_round"), "0.650;0.700;0.600");
+        assert_eq!(cell("streamrec_auto_to_ort_per_round"), "0.700;0.750");
+        assert!(table.contains("0.60-0.70x"), "{table}");
+        assert!(table.contains("0.70-0.75x"), "{table}");
+        // No rounds (a one-shot timing): a dash, not a made-up range.
+        assert_eq!(ratio_range(&[]), "-");
+    }
 }

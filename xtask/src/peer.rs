@@ -33,6 +33,8 @@ pub(crate) struct PeerBatch {
     pub p50_us: f64,
     /// Every setting's p50, us, by name.
     pub settings: BTreeMap<String, f64>,
+    /// The best setting's p50 in each round, in order (empty for a one-shot timing).
+    pub rounds: Vec<f64>,
 }
 
 /// What the peer gave for one model.
@@ -370,6 +372,7 @@ impl OrtServer {
                     .unwrap_or_default();
                 PeerBatch {
                     batch,
+                    rounds: per.get(&best).cloned().unwrap_or_default(),
                     best,
                     p50_us,
                     settings,
