@@ -5,7 +5,9 @@
 //! `table_batched_embedding_bag` call. Linear: 3456 -> 1024 (+ bias, ReLU), one group per shape
 //! class: GEMV (batch 1, in GB/s of weights), skinny GEMM (batch 16 and 64) and large GEMM
 //! (batch 1024), in GFLOP/s; each compares the prepacked kernels (every ISA path the machine
-//! has) with `matrixmultiply` (`cpu::linear`, which repacks the weight per call). The machine's
+//! has) with `matrixmultiply` (`cpu::linear`, which repacks the weight per call) and, with
+//! `--features gemm-peer`, the `gemm` crate that candle uses (0.17: AVX2+FMA on stable Rust, its
+//! AVX-512 kernels need its nightly feature; bias and ReLU in a pass after it). The machine's
 //! peaks are measured in the same run (`peak`: an FMA loop and a STREAM-like 64 MB copy), and a
 //! closing summary prints every kernel's median as a fraction of them.
 
@@ -105,6 +107,8 @@ const CLASSES: [(&str, usize); 4] = [
 enum Kernel {
     Packed(Isa),
     Matrixmultiply,
+    #[cfg(feature = "gemm-peer")]
+    GemmCrate,
 }
 
 impl Kernel {
@@ -118,6 +122,8 @@ impl Kernel {
             .map(|&i| Kernel::Packed(i))
             .collect();
         v.push(Kernel::Matrixmultiply);
+        #[cfg(feature = "gemm-peer")]
+        v.push(Kernel::GemmCrate);
         v
     }
 
@@ -125,6 +131,8 @@ impl Kernel {
         match self {
             Kernel::Packed(isa) => format!("packed_{isa:?}").to_lowercase(),
             Kernel::Matrixmultiply => "matrixmultiply".into(),
+            #[cfg(feature = "gemm-peer")]
+            Kernel::GemmCrate => "gemm_crate".into(),
         }
     }
 }
@@ -162,6 +170,40 @@ impl Layer {
             Kernel::Matrixmultiply => {
                 cpu::linear(x, &self.weight, Some(&self.bias), Activation::Relu, out)
             }
+            #[cfg(feature = "gemm-peer")]
+            Kernel::GemmCrate => {
+                let out = &mut self.out[..batch * N];
+                // out = x · weightᵀ: the weight `[N, K]` read as `K x N` with column stride K.
+                // SAFETY: every operand holds the elements its shape and strides address.
+                unsafe {
+                    gemm::gemm(
+                        batch,
+                        N,
+                        K,
+                        out.as_mut_ptr(),
+                        1,
+                        N as isize,
+                        false,
+                        self.x.as_ptr(),
+                        1,
+                        K as isize,
+                        self.weight.as_ptr(),
+                        K as isize,
+                        1,
+                        0.0f32,
+                        1.0f32,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    )
+                };
+                for row in out.chunks_exact_mut(N) {
+                    for (o, b) in row.iter_mut().zip(&self.bias) {
+                        *o = (*o + b).max(0.0);
+                    }
+                }
+            }
         }
         black_box(&self.out);
     }
@@ -178,6 +220,26 @@ fn throughput(batch: usize) -> Throughput {
 
 fn linear(c: &mut Criterion) {
     let mut layer = Layer::new();
+    // Every kernel computes the same layer (a mistake in a peer's strides would time garbage):
+    // within 1e-5 of the outputs' scale, which other summation orders over K = 3456 stay inside.
+    let batch = 64;
+    layer.run(Kernel::Packed(Isa::Portable), batch);
+    let want = layer.out[..batch * N].to_vec();
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1.0);
+    for kernel in Kernel::all(batch) {
+        layer.out.fill(f32::NAN);
+        layer.run(kernel, batch);
+        let err = want
+            .iter()
+            .zip(&layer.out)
+            .map(|(a, b)| (a - b).abs() / scale)
+            .fold(0.0f32, f32::max);
+        assert!(
+            err <= 1e-5,
+            "{}: off the portable path by {err} of the outputs' scale {scale}",
+            kernel.name()
+        );
+    }
     for (class, batch) in CLASSES {
         let mut group = c.benchmark_group(format!("linear_3456x1024_{class}"));
         group
