@@ -234,3 +234,75 @@ fn trace_has_one_track_per_stream_without_overlap() {
         }
     }
 }
+
+#[test]
+fn folded_embedding_projections_match_the_layers_they_replace() {
+    // streamrec-26's branch layers (128 -> 128, one per feature) fold into their tables on the
+    // CPU backend by default; off, every layer runs as a GEMM. Batch 64 takes the streaming
+    // stores of the folded layers' epilogue, batch 3 the plain ones.
+    let (spec, graph, w) = load("streamrec-26.toml", 1000);
+    let mut differ = 0;
+    for b in [3, 64] {
+        let cfg = EngineConfig {
+            max_batch: b,
+            ..EngineConfig::default()
+        };
+        let batch = Arc::new(random_batch(&spec, b, Skew::Uniform, 11));
+        let run = |fold: bool, fuse: Option<usize>| {
+            let planned = assign(
+                &graph,
+                &AssignConfig {
+                    algo: Algorithm::StreamRec,
+                    max_streams: 2,
+                    batch: b,
+                    mode: SimMode::Eager,
+                    fuse,
+                },
+                &CostModel::new(DeviceProfile::cpu()),
+            )
+            .expect("plans");
+            let backend = CpuBackend::with_threads(2).with_fold(fold);
+            Engine::new(
+                backend,
+                Arc::new(planned.graph),
+                planned.plan,
+                &w,
+                cfg.clone(),
+            )
+            .expect("engine builds")
+            .infer(&batch)
+            .unwrap()
+        };
+        let unfolded = run(false, None);
+        let folded = run(true, None);
+        assert_eq!(folded.len(), b);
+        // Fused lookups fold the same layers, to the same bits.
+        assert_eq!(
+            run(true, Some(2))
+                .iter()
+                .map(|x| x.to_bits())
+                .collect::<Vec<_>>(),
+            folded.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            "batch {b}: fused lookups"
+        );
+        let err = folded
+            .iter()
+            .zip(&unfolded)
+            .map(|(a, u)| (a - u).abs())
+            .fold(0.0f32, f32::max);
+        // Scores are probabilities; the two summation orders differ by f32 rounding only.
+        assert!(err <= 1e-6, "batch {b}: folded differs by {err}");
+        differ += folded
+            .iter()
+            .zip(&unfolded)
+            .filter(|(a, u)| a.to_bits() != u.to_bits())
+            .count();
+        println!("batch {b}: folded within {err:.2e} of unfolded");
+    }
+    // Probabilities are coarse (one ulp near 0.5 is 6e-8): some of the 67 scores still show
+    // the other summation order, else the layers were not folded at all.
+    assert!(
+        differ > 0,
+        "folding changed no score's bits, so it did not run"
+    );
+}

@@ -24,9 +24,10 @@ use super::PlanOpts;
 
 /// Version of the cache file format, of the selection rule and of the CPU kernels whose
 /// timings decided a choice (3: in-place concat, per-row prefetch, panel split for large
-/// weights; 4: grouped panels and k blocks of 1024; 5: concats assembled by their producers),
-/// so that a choice measured on older kernels is measured again.
-const CACHE_VERSION: u32 = 5;
+/// weights; 4: grouped panels and k blocks of 1024; 5: concats assembled by their producers;
+/// 6: embedding projections folded into their tables), so that a choice measured on older
+/// kernels is measured again.
+const CACHE_VERSION: u32 = 6;
 /// Timing rounds per candidate and batch size.
 const ROUNDS: usize = 3;
 /// Most time one round of one candidate at one batch size may take.
@@ -142,7 +143,7 @@ fn fnv1a(s: &str) -> u64 {
 /// Everything the choice depends on.
 fn cache_key(target: &Target, spec: &ModelSpec, plan: &PlanOpts, batches: &[usize]) -> String {
     format!(
-        "v{CACHE_VERSION}|streamrec {}|{}|{}|streams<={}|fuse={:?}|device={:?}|costs={:?}|cpu-threads={}|tf32={}|graphs={}|batches={batches:?}|{spec:?}",
+        "v{CACHE_VERSION}|streamrec {}|{}|{}|streams<={}|fuse={:?}|device={:?}|costs={:?}|cpu-threads={}|cpu-fold={}|tf32={}|graphs={}|batches={batches:?}|{spec:?}",
         env!("CARGO_PKG_VERSION"),
         machine(),
         match target.backend {
@@ -154,6 +155,7 @@ fn cache_key(target: &Target, spec: &ModelSpec, plan: &PlanOpts, batches: &[usiz
         plan.device,
         plan.costs,
         target.opts.cpu_threads,
+        streamrec_runtime::backend::cpu::fold_default(),
         target.opts.tf32,
         target.cfg.graphs,
     )

@@ -797,3 +797,46 @@ fn embedding_bags_are_bit_identical_on_every_path_and_split() {
         }
     }
 }
+
+/// `bias_act_par` into column blocks of a wide buffer: the streaming-store path (aligned rows,
+/// at least `STREAM_MIN_ROWS` of them), the plain path (misaligned, or few rows) and every
+/// activation give `act(x + b)` exactly as computed here, and nothing outside the block changes.
+#[test]
+fn bias_act_par_gives_the_same_values_on_every_path() {
+    let mut r = rng(41);
+    let (cols, ld) = (32, 48);
+    for rows in [3, cpu::STREAM_MIN_ROWS, 700] {
+        let x = uniform(&mut r, rows * cols);
+        let bias = uniform(&mut r, cols);
+        for act in [Activation::None, Activation::Relu, Activation::Sigmoid] {
+            for shift in [0, 1] {
+                // A buffer whose block starts on a 64-byte boundary (shift 0) or 4 bytes past one.
+                let mut buf = vec![7.5f32; rows * ld + 32];
+                let start = buf.as_ptr().align_offset(64) + shift;
+                let out = MatMut::new(&mut buf[start..start + rows * ld], rows, cols, ld);
+                let xs = MatRef::contiguous(&x, rows, cols);
+                cpu::bias_act_par(xs, &bias, act, out, &cpu::ScopedThreads(2));
+                for i in 0..rows {
+                    for j in 0..cols {
+                        let y = x[i * cols + j] + bias[j];
+                        let want = match act {
+                            Activation::None => y,
+                            Activation::Relu if y > 0.0 => y,
+                            Activation::Relu => 0.0,
+                            Activation::Sigmoid => (1.0 / (1.0 + (-f64::from(y)).exp())) as f32,
+                        };
+                        let got = buf[start + i * ld + j];
+                        if act == Activation::Sigmoid {
+                            assert!((got - want).abs() <= 1e-6, "{rows} {act:?} {shift}");
+                        } else {
+                            assert_eq!(got.to_bits(), want.to_bits(), "{rows} {act:?} {shift}");
+                        }
+                    }
+                    for j in cols..ld {
+                        assert_eq!(buf[start + i * ld + j], 7.5, "{rows} {act:?}: outside");
+                    }
+                }
+            }
+        }
+    }
+}

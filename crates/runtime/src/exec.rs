@@ -96,6 +96,8 @@ pub(crate) struct OpCall<'a> {
     pub(crate) weights: &'a OpWeights,
     /// The op's prepacked linear weights, when it is a linear layer.
     pub(crate) packed: Option<&'a cpu::PackedLinear>,
+    /// A linear layer folded into its feature's table: only its bias and activation are left.
+    pub(crate) folded: bool,
     /// Where each op's output lives ([`Placement`]).
     pub(crate) place: &'a Placement,
     pub(crate) bufs: &'a BufInner,
@@ -119,6 +121,7 @@ pub(crate) fn run_op(call: &OpCall<'_>) -> std::result::Result<(), String> {
         id,
         weights,
         packed,
+        folded,
         place,
         bufs,
         input,
@@ -211,6 +214,10 @@ pub(crate) fn run_op(call: &OpCall<'_>) -> std::result::Result<(), String> {
                 let v = wide.iter().map(|(i, o)| (&i[..], &o[..])).collect();
                 table_batched(&tables, v, out, par);
             }
+        }
+        (OpKind::Linear { act, .. }, OpWeights::Linear { bias, .. }) if folded => {
+            // The lookup pooled the projected table: `W · Σ e` is already there.
+            cpu::bias_act_par(view(&op.inputs[0])?, &bias.data, activation(*act), out, par);
         }
         (OpKind::Linear { act, .. }, OpWeights::Linear { .. }) => {
             // The input, or the parts of a concat that is read in place.
@@ -479,33 +486,42 @@ fn table_batched<I: Index>(
     cpu::table_batched_embedding_bag_par(tables, &i, &o, out, par);
 }
 
+/// A small model for unit tests: 4 dense features, bottom `[8]`, `count` features of `rows` x 8
+/// (with `sparse` added to their section, e.g. `branch = [8]`), the given interaction, top
+/// `[8, 1]`.
+#[cfg(test)]
+pub(crate) fn small_graph(count: usize, rows: usize, sparse: &str, interaction: &str) -> OpGraph {
+    let spec = streamrec_graph::ModelSpec::parse(
+        &format!(
+            r#"
+            dense = 4
+            [bottom]
+            layers = [8]
+            [sparse]
+            count = {count}
+            rows = {rows}
+            dim = 8
+            {sparse}
+            [interaction]
+            {interaction}
+            [top]
+            layers = [8, 1]
+            "#
+        ),
+        "inline",
+        None,
+    )
+    .expect("a valid spec");
+    OpGraph::from_spec(&spec)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use streamrec_graph::{ModelSpec, Op, Stage};
+    use streamrec_graph::{Op, Stage};
 
     fn graph(interaction: &str) -> OpGraph {
-        let spec = ModelSpec::parse(
-            &format!(
-                r#"
-                dense = 4
-                [bottom]
-                layers = [8]
-                [sparse]
-                count = 2
-                rows = 10
-                dim = 8
-                [interaction]
-                {interaction}
-                [top]
-                layers = [8, 1]
-                "#
-            ),
-            "inline",
-            None,
-        )
-        .unwrap();
-        OpGraph::from_spec(&spec)
+        small_graph(2, 10, "", interaction)
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Dense kernels: GEMM through `matrixmultiply`, fused linear layers, concatenation and
 //! element-wise activations.
 
+use super::par::{row_tiles, Parallel};
 use crate::types::{Activation, MatMut, MatRef};
 
 /// The largest offset `(rows - 1) * rs + (cols - 1) * cs` of a non-empty strided matrix.
@@ -248,6 +249,110 @@ pub fn sigmoid(x: MatRef<'_>, mut out: MatMut<'_>) {
 pub fn sigmoid_inplace(x: &mut [f32]) {
     for v in x {
         *v = sigmoid_scalar(*v);
+    }
+}
+
+/// `out = act(x + bias)`, the bias broadcast over the rows: the epilogue of a linear layer whose
+/// product was computed elsewhere (the CPU backend's folded embedding projections). Rows are
+/// split into tiles that `par` runs once the output is large.
+///
+/// An output of at least [`STREAM_MIN_ROWS`] rows is written with streaming stores where its
+/// rows start on 64-byte boundaries (AVX-512, ReLU or no activation): such an output is a block
+/// of a wide activation that the next layer reads much later, so fetching its lines first (the
+/// cost of an ordinary store that misses) would be wasted. Every path gives the same values:
+/// `v + b`, then ReLU as `v > 0 ? v : 0` (NaN and -0 give +0).
+///
+/// # Panics
+///
+/// Panics if `x` and `out` differ in shape or `bias` is not one value per column.
+pub fn bias_act_par(
+    x: MatRef<'_>,
+    bias: &[f32],
+    act: Activation,
+    out: MatMut<'_>,
+    par: &dyn Parallel,
+) {
+    assert_eq!(
+        (x.rows, x.cols),
+        (out.rows, out.cols),
+        "bias_act: shapes differ"
+    );
+    assert_eq!(bias.len(), x.cols, "bias_act: one bias per column");
+    let stream = x.rows >= STREAM_MIN_ROWS;
+    let tiles = if x.rows * x.cols >= PAR_MIN_ELEMENTS {
+        par.width() * 2
+    } else {
+        1
+    };
+    let tiles = row_tiles(out, tiles);
+    par.for_each(tiles.len(), &|t| {
+        let (r0, mut view) = tiles[t]
+            .lock()
+            .expect("tile slot")
+            .take()
+            .expect("each tile runs once");
+        let mut streamed = false;
+        for (i, dst) in view.row_iter_mut().enumerate() {
+            let src = x.row(r0 + i);
+            #[cfg(target_arch = "x86_64")]
+            if stream
+                && act != Activation::Sigmoid
+                && dst.len().is_multiple_of(16)
+                && dst.as_ptr().align_offset(64) == 0
+                && std::arch::is_x86_feature_detected!("avx512f")
+            {
+                // SAFETY: AVX-512F is present; `dst` starts on a 64-byte boundary and holds a
+                // whole number of vectors, as many as `src` and `bias`.
+                unsafe { bias_act_row_stream(src, bias, act == Activation::Relu, dst) };
+                streamed = true;
+                continue;
+            }
+            for ((o, &v), &b) in dst.iter_mut().zip(src).zip(bias) {
+                let y = v + b;
+                *o = match act {
+                    Activation::None => y,
+                    Activation::Relu if y > 0.0 => y,
+                    Activation::Relu => 0.0,
+                    Activation::Sigmoid => sigmoid_scalar(y),
+                };
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        if streamed {
+            // Streaming stores are weakly ordered: make them visible before the tile is
+            // reported done (the other threads then read the output).
+            // SAFETY: SSE is part of x86_64.
+            unsafe { std::arch::x86_64::_mm_sfence() };
+        }
+        let _ = streamed;
+    });
+}
+
+/// Outputs of at least this many rows are written with streaming stores ([`bias_act_par`]).
+pub const STREAM_MIN_ROWS: usize = 64;
+/// Outputs of at least this many elements are split over the runner's threads.
+const PAR_MIN_ELEMENTS: usize = 1 << 16;
+
+/// One row of [`bias_act_par`] with AVX-512 and streaming stores.
+///
+/// # Safety
+///
+/// AVX-512F must be present; `dst` must start on a 64-byte boundary, `dst.len()` be a multiple
+/// of 16, and `src` and `bias` at least as long as `dst`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn bias_act_row_stream(src: &[f32], bias: &[f32], relu: bool, dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    debug_assert!(src.len() >= dst.len() && bias.len() >= dst.len());
+    let zero = _mm512_setzero_ps();
+    for c in (0..dst.len()).step_by(16) {
+        let v = _mm512_add_ps(
+            _mm512_loadu_ps(src.as_ptr().add(c)),
+            _mm512_loadu_ps(bias.as_ptr().add(c)),
+        );
+        // `v > 0 ? v : 0`: MAXPS returns its second operand for NaN and for two zeros.
+        let v = if relu { _mm512_max_ps(v, zero) } else { v };
+        _mm512_stream_ps(dst.as_mut_ptr().add(c), v);
     }
 }
 

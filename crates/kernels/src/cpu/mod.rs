@@ -13,7 +13,10 @@ mod gemm;
 mod interaction;
 mod par;
 
-pub use dense::{concat, linear, linear_parallel, relu_inplace, sigmoid, sigmoid_inplace};
+pub use dense::{
+    bias_act_par, concat, linear, linear_parallel, relu_inplace, sigmoid, sigmoid_inplace,
+    STREAM_MIN_ROWS,
+};
 pub use embedding::{
     embedding_bag, embedding_bag_par, table_batched_embedding_bag, table_batched_embedding_bag_par,
 };

@@ -40,6 +40,8 @@ use crate::weights::Weights;
 pub struct CpuBackend {
     pool: Arc<Pool>,
     workers: Vec<JoinHandle<()>>,
+    /// Fold square linear layers into the tables they alone read (`backend::fold`).
+    fold: bool,
 }
 
 impl Default for CpuBackend {
@@ -56,6 +58,12 @@ impl Drop for CpuBackend {
             let _ = w.join();
         }
     }
+}
+
+/// Whether a new CPU backend folds embedding projections into their tables
+/// ([`CpuBackend::with_fold`]): on unless `STREAMREC_CPU_FOLD=off` (or `0`, `false`, `no`).
+pub fn fold_default() -> bool {
+    super::fold::enabled()
 }
 
 impl CpuBackend {
@@ -102,7 +110,20 @@ impl CpuBackend {
             }
         }
         pool.width.store(workers.len() + 1, Ordering::Release);
-        Self { pool, workers }
+        Self {
+            pool,
+            workers,
+            fold: super::fold::enabled(),
+        }
+    }
+
+    /// Whether engines on this backend fold a square linear layer into the table whose pooled
+    /// rows it alone reads (on unless `STREAMREC_CPU_FOLD=off`): the lookup then pools
+    /// `table · Wᵀ` and the layer only adds its bias, one GEMM less per feature. Off, every layer
+    /// runs as written (for comparisons); either way within f32 rounding of each other.
+    pub fn with_fold(mut self, on: bool) -> Self {
+        self.fold = on;
+        self
     }
 
     /// The threads streams and kernels run on (the host thread included).
@@ -115,8 +136,13 @@ impl CpuBackend {
 /// unsynchronised access is sound). It is kept as a raw allocation, so that producers on
 /// different threads can write disjoint columns of one buffer through views of their own.
 pub(crate) struct SharedBuf {
+    /// The first 64-byte aligned float of the allocation (kernels may stream whole cache lines
+    /// into it).
     ptr: *mut f32,
     len: usize,
+    /// The allocation: `ptr` lies at most 15 floats into it.
+    alloc: *mut f32,
+    alloc_len: usize,
 }
 
 // SAFETY: access is ordered by the plan's stream order and events (module docs); the buffer is
@@ -125,19 +151,30 @@ unsafe impl Sync for SharedBuf {}
 // SAFETY: the buffer owns its allocation of f32, which can move between threads.
 unsafe impl Send for SharedBuf {}
 
+/// Floats an activation buffer allocates beyond its length, to start on a 64-byte boundary.
+const ALIGN_FLOATS: usize = 15;
+
 impl SharedBuf {
     /// A buffer of `len` floats, poisoned with NaN so unwritten elements show; an allocation
     /// the machine cannot make is an error, not an abort.
     fn new(len: usize) -> Result<Self> {
-        let v = crate::weights::alloc_f32(len, f32::NAN).map_err(|e| {
-            RuntimeError::Input(format!(
+        let v =
+            crate::weights::alloc_f32(len.saturating_add(ALIGN_FLOATS), f32::NAN).map_err(|e| {
+                RuntimeError::Input(format!(
                 "cannot allocate an activation buffer of {len} floats ({e}); use a smaller batch"
             ))
-        })?;
+            })?;
         let b = v.into_boxed_slice();
+        let alloc_len = b.len();
+        let alloc = Box::into_raw(b).cast::<f32>();
+        // f32 allocations are 4-byte aligned: at most 15 floats to the next 64-byte boundary.
+        let skip = alloc.align_offset(64).min(ALIGN_FLOATS);
         Ok(Self {
-            len: b.len(),
-            ptr: Box::into_raw(b).cast::<f32>(),
+            // SAFETY: `skip <= ALIGN_FLOATS` and the allocation holds `len + ALIGN_FLOATS`.
+            ptr: unsafe { alloc.add(skip) },
+            len,
+            alloc,
+            alloc_len,
         })
     }
 
@@ -186,9 +223,14 @@ impl SharedBuf {
 
 impl Drop for SharedBuf {
     fn drop(&mut self) {
-        // SAFETY: `ptr` and `len` came from `Box::into_raw` of a boxed slice in `new`, and the
-        // buffer is dropped once.
-        drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr, self.len)) });
+        // SAFETY: `alloc` and `alloc_len` came from `Box::into_raw` of a boxed slice in `new`,
+        // and the buffer is dropped once.
+        drop(unsafe {
+            Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                self.alloc,
+                self.alloc_len,
+            ))
+        });
     }
 }
 
@@ -210,6 +252,9 @@ pub struct CpuWeights {
     pub(crate) by_op: Vec<OpWeights>,
     /// Each linear layer's weight and bias, packed once into the panels the kernels stream.
     pub(crate) packed: Vec<Option<PackedLinear>>,
+    /// Per op: a linear layer folded into its feature's table (its lookup pools the projected
+    /// table; the layer adds its bias and applies its activation), see `backend::fold`.
+    pub(crate) folded: Vec<bool>,
     /// Where each op's output lives, and which concats copy nothing ([`exec::Placement`]).
     pub(crate) place: exec::Placement,
 }
@@ -655,6 +700,7 @@ fn run_op(pool: &Pool, s: &StreamShared, j: &Job, op: OpId, batch: usize) -> Opt
             id: op,
             weights: &weights.by_op[op],
             packed: weights.packed[op].as_ref(),
+            folded: weights.folded[op],
             place: &weights.place,
             bufs,
             input: input.as_deref(),
@@ -703,12 +749,24 @@ impl Backend for CpuBackend {
     }
 
     fn load_weights(&self, graph: &OpGraph, weights: &Weights) -> Result<CpuWeights> {
-        let by_op: Vec<OpWeights> = (0..graph.len())
+        let mut by_op: Vec<OpWeights> = (0..graph.len())
             .map(|id| exec::resolve_weights(graph, id, weights))
             .collect::<Result<_>>()?;
+        let folds = if self.fold {
+            super::fold::plan(graph)
+        } else {
+            Vec::new()
+        };
+        super::fold::apply(&folds, &mut by_op, self.pool.width())?;
+        let mut folded = vec![false; graph.len()];
+        for f in &folds {
+            folded[f.linear] = true;
+        }
         let packed = by_op
             .iter()
-            .map(|w| match w {
+            .zip(&folded)
+            .map(|(w, &folded)| match w {
+                OpWeights::Linear { .. } if folded => None,
                 OpWeights::Linear { weight, bias } => Some(PackedLinear::new(
                     &weight.data,
                     weight.shape[0],
@@ -721,6 +779,7 @@ impl Backend for CpuBackend {
         Ok(CpuWeights {
             by_op,
             packed,
+            folded,
             place: exec::Placement::new(graph),
         })
     }

@@ -10,6 +10,7 @@
 
 pub mod cpu;
 pub mod cuda;
+mod fold;
 
 use std::sync::Arc;
 
