@@ -798,14 +798,15 @@ fn embedding_bags_are_bit_identical_on_every_path_and_split() {
     }
 }
 
-/// `bias_act_par` into column blocks of a wide buffer: the streaming-store path (aligned rows,
-/// at least `STREAM_MIN_ROWS` of them), the plain path (misaligned, or few rows) and every
-/// activation give `act(x + b)` exactly as computed here, and nothing outside the block changes.
+/// `bias_act_par` into column blocks of a wide buffer and into a buffer of its own: the
+/// streaming-store path (a block of aligned rows, at least `STREAM_MIN_ROWS` of them), the plain
+/// path (misaligned, few rows, or a buffer of its own) and every activation give `act(x + b)`
+/// exactly as computed here, and nothing outside the block changes.
 #[test]
 fn bias_act_par_gives_the_same_values_on_every_path() {
     let mut r = rng(41);
-    let (cols, ld) = (32, 48);
-    for rows in [3, cpu::STREAM_MIN_ROWS, 700] {
+    let cols = 32;
+    for (rows, ld) in [(3, 48), (cpu::STREAM_MIN_ROWS, 48), (700, 48), (700, 32)] {
         let x = uniform(&mut r, rows * cols);
         let bias = uniform(&mut r, cols);
         for act in [Activation::None, Activation::Relu, Activation::Sigmoid] {

@@ -256,11 +256,12 @@ pub fn sigmoid_inplace(x: &mut [f32]) {
 /// product was computed elsewhere (the CPU backend's folded embedding projections). Rows are
 /// split into tiles that `par` runs once the output is large.
 ///
-/// An output of at least [`STREAM_MIN_ROWS`] rows is written with streaming stores where its
-/// rows start on 64-byte boundaries (AVX-512, ReLU or no activation): such an output is a block
-/// of a wide activation that the next layer reads much later, so fetching its lines first (the
-/// cost of an ordinary store that misses) would be wasted. Every path gives the same values:
-/// `v + b`, then ReLU as `v > 0 ? v : 0` (NaN and -0 give +0).
+/// A block of a wider buffer (`out.ld > out.cols`) of at least [`STREAM_MIN_ROWS`] rows is
+/// written with streaming stores where its rows start on 64-byte boundaries (AVX-512, ReLU or no
+/// activation): such a block of a wide activation (a concat's part) is read by the next layer
+/// only once every part is written, so fetching its lines first (the cost of an ordinary store
+/// that misses) would be wasted; an output of its own is read next and stays in cache. Every
+/// path gives the same values: `v + b`, then ReLU as `v > 0 ? v : 0` (NaN and -0 give +0).
 ///
 /// # Panics
 ///
@@ -278,7 +279,7 @@ pub fn bias_act_par(
         "bias_act: shapes differ"
     );
     assert_eq!(bias.len(), x.cols, "bias_act: one bias per column");
-    let stream = x.rows >= STREAM_MIN_ROWS;
+    let stream = x.rows >= STREAM_MIN_ROWS && out.ld > out.cols;
     let tiles = if x.rows * x.cols >= PAR_MIN_ELEMENTS {
         par.width() * 2
     } else {
