@@ -202,6 +202,13 @@ struct Timed {
     rounds: Vec<LatencySummary>,
 }
 
+impl Timed {
+    /// The p50 of each round, in order.
+    fn p50s(&self) -> Vec<f64> {
+        self.rounds.iter().map(|r| r.p50_us).collect()
+    }
+}
+
 /// Relative spread of measurements: (max - min) / median; 0 for fewer than two.
 pub(crate) fn spread(v: &[f64]) -> f64 {
     if v.len() < 2 {
@@ -604,10 +611,7 @@ pub fn run(args: &[String]) -> Result<()> {
             );
             // The noise floor: the spread of p50 over every round of the identical `single`
             // plans (one per K); a ratio closer to 1 than this is no difference.
-            let single_p50s: Vec<f64> = singles
-                .iter()
-                .flat_map(|t| t.rounds.iter().map(|r| r.p50_us))
-                .collect();
+            let single_p50s: Vec<f64> = singles.iter().flat_map(|t| t.p50s()).collect();
             let noise = spread(&single_p50s);
             let _ = writeln!(
                 noise_table,
@@ -623,18 +627,17 @@ pub fn run(args: &[String]) -> Result<()> {
             let mut auto: Option<(f64, Vec<f64>)> = None;
             for ((algo, k, ..), t) in configs.iter().zip(&results) {
                 let p50 = t.median.p50_us;
-                let rounds = || t.rounds.iter().map(|r| r.p50_us).collect::<Vec<_>>();
                 if best.as_ref().is_none_or(|b| p50 < b.p50) {
                     best = Some(BestRow {
                         batch: b,
                         config: format!("{algo} x{k}"),
                         p50,
-                        best_rounds: rounds(),
+                        best_rounds: t.p50s(),
                         ..BestRow::default()
                     });
                 }
                 if *algo == Algorithm::Auto && auto.as_ref().is_none_or(|a| p50 < a.0) {
-                    auto = Some((p50, rounds()));
+                    auto = Some((p50, t.p50s()));
                 }
             }
             if let Some(mut row) = best {
@@ -760,7 +763,7 @@ pub fn run(args: &[String]) -> Result<()> {
                 setups.iter().map(|s| (&s.3, 1)).collect();
             let r = time_side_by_side(&engines, &input, budget, 3, || {})?;
             // The noise floor: the round-to-round spread of the baseline (single, 1 thread).
-            let noise = spread(&r[0].rounds.iter().map(|x| x.p50_us).collect::<Vec<_>>());
+            let noise = spread(&r[0].p50s());
             let base_p50 = r[0].median.p50_us;
             for ((algo, k, threads, _), t) in setups.iter().zip(&r) {
                 let s = &t.median;
@@ -946,14 +949,13 @@ pub fn peer_task(args: &[String]) -> Result<()> {
             .enumerate()
             .min_by(|a, b| a.1.median.p50_us.total_cmp(&b.1.median.p50_us))
             .expect("configurations");
-        let rounds = |t: &Timed| t.rounds.iter().map(|r| r.p50_us).collect::<Vec<_>>();
         best_rows.push(BestRow {
             batch: b,
             config: setups[bi].0.clone(),
             p50: bt.median.p50_us,
             auto: r.last().map(|t| t.median.p50_us),
-            best_rounds: rounds(bt),
-            auto_rounds: r.last().map(rounds).unwrap_or_default(),
+            best_rounds: bt.p50s(),
+            auto_rounds: r.last().map(Timed::p50s).unwrap_or_default(),
         });
     }
     let (mut csv, mut table) = (String::new(), String::new());

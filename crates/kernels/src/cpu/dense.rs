@@ -279,7 +279,10 @@ pub fn bias_act_par(
         "bias_act: shapes differ"
     );
     assert_eq!(bias.len(), x.cols, "bias_act: one bias per column");
-    let stream = x.rows >= STREAM_MIN_ROWS && out.ld > out.cols;
+    let stream = x.rows >= STREAM_MIN_ROWS
+        && out.ld > out.cols
+        && act != Activation::Sigmoid
+        && streaming_stores();
     let tiles = if x.rows * x.cols >= PAR_MIN_ELEMENTS {
         par.width() * 2
     } else {
@@ -292,20 +295,13 @@ pub fn bias_act_par(
             .expect("tile slot")
             .take()
             .expect("each tile runs once");
-        let mut streamed = false;
         for (i, dst) in view.row_iter_mut().enumerate() {
             let src = x.row(r0 + i);
             #[cfg(target_arch = "x86_64")]
-            if stream
-                && act != Activation::Sigmoid
-                && dst.len().is_multiple_of(16)
-                && dst.as_ptr().align_offset(64) == 0
-                && std::arch::is_x86_feature_detected!("avx512f")
-            {
-                // SAFETY: AVX-512F is present; `dst` starts on a 64-byte boundary and holds a
-                // whole number of vectors, as many as `src` and `bias`.
+            if stream && dst.len().is_multiple_of(16) && dst.as_ptr().align_offset(64) == 0 {
+                // SAFETY: AVX-512F is present (`streaming_stores`); `dst` starts on a 64-byte
+                // boundary and holds a whole number of vectors, as many as `src` and `bias`.
                 unsafe { bias_act_row_stream(src, bias, act == Activation::Relu, dst) };
-                streamed = true;
                 continue;
             }
             for ((o, &v), &b) in dst.iter_mut().zip(src).zip(bias) {
@@ -319,14 +315,25 @@ pub fn bias_act_par(
             }
         }
         #[cfg(target_arch = "x86_64")]
-        if streamed {
+        if stream {
             // Streaming stores are weakly ordered: make them visible before the tile is
             // reported done (the other threads then read the output).
             // SAFETY: SSE is part of x86_64.
             unsafe { std::arch::x86_64::_mm_sfence() };
         }
-        let _ = streamed;
     });
+}
+
+/// Whether this machine has the streaming-store path of [`bias_act_par`] (AVX-512F).
+fn streaming_stores() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// Outputs of at least this many rows are written with streaming stores ([`bias_act_par`]).
