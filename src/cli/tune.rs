@@ -1,8 +1,12 @@
 //! Measured `auto`: the plan `run` and `serve` use when `--algo` is not given. A few candidate
 //! plans (single, the simulator's pick, streamrec, critical-path and nimble on up to K streams,
 //! where K is at most the cores on the CPU backend) are built and timed side by side on random
-//! batches; the fastest wins when it beats `single` by more than the noise floor measured in the
-//! same run (the spread of `single` timed before and after the others), else `single` does. The
+//! batches, in rounds that time `single` first and last and every candidate in between; each
+//! candidate's p50 is taken relative to the `single` timings around it in the same round, so
+//! that a machine whose speed drifts (a busy host) moves both sides of each ratio. The fastest
+//! (median ratio over the rounds) wins when it beats `single` by more than the noise floor
+//! measured in the same run (the median change of `single` from a round's start to its end),
+//! else `single` does. The
 //! choice is cached per machine, model, batch sizes and engine settings (in
 //! `$STREAMREC_CACHE_DIR`, else `$XDG_CACHE_HOME/streamrec`, else `~/.cache/streamrec`), so later
 //! runs start at once; `STREAMREC_RETUNE=1` measures again.
@@ -25,11 +29,12 @@ use super::PlanOpts;
 /// Version of the cache file format, of the selection rule and of the CPU kernels whose
 /// timings decided a choice (3: in-place concat, per-row prefetch, panel split for large
 /// weights; 4: grouped panels and k blocks of 1024; 5: concats assembled by their producers;
-/// 6: embedding projections folded into their tables), so that a choice measured on older
-/// kernels is measured again.
-const CACHE_VERSION: u32 = 6;
-/// Timing rounds per candidate and batch size.
-const ROUNDS: usize = 3;
+/// 6: embedding projections folded into their tables; 7: paired rounds, [`decide`]), so that a
+/// choice measured on older kernels or by an older rule is measured again.
+const CACHE_VERSION: u32 = 7;
+/// Timing rounds (each times every candidate once, and `single` twice). The medians over five
+/// rounds ignore up to two rounds that a burst of other work on the machine spoiled.
+const ROUNDS: usize = 5;
 /// Most time one round of one candidate at one batch size may take.
 const ROUND_TIME: Duration = Duration::from_millis(60);
 
@@ -326,57 +331,34 @@ pub fn tune_with(
             max_batch,
             weights,
         )?;
-        // single before and after the others: its spread is the noise floor.
-        let mut single_rounds: Vec<Vec<f64>> = vec![Vec::new(); batches.len()];
-        for _ in 0..ROUNDS {
-            for (i, t) in time_round(&single, &inputs)?.into_iter().enumerate() {
-                single_rounds[i].push(t);
-            }
-        }
-        let mut cand_p50: Vec<Vec<f64>> = Vec::new();
+        let mut built = Vec::with_capacity(cands.len() - 1);
         for c in &cands[1..] {
             let opts = c.plan_opts(plan)?;
             let algo = opts.algo();
-            let built = build(&tune_target, graph, &opts, algo, max_batch, weights)?;
-            let mut rounds: Vec<Vec<f64>> = vec![Vec::new(); batches.len()];
-            for _ in 0..ROUNDS {
-                for (i, t) in time_round(&built, &inputs)?.into_iter().enumerate() {
-                    rounds[i].push(t);
-                }
-            }
-            cand_p50.push(rounds.iter().map(|r| median(r)).collect());
+            built.push(build(&tune_target, graph, &opts, algo, max_batch, weights)?);
         }
-        for _ in 0..ROUNDS {
-            for (i, t) in time_round(&single, &inputs)?.into_iter().enumerate() {
-                single_rounds[i].push(t);
+        let mut rounds = Vec::with_capacity(ROUNDS);
+        for r in 0..ROUNDS {
+            let first = time_round(&single, &inputs)?;
+            // Each round starts at another candidate, so none always sits next to `single`.
+            let mut cand = vec![Vec::new(); built.len()];
+            for j in 0..built.len() {
+                let c = (j + r) % built.len();
+                cand[c] = time_round(&built[c], &inputs)?;
             }
+            let last = time_round(&single, &inputs)?;
+            rounds.push(RoundTimes {
+                single: [first, last],
+                cands: cand,
+            });
         }
-        let noise = single_rounds
+        let d = decide(&rounds);
+        let ratios = cands
             .iter()
-            .map(|r| {
-                let max = r.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let min = r.iter().copied().fold(f64::INFINITY, f64::min);
-                (max - min) / median(r)
-            })
-            .fold(0.0, f64::max);
-        let base: Vec<f64> = single_rounds.iter().map(|r| median(r)).collect();
-        // p50 relative to single, geometric mean over the batch sizes (< 1: faster).
-        let rel = |p: &[f64]| -> f64 {
-            let logs: f64 = p.iter().zip(&base).map(|(x, b)| (x / b).ln()).sum();
-            (logs / p.len() as f64).exp()
-        };
-        let mut ratios = vec![(cands[0].label(), 1.0)];
-        let mut best = (0usize, 1.0f64);
-        for (i, p) in cand_p50.iter().enumerate() {
-            let r = rel(p);
-            ratios.push((cands[i + 1].label(), r));
-            if r < best.1 {
-                best = (i + 1, r);
-            }
-        }
-        // Only a win larger than the noise floor replaces the baseline.
-        let pick = if best.1 < 1.0 - noise { best.0 } else { 0 };
-        (cands[pick].clone(), ratios, noise)
+            .zip(&d.ratios)
+            .map(|(c, &r)| (c.label(), r))
+            .collect();
+        (cands[d.pick].clone(), ratios, d.noise)
     };
     if !quiet {
         let table: Vec<String> = ratios.iter().map(|(l, r)| format!("{l} {r:.2}x")).collect();
@@ -402,9 +384,179 @@ pub fn tune_with(
     choice.plan_opts(plan)
 }
 
+/// The p50s of one timing round, per batch size: `single` at the round's start and at its end,
+/// and each candidate in between (`cands[c][i]`: candidate `c` at batch size `i`).
+#[derive(Clone, Debug)]
+struct RoundTimes {
+    single: [Vec<f64>; 2],
+    cands: Vec<Vec<f64>>,
+}
+
+/// What [`decide`] makes of the rounds.
+#[derive(Debug, PartialEq)]
+struct Decision {
+    /// 0 for `single`, `c + 1` for candidate `c`.
+    pick: usize,
+    /// `single` (1.0) and then each candidate: the median over the rounds of its p50 over the
+    /// geometric mean of the two `single` timings around it, geometric mean over batch sizes
+    /// (< 1: faster).
+    ratios: Vec<f64>,
+    /// The noise floor: per batch size, the median over the rounds of how far `single` moved from
+    /// the round's start to its end (`|ln(end / start)|`, as a fraction); the largest over batch
+    /// sizes.
+    noise: f64,
+}
+
+/// Picks from paired rounds: the candidate with the lowest ratio to `single` wins when that ratio
+/// is below `1 - noise`, else `single` does.
+fn decide(rounds: &[RoundTimes]) -> Decision {
+    let n_cands = rounds.first().map_or(0, |r| r.cands.len());
+    let n_batches = rounds.first().map_or(0, |r| r.single[0].len());
+    let geo_mean = |v: &[f64]| -> f64 {
+        if v.is_empty() {
+            return 1.0;
+        }
+        (v.iter().map(|x| x.ln()).sum::<f64>() / v.len() as f64).exp()
+    };
+    let noise = (0..n_batches)
+        .map(|i| {
+            let drift: Vec<f64> = rounds
+                .iter()
+                .map(|r| (r.single[1][i] / r.single[0][i]).ln().abs())
+                .collect();
+            median(&drift).exp_m1()
+        })
+        .fold(0.0, f64::max);
+    let mut ratios = vec![1.0];
+    let mut pick = (0usize, 1.0f64);
+    for c in 0..n_cands {
+        let per_batch: Vec<f64> = (0..n_batches)
+            .map(|i| {
+                let r: Vec<f64> = rounds
+                    .iter()
+                    .map(|r| r.cands[c][i] / (r.single[0][i] * r.single[1][i]).sqrt())
+                    .collect();
+                median(&r)
+            })
+            .collect();
+        let ratio = geo_mean(&per_batch);
+        ratios.push(ratio);
+        if ratio < pick.1 {
+            pick = (c + 1, ratio);
+        }
+    }
+    // Only a win larger than the noise floor replaces the baseline.
+    let pick = if pick.1 < 1.0 - noise { pick.0 } else { 0 };
+    Decision {
+        pick,
+        ratios,
+        noise,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rounds at one batch size: `single` at each round's start and end, and the candidates.
+    fn rounds(single: &[(f64, f64)], cands: &[&[f64]]) -> Vec<RoundTimes> {
+        single
+            .iter()
+            .enumerate()
+            .map(|(r, &(a, b))| RoundTimes {
+                single: [vec![a], vec![b]],
+                cands: cands.iter().map(|c| vec![c[r]]).collect(),
+            })
+            .collect()
+    }
+
+    const STEADY: [(f64, f64); 5] = [
+        (100.0, 101.0),
+        (101.0, 100.0),
+        (100.0, 100.5),
+        (99.5, 100.0),
+        (100.0, 99.0),
+    ];
+
+    #[test]
+    fn a_clear_win_is_picked_and_a_tie_or_a_loss_is_not() {
+        let d = decide(&rounds(&STEADY, &[&[80.0, 81.0, 79.0, 80.0, 80.5]]));
+        assert_eq!(d.pick, 1, "{d:?}");
+        assert!((d.ratios[1] - 0.8).abs() < 0.01, "{d:?}");
+        assert!(d.noise > 0.004 && d.noise < 0.011, "{d:?}");
+        let tie = decide(&rounds(&STEADY, &[&[99.5, 100.5, 100.0, 99.8, 100.2]]));
+        assert_eq!(tie.pick, 0, "{tie:?}");
+        let loss = decide(&rounds(&STEADY, &[&[110.0, 111.0, 109.0, 110.0, 110.5]]));
+        assert_eq!(loss.pick, 0, "{loss:?}");
+        assert!(loss.ratios[1] > 1.08, "{loss:?}");
+    }
+
+    #[test]
+    fn the_fastest_of_several_wins() {
+        let d = decide(&rounds(
+            &STEADY,
+            &[
+                &[90.0, 90.0, 91.0, 90.0, 90.0],
+                &[80.0, 80.0, 81.0, 80.0, 80.0],
+                &[120.0, 120.0, 120.0, 120.0, 120.0],
+            ],
+        ));
+        assert_eq!(d.pick, 2, "{d:?}");
+        assert_eq!(d.ratios.len(), 4);
+    }
+
+    #[test]
+    fn a_burst_in_one_round_does_not_hide_a_win() {
+        // The machine ran at half speed for part of round 2: the candidate and the closing
+        // `single` were slowed. Taking the spread of all single timings as the floor (100%
+        // here) would keep `single`; the paired medians see the 20% win.
+        let mut single = STEADY;
+        single[2] = (100.0, 200.0);
+        let d = decide(&rounds(&single, &[&[80.0, 80.0, 160.0, 80.0, 80.0]]));
+        assert_eq!(d.pick, 1, "{d:?}");
+        assert!(d.noise < 0.011, "{d:?}");
+    }
+
+    #[test]
+    fn a_win_inside_the_noise_floor_keeps_single() {
+        // `single` moves by about 30% within most rounds: a 10% win is not believed.
+        let single = [
+            (100.0, 130.0),
+            (130.0, 100.0),
+            (100.0, 128.0),
+            (100.0, 100.0),
+            (125.0, 100.0),
+        ];
+        let d = decide(&rounds(&single, &[&[103.0, 103.0, 102.0, 90.0, 100.0]]));
+        assert!(d.ratios[1] < 0.95, "{d:?}");
+        assert!(d.noise > 0.2, "{d:?}");
+        assert_eq!(d.pick, 0, "{d:?}");
+    }
+
+    #[test]
+    fn a_candidate_is_compared_with_the_singles_around_it() {
+        // The machine sped up steadily through each round (100 -> 80 -> 64): a candidate as fast
+        // as `single`, timed in the middle, reads 1.0x, not 0.8x against the round's first
+        // `single` or 1.25x against its last.
+        let d = decide(&rounds(&[(100.0, 64.0); 5], &[&[80.0; 5]]));
+        assert!((d.ratios[1] - 1.0).abs() < 1e-9, "{d:?}");
+        assert_eq!(d.pick, 0);
+    }
+
+    #[test]
+    fn batch_sizes_combine_by_geometric_mean() {
+        // 0.5x at one size and 1.6x at the other: the geometric mean is 0.89x.
+        let r: Vec<RoundTimes> = (0..5)
+            .map(|_| RoundTimes {
+                single: [vec![100.0, 10.0], vec![100.0, 10.0]],
+                cands: vec![vec![50.0, 16.0]],
+            })
+            .collect();
+        let d = decide(&r);
+        assert!((d.ratios[1] - 0.8f64.sqrt()).abs() < 1e-9, "{d:?}");
+        assert_eq!(d.pick, 1);
+        assert_eq!(d.noise, 0.0);
+    }
 
     #[test]
     fn auto_labels_read_back() {
