@@ -11,6 +11,24 @@ pub enum RuntimeError {
     /// A weight tensor is missing or has the wrong shape or dtype.
     #[error("weights: {0}")]
     Weights(String),
+    /// A weight tensor read from a file holds a value that is not finite (NaN, +inf or -inf).
+    #[error(
+        "weights: {}: tensor `{tensor}` holds {value} at {}",
+        .path.display(),
+        crate::weights::describe_index(*.index, .shape)
+    )]
+    NonFinite {
+        /// The weights file.
+        path: PathBuf,
+        /// The tensor.
+        tensor: String,
+        /// The first value that is not finite.
+        value: f32,
+        /// Its flat (row-major) index in the tensor.
+        index: usize,
+        /// The tensor's shape.
+        shape: Vec<usize>,
+    },
     /// A file could not be read or written.
     #[error("{path}: {reason}")]
     Io {

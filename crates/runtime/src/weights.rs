@@ -110,7 +110,9 @@ impl Weights {
     }
 
     /// Loads every tensor the graph needs from a safetensors file; a missing tensor, a wrong
-    /// dtype or a wrong shape is an error naming the tensor. Extra tensors are ignored.
+    /// dtype, a wrong shape or a value that is not finite (NaN, +inf, -inf: such a model
+    /// answers every request with a score that is no number) is an error naming the tensor.
+    /// Extra tensors are ignored.
     pub fn load(graph: &OpGraph, path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| RuntimeError::Io {
             path: path.to_path_buf(),
@@ -151,6 +153,15 @@ impl Weights {
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect();
+            if let Some(index) = data.iter().position(|v| !v.is_finite()) {
+                return Err(RuntimeError::NonFinite {
+                    path: path.to_path_buf(),
+                    tensor: w.name.clone(),
+                    value: data[index],
+                    index,
+                    shape: w.shape.clone(),
+                });
+            }
             tensors.insert(
                 w.name.clone(),
                 Arc::new(Tensor {
@@ -208,6 +219,19 @@ impl Weights {
     /// Inserts or replaces a tensor.
     pub fn insert(&mut self, name: impl Into<String>, t: Tensor) {
         self.tensors.insert(name.into(), Arc::new(t));
+    }
+}
+
+/// Where a flat index lies in a tensor: `index 37`, and for a 2-D tensor
+/// `index 37 (row 2, column 5)`.
+pub(crate) fn describe_index(index: usize, shape: &[usize]) -> String {
+    match shape {
+        [_, cols] if *cols > 0 => format!(
+            "index {index} (row {}, column {})",
+            index / cols,
+            index % cols
+        ),
+        _ => format!("index {index}"),
     }
 }
 

@@ -1,11 +1,12 @@
 //! Weights from safetensors: a file written by the Python `safetensors` package (numpy) loads
-//! with the right values, and missing tensors, wrong shapes and wrong dtypes are named.
+//! with the right values, and missing tensors, wrong shapes and wrong dtypes are named; a value
+//! that is not finite (NaN, +inf, -inf) is refused, naming the tensor and where it lies.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use streamrec_graph::{ModelSpec, OpGraph};
-use streamrec_runtime::Weights;
+use streamrec_runtime::{RuntimeError, Tensor, Weights};
 
 fn tiny() -> OpGraph {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../workloads/tiny.toml");
@@ -107,4 +108,69 @@ fn damaged_files_name_the_tensor() {
     std::fs::write(&p, b"not a safetensors file").unwrap();
     let e = Weights::load(&g, &p).unwrap_err().to_string();
     assert!(e.contains("not a safetensors file"), "{e}");
+}
+
+/// Tiny's generated weights with `value` at flat `index` of `tensor`, saved as `file`.
+fn damaged(g: &OpGraph, file: &str, tensor: &str, index: usize, value: f32) -> PathBuf {
+    let mut w = Weights::generate(g, 7).expect("generates");
+    let mut t: Tensor = (**w.get(tensor).expect("tensor exists")).clone();
+    t.data[index] = value;
+    w.insert(tensor, t);
+    let p = tmp(file);
+    w.save(&p).expect("saves");
+    p
+}
+
+#[test]
+fn a_nan_in_a_table_names_the_tensor_row_and_column() {
+    let g = tiny();
+    // emb.C2.weight is [37, 16]: flat index 37 is row 2, column 5.
+    let p = damaged(&g, "nan.safetensors", "emb.C2.weight", 2 * 16 + 5, f32::NAN);
+    let e = Weights::load(&g, &p).unwrap_err();
+    assert!(
+        matches!(&e, RuntimeError::NonFinite { tensor, index: 37, .. } if tensor == "emb.C2.weight"),
+        "{e:?}"
+    );
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "weights: {}: tensor `emb.C2.weight` holds NaN at index 37 (row 2, column 5)",
+            p.display()
+        )
+    );
+}
+
+#[test]
+fn an_infinity_anywhere_in_a_tensor_is_named() {
+    let g = tiny();
+    // A bias is 1-D: the flat index alone.
+    let p = damaged(&g, "inf.safetensors", "top.1.bias", 3, f32::INFINITY);
+    let e = Weights::load(&g, &p).unwrap_err().to_string();
+    assert!(
+        e.ends_with("tensor `top.1.bias` holds inf at index 3"),
+        "{e}"
+    );
+    // The last element of the last layer is checked too.
+    let last = g
+        .weights()
+        .into_iter()
+        .find(|w| w.name == "top.2.weight")
+        .expect("top.2.weight");
+    let n: usize = last.shape.iter().product();
+    let p = damaged(
+        &g,
+        "neg-inf.safetensors",
+        "top.2.weight",
+        n - 1,
+        f32::NEG_INFINITY,
+    );
+    let e = Weights::load(&g, &p).unwrap_err().to_string();
+    assert!(
+        e.ends_with(&format!(
+            "tensor `top.2.weight` holds -inf at index {} (row 0, column {})",
+            n - 1,
+            n - 1
+        )),
+        "{e}"
+    );
 }
