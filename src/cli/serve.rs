@@ -20,8 +20,10 @@ pub struct ServeArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// Server settings (TOML; every field optional): host, port, max_batch, max_queue_delay_us,
-    /// queue_capacity, max_body_bytes, max_inflight, contexts, http_threads, drain_timeout_s,
-    /// retry_after_s, version. Flags below override the file.
+    /// queue_capacity, max_body_bytes, max_inflight, header_timeout_s, keepalive_idle_s,
+    /// body_timeout_s, min_body_rate, max_connections, max_buffered_bytes, contexts,
+    /// http_threads, drain_timeout_s, retry_after_s, version (deploy/README.md). Flags below
+    /// override the file.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Address to bind (default 127.0.0.1).
@@ -81,6 +83,17 @@ pub fn main(a: ServeArgs) -> Result<()> {
     }
     cfg.validate()?;
     a.engine.check_threads()?;
+    // Bind before loading anything: a port in use fails now, and until the model is loaded the
+    // address answers "not ready" (liveness 200, everything else 503).
+    let binding = Server::bind(cfg)?;
+    let cfg = binding.config().clone();
+    eprintln!(
+        "streamrec serve: bound http://{}; loading the model (not ready until loaded); at most {} connections (open-file limit {}), {} MiB of request memory",
+        binding.local_addr(),
+        cfg.max_connections,
+        streamrec_serve::config::open_file_limit(),
+        cfg.max_buffered_bytes >> 20
+    );
     let spec = a.model.load()?;
     let backend = resolve(a.engine.backend)?;
     let streams = a.streams.unwrap_or_else(|| {
@@ -133,14 +146,12 @@ pub fn main(a: ServeArgs) -> Result<()> {
     let name = spec.name.clone();
     let version = cfg.version.clone();
     let max_batch = cfg.max_batch;
-    let server = Server::start(
-        cfg,
-        Model {
+    let server = binding
+        .start(Model {
             spec,
             engine: Arc::from(built.engine),
-        },
-    )
-    .context("starting the server")?;
+        })
+        .context("starting the server")?;
     // The plan view at /ui: every algorithm at the server's max batch, read-only.
     let device = if backend == BackendKind::Cuda {
         "h200"

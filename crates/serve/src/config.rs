@@ -28,8 +28,30 @@ pub struct ServeConfig {
     pub queue_capacity: usize,
     /// Largest request body in bytes (413 beyond it).
     pub max_body_bytes: usize,
-    /// Most infer requests handled at once (reading, queued or running); beyond it, 503.
+    /// Most infer requests queued or running at once (a request counts once its body has
+    /// arrived); beyond it, 503.
     pub max_inflight: usize,
+    /// Seconds a request head may take, counted from the connection's opening or from the first
+    /// byte of the head on a kept-alive connection; beyond it the connection is closed.
+    pub header_timeout_s: f64,
+    /// Seconds a kept-alive connection may stay idle between requests before it is closed (keep
+    /// it above the keep-alive timeout of a proxy in front, e.g. nginx's 60 s).
+    pub keepalive_idle_s: f64,
+    /// Longest gap between two parts of a request body, in seconds; also the grace before
+    /// `min_body_rate` applies. Beyond either, 408 and the connection is closed.
+    pub body_timeout_s: f64,
+    /// Slowest average rate of a request body accepted after its first `body_timeout_s`, in
+    /// bytes per second.
+    pub min_body_rate: u64,
+    /// Most open connections; 0 (the default): the process's open-file limit less 64, read at
+    /// start. When full, the connection that has been sending its request longest (or else the
+    /// one idle longest) is closed to make room; with none of those, the new one gets a 503.
+    pub max_connections: usize,
+    /// Bytes of request bodies held at once over all connections, charged as they arrive, with
+    /// the cost of decoding them (JSON 4x its size, binary 2x); beyond it, 503 with Retry-After.
+    /// A body over 1 MiB may use at most three quarters, so small requests still get in.
+    /// 0 (the default): 1 GiB, or a quarter of the memory limit (cgroup, else physical) if less.
+    pub max_buffered_bytes: usize,
     /// Engine execution contexts, each with its own batcher thread.
     pub contexts: usize,
     /// Threads of the async HTTP front end.
@@ -52,6 +74,12 @@ impl Default for ServeConfig {
             queue_capacity: 4096,
             max_body_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_inflight: 1024,
+            header_timeout_s: 10.0,
+            keepalive_idle_s: 75.0,
+            body_timeout_s: 10.0,
+            min_body_rate: 64 << 10,
+            max_connections: 0,
+            max_buffered_bytes: 0,
             contexts: 1,
             http_threads: 2,
             drain_timeout_s: 30.0,
@@ -72,6 +100,60 @@ fn count(name: &str, v: usize, max: usize) -> Result<(), ServeError> {
         Err(field(name, format!("is {v}, more than the limit of {max}")))
     } else {
         Ok(())
+    }
+}
+
+fn seconds(name: &str, v: f64, min: f64) -> Result<(), ServeError> {
+    if v.is_finite() && (min..=3600.0).contains(&v) {
+        Ok(())
+    } else {
+        Err(field(
+            name,
+            format!("must be between {min} and 3600 seconds"),
+        ))
+    }
+}
+
+/// Default of `max_buffered_bytes` where the machine has the memory: 1 GiB.
+pub const DEFAULT_BUFFERED_BYTES: usize = 1 << 30;
+
+/// Open files kept for the rest of the process (listener, epoll, weight files, logs) when the
+/// connection limit is derived from the open-file limit.
+pub const FD_RESERVE: u64 = 64;
+
+/// The process's open-file limit (the soft `RLIMIT_NOFILE`).
+pub fn open_file_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    if lim.rlim_cur == libc::RLIM_INFINITY {
+        u64::MAX
+    } else {
+        lim.rlim_cur
+    }
+}
+
+/// The memory this process may use: its cgroup's limit (v2 `memory.max`, v1
+/// `memory.limit_in_bytes`), else the machine's physical memory; `None` when neither is known.
+pub fn memory_limit() -> Option<u64> {
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    let cgroup = read("/sys/fs/cgroup/memory.max")
+        .or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .filter(|&v| v < 1 << 60);
+    let physical = read("/proc/meminfo").and_then(|s| {
+        let line = s.lines().find(|l| l.starts_with("MemTotal:"))?.to_string();
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        kb.checked_mul(1024)
+    });
+    match (cgroup, physical) {
+        (Some(c), Some(p)) => Some(c.min(p)),
+        (c, p) => c.or(p),
     }
 }
 
@@ -108,8 +190,26 @@ impl ServeConfig {
         count("max_inflight", self.max_inflight, 1 << 20)?;
         count("contexts", self.contexts, 64)?;
         count("http_threads", self.http_threads, 1024)?;
-        if !(self.drain_timeout_s.is_finite() && (0.0..=3600.0).contains(&self.drain_timeout_s)) {
-            return Err(field("drain_timeout_s", "must be between 0 and 3600"));
+        seconds("drain_timeout_s", self.drain_timeout_s, 0.0)?;
+        seconds("header_timeout_s", self.header_timeout_s, 0.1)?;
+        seconds("keepalive_idle_s", self.keepalive_idle_s, 0.1)?;
+        seconds("body_timeout_s", self.body_timeout_s, 0.1)?;
+        count("min_body_rate", self.min_body_rate as usize, 1 << 32)?;
+        if self.max_connections > 1 << 20 {
+            return Err(field(
+                "max_connections",
+                format!(
+                    "is {}, more than the limit of {}",
+                    self.max_connections,
+                    1 << 20
+                ),
+            ));
+        }
+        if self.max_buffered_bytes != 0 && self.max_buffered_bytes < 1 << 20 {
+            return Err(field(
+                "max_buffered_bytes",
+                "must be 0 (derived from the machine) or at least 1048576 (1 MiB)",
+            ));
         }
         if self.retry_after_s > 3600 {
             return Err(field("retry_after_s", "is more than the limit of 3600"));
@@ -121,6 +221,51 @@ impl ServeConfig {
             return Err(field("host", "must not be empty"));
         }
         Ok(())
+    }
+
+    /// The settings as the server runs them: `max_connections` and `max_buffered_bytes` derived
+    /// from the machine where they are 0, and checked against it (the open-file limit, and a
+    /// body of `max_body_bytes` decoded from JSON must fit the budget's share for large bodies).
+    pub fn resolved(&self) -> Result<Self, ServeError> {
+        self.validate()?;
+        let mut cfg = self.clone();
+        let files = open_file_limit();
+        let room = files.saturating_sub(FD_RESERVE);
+        if room < 16 {
+            return Err(field(
+                "max_connections",
+                format!(
+                    "the open-file limit is {files}: too low to serve (raise it with `ulimit -n`)"
+                ),
+            ));
+        }
+        if cfg.max_connections == 0 {
+            cfg.max_connections = room.min(1 << 20) as usize;
+        } else if cfg.max_connections as u64 > room {
+            return Err(field(
+                "max_connections",
+                format!(
+                    "is {}, more than the open-file limit {files} less {FD_RESERVE} kept for the rest of the process ({room}); lower it or raise the limit (`ulimit -n`)",
+                    cfg.max_connections
+                ),
+            ));
+        }
+        if cfg.max_buffered_bytes == 0 {
+            let quarter = memory_limit().map_or(u64::MAX, |m| m / 4);
+            cfg.max_buffered_bytes = quarter.min(DEFAULT_BUFFERED_BYTES as u64) as usize;
+        }
+        let need = cfg.max_body_bytes.saturating_mul(crate::budget::JSON_COST);
+        let share = crate::budget::large_share(cfg.max_buffered_bytes);
+        if need > share {
+            return Err(field(
+                "max_buffered_bytes",
+                format!(
+                    "is {}: a JSON body of max_body_bytes ({}) costs {need} bytes to decode, more than the {share} bytes a large body may use (three quarters); raise max_buffered_bytes or lower max_body_bytes",
+                    cfg.max_buffered_bytes, cfg.max_body_bytes
+                ),
+            ));
+        }
+        Ok(cfg)
     }
 
     /// The drain timeout.

@@ -6,7 +6,9 @@
 //! `GET /metrics` with Triton's series names. Requests are validated with the engine's own
 //! checks, queued (bounded in samples: 503 with Retry-After when full), batched dynamically
 //! and run on dedicated threads, one per execution context; the async executor never runs the
-//! engine. The crate knows no kernel: it takes any [`streamrec_runtime::Infer`].
+//! engine. What clients can hold is bounded: connections ([`conn`]), time (header, body and
+//! keep-alive timeouts) and request memory ([`budget`]). The crate knows no kernel: it takes
+//! any [`streamrec_runtime::Infer`].
 //!
 //! A server for a small model on a free loopback port (`port: 0`), serving on its own thread,
 //! one inference request over a plain [`std::net::TcpStream`], and a clean stop:
@@ -76,8 +78,10 @@
 #![warn(missing_docs)]
 
 pub mod batcher;
+pub mod budget;
 pub mod client;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod fuzz;
 pub mod metrics;
@@ -86,4 +90,4 @@ pub mod server;
 
 pub use config::ServeConfig;
 pub use error::ServeError;
-pub use server::{shutdown_signal, Model, Running, Server};
+pub use server::{shutdown_signal, Binding, Model, Running, Server};

@@ -61,8 +61,9 @@ pub struct FailureLabels {
     pub model: String,
     /// Model version.
     pub version: String,
-    /// Why: `INVALID_INPUT` (400), `REJECTED` (503: queue full or not ready), `BACKEND` (the
-    /// engine failed), `OTHER`.
+    /// Why: `INVALID_INPUT` (400, 404, 413), `TIMEOUT` (408: the body came too slowly),
+    /// `REJECTED` (503: overloaded or not ready), `BACKEND` (the engine failed or gave a
+    /// non-finite score), `CANCELLED` (the client went away before its answer).
     pub reason: String,
 }
 
@@ -73,8 +74,12 @@ pub enum FailureReason {
     InvalidInput,
     /// Refused by admission control or while not ready (503).
     Rejected,
-    /// The engine failed.
+    /// The body did not arrive in time (408).
+    Timeout,
+    /// The engine failed, or gave a non-finite score (500).
     Backend,
+    /// The client's connection failed before the answer was ready.
+    Cancelled,
 }
 
 impl FailureReason {
@@ -82,7 +87,9 @@ impl FailureReason {
         match self {
             FailureReason::InvalidInput => "INVALID_INPUT",
             FailureReason::Rejected => "REJECTED",
+            FailureReason::Timeout => "TIMEOUT",
             FailureReason::Backend => "BACKEND",
+            FailureReason::Cancelled => "CANCELLED",
         }
     }
 }
@@ -106,6 +113,8 @@ pub struct Metrics {
     queue_samples: Gauge,
     queue_requests: Gauge,
     inflight: Gauge,
+    buffered_bytes: Gauge,
+    connections: Gauge,
 }
 
 impl Metrics {
@@ -124,6 +133,8 @@ impl Metrics {
         let queue_samples = Gauge::default();
         let queue_requests = Gauge::default();
         let inflight = Gauge::default();
+        let buffered_bytes = Gauge::default();
+        let connections = Gauge::default();
         registry.register(
             "nv_inference_request_success",
             "Number of successful inference requests, all batch sizes",
@@ -181,8 +192,18 @@ impl Metrics {
         );
         registry.register(
             "streamrec_inflight_requests",
-            "Infer requests being handled (reading, queued or running)",
+            "Infer requests queued or running",
             inflight.clone(),
+        );
+        registry.register(
+            "streamrec_buffered_request_bytes",
+            "Bytes of request bodies held now, with their decoding cost (the memory budget's use)",
+            buffered_bytes.clone(),
+        );
+        registry.register(
+            "streamrec_open_connections",
+            "Client connections open now",
+            connections.clone(),
         );
         Self {
             registry,
@@ -202,7 +223,15 @@ impl Metrics {
             queue_samples,
             queue_requests,
             inflight,
+            buffered_bytes,
+            connections,
         }
+    }
+
+    /// The memory budget's use and the open connections, as of now.
+    pub fn set_load(&self, buffered_bytes: usize, connections: usize) {
+        self.buffered_bytes.set(buffered_bytes as i64);
+        self.connections.set(connections as i64);
     }
 
     /// A successful request of `samples` samples.

@@ -1,6 +1,11 @@
 //! The HTTP server: hyper 1.x on tokio, KServe v2 routes, admission control, and the
-//! lifecycle (ready after warm-up; on shutdown, not ready, no new connections, in-flight and
-//! queued requests finish within the drain timeout).
+//! lifecycle (bound first and answering "not ready" while the model loads; ready after warm-up;
+//! on shutdown, not ready, no new connections, in-flight and queued requests finish within the
+//! drain timeout).
+//!
+//! What a client can hold is bounded: connections (the limit, below the open-file limit), time
+//! (header, body and keep-alive timeouts, see [`crate::conn`]) and memory (one budget for the
+//! request bytes of all connections, see [`crate::budget`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -10,9 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use bytes::BytesMut;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -21,16 +27,29 @@ use hyper_util::server::graceful::GracefulShutdown;
 use streamrec_graph::ModelSpec;
 use streamrec_runtime::gen::{random_batch, Skew};
 use streamrec_runtime::Infer;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 
 use crate::batcher::{BatchConfig, Batcher, Refused};
+use crate::budget::{Budget, BINARY_COST, JSON_COST};
 use crate::config::ServeConfig;
+use crate::conn::{Conn, Conns, Phase, Serving, Tracked};
 use crate::error::ServeError;
 use crate::metrics::{FailureReason, Metrics};
 use crate::protocol::{self, HEADER_LENGTH};
 
 /// Bodies larger than this are parsed on a blocking thread, off the async executor.
 const INLINE_PARSE_BYTES: usize = 256 << 10;
+
+/// hyper's read buffer per connection, the most a request head may take (hyper's default is
+/// about 400 KB, which thousands of unfinished heads turn into gigabytes).
+const MAX_HEAD_BYTES: usize = 64 << 10;
+
+/// How often the sweeper closes connections past their header or keep-alive timeout.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
+
+/// A failed `accept` is logged at most once per this interval, with how many failed since.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(5);
 
 /// The model a server serves: its spec and an engine built for it (any backend). The engine's
 /// max batch must be at least the server's `max_batch`, and it should have `contexts` execution
@@ -54,6 +73,10 @@ struct State {
     inflight: AtomicUsize,
     /// The plan view served at `/ui`, when one was given.
     ui: std::sync::OnceLock<String>,
+    /// Open connections.
+    conns: Arc<Conns>,
+    /// Request bytes held, over all connections.
+    budget: Budget,
 }
 
 impl State {
@@ -105,22 +128,37 @@ impl Drop for Running {
     }
 }
 
-impl Server {
-    /// Validates the config, warms the engine up (one batch of 1 and one of `max_batch`
-    /// samples), binds the address and starts the batcher. Ready once this returns.
-    pub fn start(cfg: ServeConfig, model: Model) -> Result<Self, ServeError> {
-        cfg.validate()?;
+/// A bound address answering "not ready" while the model loads (`/v2/health/live` is 200,
+/// everything else 503 with Retry-After). [`Binding::start`] turns it into a [`Server`].
+pub struct Binding {
+    cfg: ServeConfig,
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    loader: Option<std::thread::JoinHandle<std::io::Result<std::net::TcpListener>>>,
+}
+
+impl Binding {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The settings as the server will run them (limits derived from the machine).
+    pub fn config(&self) -> &ServeConfig {
+        &self.cfg
+    }
+
+    /// Warms the engine up (one batch of 1 and one of `max_batch` samples), takes the address
+    /// back from the loading responder and starts the batcher. Ready once this returns.
+    pub fn start(mut self, model: Model) -> Result<Server, ServeError> {
+        let cfg = self.cfg.clone();
         let Model { spec, engine } = model;
         for (i, size) in [1, cfg.max_batch].into_iter().enumerate() {
             let b = Arc::new(random_batch(&spec, size, Skew::Uniform, 7 + i as u64));
             engine.infer(&b)?;
         }
         engine.take_trace();
-        let listener = std::net::TcpListener::bind((cfg.host.as_str(), cfg.port))
-            .map_err(|e| ServeError::Io(format!("cannot bind {}:{}: {e}", cfg.host, cfg.port)))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| ServeError::Io(e.to_string()))?;
+        let listener = self.take_listener()?;
         let metrics = Arc::new(Metrics::new(&spec.name, &cfg.version));
         let healthy = Arc::new(AtomicBool::new(true));
         let batcher = Batcher::start(
@@ -134,7 +172,13 @@ impl Server {
             Arc::clone(&metrics),
             Arc::clone(&healthy),
         );
-        Ok(Self {
+        let conns = Arc::new(Conns::new(
+            cfg.max_connections,
+            Duration::from_secs_f64(cfg.header_timeout_s),
+            Duration::from_secs_f64(cfg.keepalive_idle_s),
+        ));
+        let budget = Budget::new(cfg.max_buffered_bytes);
+        Ok(Server {
             state: Arc::new(State {
                 spec,
                 cfg,
@@ -144,9 +188,116 @@ impl Server {
                 metrics,
                 inflight: AtomicUsize::new(0),
                 ui: std::sync::OnceLock::new(),
+                conns,
+                budget,
             }),
             listener,
         })
+    }
+
+    fn take_listener(&mut self) -> Result<std::net::TcpListener, ServeError> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let thread = self
+            .loader
+            .take()
+            .ok_or_else(|| ServeError::Io("the listener was already taken".into()))?;
+        thread
+            .join()
+            .map_err(|_| ServeError::Io("the loading responder panicked".into()))?
+            .map_err(|e| ServeError::Io(format!("taking the listener back: {e}")))
+    }
+}
+
+impl Drop for Binding {
+    fn drop(&mut self) {
+        if self.loader.is_some() {
+            let _ = self.take_listener();
+        }
+    }
+}
+
+/// Answers while the model loads, on its own thread, until told to stop; gives the listener back.
+fn loading_responder(
+    listener: std::net::TcpListener,
+    retry_after_s: u32,
+    stop: oneshot::Receiver<()>,
+) -> std::io::Result<std::net::TcpListener> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let graceful = GracefulShutdown::new();
+        let mut http = http1::Builder::new();
+        http.keep_alive(false);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                conn = listener.accept() => {
+                    let Ok((stream, _)) = conn else {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    };
+                    let svc = service_fn(move |req: Request<Incoming>| async move {
+                        Ok::<_, Infallible>(if req.uri().path().trim_end_matches('/') == "/v2/health/live" {
+                            json(StatusCode::OK, &serde_json::json!({"live": true}))
+                        } else {
+                            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "not ready: loading the model");
+                            r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(retry_after_s.max(1)));
+                            r
+                        })
+                    });
+                    let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                }
+                _ = &mut stop => break,
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), graceful.shutdown()).await;
+        listener.into_std()
+    })
+}
+
+impl Server {
+    /// Validates the config (limits derived from the machine where left at 0), binds the
+    /// address and answers "not ready" on it until [`Binding::start`]: a port in use is an
+    /// error before any model is loaded.
+    pub fn bind(cfg: ServeConfig) -> Result<Binding, ServeError> {
+        let cfg = cfg.resolved()?;
+        let listener = std::net::TcpListener::bind((cfg.host.as_str(), cfg.port))
+            .map_err(|e| ServeError::Io(format!("cannot bind {}:{}: {e}", cfg.host, cfg.port)))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| ServeError::Io(e.to_string()))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| ServeError::Io(e.to_string()))?;
+        let (tx, rx) = oneshot::channel();
+        let retry = cfg.retry_after_s;
+        let loader = std::thread::Builder::new()
+            .name("streamrec-loading".into())
+            .spawn(move || loading_responder(listener, retry, rx))
+            .map_err(|e| ServeError::Io(format!("cannot start a thread: {e}")))?;
+        Ok(Binding {
+            cfg,
+            addr,
+            stop: Some(tx),
+            loader: Some(loader),
+        })
+    }
+
+    /// [`Server::bind`], then [`Binding::start`].
+    pub fn start(cfg: ServeConfig, model: Model) -> Result<Self, ServeError> {
+        Self::bind(cfg)?.start(model)
+    }
+
+    /// The settings it runs with (limits derived from the machine).
+    pub fn config(&self) -> &ServeConfig {
+        &self.state.cfg
     }
 
     /// Serves `html` (a self-contained page, e.g. the plan view of `streamrec plan --html`)
@@ -200,31 +351,66 @@ impl Server {
             .map_err(|e| ServeError::Io(e.to_string()))?;
         let graceful = GracefulShutdown::new();
         let mut http = http1::Builder::new();
-        http.keep_alive(true);
+        // No hyper timer: the header and keep-alive timeouts are the sweeper's (crate::conn),
+        // the body's the handler's. Half-closes are held back by `Tracked`, so hyper's own
+        // half-close mode stays off and a reset connection still cancels its request.
+        http.keep_alive(true).max_buf_size(MAX_HEAD_BYTES);
+        let sweeper = {
+            let st = Arc::clone(&state);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(SWEEP_EVERY);
+                loop {
+                    tick.tick().await;
+                    st.conns.sweep();
+                }
+            })
+        };
+        let mut accept_errors = AcceptErrors::default();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 conn = listener.accept() => {
-                    let (stream, _) = match conn {
-                        Ok(c) => c,
+                    let stream = match conn {
+                        Ok((s, _)) => {
+                            accept_errors.ok();
+                            s
+                        }
                         Err(e) => {
-                            // Out of file descriptors and the like: back off, keep serving.
-                            eprintln!("streamrec serve: accept failed: {e}");
-                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            // Out of file descriptors and the like: close the slowest client,
+                            // back off, keep serving the connections we have.
+                            state.conns.evict();
+                            tokio::time::sleep(accept_errors.failed(&e)).await;
                             continue;
                         }
                     };
+                    if state.conns.len() >= state.conns.limit && !state.conns.evict() {
+                        // Every connection has a request queued or running.
+                        tokio::spawn(refuse(stream, state.cfg.retry_after_s));
+                        continue;
+                    }
                     let _ = stream.set_nodelay(true);
+                    let reg = state.conns.open();
                     let st = Arc::clone(&state);
-                    let svc = service_fn(move |req| handle(Arc::clone(&st), req));
-                    let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
+                    let c = Arc::clone(&reg.conn);
+                    let svc = service_fn(move |req| {
+                        // The head is in: from here an end of stream is a half-close.
+                        c.enter(Phase::Body);
+                        handle(Arc::clone(&st), Arc::clone(&c), req)
+                    });
+                    let io = TokioIo::new(Tracked::new(stream, Arc::clone(&reg.conn)));
+                    let conn = graceful.watch(http.serve_connection(io, svc));
                     tokio::spawn(async move {
-                        let _ = conn.await;
+                        tokio::select! {
+                            _ = conn => {}
+                            _ = reg.conn.killed() => {}
+                        }
+                        drop(reg);
                     });
                 }
                 _ = &mut shutdown => break,
             }
         }
+        sweeper.abort();
         state.accepting.store(false, Ordering::SeqCst);
         drop(listener);
         let (queued, _) = state.batcher.depth();
@@ -251,6 +437,51 @@ impl Server {
         );
         Ok(())
     }
+}
+
+/// Failed `accept`s: the back-off (10 ms doubling to 1 s, reset by a success) and a log line
+/// at most every [`ACCEPT_LOG_EVERY`].
+#[derive(Default)]
+struct AcceptErrors {
+    backoff: Duration,
+    since_log: u64,
+    logged: Option<Instant>,
+}
+
+impl AcceptErrors {
+    fn ok(&mut self) {
+        self.backoff = Duration::ZERO;
+    }
+
+    fn failed(&mut self, e: &std::io::Error) -> Duration {
+        self.since_log += 1;
+        if self.logged.is_none_or(|t| t.elapsed() >= ACCEPT_LOG_EVERY) {
+            eprintln!(
+                "streamrec serve: accept failed ({} time(s) since the last report): {e}; backing off {} ms",
+                self.since_log,
+                self.backoff.max(Duration::from_millis(10)).as_millis()
+            );
+            self.logged = Some(Instant::now());
+            self.since_log = 0;
+        }
+        self.backoff = (self.backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        self.backoff
+    }
+}
+
+/// Answers a connection over the limit with a 503 and closes it.
+async fn refuse(mut stream: tokio::net::TcpStream, retry_after_s: u32) {
+    let body = protocol::error_body("overloaded: too many connections");
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: {}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        retry_after_s.max(1),
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(&body).await
+    })
+    .await;
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -349,7 +580,12 @@ fn wrong_model(state: &State, m: &str, v: Option<&str>) -> Option<Resp> {
     None
 }
 
-async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+async fn handle(
+    state: Arc<State>,
+    conn: Arc<Conn>,
+    req: Request<Incoming>,
+) -> Result<Resp, Infallible> {
+    let _serving = Serving(&conn);
     let path = req.uri().path().to_string();
     let Some(r) = route(&path) else {
         return Ok(error(
@@ -374,17 +610,25 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, Infal
                 state.metrics.request_failed(FailureReason::InvalidInput);
                 return Ok(resp);
             }
-            infer(&state, req).await
+            let mut tally = Tally(&state.metrics, true);
+            let resp = infer(&state, &conn, req).await;
+            tally.1 = false;
+            resp
         }
         _ if !get => method_not_allowed("GET"),
         Route::Live => json(StatusCode::OK, &serde_json::json!({"live": true})),
         Route::Ready => ready_resp(state.ready()),
         Route::ServerMeta => json(StatusCode::OK, &protocol::server_metadata()),
-        Route::Metrics => respond(
-            StatusCode::OK,
-            state.metrics.encode().into_bytes(),
-            "text/plain; version=0.0.4; charset=utf-8",
-        ),
+        Route::Metrics => {
+            state
+                .metrics
+                .set_load(state.budget.used(), state.conns.len());
+            respond(
+                StatusCode::OK,
+                state.metrics.encode().into_bytes(),
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
+        }
         Route::Ui => match state.ui.get() {
             Some(html) => respond(
                 StatusCode::OK,
@@ -418,7 +662,99 @@ impl Drop for InFlight<'_> {
     }
 }
 
-async fn infer(state: &State, req: Request<Incoming>) -> Resp {
+/// Counts an infer request as cancelled if it is dropped before it has an answer (hyper drops
+/// it when the client's connection fails).
+struct Tally<'a>(&'a Metrics, bool);
+
+impl Drop for Tally<'_> {
+    fn drop(&mut self) {
+        if self.1 {
+            self.0.request_failed(FailureReason::Cancelled);
+        }
+    }
+}
+
+/// Asks hyper to close the connection after this answer (the rest of the body is unread).
+fn closing(mut r: Resp) -> Resp {
+    r.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+/// Why a body was not read whole.
+enum BodyError {
+    TooLarge,
+    OverBudget,
+    Timeout(String),
+    ClosedEarly(usize),
+    Read(hyper::Error),
+}
+
+/// Reads a body of at most `max` bytes, charging the budget as bytes arrive (the declared length
+/// up front), with the body timeouts: no gap longer than `body_timeout_s`, and after the first
+/// `body_timeout_s` an average of at least `min_body_rate` bytes a second.
+async fn read_body(
+    state: &State,
+    conn: &Conn,
+    mut body: Incoming,
+    declared: Option<u64>,
+    charge: &mut crate::budget::Charge<'_>,
+) -> Result<Bytes, BodyError> {
+    let max = state.cfg.max_body_bytes;
+    let declared = declared.map_or(0, |n| n as usize);
+    if !charge.grow_to(declared) {
+        return Err(BodyError::OverBudget);
+    }
+    let mut buf = BytesMut::with_capacity(declared);
+    let gap = Duration::from_secs_f64(state.cfg.body_timeout_s);
+    let rate = state.cfg.min_body_rate as f64;
+    let start = tokio::time::Instant::now();
+    let mut last = start;
+    loop {
+        let by_rate = start + gap + Duration::from_secs_f64(buf.len() as f64 / rate);
+        let deadline = (last + gap).min(by_rate);
+        let frame = tokio::select! {
+            f = tokio::time::timeout_at(deadline, body.frame()) => f,
+            _ = conn.closed_by_peer() => return Err(BodyError::ClosedEarly(buf.len())),
+        };
+        let frame = match frame {
+            Err(_) => {
+                let why = if deadline == last + gap {
+                    format!(
+                        "no part of the request body for {:.1} s ({} bytes received)",
+                        gap.as_secs_f64(),
+                        buf.len()
+                    )
+                } else {
+                    format!(
+                        "the request body came slower than {} bytes/s ({} bytes in {:.1} s)",
+                        state.cfg.min_body_rate,
+                        buf.len(),
+                        start.elapsed().as_secs_f64()
+                    )
+                };
+                return Err(BodyError::Timeout(why));
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(BodyError::Read(e)),
+            Ok(Some(Ok(f))) => f,
+        };
+        if let Ok(data) = frame.into_data() {
+            let total = buf.len() + data.len();
+            if total > max {
+                return Err(BodyError::TooLarge);
+            }
+            if !charge.grow_to(total) {
+                return Err(BodyError::OverBudget);
+            }
+            buf.extend_from_slice(&data);
+            last = tokio::time::Instant::now();
+        }
+    }
+    Ok(buf.freeze())
+}
+
+async fn infer(state: &State, conn: &Conn, req: Request<Incoming>) -> Resp {
     let arrived = Instant::now();
     let fail = |reason: FailureReason, resp: Resp| {
         state.metrics.request_failed(reason);
@@ -427,21 +763,12 @@ async fn infer(state: &State, req: Request<Incoming>) -> Resp {
     if !state.ready() {
         return fail(FailureReason::Rejected, unavailable(state, "not ready"));
     }
-    if state.inflight.fetch_add(1, Ordering::SeqCst) >= state.cfg.max_inflight {
-        state.inflight.fetch_sub(1, Ordering::SeqCst);
-        return fail(
-            FailureReason::Rejected,
-            unavailable(state, "overloaded: too many requests in flight"),
-        );
-    }
-    state.metrics.inflight_add(1);
-    let _guard = InFlight(state);
     let max = state.cfg.max_body_bytes;
     let too_large = || {
-        error(
+        closing(error(
             StatusCode::PAYLOAD_TOO_LARGE,
             &format!("request body is more than the limit of {max} bytes"),
-        )
+        ))
     };
     let declared = req
         .headers()
@@ -458,31 +785,69 @@ async fn infer(state: &State, req: Request<Incoming>) -> Resp {
             None => {
                 return fail(
                     FailureReason::InvalidInput,
-                    error(
+                    closing(error(
                         StatusCode::BAD_REQUEST,
                         "Inference-Header-Content-Length must be a non-negative integer",
-                    ),
+                    )),
                 )
             }
         },
     };
-    let body = match Limited::new(req.into_body(), max).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                return fail(FailureReason::InvalidInput, too_large());
-            }
+    let over_budget = || {
+        closing(unavailable(
+            state,
+            "overloaded: the server holds as many request bytes as its memory budget allows",
+        ))
+    };
+    let mut charge = state.budget.charge();
+    let body = match read_body(state, conn, req.into_body(), declared, &mut charge).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => return fail(FailureReason::InvalidInput, too_large()),
+        Err(BodyError::OverBudget) => return fail(FailureReason::Rejected, over_budget()),
+        Err(BodyError::Timeout(why)) => {
+            return fail(
+                FailureReason::Timeout,
+                closing(error(StatusCode::REQUEST_TIMEOUT, &why)),
+            )
+        }
+        Err(BodyError::ClosedEarly(got)) => {
             return fail(
                 FailureReason::InvalidInput,
-                error(
+                closing(error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("the client closed the connection after {got} bytes of the body"),
+                )),
+            )
+        }
+        Err(BodyError::Read(e)) => {
+            return fail(
+                FailureReason::InvalidInput,
+                closing(error(
                     StatusCode::BAD_REQUEST,
                     &format!("cannot read the request body: {e}"),
-                ),
-            );
+                )),
+            )
         }
     };
+    // Decoding costs a multiple of the body (serde's values, the batch): charged before it runs.
+    let cost = if header_len.is_some() {
+        BINARY_COST
+    } else {
+        JSON_COST
+    };
+    if !charge.grow_to(body.len().saturating_mul(cost)) {
+        return fail(FailureReason::Rejected, over_budget());
+    }
+    conn.enter(Phase::Busy);
+    if state.inflight.fetch_add(1, Ordering::SeqCst) >= state.cfg.max_inflight {
+        state.inflight.fetch_sub(1, Ordering::SeqCst);
+        return fail(
+            FailureReason::Rejected,
+            unavailable(state, "overloaded: too many requests in flight"),
+        );
+    }
+    state.metrics.inflight_add(1);
+    let _guard = InFlight(state);
     let parsed = if body.len() <= INLINE_PARSE_BYTES {
         protocol::parse_infer(&body, header_len, &state.spec)
     } else {
@@ -543,6 +908,18 @@ async fn infer(state: &State, req: Request<Incoming>) -> Resp {
             )
         }
     };
+    if let Some(i) = done.scores.iter().position(|s| !s.is_finite()) {
+        return fail(
+            FailureReason::Backend,
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!(
+                    "inference failed: the score of sample {i} is {} (not a finite number)",
+                    done.scores[i]
+                ),
+            ),
+        );
+    }
     let enc = protocol::encode_response(
         &state.spec.name,
         &state.cfg.version,
