@@ -272,17 +272,32 @@ fn per_feature(field: &str, v: &OneOrMany, count: usize) -> Result<Vec<i64>, Gra
 }
 
 impl ModelSpec {
-    /// Reads and validates a spec file; `row_cap` overrides the file's own cap.
+    /// Reads and validates a spec file; `row_cap` overrides the file's own cap. The model name
+    /// (the `name` field, else the file stem) must pass [`check_model_name`].
     pub fn load(path: &Path, row_cap: Option<usize>) -> Result<Self, GraphError> {
         let text = std::fs::read_to_string(path).map_err(|e| GraphError::Io {
             path: path.to_path_buf(),
             source: e,
         })?;
-        let name = path
+        let raw: RawSpec = toml::from_str(&text).map_err(|e| GraphError::Toml(toml_message(&e)))?;
+        let stem = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".into());
-        let mut spec = Self::parse(&text, &name, row_cap)?;
+        if let Some(reason) = model_name_problem(raw.name.as_deref().unwrap_or(&stem)) {
+            return Err(err(
+                "name",
+                match &raw.name {
+                    Some(name) => format!("{name:?} {reason}"),
+                    None => format!(
+                        "the file name gives the model name {stem:?}, which {reason}; \
+                         set name = {:?} in the spec",
+                        suggest_model_name(&stem)
+                    ),
+                },
+            ));
+        }
+        let mut spec = Self::from_raw(raw, &stem, row_cap)?;
         if let WeightSource::File(p) = &mut spec.weights {
             if p.is_relative() {
                 if let Some(dir) = path.parent() {
@@ -293,7 +308,8 @@ impl ModelSpec {
         Ok(spec)
     }
 
-    /// Parses and validates spec text; `default_name` is used when the spec has no name.
+    /// Parses and validates spec text; `default_name` is used when the spec has no name. The
+    /// name's charset is checked by [`ModelSpec::load`] (and [`check_model_name`]), not here.
     pub fn parse(
         text: &str,
         default_name: &str,
@@ -538,6 +554,66 @@ impl ModelSpec {
     /// Index of the feature with this name.
     pub fn feature_index(&self, name: &str) -> Option<usize> {
         self.features.iter().position(|f| f.name == name)
+    }
+}
+
+/// Longest model name, in characters.
+pub const MAX_MODEL_NAME: usize = 128;
+
+/// Checks a model name: 1 to [`MAX_MODEL_NAME`] characters from `[A-Za-z0-9_.-]`, the first a
+/// letter or digit (what Triton's model repository accepts; such a name is safe in a URL path
+/// and in a Prometheus label). The error names the field `name`.
+pub fn check_model_name(name: &str) -> Result<(), GraphError> {
+    model_name_problem(name).map_or(Ok(()), |reason| Err(err("name", reason)))
+}
+
+/// What is wrong with a model name, if anything (see [`check_model_name`]).
+fn model_name_problem(name: &str) -> Option<String> {
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return Some(format!(
+            "has the character {c:?}; a model name may hold only ASCII letters, digits, \
+             '_', '.' and '-'"
+        ));
+    }
+    match name.chars().next() {
+        None => Some("must not be empty".into()),
+        Some(c) if !c.is_ascii_alphanumeric() => Some(format!(
+            "starts with {c:?}; the first character must be a letter or digit"
+        )),
+        // Only ASCII is left: bytes are characters.
+        Some(_) if name.len() > MAX_MODEL_NAME => Some(format!(
+            "is {} characters, more than the limit of {MAX_MODEL_NAME}",
+            name.len()
+        )),
+        Some(_) => None,
+    }
+}
+
+/// A valid model name close to `name`: other characters become `_`, a leading character that is
+/// not a letter or digit is dropped, and the result is cut to [`MAX_MODEL_NAME`].
+fn suggest_model_name(name: &str) -> String {
+    let mapped: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let cut: String = mapped
+        .trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
+        .chars()
+        .take(MAX_MODEL_NAME)
+        .collect();
+    if cut.is_empty() {
+        "model".into()
+    } else {
+        cut
     }
 }
 

@@ -103,3 +103,96 @@ fn listed_and_compact_forms_agree() {
     .unwrap();
     assert_eq!(compact, listed);
 }
+
+/// Writes `text` as `file` in a fresh folder and loads it.
+fn load_file(file: &str, text: &str) -> Result<ModelSpec, String> {
+    let dir = std::env::temp_dir().join(format!("streamrec-names-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(file);
+    std::fs::write(&p, text).unwrap();
+    let out = ModelSpec::load(&p, None).map_err(|e| e.to_string());
+    std::fs::remove_file(&p).unwrap();
+    out
+}
+
+fn named(name: &str) -> String {
+    format!(
+        "name = {}\n{BASE}\n[sparse]\ncount = 1\nrows = 3\ndim = 16\n",
+        toml::Value::String(name.into())
+    )
+}
+
+#[test]
+fn model_names_are_limited_to_a_url_and_label_safe_charset() {
+    let longest = "a".repeat(128);
+    for good in ["tiny", "my-model_v1.2", "9lives", "A", longest.as_str()] {
+        let spec = load_file("spec.toml", &named(good)).unwrap();
+        assert_eq!(spec.name, good);
+    }
+    const CHARSET: &str = "a model name may hold only ASCII letters, digits, '_', '.' and '-'";
+    for (bad, reason) in [
+        ("a/b", format!("has the character '/'; {CHARSET}")),
+        // A label injection: the quote is the first bad character; the message stays one line.
+        (
+            "m\"} 1\nevil{x=\"",
+            format!("has the character '\"'; {CHARSET}"),
+        ),
+        ("new\nline", format!("has the character '\\n'; {CHARSET}")),
+        ("modèle", format!("has the character 'è'; {CHARSET}")),
+        ("with space", format!("has the character ' '; {CHARSET}")),
+        (
+            ".hidden",
+            "starts with '.'; the first character must be a letter or digit".into(),
+        ),
+        (
+            "-x",
+            "starts with '-'; the first character must be a letter or digit".into(),
+        ),
+        (
+            "_x",
+            "starts with '_'; the first character must be a letter or digit".into(),
+        ),
+        ("", "must not be empty".into()),
+        (
+            &"a".repeat(129),
+            "is 129 characters, more than the limit of 128".into(),
+        ),
+    ] {
+        let e = load_file("spec.toml", &named(bad)).unwrap_err();
+        assert_eq!(e, format!("name: {bad:?} {reason}"));
+        assert!(!e.contains('\n'), "{e}");
+        assert!(
+            streamrec_graph::spec::check_model_name(bad).is_err(),
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
+fn a_model_name_from_the_file_name_is_checked_and_a_fix_suggested() {
+    let text = named("x").replacen("name = \"x\"\n", "", 1);
+    assert_eq!(
+        load_file("from-stem.toml", &text).unwrap().name,
+        "from-stem"
+    );
+    let e = load_file("my model (v2).toml", &text).unwrap_err();
+    assert_eq!(
+        e,
+        "name: the file name gives the model name \"my model (v2)\", which has the character ' '; \
+         a model name may hold only ASCII letters, digits, '_', '.' and '-'; \
+         set name = \"my_model__v2_\" in the spec"
+    );
+    let e = load_file("_draft.toml", &text).unwrap_err();
+    assert!(
+        e.contains("which starts with '_'") && e.ends_with("set name = \"draft\" in the spec"),
+        "{e}"
+    );
+    let e = load_file(&format!("{}.toml", "b".repeat(130)), &text).unwrap_err();
+    assert!(
+        e.contains("which is 130 characters")
+            && e.ends_with(&format!("set name = \"{}\" in the spec", "b".repeat(128))),
+        "{e}"
+    );
+    // A name in the spec overrides a file name that would not do.
+    assert_eq!(load_file("my model.toml", &named("ok")).unwrap().name, "ok");
+}
