@@ -1,6 +1,11 @@
 //! `streamrec load`: the open-loop load generator (streamrec-loadgen) against a KServe v2
 //! server, as one shard of a load split over workers; `streamrec load merge` merges the shards'
 //! results exactly. The load generator speaks HTTP only.
+//!
+//! Both check `--out` before any work (created, written and cleaned of a probe file; a
+//! non-empty folder only with `--replace`, which removes the result files of an earlier run
+//! and nothing else), print the summary before writing it, and exit 1 when requests failed
+//! (beyond `--allow-failures`) or the generator saturated (the run is invalid).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -9,11 +14,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use streamrec_loadgen::results::RESULT_FILES;
 use streamrec_loadgen::schedule::{self, derive_seed};
 use streamrec_loadgen::{
-    describe, fetch_metadata, merge_dirs, parse_duration, run, wait_ready, BatchSizes, Bodies,
-    BodyConfig, BodyFormat, ModelInputs, RunConfig, ScheduleConfig, ScheduleKind, Shard, Skew,
-    Target,
+    describe, fetch_metadata, merge_dirs, out, parse_duration, run, saturation_note,
+    wait_ready_noting, BatchSizes, Bodies, BodyConfig, BodyFormat, MergeOptions, ModelInputs,
+    RunConfig, ScheduleConfig, ScheduleKind, Shard, Skew, Summary, Target,
 };
 
 /// Arguments of `streamrec load`.
@@ -34,12 +40,23 @@ enum LoadCmd {
 
 #[derive(Debug, Args)]
 struct MergeArgs {
-    /// Result folders written by `streamrec load --out`.
+    /// Result folders written by `streamrec load --out`: every shard of one load (same URL,
+    /// model, schedule, rate, batch, skew, format, seed, duration and shard count), each once.
     #[arg(required = true, value_name = "DIR")]
     dirs: Vec<PathBuf>,
-    /// Also write the merged summary.json, latency.hdr and lag.hdr into DIR.
+    /// Merge even when shards of the split are missing (the summary lists them).
+    #[arg(long)]
+    partial: bool,
+    /// Also write the merged summary.json, latency.hdr and lag.hdr into DIR (new or empty).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Let --out be a folder holding an earlier result: its result files are replaced (a
+    /// folder holding anything else is refused, and nothing is removed).
+    #[arg(long, requires = "out")]
+    replace: bool,
+    /// Exit 0 even when up to this fraction (0 to 1) of the requests failed or were not sent.
+    #[arg(long, default_value_t = 0.0, value_name = "FRACTION")]
+    allow_failures: f64,
     /// Print the merged summary as JSON.
     #[arg(long)]
     json: bool,
@@ -130,10 +147,21 @@ struct RunArgs {
     /// Also write records.csv: one line per request.
     #[arg(long)]
     records: bool,
-    /// Result folder (`{shard}` in it becomes the shard index): summary.json, latency.hdr,
-    /// lag.hdr.
+    /// A request started more than this after its intended time is late; more than 1% late
+    /// and the generator saturated: the run is invalid (exit 1).
+    #[arg(long, default_value = "10ms", value_name = "D")]
+    max_send_lag: String,
+    /// Exit 0 even when up to this fraction (0 to 1) of the requests failed or were not sent.
+    #[arg(long, default_value_t = 0.0, value_name = "FRACTION")]
+    allow_failures: f64,
+    /// Result folder, new or empty (`{shard}` in it becomes the shard index): summary.json,
+    /// latency.hdr, lag.hdr (and records.csv). Checked before anything is sent.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Let --out be a folder holding an earlier result: its result files are replaced (a
+    /// folder holding anything else is refused, and nothing is removed).
+    #[arg(long)]
+    replace: bool,
 }
 
 /// Runs `streamrec load` or `streamrec load merge`.
@@ -148,14 +176,16 @@ fn need<T>(v: Option<T>, flag: &str) -> Result<T> {
     v.with_context(|| format!("streamrec load: {flag} is required"))
 }
 
-fn load(a: RunArgs) -> Result<()> {
-    let url = need(a.url, "--url")?;
-    let model = need(a.model, "--model")?;
+fn load(mut a: RunArgs) -> Result<()> {
+    let url = need(a.url.take(), "--url")?;
+    let model = need(a.model.take(), "--model")?;
     let qps = need(a.qps, "--qps")?;
-    let duration = parse_duration("--duration", &need(a.duration, "--duration")?)?;
-    let out = need(a.out, "--out")?;
+    let duration = parse_duration("--duration", &need(a.duration.take(), "--duration")?)?;
+    let out = need(a.out.take(), "--out")?;
     let timeout = parse_duration("--timeout", &a.timeout)?;
     let ready_timeout = parse_duration("--ready-timeout", &a.ready_timeout)?;
+    let max_send_lag = parse_duration("--max-send-lag", &a.max_send_lag)?;
+    check_fraction(a.allow_failures)?;
     let shard = match (&a.shard, a.shards) {
         (Some(s), _) => s.parse::<Shard>()?,
         (None, Some(n)) => Shard::from_env(n)?,
@@ -180,7 +210,7 @@ fn load(a: RunArgs) -> Result<()> {
     let target = Target {
         url,
         model,
-        version: a.model_version,
+        version: a.model_version.take(),
     };
     let progress = std::io::stderr().is_terminal().then(|| {
         ProgressBar::new(0).with_style(
@@ -196,6 +226,7 @@ fn load(a: RunArgs) -> Result<()> {
         records: a.records,
         progress,
         start_at,
+        max_send_lag,
     };
     // Every flag is checked before the server is asked anything.
     target.check()?;
@@ -209,8 +240,50 @@ fn load(a: RunArgs) -> Result<()> {
         shard,
     })?;
     batch.apply(&mut sched, a.max_batch)?;
-    wait_ready(&target, ready_timeout)?;
-    let meta = fetch_metadata(&target)?;
+    // The folder is checked (and made) before the server is asked anything; if nothing ends
+    // up in a folder made here, it goes again.
+    let created = out::prepare(&out, "--out", a.replace, &owned())?;
+    let r = send(
+        &a,
+        &target,
+        &sched,
+        (skew, format),
+        &run_cfg,
+        ready_timeout,
+        &out,
+    );
+    if r.is_err() && created {
+        let _ = std::fs::remove_dir(&out);
+    }
+    r
+}
+
+/// The result files `--replace` may remove.
+fn owned() -> Vec<PathBuf> {
+    RESULT_FILES.iter().map(PathBuf::from).collect()
+}
+
+fn check_fraction(f: f64) -> Result<()> {
+    if !(0.0..=1.0).contains(&f) {
+        bail!("--allow-failures: {f} is not a fraction between 0 and 1");
+    }
+    Ok(())
+}
+
+/// Waits for the server, prepares the bodies, runs the load and writes the results.
+fn send(
+    a: &RunArgs,
+    target: &Target,
+    sched: &schedule::Schedule,
+    (skew, format): (Skew, BodyFormat),
+    run_cfg: &RunConfig,
+    ready_timeout: Duration,
+    out: &std::path::Path,
+) -> Result<()> {
+    wait_ready_noting(target, ready_timeout, Duration::from_secs(5), &mut |line| {
+        eprintln!("streamrec load: {line}")
+    })?;
+    let meta = fetch_metadata(target)?;
     let inputs = match &a.spec {
         Some(p) => {
             let m = ModelInputs::from_spec_file(p, a.row_cap)?;
@@ -222,76 +295,84 @@ fn load(a: RunArgs) -> Result<()> {
     };
     let bodies = Bodies::for_schedule(
         &inputs,
-        &sched,
+        sched,
         &BodyConfig {
             format,
             skew,
             variants: a.variants,
-            seed: derive_seed(a.seed, shard.index, 2),
+            seed: derive_seed(a.seed, sched.shard.index, 2),
             ..BodyConfig::default()
         },
     )?;
     eprintln!(
-        "streamrec load: shard {shard}: {} at {:.1} req/s for {:.1} s: {} requests, batch {}, \
+        "streamrec load: shard {}: {} at {:.1} req/s for {:.1} s: {} requests, batch {}, \
          {} skew, {} bodies of {} bytes in all",
+        sched.shard,
         sched.kind,
         sched.target_qps,
-        duration.as_secs_f64(),
+        sched.duration.as_secs_f64(),
         sched.arrivals.len(),
         sched.batch_label,
         skew,
         format.name(),
         bodies.bytes()
     );
-    if let Some(t) = start_at {
+    if let Some(t) = run_cfg.start_at {
         if t < SystemTime::now() {
             eprintln!("streamrec load: --start-at is in the past: starting now");
         }
     }
-    let result = run(&target, &sched, &bodies, &run_cfg)?;
-    result.write(&out)?;
+    let result = run(target, sched, &bodies, run_cfg)?;
+    // The summary first: if the folder fails now, the numbers are still on the screen.
     println!("{}", describe(&result.summary));
+    result.write(out)?;
     println!("results: {}", out.display());
-    Ok(())
+    verdict(&result.summary, a.allow_failures)
+}
+
+/// An error when the run is invalid or more requests failed than allowed.
+fn verdict(s: &Summary, allow_failures: f64) -> Result<()> {
+    let mut why = Vec::new();
+    if let Some(note) = saturation_note(s) {
+        why.push(note);
+    }
+    let bad = s.unsuccessful();
+    if bad as f64 > allow_failures * s.requests as f64 {
+        let kinds: Vec<String> = s
+            .errors
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .chain((s.not_sent > 0).then(|| format!("not sent {}", s.not_sent)))
+            .collect();
+        why.push(format!(
+            "{bad} of {} requests failed ({}), more than --allow-failures {allow_failures} allows",
+            s.requests,
+            kinds.join(", ")
+        ));
+    }
+    if why.is_empty() {
+        Ok(())
+    } else {
+        bail!("streamrec load: {}", why.join("; and "))
+    }
 }
 
 fn merge(m: MergeArgs) -> Result<()> {
-    let merged = merge_dirs(&m.dirs)?;
+    check_fraction(m.allow_failures)?;
     if let Some(out) = &m.out {
-        merged.write(out)?;
+        out::prepare(out, "--out", m.replace, &owned())?;
     }
+    let merged = merge_dirs(&m.dirs, &MergeOptions { partial: m.partial })?;
     if m.json {
         println!("{}", serde_json::to_string_pretty(&merged.summary)?);
     } else {
         println!("{}", describe(&merged.summary));
-        if let Some(out) = &m.out {
+    }
+    if let Some(out) = &m.out {
+        merged.write(out)?;
+        if !m.json {
             println!("merged: {}", out.display());
         }
     }
-    check_complete(&merged.summary.shards, &m.dirs);
-    Ok(())
-}
-
-/// Says on stderr which shards of the split are missing, if any.
-fn check_complete(shards: &[String], dirs: &[PathBuf]) {
-    let n: Option<u32> = shards
-        .first()
-        .and_then(|s| s.split_once('/'))
-        .and_then(|(_, n)| n.parse().ok());
-    if let Some(n) = n {
-        let missing: Vec<String> = (0..n)
-            .map(|i| format!("{i}/{n}"))
-            .filter(|s| !shards.contains(s))
-            .collect();
-        if !missing.is_empty() {
-            eprintln!(
-                "streamrec load merge: warning: shards {} missing from {}",
-                missing.join(", "),
-                dirs.iter()
-                    .map(|d| d.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            );
-        }
-    }
+    verdict(&merged.summary, m.allow_failures)
 }

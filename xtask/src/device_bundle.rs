@@ -7,6 +7,10 @@
 //! CUDA library search run.sh sources, `xtask/device/find-libs.sh`). Binaries are
 //! stripped of debug info when `strip` is available, so the folder stays well under the 64 MiB a
 //! device run may carry. On the GPU machine: `OUT=<dir> bash .device/run.sh`.
+//!
+//! The folder must be new or empty; `--replace` lets it hold an earlier bundle, whose files
+//! (listed in its manifest, `.device-bundle-files`) are removed and nothing else: a folder
+//! holding anything else is refused. It is checked before anything is built.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,22 +22,42 @@ const TEMPLATE: &str = include_str!("../device/run.sh");
 const FIND_LIBS: &str = include_str!("../device/find-libs.sh");
 
 const HELP: &str = "\
-cargo xtask device-bundle [--out DIR] [--no-strip]
+cargo xtask device-bundle [--out DIR] [--replace] [--no-strip]
 
 Builds the release CLI, the CUDA test binary and the CUDA kernel bench, and puts them with the
 workload specs and run.sh into DIR (default .device, git-ignored). Run it on the GPU machine with
 `OUT=<results dir> bash DIR/run.sh` (see the comment at the top of run.sh for its knobs).
+DIR must be new or empty; --replace lets it hold an earlier bundle, whose files are replaced (a
+folder holding anything else is refused, and nothing is removed).
 ";
+
+/// The list of files a bundle holds (what --replace may remove).
+const MANIFEST: &str = ".device-bundle-files";
+/// The binaries of a bundle, in bin/.
+const BINARIES: [&str; 5] = [
+    "streamrec",
+    "xtask",
+    "cuda-tests",
+    "cuda-linear-tests",
+    "cuda-bench",
+];
+/// The trace the serving experiment replays (with its licence), in workloads/traces/.
+const TRACES: [&str; 2] = [
+    "azure-llm-2023-conv.csv",
+    "LICENSE-azure-public-dataset-CC-BY-4.0.txt",
+];
 
 /// Runs the task with the arguments after `device-bundle`.
 pub fn run(args: &[String]) -> Result<()> {
     let mut out: Option<PathBuf> = None;
     let mut strip = true;
+    let mut replace = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--out" => out = Some(PathBuf::from(it.next().context("--out needs a folder")?)),
             "--no-strip" => strip = false,
+            "--replace" => replace = true,
             "-h" | "--help" => {
                 print!("{HELP}");
                 return Ok(());
@@ -44,6 +68,9 @@ pub fn run(args: &[String]) -> Result<()> {
     let root = workspace_root()?;
     let out = out.unwrap_or_else(|| root.join(".device"));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // The folder is checked before minutes of building.
+    let specs = workload_specs(&root)?;
+    crate::load::prepare_listed(&out, replace, MANIFEST, &files(&specs))?;
 
     eprintln!("building the release CLI ...");
     status(Command::new(&cargo).current_dir(&root).args([
@@ -112,18 +139,12 @@ pub fn run(args: &[String]) -> Result<()> {
         "cuda_kernels",
     )?;
 
-    if out.exists() {
-        std::fs::remove_dir_all(&out).with_context(|| format!("removing {}", out.display()))?;
-    }
     let bin = out.join("bin");
     std::fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
-    for (src, name) in [
-        (&cli, "streamrec"),
-        (&xtask, "xtask"),
-        (&tests, "cuda-tests"),
-        (&linear, "cuda-linear-tests"),
-        (&bench, "cuda-bench"),
-    ] {
+    for (src, name) in [&cli, &xtask, &tests, &linear, &bench]
+        .into_iter()
+        .zip(BINARIES)
+    {
         let dst = bin.join(name);
         std::fs::copy(src, &dst)
             .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
@@ -138,19 +159,13 @@ pub fn run(args: &[String]) -> Result<()> {
 
     let wl = out.join("workloads");
     std::fs::create_dir_all(&wl)?;
-    for e in std::fs::read_dir(root.join("workloads")).context("reading workloads/")? {
-        let p = e?.path();
-        if p.extension().is_some_and(|x| x == "toml") {
-            std::fs::copy(&p, wl.join(p.file_name().expect("a file name")))?;
-        }
+    for name in &specs {
+        std::fs::copy(root.join("workloads").join(name), wl.join(name))
+            .with_context(|| format!("copying workloads/{name}"))?;
     }
-    // The trace the serving experiment replays (with its licence).
     let traces = wl.join("traces");
     std::fs::create_dir_all(&traces)?;
-    for f in [
-        "azure-llm-2023-conv.csv",
-        "LICENSE-azure-public-dataset-CC-BY-4.0.txt",
-    ] {
+    for f in TRACES {
         std::fs::copy(root.join("workloads/traces").join(f), traces.join(f))
             .with_context(|| format!("copying workloads/traces/{f}"))?;
     }
@@ -180,6 +195,36 @@ pub fn run(args: &[String]) -> Result<()> {
         out.display()
     );
     Ok(())
+}
+
+/// The file names of the workload specs (`workloads/*.toml`), sorted.
+fn workload_specs(root: &Path) -> Result<Vec<String>> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(root.join("workloads")).context("reading workloads/")? {
+        let p = e?.path();
+        if p.is_file() && p.extension().is_some_and(|x| x == "toml") {
+            v.push(
+                p.file_name()
+                    .expect("a file name")
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+        }
+    }
+    v.sort();
+    Ok(v)
+}
+
+/// The files a bundle holds, relative to its folder.
+fn files(specs: &[String]) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = [MANIFEST, "run.sh", "find-libs.sh"]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+    v.extend(BINARIES.iter().map(|b| Path::new("bin").join(b)));
+    v.extend(specs.iter().map(|s| Path::new("workloads").join(s)));
+    v.extend(TRACES.iter().map(|t| Path::new("workloads/traces").join(t)));
+    v
 }
 
 fn workspace_root() -> Result<PathBuf> {

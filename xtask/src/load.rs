@@ -3,6 +3,11 @@
 //! together against one server (a local `streamrec serve` on a free port unless `--url` is
 //! given), then merged with `streamrec load merge`; prints the total and whether the achieved
 //! rate is within 2% of the offered one.
+//!
+//! `--out` must be new or empty; `--replace` lets it hold an earlier run of this task, whose
+//! files (listed in its manifest, `.xtask-load-files`) are removed and nothing else: a folder
+//! holding anything else is refused. The task fails when a worker or the merge fails (failed
+//! requests, a saturated generator), after printing what was measured.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -14,14 +19,20 @@ use anyhow::{bail, Context, Result};
 pub const HELP: &str = "\
   load [--workers N] [--url U] [--model M] [--spec FILE] [--row-cap N] [--qps Q]
        [--duration D] [--schedule S] [--batch B] [--skew S] [--seed S] [--connections C]
-       [--out DIR] [--no-build]
+       [--out DIR] [--replace] [--no-build]
         The sharded load of deploy/k8s/load-job.yaml on one machine: N (default 3) processes
         `streamrec load --shard i/N` started together (--start-at) against --url, or against a
         local `streamrec serve SPEC` on a free port (default spec workloads/tiny.toml), then
         `streamrec load merge`; prints the total and checks that the achieved rate is within 2%
         of the offered one. Defaults: --qps 1500 (total), --duration 10s, --schedule poisson,
-        --batch 1. Results in DIR/shard-i and DIR/merged (default target/xtask-load).
+        --batch 1. Results in DIR/shard-i and DIR/merged (default target/xtask-load); DIR must
+        be new or empty, or hold an earlier run of this task with --replace (its files are
+        replaced; a folder holding anything else is refused). Fails when any request failed or
+        a worker's generator saturated (each worker's log is DIR/shard-i.log).
 ";
+
+/// The list of files this task writes into --out (what --replace may remove).
+const MANIFEST: &str = ".xtask-load-files";
 
 struct Opts {
     workers: u32,
@@ -37,6 +48,7 @@ struct Opts {
     seed: String,
     connections: String,
     out: PathBuf,
+    replace: bool,
     build: bool,
 }
 
@@ -55,6 +67,7 @@ fn parse(args: &[String], root: &Path) -> Result<Opts> {
         seed: "1".into(),
         connections: "32".into(),
         out: root.join("target/xtask-load"),
+        replace: false,
         build: true,
     };
     let mut it = args.iter();
@@ -85,6 +98,7 @@ fn parse(args: &[String], root: &Path) -> Result<Opts> {
             "--seed" => o.seed = val()?,
             "--connections" => o.connections = val()?,
             "--out" => o.out = PathBuf::from(val()?),
+            "--replace" => o.replace = true,
             "--no-build" => o.build = false,
             "--help" | "-h" => {
                 print!("cargo xtask load: options\n{HELP}");
@@ -178,8 +192,7 @@ pub fn run(args: &[String]) -> Result<()> {
             addr
         }
     };
-    let _ = std::fs::remove_dir_all(&o.out);
-    std::fs::create_dir_all(&o.out)?;
+    prepare_out(&o.out, o.replace, &files(o.workers))?;
     // Every worker starts at the same wall-clock time, 2 s from now.
     let start_at = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs_f64() + 2.0;
     eprintln!(
@@ -220,21 +233,33 @@ pub fn run(args: &[String]) -> Result<()> {
             .context("starting streamrec load")?;
         workers.push((i, dir, Guard(child)));
     }
-    let mut failed = Vec::new();
+    // A worker that wrote its summary finished its run (exit 1: failed requests or a saturated
+    // generator, which the merge shows); one that did not, failed outright.
+    let mut unfinished = Vec::new();
+    let mut failing = Vec::new();
     let mut dirs = Vec::new();
     for (i, dir, mut g) in workers {
         let st = g.0.wait()?;
-        if !st.success() {
-            failed.push(i);
+        if !dir.join("summary.json").is_file() {
+            unfinished.push(i);
+        } else if !st.success() {
+            failing.push(i);
         }
         dirs.push(dir);
     }
-    for i in &failed {
-        let log = std::fs::read_to_string(o.out.join(format!("shard-{i}.log"))).unwrap_or_default();
-        eprintln!("worker {i} failed:\n{log}");
+    let log = |i: &u32| std::fs::read_to_string(o.out.join(format!("shard-{i}.log")));
+    for i in &unfinished {
+        eprintln!("worker {i} failed:\n{}", log(i).unwrap_or_default());
     }
-    if !failed.is_empty() {
-        bail!("{} of {} workers failed", failed.len(), o.workers);
+    if !unfinished.is_empty() {
+        bail!("{} of {} workers failed", unfinished.len(), o.workers);
+    }
+    for i in &failing {
+        let text = log(i).unwrap_or_default();
+        eprintln!(
+            "worker {i}: {}",
+            text.lines().last().unwrap_or("exited with an error")
+        );
     }
     let merged = o.out.join("merged");
     let out = Command::new(&bin)
@@ -244,16 +269,13 @@ pub fn run(args: &[String]) -> Result<()> {
         .arg(&merged)
         .current_dir(&root)
         .output()?;
-    if !out.status.success() {
-        bail!(
-            "streamrec load merge failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
     print!("{}", String::from_utf8_lossy(&out.stdout));
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
-    let s: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(merged.join("summary.json"))?)?;
+    let summary = merged.join("summary.json");
+    if !summary.is_file() {
+        bail!("streamrec load merge failed (see above)");
+    }
+    let s: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary)?)?;
     let offered = s["offered_qps"].as_f64().unwrap_or(0.0);
     let achieved = s["achieved_qps"].as_f64().unwrap_or(0.0);
     let ratio = if offered > 0.0 {
@@ -273,5 +295,56 @@ pub fn run(args: &[String]) -> Result<()> {
         },
         s["latency_us"]["p99"]
     );
+    if !failing.is_empty() || !out.status.success() {
+        bail!(
+            "the load did not pass: {} of {} workers reported failed requests or a saturated \
+             generator (see above)",
+            failing.len(),
+            o.workers
+        );
+    }
+    Ok(())
+}
+
+/// The files this task writes into --out for `workers` workers, relative to it.
+fn files(workers: u32) -> Vec<PathBuf> {
+    let results = |d: String| {
+        streamrec_loadgen::results::RESULT_FILES
+            .iter()
+            .map(move |f| Path::new(&d).join(f))
+    };
+    let mut v = vec![PathBuf::from(MANIFEST)];
+    for i in 0..workers {
+        v.extend(results(format!("shard-{i}")));
+        v.push(PathBuf::from(format!("shard-{i}.log")));
+    }
+    v.extend(results("merged".into()));
+    v
+}
+
+/// Makes `out` ready for a task that writes `files` (relative to it) and lists them in its
+/// manifest `.xtask-load-files`; see [`prepare_listed`].
+fn prepare_out(out: &Path, replace: bool, files: &[PathBuf]) -> Result<()> {
+    prepare_listed(out, replace, MANIFEST, files)
+}
+
+/// Makes `out` ready for a task that writes `files` (relative to it) and keeps their list in
+/// `out/manifest`: created if missing; if it holds anything, only with `replace`, and then
+/// only the files an earlier run listed in its manifest are removed (a folder that holds
+/// anything else is refused, nothing removed). The new list is written before any other file,
+/// so that a run cut short can still be replaced.
+pub(crate) fn prepare_listed(
+    out: &Path,
+    replace: bool,
+    manifest: &str,
+    files: &[PathBuf],
+) -> Result<()> {
+    let earlier = if out.is_dir() {
+        streamrec_loadgen::out::read_manifest(out, manifest)?
+    } else {
+        Vec::new()
+    };
+    streamrec_loadgen::out::prepare(out, "--out", replace, &earlier)?;
+    streamrec_loadgen::out::write_manifest(out, manifest, files)?;
     Ok(())
 }

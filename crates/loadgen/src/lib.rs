@@ -5,7 +5,11 @@
 //! constant, Poisson or a rescaled trace, split into shards), batch sizes set on it
 //! ([`BatchSizes::apply`]), request bodies prepared up front ([`Bodies`], from the model's
 //! [`ModelInputs`]), then [`run()`]: an open-loop sender whose latencies run from the intended
-//! times, into HdrHistograms and a JSON [`Summary`] ([`RunResult`]); shards [`merge`] exactly.
+//! times, into HdrHistograms and a JSON [`Summary`] ([`RunResult`]); shards [`merge()`] exactly
+//! (after checking that they are shards of one load). The run watches its own send lag: more
+//! than 1% of requests later than [`RunConfig::max_send_lag`] and the summary says the
+//! generator saturated (the run is invalid). [`out::prepare`] makes an output folder ready
+//! without deleting anything the tool did not write.
 //!
 //! A Poisson schedule split into two shards, and an exact merge of the shards' histograms
 //! (here of the schedule's gaps; a run records latencies the same way):
@@ -69,7 +73,9 @@
 pub mod body;
 pub mod error;
 pub mod locality;
+pub mod merge;
 pub mod model;
+pub mod out;
 pub mod results;
 pub mod run;
 pub mod schedule;
@@ -79,9 +85,12 @@ pub mod trace;
 
 pub use body::{Bodies, Body, BodyConfig, BodyFormat};
 pub use error::LoadError;
+pub use merge::{merge, merge_dirs, MergeOptions};
 pub use model::{FeatureInput, ModelInputs};
-pub use results::{describe, merge, merge_dirs, Outcome, Percentiles, Record, RunResult, Summary};
-pub use run::{fetch_metadata, http_get, run, wait_ready, RunConfig, Target};
+pub use results::{
+    describe, partial_note, saturation_note, Outcome, Percentiles, Record, RunResult, Summary,
+};
+pub use run::{fetch_metadata, http_get, run, wait_ready, wait_ready_noting, RunConfig, Target};
 pub use schedule::{parse_duration, Arrival, Schedule, ScheduleConfig, ScheduleKind, Shard};
 pub use sizes::BatchSizes;
 pub use skew::{Skew, PRODUCTION_ZIPF};

@@ -1,12 +1,13 @@
 //! Results of a run: HdrHistograms of latency and of the generator's send lag (microseconds,
-//! 3 significant digits, V2-serialised), a JSON summary, optional per-request records, and the
-//! exact merge of shards.
+//! 3 significant digits, V2-serialised), a JSON summary and optional per-request records
+//! ([`crate::merge`] merges shards exactly).
 //!
 //! A result folder holds `summary.json`, `latency.hdr` (successful requests, from the intended
-//! send time to the last byte of the response), `lag.hdr` (from the intended send time to the
-//! moment the generator started the request) and, when asked for, `records.csv`. Merging adds
-//! the histograms bucket by bucket, which is exact: the merged histogram equals the histogram
-//! of all the shards' samples.
+//! send time to the last byte of the response), `lag.hdr` (requests sent, from the intended
+//! send time to the moment the generator started the request) and, when asked for,
+//! `records.csv` ([`RESULT_FILES`]). Reading one checks sizes before allocating: a summary of
+//! at most [`MAX_SUMMARY_BYTES`], and histograms whose header is exactly the one this crate
+//! writes (bounds 1 us to 1 h, 3 digits) with a payload the file really holds.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -20,8 +21,28 @@ use crate::error::LoadError;
 
 /// Highest value the histograms hold: one hour, in microseconds.
 pub const HIST_MAX_US: u64 = 3_600_000_000;
-/// Version of the summary format.
-pub const SUMMARY_VERSION: u32 = 1;
+/// Version of the summary format (2: the generator's own check, `not_sent`, `late`,
+/// `saturated`, `missing_shards`).
+pub const SUMMARY_VERSION: u32 = 2;
+/// Largest `summary.json` read.
+pub const MAX_SUMMARY_BYTES: u64 = 1 << 20;
+/// The files a result folder may hold, all written by [`RunResult::write`].
+pub const RESULT_FILES: [&str; 4] = ["summary.json", "latency.hdr", "lag.hdr", "records.csv"];
+/// Size of a V2 HdrHistogram header: cookie, payload length, normalising offset, significant
+/// digits, lowest and highest trackable value, integer-to-double ratio.
+const HDR_HEADER: usize = 40;
+/// The cookie of an uncompressed V2 HdrHistogram.
+const HDR_V2_COOKIE: u32 = 0x1c84_9313;
+/// More than this fraction of the requests late (or not sent) and the run is invalid: the
+/// generator, not the server, set the pace (MLPerf LoadGen marks such a run INVALID).
+pub const LATE_FRACTION: f64 = 0.01;
+
+/// True when `late` of `requests` is more than [`LATE_FRACTION`] of them: the generator fell
+/// behind its schedule.
+pub fn saturated(late: u64, requests: u64) -> bool {
+    // late / requests > 1/100, without rounding.
+    u128::from(late) * 100 > u128::from(requests)
+}
 
 /// A new, empty histogram of microseconds (1 us to 1 h, 3 significant digits).
 pub fn histogram() -> Histogram<u64> {
@@ -94,7 +115,7 @@ pub struct Summary {
     pub target_qps: f64,
     /// Nominal duration, seconds (the longest shard's).
     pub duration_s: f64,
-    /// Requests scheduled (all were sent or counted as failed).
+    /// Requests scheduled: `ok` + failed (`errors`) + `not_sent`.
     pub requests: u64,
     /// Requests answered with a 2xx status.
     pub ok: u64,
@@ -122,12 +143,38 @@ pub struct Summary {
     pub connection_waits: u64,
     /// Most keep-alive connections per shard.
     pub connections: usize,
+    /// Requests the generator never sent: it reached them only after their intended time plus
+    /// the timeout, having fallen behind. Not failures of the server (not in `errors`).
+    pub not_sent: u64,
+    /// The send-lag bound: a request started more than this after its intended time is late,
+    /// microseconds.
+    pub send_lag_bound_us: u64,
+    /// Requests started later than the bound, plus those not sent.
+    pub late: u64,
+    /// More than 1% of the requests late ([`LATE_FRACTION`]): the generator could not keep its
+    /// schedule, so the run measured the generator, not the server, and is invalid.
+    pub saturated: bool,
+    /// Shards of the split missing from a partial merge (`i/n` each); empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_shards: Vec<String>,
 }
 
 impl Summary {
-    /// Failed requests (all kinds).
+    /// Failed requests (all kinds); saturates instead of wrapping (a summary read from disk
+    /// is checked by [`crate::merge::check`]).
     pub fn failed(&self) -> u64 {
-        self.errors.values().sum()
+        self.errors.values().fold(0u64, |a, &v| a.saturating_add(v))
+    }
+
+    /// Requests that did not succeed: failed or not sent.
+    pub fn unsuccessful(&self) -> u64 {
+        self.failed().saturating_add(self.not_sent)
+    }
+
+    /// Whether the run is valid: the generator kept its schedule (a partial merge is valid
+    /// but says which shards it lacks).
+    pub fn valid(&self) -> bool {
+        !self.saturated
     }
 }
 
@@ -142,6 +189,9 @@ pub enum Outcome {
     Connect,
     /// The connection failed while sending or receiving.
     Io,
+    /// Never sent: the generator reached it after its intended time plus the timeout (counted
+    /// in [`Summary::not_sent`], not in [`Summary::errors`]).
+    NotSent,
 }
 
 impl Outcome {
@@ -153,6 +203,7 @@ impl Outcome {
             Outcome::Timeout => Some("timeout".into()),
             Outcome::Connect => Some("connect".into()),
             Outcome::Io => Some("io".into()),
+            Outcome::NotSent => Some("not_sent".into()),
         }
     }
 }
@@ -187,6 +238,8 @@ pub struct RunResult {
     pub records: Vec<Record>,
     /// When the run started (intended times count from it); None for results read from disk.
     pub start: Option<std::time::Instant>,
+    /// The folder it was read from (None for a run in memory); merge errors name it.
+    pub from: Option<PathBuf>,
 }
 
 fn write_file(path: &Path, data: &[u8]) -> Result<(), LoadError> {
@@ -201,11 +254,66 @@ fn serialize(h: &Histogram<u64>) -> Vec<u8> {
     out
 }
 
+/// Reads at most `limit` bytes of `path`; a longer file is an error (checked while reading, so
+/// a file that grows cannot slip past).
+fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, LoadError> {
+    use std::io::Read as _;
+    let f = std::fs::File::open(path).map_err(|e| LoadError::io(path, e))?;
+    let mut data = Vec::new();
+    f.take(limit + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| LoadError::io(path, e))?;
+    if data.len() as u64 > limit {
+        return Err(LoadError::format(
+            path,
+            format!("more than the limit of {limit} bytes"),
+        ));
+    }
+    Ok(data)
+}
+
+/// Largest histogram file: the header and every count of [`histogram`] as a 9-byte varint.
+fn max_hdr_bytes() -> u64 {
+    (HDR_HEADER + 9 * histogram().distinct_values()) as u64
+}
+
+/// Reads a histogram written by [`RunResult::write`]; the header is checked against the one
+/// this crate writes before anything is allocated from it.
 fn deserialize(path: &Path) -> Result<Histogram<u64>, LoadError> {
-    let data = std::fs::read(path).map_err(|e| LoadError::io(path, e))?;
+    let data = read_bounded(path, max_hdr_bytes())?;
+    let bad = |msg: String| LoadError::format(path, msg);
+    if data.len() < HDR_HEADER {
+        return Err(bad(format!(
+            "{} bytes, shorter than a V2 HdrHistogram header ({HDR_HEADER} bytes)",
+            data.len()
+        )));
+    }
+    let word = |i: usize| u32::from_be_bytes(data[i..i + 4].try_into().expect("4 bytes"));
+    if word(0) != HDR_V2_COOKIE {
+        return Err(bad(format!(
+            "not an uncompressed V2 HdrHistogram (cookie {:#010x}, expected {HDR_V2_COOKIE:#010x})",
+            word(0)
+        )));
+    }
+    let payload = word(4) as usize;
+    if payload != data.len() - HDR_HEADER {
+        return Err(bad(format!(
+            "the header gives a payload of {payload} bytes, but the file holds {} after its \
+             {HDR_HEADER}-byte header",
+            data.len() - HDR_HEADER
+        )));
+    }
+    let want = serialize(&histogram());
+    if data[8..HDR_HEADER] != want[8..HDR_HEADER] {
+        return Err(bad(
+            "the histogram's settings (digits, bounds) are not those of streamrec load (1 us \
+             to 1 h, 3 significant digits)"
+                .into(),
+        ));
+    }
     let h: Histogram<u64> = Deserializer::new()
         .deserialize(&mut &data[..])
-        .map_err(|e| LoadError::format(path, format!("not a V2 HdrHistogram: {e:?}")))?;
+        .map_err(|e| bad(format!("not a V2 HdrHistogram: {e:?}")))?;
     Ok(h)
 }
 
@@ -241,120 +349,72 @@ impl RunResult {
     /// Reads a result folder written by [`RunResult::write`] (without its records).
     pub fn read(dir: &Path) -> Result<RunResult, LoadError> {
         let p = dir.join("summary.json");
-        let text = std::fs::read(&p).map_err(|e| LoadError::io(&p, e))?;
-        let summary: Summary =
+        let text = read_bounded(&p, MAX_SUMMARY_BYTES)?;
+        // The version first, so that an older summary says so rather than "missing field".
+        #[derive(Deserialize)]
+        struct Version {
+            version: u32,
+        }
+        let v: Version =
             serde_json::from_slice(&text).map_err(|e| LoadError::format(&p, e.to_string()))?;
-        if summary.version != SUMMARY_VERSION {
+        if v.version != SUMMARY_VERSION {
             return Err(LoadError::format(
                 &p,
                 format!(
-                    "summary version {} is not {SUMMARY_VERSION}",
-                    summary.version
+                    "summary version {} is not {SUMMARY_VERSION} (written by another version of \
+                     streamrec load)",
+                    v.version
                 ),
             ));
         }
+        let summary: Summary =
+            serde_json::from_slice(&text).map_err(|e| LoadError::format(&p, e.to_string()))?;
         Ok(RunResult {
             summary,
             latency: deserialize(&dir.join("latency.hdr"))?,
             lag: deserialize(&dir.join("lag.hdr"))?,
             records: Vec::new(),
             start: None,
+            from: Some(dir.to_path_buf()),
         })
     }
 }
 
-/// Merges shard results: histograms added exactly, counts and rates summed, durations the
-/// longest. Every part must come from the same split (`i/n` with one `n`) and no shard may
-/// appear twice; missing shards are allowed (the merged `shards` lists those present).
-pub fn merge(parts: &[RunResult]) -> Result<RunResult, LoadError> {
-    let first = parts
-        .first()
-        .ok_or_else(|| LoadError::invalid("merge: nothing to merge"))?;
-    let mut latency = histogram();
-    let mut lag = histogram();
-    let mut s = first.summary.clone();
-    s.shards.clear();
-    s.status.clear();
-    s.errors.clear();
-    for f in [
-        &mut s.target_qps,
-        &mut s.duration_s,
-        &mut s.offered_qps,
-        &mut s.achieved_qps,
-        &mut s.samples_per_s,
-        &mut s.elapsed_s,
-    ] {
-        *f = 0.0;
-    }
-    (s.requests, s.ok, s.samples_ok, s.connection_waits) = (0, 0, 0, 0);
-    let count_of = |sh: &str| sh.split_once('/').map(|(_, n)| n.to_string());
-    let n = first
-        .summary
-        .shards
-        .first()
-        .map(String::as_str)
-        .and_then(count_of);
-    for p in parts {
-        let q = &p.summary;
-        for sh in &q.shards {
-            if count_of(sh) != n {
-                return Err(LoadError::invalid(format!(
-                    "merge: shard {sh} is not of the same split as {}",
-                    first.summary.shards.join(",")
-                )));
-            }
-            if s.shards.contains(sh) {
-                return Err(LoadError::invalid(format!(
-                    "merge: shard {sh} appears twice"
-                )));
-            }
-            s.shards.push(sh.clone());
-        }
-        latency
-            .add(&p.latency)
-            .map_err(|e| LoadError::invalid(format!("merge: latency histogram: {e:?}")))?;
-        lag.add(&p.lag)
-            .map_err(|e| LoadError::invalid(format!("merge: lag histogram: {e:?}")))?;
-        s.target_qps += q.target_qps;
-        s.offered_qps += q.offered_qps;
-        s.achieved_qps += q.achieved_qps;
-        s.samples_per_s += q.samples_per_s;
-        s.duration_s = s.duration_s.max(q.duration_s);
-        s.elapsed_s = s.elapsed_s.max(q.elapsed_s);
-        s.requests += q.requests;
-        s.ok += q.ok;
-        s.samples_ok += q.samples_ok;
-        s.connection_waits += q.connection_waits;
-        for (k, v) in &q.status {
-            *s.status.entry(k.clone()).or_default() += v;
-        }
-        for (k, v) in &q.errors {
-            *s.errors.entry(k.clone()).or_default() += v;
-        }
-    }
-    s.shards.sort_by_key(|x| {
-        x.split_once('/')
-            .and_then(|(i, _)| i.parse::<u64>().ok())
-            .unwrap_or(u64::MAX)
-    });
-    s.latency_us = Percentiles::of(&latency);
-    s.send_lag_us = Percentiles::of(&lag);
-    Ok(RunResult {
-        summary: s,
-        latency,
-        lag,
-        records: Vec::new(),
-        start: None,
+/// One line when the generator fell behind (`generator saturated: ...`), None when it kept its
+/// schedule.
+pub fn saturation_note(s: &Summary) -> Option<String> {
+    s.saturated.then(|| {
+        format!(
+            "generator saturated: {} of {} requests started more than {} after their intended \
+             time ({} of them never sent), send lag p99 {} us: the run is invalid (the generator, \
+             not the server, set the pace; lower --qps, add shards or --threads)",
+            s.late,
+            s.requests,
+            fmt_us(s.send_lag_bound_us),
+            s.not_sent,
+            s.send_lag_us.p99
+        )
     })
 }
 
-/// Reads and merges result folders.
-pub fn merge_dirs(dirs: &[PathBuf]) -> Result<RunResult, LoadError> {
-    let parts = dirs
-        .iter()
-        .map(|d| RunResult::read(d))
-        .collect::<Result<Vec<_>, _>>()?;
-    merge(&parts)
+/// One line when shards are missing from a merge (`shards 1/3 missing: ...`), None when none
+/// is.
+pub fn partial_note(s: &Summary) -> Option<String> {
+    (!s.missing_shards.is_empty()).then(|| {
+        format!(
+            "shards {} missing: the totals cover shards {} only",
+            s.missing_shards.join(", "),
+            s.shards.join(",")
+        )
+    })
+}
+
+fn fmt_us(us: u64) -> String {
+    if us >= 1000 && us % 1000 == 0 {
+        format!("{} ms", us / 1000)
+    } else {
+        format!("{us} us")
+    }
 }
 
 /// A few lines for a terminal.
@@ -369,11 +429,11 @@ pub fn describe(s: &Summary) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    format!(
+    let mut text = format!(
         "{} shard(s) {}: {} schedule, batch {}, {} requests in {:.2} s\n\
-         offered {:.1} req/s (target {:.1}), achieved {:.1} req/s ({:.1} samples/s), ok {}, failed {} ({errors})\n\
+         offered {:.1} req/s (target {:.1}), achieved {:.1} req/s ({:.1} samples/s), ok {}, failed {} ({errors}), not sent {}\n\
          latency us: p50 {} p90 {} p99 {} p99.9 {} max {} (mean {:.0})\n\
-         send lag us: p50 {} p99 {} max {}; waits for a connection: {}",
+         send lag us: p50 {} p99 {} max {}; late (over {}): {}; waits for a connection: {}",
         s.shards.len(),
         s.shards.join(","),
         s.schedule,
@@ -386,6 +446,7 @@ pub fn describe(s: &Summary) -> String {
         s.samples_per_s,
         s.ok,
         s.failed(),
+        s.not_sent,
         l.p50,
         l.p90,
         l.p99,
@@ -395,6 +456,17 @@ pub fn describe(s: &Summary) -> String {
         s.send_lag_us.p50,
         s.send_lag_us.p99,
         s.send_lag_us.max,
+        fmt_us(s.send_lag_bound_us),
+        s.late,
         s.connection_waits
-    )
+    );
+    if let Some(note) = saturation_note(s) {
+        text.push_str("\nINVALID: ");
+        text.push_str(&note);
+    }
+    if let Some(note) = partial_note(s) {
+        text.push_str("\nPARTIAL: ");
+        text.push_str(&note);
+    }
+    text
 }

@@ -11,8 +11,15 @@
 //!
 //! Every request ends in exactly one outcome: a status (2xx is success, every other status is
 //! counted by code), a timeout (counted from the intended time), a connection failure or an I/O
-//! error; nothing is dropped. The send lag (intended time to the start of the request on the
-//! runtime) measures the generator itself.
+//! error, or "not sent"; nothing is dropped.
+//!
+//! The send lag (intended time to the start of the request on the runtime) measures the
+//! generator itself. A request started more than [`RunConfig::max_send_lag`] late is late; a
+//! request the pacer reaches only after its intended time plus the timeout is not sent at all
+//! (it could only have timed out: the generator stops sending what it cannot send in time, so
+//! a run ends within its duration plus the timeout). More than 1% late
+//! ([`crate::results::LATE_FRACTION`]) and the summary says the generator saturated: the run is
+//! invalid, as MLPerf LoadGen marks one whose generator fell behind.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -34,7 +41,7 @@ use tokio::sync::{Notify, Semaphore};
 use crate::body::{Bodies, Body};
 use crate::error::LoadError;
 use crate::results::{
-    histogram, Outcome, Percentiles, Record, RunResult, Summary, SUMMARY_VERSION,
+    histogram, saturated, Outcome, Percentiles, Record, RunResult, Summary, SUMMARY_VERSION,
 };
 use crate::schedule::Schedule;
 
@@ -49,6 +56,8 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const MAX_THREADS: usize = 64;
 /// Farthest in the future a synchronised start may be.
 pub const MAX_START_DELAY: Duration = Duration::from_secs(3600);
+/// The default send-lag bound (`--max-send-lag`).
+pub const DEFAULT_MAX_SEND_LAG: Duration = Duration::from_millis(10);
 
 /// The server and model a run targets.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -152,6 +161,9 @@ pub struct RunConfig {
     pub progress: Option<ProgressBar>,
     /// Start at this wall-clock time (several workers together); None: now.
     pub start_at: Option<SystemTime>,
+    /// A request started more than this after its intended time is late; more than 1% late
+    /// and the run is invalid (the generator saturated).
+    pub max_send_lag: Duration,
 }
 
 impl Default for RunConfig {
@@ -164,6 +176,7 @@ impl Default for RunConfig {
             records: false,
             progress: None,
             start_at: None,
+            max_send_lag: DEFAULT_MAX_SEND_LAG,
         }
     }
 }
@@ -184,6 +197,12 @@ impl RunConfig {
                 self.timeout
             )));
         }
+        if self.max_send_lag.is_zero() || self.max_send_lag > self.timeout {
+            return Err(LoadError::invalid(format!(
+                "--max-send-lag: must be in (0, --timeout {:?}], not {:?}",
+                self.timeout, self.max_send_lag
+            )));
+        }
         if self.threads == 0 || self.threads > MAX_THREADS {
             return Err(LoadError::invalid(format!(
                 "--threads: must be in 1..={MAX_THREADS}, not {}",
@@ -202,6 +221,8 @@ struct Collector {
     outcomes: BTreeMap<Outcome, u64>,
     ok: u64,
     samples_ok: u64,
+    /// Requests started later than the bound.
+    late: u64,
     last_done: Option<Instant>,
     records: Vec<Record>,
 }
@@ -214,6 +235,7 @@ impl Collector {
             outcomes: BTreeMap::new(),
             ok: 0,
             samples_ok: 0,
+            late: 0,
             last_done: None,
             records: Vec::new(),
         }
@@ -226,6 +248,8 @@ struct Shared {
     uri: Uri,
     content_type: HeaderValue,
     timeout: Duration,
+    max_send_lag: Duration,
+    not_sent: AtomicU64,
     idle: Mutex<Vec<Sender>>,
     permits: Arc<Semaphore>,
     waits: AtomicU64,
@@ -255,6 +279,9 @@ impl Shared {
         {
             let mut c = self.collector.lock().expect("collector lock");
             c.lag.saturating_record(to_us(lag));
+            if lag > self.max_send_lag {
+                c.late += 1;
+            }
             *c.outcomes.entry(o).or_default() += 1;
             if o.error_kind().is_none() {
                 c.latency.saturating_record(to_us(latency).max(1));
@@ -273,6 +300,28 @@ impl Shared {
                 });
             }
         }
+        self.one_less();
+    }
+
+    /// A request the pacer reached at `now`, past its intended time plus the timeout: it is
+    /// not sent.
+    fn not_sent(&self, i: usize, start: Instant, due: Instant, now: Instant, batch: u32) {
+        self.not_sent.fetch_add(1, Ordering::Relaxed);
+        if self.keep_records {
+            let mut c = self.collector.lock().expect("collector lock");
+            c.records.push(Record {
+                index: i as u32,
+                intended_ns: due.saturating_duration_since(start).as_nanos() as u64,
+                lag_ns: now.saturating_duration_since(due).as_nanos() as u64,
+                latency_ns: 0,
+                batch,
+                outcome: Outcome::NotSent,
+            });
+        }
+        self.one_less();
+    }
+
+    fn one_less(&self) {
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.done.notify_one();
         }
@@ -379,6 +428,13 @@ async fn pace(
             if behind.is_multiple_of(32) {
                 tokio::task::yield_now().await;
             }
+        }
+        // Past its intended time plus the timeout it could only time out: not sent, so that a
+        // generator that fell behind stops at the end of the run instead of sending late.
+        let now = Instant::now();
+        if now >= due + sh.timeout {
+            sh.not_sent(i, start, due, now, a.batch);
+            continue;
         }
         let body = bodies
             .pick(a.batch, i)
@@ -551,6 +607,8 @@ pub fn run(
             crate::body::BodyFormat::Binary => "application/octet-stream",
         }),
         timeout: cfg.timeout,
+        max_send_lag: cfg.max_send_lag,
+        not_sent: AtomicU64::new(0),
         idle: Mutex::new(Vec::new()),
         permits: Arc::new(Semaphore::new(cfg.connections)),
         waits: AtomicU64::new(0),
@@ -657,6 +715,8 @@ pub fn run(
             *errors.entry(e).or_default() += k;
         }
     }
+    let not_sent = sh.not_sent.load(Ordering::Relaxed);
+    let late = c.late + not_sent;
     let summary = Summary {
         version: SUMMARY_VERSION,
         url: target.url.clone(),
@@ -682,6 +742,11 @@ pub fn run(
         errors,
         connection_waits: sh.waits.load(Ordering::Relaxed),
         connections: cfg.connections,
+        not_sent,
+        send_lag_bound_us: to_us(cfg.max_send_lag),
+        late,
+        saturated: saturated(late, n as u64),
+        missing_shards: Vec::new(),
     };
     Ok(RunResult {
         summary,
@@ -689,6 +754,7 @@ pub fn run(
         lag: c.lag,
         records: c.records,
         start: Some(start),
+        from: None,
     })
 }
 
@@ -753,9 +819,27 @@ pub fn fetch_metadata(target: &Target) -> Result<Value, LoadError> {
 
 /// Waits until `GET /v2/models/{m}[/versions/{v}]/ready` answers 200, polling every 200 ms.
 pub fn wait_ready(target: &Target, limit: Duration) -> Result<(), LoadError> {
+    wait_ready_noting(target, limit, Duration::MAX, &mut |_| {})
+}
+
+/// [`wait_ready`] that says what it waits for: `note` gets a line before the first poll
+/// (`waiting for URL (timeout 60 s)...`) and one about every `every` while the model is not
+/// ready (how long so far, and the last answer).
+pub fn wait_ready_noting(
+    target: &Target,
+    limit: Duration,
+    every: Duration,
+    note: &mut dyn FnMut(String),
+) -> Result<(), LoadError> {
     target.check()?;
     let path = format!("{}/ready", target.model_path(""));
+    let url = format!("{}{path}", target.url.trim_end_matches('/'));
+    note(format!(
+        "waiting for {url} to answer 200 (timeout {:.0} s)...",
+        limit.as_secs_f64()
+    ));
     let t = Instant::now();
+    let mut next_note = t.checked_add(every);
     loop {
         let last = match http_get(&target.url, &path, Duration::from_secs(2)) {
             Ok((200, _)) => return Ok(()),
@@ -769,6 +853,14 @@ pub fn wait_ready(target: &Target, limit: Duration) -> Result<(), LoadError> {
                 target.model,
                 limit.as_secs_f64()
             )));
+        }
+        if next_note.is_some_and(|n| Instant::now() >= n) {
+            note(format!(
+                "still waiting for {url}: {:.0} s of {:.0} s (last: {last})",
+                t.elapsed().as_secs_f64(),
+                limit.as_secs_f64()
+            ));
+            next_note = Instant::now().checked_add(every);
         }
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -52,6 +52,9 @@ pub enum BatchSizes {
     Fixed(u32),
     /// Drawn from the MLPerf DLRM-v2 query-size quantiles.
     Mlperf,
+    /// `--batch trace`: [`BatchSizes::Tokens`] with [`DEFAULT_TOKENS_PER_SAMPLE`], shown (in
+    /// errors and summaries) as the user spelled it.
+    Trace,
     /// `ceil(ContextTokens / per_sample)` of the trace row.
     Tokens {
         /// Tokens per sample.
@@ -69,9 +72,7 @@ impl FromStr for BatchSizes {
         };
         match s {
             "mlperf" => Ok(BatchSizes::Mlperf),
-            "trace" => Ok(BatchSizes::Tokens {
-                per_sample: DEFAULT_TOKENS_PER_SAMPLE,
-            }),
+            "trace" => Ok(BatchSizes::Trace),
             _ => {
                 if let Some(d) = s.strip_prefix("tokens:") {
                     let per_sample: u32 = d.parse().map_err(|_| bad())?;
@@ -95,12 +96,23 @@ impl fmt::Display for BatchSizes {
         match self {
             BatchSizes::Fixed(b) => write!(f, "{b}"),
             BatchSizes::Mlperf => write!(f, "mlperf"),
+            BatchSizes::Trace => write!(f, "trace"),
             BatchSizes::Tokens { per_sample } => write!(f, "tokens:{per_sample}"),
         }
     }
 }
 
 impl BatchSizes {
+    /// Tokens per sample of a size mapped from a trace's `ContextTokens`; None for fixed and
+    /// drawn sizes.
+    pub fn tokens_per_sample(&self) -> Option<u32> {
+        match *self {
+            BatchSizes::Trace => Some(DEFAULT_TOKENS_PER_SAMPLE),
+            BatchSizes::Tokens { per_sample } => Some(per_sample),
+            BatchSizes::Fixed(_) | BatchSizes::Mlperf => None,
+        }
+    }
+
     /// Sets every arrival's batch size; `max_batch` is the server's. A fixed size above it is
     /// an error; drawn and mapped sizes are clamped to it.
     pub fn apply(&self, schedule: &mut Schedule, max_batch: u32) -> Result<(), LoadError> {
@@ -126,7 +138,8 @@ impl BatchSizes {
                     a.batch = q[rng.random_range(0..q.len())].min(max_batch);
                 }
             }
-            BatchSizes::Tokens { per_sample } => {
+            BatchSizes::Trace | BatchSizes::Tokens { .. } => {
+                let per_sample = self.tokens_per_sample().expect("a token mapping");
                 if !schedule.has_tokens {
                     return Err(LoadError::invalid(format!(
                         "--batch {self}: needs a trace schedule with a ContextTokens column"
@@ -153,10 +166,9 @@ mod tests {
         assert_eq!(q.iter().sum::<u32>(), 5400);
         assert_eq!("mlperf".parse::<BatchSizes>().unwrap(), BatchSizes::Mlperf);
         assert_eq!("16".parse::<BatchSizes>().unwrap(), BatchSizes::Fixed(16));
-        assert_eq!(
-            "trace".parse::<BatchSizes>().unwrap(),
-            BatchSizes::Tokens { per_sample: 16 }
-        );
+        let trace = "trace".parse::<BatchSizes>().unwrap();
+        assert_eq!(trace.tokens_per_sample(), Some(16));
+        assert_eq!(trace.to_string(), "trace");
         for bad in ["0", "65537", "tokens:0", "big", "-1"] {
             assert!(bad.parse::<BatchSizes>().is_err(), "{bad}");
         }

@@ -3,7 +3,10 @@
 //! The format is the one of the Azure LLM inference traces (workloads/traces/): a header row
 //! naming the columns, a `TIMESTAMP` column (`YYYY-MM-DD HH:MM:SS[.fraction]`, or plain
 //! seconds) and optionally `ContextTokens` (a non-negative integer per request). Other columns
-//! are ignored. Rows must be in time order (equal times are allowed): the replay keeps it.
+//! are ignored. Rows must be in time order (equal times are allowed): the replay keeps it. A
+//! UTF-8 byte order mark before the header is skipped. Times are nanoseconds in an `i64`
+//! computed with checked arithmetic: a time past [`MAX_TIME_SECONDS`] (2262-04-11) is an error
+//! naming its line and column, never a wrapped value.
 
 use std::path::Path;
 
@@ -13,6 +16,9 @@ use crate::error::LoadError;
 pub const MAX_TRACE_ROWS: usize = 10_000_000;
 /// Largest trace file, in bytes.
 pub const MAX_TRACE_BYTES: u64 = 1 << 30;
+/// Latest time a trace may hold, in seconds since 1970 (nanoseconds up to `i64::MAX`:
+/// 2262-04-11 23:47:16 UTC).
+pub const MAX_TIME_SECONDS: i64 = i64::MAX / 1_000_000_000;
 
 /// A parsed trace: arrival times relative to the first row, and each row's size signal.
 #[derive(Clone, Debug, PartialEq)]
@@ -41,6 +47,7 @@ impl Trace {
 
     /// Parses trace text; the error names the line.
     pub fn parse(text: &str) -> Result<Trace, String> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let mut lines = text.lines().enumerate();
         let (_, header) = lines.next().ok_or("empty trace: no header row")?;
         let cols: Vec<&str> = header.split(',').map(str::trim).collect();
@@ -70,12 +77,14 @@ impl Trace {
                     .ok_or_else(|| format!("line {}: no {what} field", i + 1))
             };
             let t = parse_time(field(t_col, "TIMESTAMP")?)
-                .map_err(|e| format!("line {}: TIMESTAMP: {e}", i + 1))?;
+                .map_err(|e| format!("line {}, column {} (TIMESTAMP): {e}", i + 1, t_col + 1))?;
             if let Some(&prev) = ns.last() {
                 if t < prev {
                     return Err(format!(
-                        "line {}: TIMESTAMP goes back in time (rows must be in time order)",
-                        i + 1
+                        "line {}, column {} (TIMESTAMP): goes back in time (rows must be in \
+                         time order)",
+                        i + 1,
+                        t_col + 1
                     ));
                 }
             }
@@ -122,11 +131,19 @@ impl Trace {
 }
 
 /// Parses a timestamp into nanoseconds: plain seconds (`12.5`) or
-/// `YYYY-MM-DD HH:MM:SS[.fraction]` (also with `T` between date and time), taken as UTC.
+/// `YYYY-MM-DD HH:MM:SS[.fraction]` (also with `T` between date and time), taken as UTC; both
+/// from 0 (1970) to [`MAX_TIME_SECONDS`] (2262-04-11), else an error.
 pub fn parse_time(s: &str) -> Result<i64, String> {
+    let out_of_range = || {
+        format!(
+            "`{s}` is out of range: times run from 0 (1970-01-01) to {MAX_TIME_SECONDS} s \
+             (2262-04-11 23:47:16)"
+        )
+    };
     if let Ok(x) = s.parse::<f64>() {
-        if !(0.0..1e11).contains(&x) {
-            return Err(format!("`{s}` is not a time in seconds between 0 and 1e11"));
+        // At most MAX_TIME_SECONDS: below 2^63 ns even after rounding the product.
+        if !(0.0..=MAX_TIME_SECONDS as f64).contains(&x) {
+            return Err(out_of_range());
         }
         return Ok((x * 1e9).round() as i64);
     }
@@ -153,8 +170,11 @@ pub fn parse_time(s: &str) -> Result<i64, String> {
     for (i, b) in frac.bytes().take(9).enumerate() {
         nanos += i64::from(b - b'0') * 10i64.pow(8 - i as u32);
     }
+    // Years up to 9999 keep the seconds far inside i64; the nanoseconds may not fit.
     let secs = days_from_civil(y, mo, day) * 86_400 + h * 3_600 + mi * 60 + sec;
-    Ok(secs * 1_000_000_000 + nanos)
+    secs.checked_mul(1_000_000_000)
+        .and_then(|n| n.checked_add(nanos))
+        .ok_or_else(out_of_range)
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -202,5 +222,50 @@ mod tests {
         assert!(Trace::parse("TIMESTAMP,ContextTokens\n1,x\n2,3\n")
             .unwrap_err()
             .contains("line 2: ContextTokens"));
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_the_header_is_skipped() {
+        let t = Trace::parse("\u{feff}TIMESTAMP,ContextTokens\n1,10\n2,20\n").unwrap();
+        assert_eq!(t.times, vec![0.0, 1.0]);
+        assert_eq!(t.tokens, Some(vec![10, 20]));
+    }
+
+    #[test]
+    fn times_out_of_range_are_errors_naming_line_and_column() {
+        // The last representable time and the first one past it, as dates and as seconds.
+        assert_eq!(
+            parse_time("2262-04-11 23:47:16").unwrap(),
+            MAX_TIME_SECONDS * 1_000_000_000
+        );
+        assert_eq!(
+            parse_time(&MAX_TIME_SECONDS.to_string()).unwrap(),
+            MAX_TIME_SECONDS * 1_000_000_000
+        );
+        for bad in [
+            "2262-04-11 23:47:17",
+            "9999-12-31 23:59:59",
+            "1e10",
+            "-1",
+            "inf",
+            "NaN",
+        ] {
+            let e = parse_time(bad).unwrap_err();
+            assert!(e.contains("out of range"), "{bad}: {e}");
+        }
+        // A year-9999 row after a 2023 one: out of range, not "back in time".
+        let e = Trace::parse("id,TIMESTAMP\n1,2023-11-16 18:15:46\n2,9999-12-31 23:59:59\n")
+            .unwrap_err();
+        assert!(
+            e.starts_with("line 3, column 2 (TIMESTAMP): `9999-12-31"),
+            "{e}"
+        );
+        assert!(
+            e.contains("out of range") && !e.contains("back in time"),
+            "{e}"
+        );
+        // Plain seconds past the range: the same, not "needs at least 2 rows".
+        let e = Trace::parse("TIMESTAMP\n1e10\n2e10\n").unwrap_err();
+        assert!(e.starts_with("line 2, column 1 (TIMESTAMP): `1e10`"), "{e}");
     }
 }

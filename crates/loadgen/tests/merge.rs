@@ -50,10 +50,10 @@ fn merged_shards_equal_the_histogram_of_all_samples() {
         dirs.push(d);
         parts.push(r);
     }
-    let merged = merge(&parts).unwrap();
+    let merged = merge(&parts, &MergeOptions::default()).unwrap();
     assert_eq!(merged.latency, all);
     assert_eq!(merged.lag, all_lag);
-    let from_files = merge_dirs(&dirs).unwrap();
+    let from_files = merge_dirs(&dirs, &MergeOptions::default()).unwrap();
     assert_eq!(from_files.latency, all);
     assert_eq!(from_files.lag, all_lag);
     assert_eq!(from_files.summary, merged.summary);
@@ -69,10 +69,11 @@ fn merged_shards_equal_the_histogram_of_all_samples() {
     println!("{}", describe(s));
 
     // The same shard twice, or shards of different splits, do not merge.
-    assert!(merge(&[parts[0].clone(), parts[0].clone()]).is_err());
+    let all = MergeOptions { partial: true };
+    assert!(merge(&[parts[0].clone(), parts[0].clone()], &all).is_err());
     let mut other = parts[1].clone();
     other.summary.shards = vec!["1/4".into()];
-    assert!(merge(&[parts[0].clone(), other]).is_err());
+    assert!(merge(&[parts[0].clone(), other], &all).is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }
 

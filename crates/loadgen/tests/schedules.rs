@@ -233,6 +233,12 @@ fn batch_sizes() {
     assert!(BatchSizes::Tokens { per_sample: 16 }
         .apply(&mut s, 256)
         .is_err());
+    // The error names the flag as the user gave it.
+    for flag in ["trace", "tokens:16", "tokens:7"] {
+        let b: BatchSizes = flag.parse().unwrap();
+        let e = b.apply(&mut s, 256).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("--batch {flag}:")), "{flag}: {e}");
+    }
 }
 
 /// The quantiles compiled into the crate are the ones shipped in workloads/traces/.
