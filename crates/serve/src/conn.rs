@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -103,11 +103,6 @@ impl Conn {
         }
     }
 
-    fn kill(&self) {
-        self.killed.store(true, Ordering::SeqCst);
-        self.kill.notify_one();
-    }
-
     /// Completes when the connection is to be closed (the sweeper or the limit chose it).
     pub async fn killed(&self) {
         self.kill.notified().await
@@ -129,6 +124,8 @@ pub struct Conns {
     epoch: Instant,
     next: AtomicU64,
     map: Mutex<HashMap<u64, Arc<Conn>>>,
+    /// Connections told to close that have not closed yet.
+    closing: AtomicUsize,
     /// The connection limit.
     pub limit: usize,
     header_timeout_ms: u64,
@@ -145,6 +142,9 @@ pub struct Registered {
 impl Drop for Registered {
     fn drop(&mut self) {
         self.conns.lock().remove(&self.conn.id);
+        if self.conn.killed.load(Ordering::SeqCst) {
+            self.conns.closing.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 
@@ -155,6 +155,7 @@ impl Conns {
             epoch: Instant::now(),
             next: AtomicU64::new(0),
             map: Mutex::new(HashMap::new()),
+            closing: AtomicUsize::new(0),
             limit,
             header_timeout_ms: header_timeout.as_millis() as u64,
             idle_timeout_ms: idle_timeout.as_millis() as u64,
@@ -168,6 +169,20 @@ impl Conns {
     /// Connections open now.
     pub fn len(&self) -> usize {
         self.lock().len()
+    }
+
+    /// Connections open now and not told to close: what counts against the limit.
+    pub fn staying(&self) -> usize {
+        self.len()
+            .saturating_sub(self.closing.load(Ordering::SeqCst))
+    }
+
+    /// Tells `c` to close (once).
+    fn kill(&self, c: &Conn) {
+        if !c.killed.swap(true, Ordering::SeqCst) {
+            self.closing.fetch_add(1, Ordering::SeqCst);
+            c.kill.notify_one();
+        }
     }
 
     /// Whether none is open.
@@ -195,33 +210,60 @@ impl Conns {
         }
     }
 
-    /// The connection to close for a new one at the limit: the one in `Head` or `Body` longest,
-    /// else the one idle longest; `None` when every connection has a request queued or running.
-    pub fn victim(&self) -> Option<Arc<Conn>> {
+    /// The `n` connections to close for new ones at the limit: those in `Head` or `Body`
+    /// longest, then those idle longest; never one with a request queued or running.
+    pub fn victims(&self, n: usize) -> Vec<Arc<Conn>> {
         let map = self.lock();
-        let oldest = |slow: bool| {
-            map.values()
-                .filter(|c| !c.killed.load(Ordering::SeqCst))
-                .filter(|c| match c.phase() {
-                    Phase::Head | Phase::Body => slow,
-                    Phase::Idle => !slow,
-                    Phase::Busy => false,
-                })
-                .max_by_key(|c| c.age_ms())
-                .cloned()
-        };
-        oldest(true).or_else(|| oldest(false))
+        // Slow readers first (rank 0), then idle ones (rank 1); the oldest first within each.
+        let mut ranked: Vec<(u8, std::cmp::Reverse<u64>, &Arc<Conn>)> = map
+            .values()
+            .filter(|c| !c.killed.load(Ordering::SeqCst))
+            .filter_map(|c| {
+                let rank = match c.phase() {
+                    Phase::Head | Phase::Body => 0,
+                    Phase::Idle => 1,
+                    Phase::Busy => return None,
+                };
+                Some((rank, std::cmp::Reverse(c.age_ms()), c))
+            })
+            .collect();
+        let n = n.min(ranked.len());
+        if n > 0 && n < ranked.len() {
+            ranked.select_nth_unstable_by_key(n - 1, |(r, a, _)| (*r, *a));
+        }
+        ranked.truncate(n);
+        ranked.sort_by_key(|(r, a, _)| (*r, *a));
+        ranked.into_iter().map(|(_, _, c)| Arc::clone(c)).collect()
     }
 
-    /// Closes a connection to make room: true when one was chosen.
+    /// The one connection [`Conns::victims`] would close first.
+    pub fn victim(&self) -> Option<Arc<Conn>> {
+        self.victims(1).pop()
+    }
+
+    /// Closes connections to make room at the limit: a thirty-second of it at once (so a flood
+    /// of new connections pays for one scan per batch, not one per connection), at least one.
+    /// False when none could be chosen.
     pub fn evict(&self) -> bool {
-        match self.victim() {
-            Some(c) => {
-                c.kill();
-                true
-            }
-            None => false,
+        let victims = self.victims((self.limit / 32).max(1));
+        for c in &victims {
+            self.kill(c);
         }
+        !victims.is_empty()
+    }
+
+    /// Closes every connection without a request being read or run (shutting down: they would
+    /// only hold the drain up); returns how many.
+    pub fn close_waiting(&self) -> usize {
+        let map = self.lock();
+        let mut closed = 0;
+        for c in map.values() {
+            if matches!(c.phase(), Phase::Head | Phase::Idle) {
+                self.kill(c);
+                closed += 1;
+            }
+        }
+        closed
     }
 
     /// Closes every connection whose head took longer than the header timeout or that stayed
@@ -236,7 +278,7 @@ impl Conns {
                 Phase::Body | Phase::Busy => continue,
             };
             if c.age_ms() >= limit && !c.killed.load(Ordering::SeqCst) {
-                c.kill();
+                self.kill(c);
                 closed += 1;
             }
         }

@@ -45,6 +45,13 @@ const INLINE_PARSE_BYTES: usize = 256 << 10;
 /// about 400 KB, which thousands of unfinished heads turn into gigabytes).
 const MAX_HEAD_BYTES: usize = 64 << 10;
 
+/// How long a body may still come through hyper after its client closed its sending side.
+const PEER_CLOSE_GRACE: Duration = Duration::from_millis(200);
+
+/// The accept queue asked for.
+#[cfg(unix)]
+const ACCEPT_BACKLOG: i32 = 4096;
+
 /// How often the sweeper closes connections past their header or keep-alive timeout.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
 
@@ -273,6 +280,14 @@ impl Server {
         listener
             .set_nonblocking(true)
             .map_err(|e| ServeError::Io(e.to_string()))?;
+        // A deeper accept queue than std's for bursts of connections (Linux takes a second
+        // listen(2) as a new backlog; the kernel caps it at net.core.somaxconn).
+        #[cfg(unix)]
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: listen(2) on the socket we own.
+            unsafe { libc::listen(listener.as_raw_fd(), ACCEPT_BACKLOG) };
+        }
         let addr = listener
             .local_addr()
             .map_err(|e| ServeError::Io(e.to_string()))?;
@@ -383,7 +398,7 @@ impl Server {
                             continue;
                         }
                     };
-                    if state.conns.len() >= state.conns.limit && !state.conns.evict() {
+                    if state.conns.staying() >= state.conns.limit && !state.conns.evict() {
                         // Every connection has a request queued or running.
                         tokio::spawn(refuse(stream, state.cfg.retry_after_s));
                         continue;
@@ -418,6 +433,8 @@ impl Server {
             "streamrec serve: shutting down: not ready, no new connections; draining {} request(s) in flight ({queued} queued)",
             state.inflight.load(Ordering::SeqCst)
         );
+        // Connections with no request under way only hold the drain up: closed now.
+        state.conns.close_waiting();
         let timeout = state.cfg.drain_timeout();
         if tokio::time::timeout(timeout, graceful.shutdown())
             .await
@@ -710,12 +727,22 @@ async fn read_body(
     let rate = state.cfg.min_body_rate as f64;
     let start = tokio::time::Instant::now();
     let mut last = start;
+    // When the client closes its side, what it sent before is still on its way through hyper
+    // (the body's end included): a short grace for it, then the body is incomplete.
+    let mut peer_closed: Option<tokio::time::Instant> = None;
     loop {
         let by_rate = start + gap + Duration::from_secs_f64(buf.len() as f64 / rate);
         let deadline = (last + gap).min(by_rate);
         let frame = tokio::select! {
+            biased;
             f = tokio::time::timeout_at(deadline, body.frame()) => f,
-            _ = conn.closed_by_peer() => return Err(BodyError::ClosedEarly(buf.len())),
+            _ = conn.closed_by_peer(), if peer_closed.is_none() => {
+                peer_closed = Some(tokio::time::Instant::now() + PEER_CLOSE_GRACE);
+                continue;
+            }
+            _ = tokio::time::sleep_until(peer_closed.unwrap_or(deadline)), if peer_closed.is_some() => {
+                return Err(BodyError::ClosedEarly(buf.len()));
+            }
         };
         let frame = match frame {
             Err(_) => {
