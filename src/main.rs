@@ -15,7 +15,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let code = streamrec::cli::exit_code(&e);
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", streamrec::cli::error_message(&e));
             ExitCode::from(code)
         }
     }

@@ -918,3 +918,200 @@ fn an_explicit_algorithm_measures_nothing() {
     assert!(!err.contains("auto:"), "{err}");
     assert!(cache_files(&cache).is_empty());
 }
+
+/// Fails with one line and status 1, the line naming each of `once` exactly once.
+fn says_once(args: &[&str], once: &[&str]) -> String {
+    let o = streamrec_bounded(args);
+    let line = one_error_line(&o);
+    assert_eq!(o.status.code(), Some(1), "{args:?}: {line}");
+    for s in once {
+        assert_eq!(line.matches(s).count(), 1, "`{s}` once in: {line}");
+    }
+    line
+}
+
+/// A model scoring `sigmoid(relu(a·x) - relu(a·x + bias))` for its one dense input `x` (its one
+/// table holds a zero): 0.5 while `a·x` is finite, NaN once it overflows to inf. Spec `file`
+/// reads the weights `weights` beside it; `a` writes them, `None` leaves them out.
+fn overflow_model(file: &str, weights: &str, a: Option<f32>, bias: f32) -> String {
+    use streamrec::runtime::{Tensor, Weights};
+    let spec = tmp(file);
+    std::fs::write(
+        &spec,
+        format!(
+            "name = \"overflow\"\ndense = 1\n[sparse]\ncount = 1\nrows = 1\ndim = 1\n\
+             [interaction]\nkind = \"cat\"\n[top]\nlayers = [2, 1]\n[weights]\npath = \"{weights}\"\n"
+        ),
+    )
+    .unwrap();
+    if let Some(a) = a {
+        let mut w = Weights::default();
+        let t = |shape: Vec<usize>, data: Vec<f32>| Tensor { shape, data };
+        w.insert("top.0.weight", t(vec![2, 2], vec![a, 0.0, a, 0.0]));
+        w.insert("top.0.bias", t(vec![2], vec![0.0, bias]));
+        w.insert("top.1.weight", t(vec![1, 2], vec![1.0, -1.0]));
+        w.insert("top.1.bias", t(vec![1], vec![0.0]));
+        w.insert("emb.C1.weight", t(vec![1, 1], vec![0.0]));
+        w.save(&tmp(weights)).unwrap();
+    }
+    spec.to_str().unwrap().to_string()
+}
+
+/// A request for two samples of [`overflow_model`] with these dense inputs.
+fn two_sample_request(spec: &str, file: &str, dense: [f32; 2]) -> String {
+    let o = streamrec(&["run", spec, "--batch", "2", "--emit-request"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut req: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let inputs = req["inputs"].as_array_mut().unwrap();
+    let d = inputs.iter_mut().find(|t| t["name"] == "dense").unwrap();
+    d["data"] = serde_json::json!(dense);
+    let p = tmp(file);
+    std::fs::write(&p, req.to_string()).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+fn run_input(spec: &str, req: &str) -> Output {
+    streamrec_bounded(&[
+        "run",
+        spec,
+        "--input",
+        req,
+        "--backend",
+        "cpu",
+        "--algo",
+        "single",
+    ])
+}
+
+#[test]
+fn a_score_that_is_not_a_number_is_an_error_never_null() {
+    // 3e38 * 10 overflows to inf: sample 1's score is sigmoid(inf - inf), NaN.
+    let spec = overflow_model("overflow.toml", "overflow.safetensors", Some(3e38), 0.0);
+    let req = two_sample_request(&spec, "overflow.json", [0.0, 10.0]);
+    let o = run_input(&spec, &req);
+    let line = one_error_line(&o);
+    assert_eq!(o.status.code(), Some(1), "{line}");
+    assert!(
+        o.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(
+        line.ends_with("sample 1: the score is NaN, not a finite number (the model overflows f32 on this sample's inputs)"),
+        "{line}"
+    );
+    // The same model on inputs that do not overflow scores both samples.
+    let req = two_sample_request(&spec, "fine.json", [0.0, 1.0]);
+    let o = run_input(&spec, &req);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let resp: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(resp["outputs"][0]["data"], serde_json::json!([0.5, 0.5]));
+    // Infinite scores are refused the same way (sigmoid never gives one, other heads might).
+    use streamrec::cli::run::finite_scores;
+    finite_scores(&[0.0, 0.5, 1.0]).unwrap();
+    for (bad, text) in [(f32::INFINITY, "inf"), (f32::NEG_INFINITY, "-inf")] {
+        let e = finite_scores(&[0.5, 0.5, bad]).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("sample 2: the score is {text}, ")),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn weights_holding_nan_are_refused_at_load() {
+    let spec = overflow_model("nan-bias.toml", "nan-bias.safetensors", Some(1.0), f32::NAN);
+    let req = two_sample_request(&spec, "nan-bias.json", [0.0; 2]);
+    let o = run_input(&spec, &req);
+    let line = one_error_line(&o);
+    assert_eq!(o.status.code(), Some(1), "{line}");
+    assert!(o.stdout.is_empty());
+    assert!(
+        line.ends_with("nan-bias.safetensors: tensor `top.0.bias` holds NaN at index 1"),
+        "{line}"
+    );
+}
+
+#[test]
+fn load_errors_name_the_file_and_the_cause_once() {
+    let bin = tmp("binary.toml");
+    std::fs::write(&bin, [0xff, 0xfe, 0x00, 0x80, b'\n']).unwrap();
+    let bin = bin.to_str().unwrap();
+    for cmd in ["run", "plan", "check"] {
+        says_once(
+            &[cmd, bin],
+            &["binary.toml", "stream did not contain valid UTF-8"],
+        );
+    }
+    says_once(
+        &["plan", "workloads/missing.toml"],
+        &["missing.toml", "No such file or directory"],
+    );
+    let spec = overflow_model("no-weights.toml", "absent.safetensors", None, 0.0);
+    says_once(
+        &[
+            "run",
+            &spec,
+            "--backend",
+            "cpu",
+            "--algo",
+            "single",
+            "--batch",
+            "1",
+            "--iters",
+            "1",
+        ],
+        &["absent.safetensors", "No such file or directory"],
+    );
+    says_once(
+        &["run", "workloads/tiny.toml", "--input", "absent.json"],
+        &["absent.json", "No such file or directory"],
+    );
+    // A spec mistake still names the file, once.
+    let p = tiny_with("named-once.toml", "name = \"tiny\"", "name = \"a/b\"");
+    let line = says_once(&["plan", &p], &["named-once.toml", "'/'"]);
+    assert!(
+        line.contains("named-once.toml: name: \"a/b\" has the character '/'"),
+        "{line}"
+    );
+}
+
+#[test]
+fn an_error_chain_says_each_cause_once() {
+    use streamrec::cli::error_message;
+    let io = || {
+        anyhow::Error::new(streamrec::graph::GraphError::Io {
+            path: "a.toml".into(),
+            source: std::io::Error::other("boom"),
+        })
+    };
+    // The error quotes its source: the source is not said again.
+    assert_eq!(error_message(&io()), "a.toml: boom");
+    // Nor is a context that the error begins with.
+    assert_eq!(error_message(&io().context("a.toml")), "a.toml: boom");
+    // Distinct causes are all kept, outermost first.
+    assert_eq!(
+        error_message(&io().context("loading b")),
+        "loading b: a.toml: boom"
+    );
+    assert_eq!(
+        error_message(&anyhow::anyhow!("inner").context("middle").context("outer")),
+        "outer: middle: inner"
+    );
+    // Loading a spec names its file once in the chain itself, not only once printed.
+    for (file, text) in [
+        ("absent.toml", None),
+        ("no-utf8.toml", Some(&[0xff_u8][..])),
+    ] {
+        let spec = tmp(file);
+        if let Some(t) = text {
+            std::fs::write(&spec, t).unwrap();
+        }
+        let args = streamrec::cli::ModelArgs {
+            spec,
+            row_cap: None,
+        };
+        let chain = format!("{:#}", args.load().unwrap_err());
+        assert_eq!(chain.matches(file).count(), 1, "{chain}");
+    }
+}

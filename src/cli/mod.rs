@@ -10,11 +10,11 @@ pub mod tune;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use streamrec_graph::{
-    Algorithm, AssignConfig, CostModel, DeviceProfile, MeasuredCosts, ModelSpec, OpGraph, Planned,
-    SimMode,
+    Algorithm, AssignConfig, CostModel, DeviceProfile, GraphError, MeasuredCosts, ModelSpec,
+    OpGraph, Planned, SimMode,
 };
 use streamrec_runtime::backend::{BackendKind, BackendOptions};
 use streamrec_runtime::{EngineConfig, RuntimeError};
@@ -52,10 +52,13 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    /// Loads and validates the spec.
+    /// Loads and validates the spec; an error names the file once (a read error already does).
     pub fn load(&self) -> Result<ModelSpec> {
-        ModelSpec::load(&self.spec, self.row_cap)
-            .with_context(|| format!("{}", self.spec.display()))
+        match ModelSpec::load(&self.spec, self.row_cap) {
+            Ok(spec) => Ok(spec),
+            Err(e @ GraphError::Io { .. }) => Err(e.into()),
+            Err(e) => Err(anyhow::Error::new(e).context(self.spec.display().to_string())),
+        }
     }
 }
 
@@ -227,6 +230,28 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     } else {
         1
     }
+}
+
+/// The one line printed for an error: its chain of causes joined by `: `, each said once. A
+/// cause whose text is already printed (or empty) is skipped: an error that quotes its source; a
+/// context that the next cause begins with is replaced by it (a path given as context to an
+/// error that names the path itself).
+pub fn error_message(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if parts.join(": ").contains(&text) {
+            continue;
+        }
+        if parts
+            .last()
+            .is_some_and(|last| text.starts_with(last.as_str()))
+        {
+            parts.pop();
+        }
+        parts.push(text);
+    }
+    parts.join(": ")
 }
 
 /// Shares a graph.

@@ -270,6 +270,7 @@ pub fn main(a: RunArgs) -> Result<()> {
         let weights = Weights::for_graph(&graph)?;
         let built = build(&target, &graph, &a.plan, requested, batch.size, &weights)?;
         let scores = built.engine.infer(&Arc::new(batch))?;
+        finite_scores(&scores)?;
         println!("{}", response_json(&spec.name, id.as_deref(), &scores));
         return Ok(());
     }
@@ -415,6 +416,20 @@ pub fn main(a: RunArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Refuses scores that are not numbers (as JSON, NaN and infinities would print as `null`): the
+/// first one is an error naming the sample. The weights are finite (checked at load), so such a
+/// score means the model overflows f32 on that sample's inputs.
+pub fn finite_scores(scores: &[f32]) -> Result<()> {
+    match scores.iter().position(|s| !s.is_finite()) {
+        Some(i) => anyhow::bail!(
+            "sample {i}: the score is {}, not a finite number (the model overflows f32 on this \
+             sample's inputs)",
+            scores[i]
+        ),
+        None => Ok(()),
+    }
 }
 
 /// An engine kept across batch sizes, with the plan it was built for.
