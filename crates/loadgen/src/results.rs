@@ -470,3 +470,17 @@ pub fn describe(s: &Summary) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn more_than_one_percent_late_is_saturated() {
+        assert!(!saturated(1, 100));
+        assert!(saturated(2, 100));
+        assert!(!saturated(0, 0));
+        assert!(saturated(u64::MAX, u64::MAX));
+        assert!(!saturated(u64::MAX / 100, u64::MAX));
+    }
+}
