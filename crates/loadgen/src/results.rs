@@ -385,9 +385,9 @@ impl RunResult {
 pub fn saturation_note(s: &Summary) -> Option<String> {
     s.saturated.then(|| {
         format!(
-            "generator saturated: {} of {} requests started more than {} after their intended \
-             time ({} of them never sent), send lag p99 {} us: the run is invalid (the generator, \
-             not the server, set the pace; lower --qps, add shards or --threads)",
+            "generator saturated: {} of {} requests were more than {} late ({} of them not \
+             sent at all), send lag p99 {} us: the run is invalid (the generator, not the \
+             server, set the pace; lower --qps, add shards or --threads)",
             s.late,
             s.requests,
             fmt_us(s.send_lag_bound_us),
