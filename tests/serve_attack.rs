@@ -822,3 +822,24 @@ fn a_port_in_use_fails_before_the_model_loads_and_readiness_waits_for_it() {
     assert_eq!(out.trim(), format!("listening on http://{addr}"));
     assert_eq!(ready_after.status, 200);
 }
+
+#[test]
+fn a_model_name_unsafe_in_urls_or_metric_labels_is_refused_at_start() {
+    let mut spec = tiny();
+    let eng = engine(&spec);
+    for bad in ["a/b", "m\"} 1\nfake_series{x=\"", "", " tiny"] {
+        spec.name = bad.into();
+        let err = Server::start(
+            config(),
+            Model {
+                spec: spec.clone(),
+                engine: Arc::clone(&eng),
+            },
+        )
+        .err()
+        .unwrap_or_else(|| panic!("{bad:?} was accepted"))
+        .to_string();
+        assert!(err.contains("name"), "{bad:?}: {err}");
+        assert!(!err.contains('\n'), "{bad:?}: one line: {err}");
+    }
+}

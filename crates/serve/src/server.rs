@@ -160,6 +160,9 @@ impl Binding {
     pub fn start(mut self, model: Model) -> Result<Server, ServeError> {
         let cfg = self.cfg.clone();
         let Model { spec, engine } = model;
+        // The name goes into URL paths and metric labels.
+        streamrec_graph::spec::check_model_name(&spec.name)
+            .map_err(|e| ServeError::Config(format!("model {e}")))?;
         for (i, size) in [1, cfg.max_batch].into_iter().enumerate() {
             let b = Arc::new(random_batch(&spec, size, Skew::Uniform, 7 + i as u64));
             engine.infer(&b)?;
