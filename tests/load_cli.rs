@@ -102,6 +102,10 @@ fn three_shards_merge_to_the_offered_rate() {
                     "16",
                 ])
                 .args(["--start-at", &format!("{start:.3}")])
+                // Three generators share this host with the server and whatever else runs:
+                // this test is about the merge, so a generator stall up to 200 ms is not a
+                // failure here (tests/load_checks.rs and the loadgen tests check the bound).
+                .args(["--max-send-lag", "200ms"])
                 .arg("--out")
                 .arg(&dirs[i]);
             // Shard 1 takes its index from the environment, as in an Indexed Job.
@@ -366,6 +370,58 @@ fn bad_flags_are_one_line_errors() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
         assert!(err.contains(want), "{args:?}: {err}");
+        // One error line; a wait for the server says what it waits for on a line before it.
+        let lines: Vec<&str> = err
+            .trim_end()
+            .lines()
+            .filter(|l| !l.starts_with("streamrec load: waiting for "))
+            .collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {err}");
+    }
+    // Errors from trace files and batch sizes name the row and column, and the flag as given.
+    let trace = tmp("year-9999.csv");
+    std::fs::write(
+        &trace,
+        "\u{feff}TIMESTAMP,ContextTokens\n2023-11-16 18:15:46,10\n9999-12-31 23:59:59,20\n",
+    )
+    .unwrap();
+    let schedule = format!("trace:{}", trace.display());
+    let common = [
+        "load",
+        "--url",
+        "http://127.0.0.1:9",
+        "--model",
+        "m",
+        "--qps",
+        "1",
+        "--duration",
+        "1s",
+        "--out",
+        "x",
+    ];
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--schedule", &schedule],
+            "line 3, column 1 (TIMESTAMP): `9999-12-31 23:59:59` is out of range",
+        ),
+        (
+            &["--schedule", "poisson", "--batch", "trace"],
+            "--batch trace: needs a trace schedule",
+        ),
+        (
+            &["--allow-failures", "2"],
+            "--allow-failures: 2 is not a fraction",
+        ),
+        (
+            &["--max-send-lag", "20s"],
+            "--max-send-lag: must be in (0, --timeout",
+        ),
+    ];
+    for (args, want) in cases {
+        let o = bin().args(common).args(*args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
         assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
     }
 }
@@ -420,6 +476,8 @@ fn spec_must_match_the_server() {
             "--format",
             "json",
             "--records",
+            "--max-send-lag",
+            "200ms",
             "--out",
         ])
         .arg(&out)

@@ -835,8 +835,8 @@ pub fn wait_ready_noting(
     let path = format!("{}/ready", target.model_path(""));
     let url = format!("{}{path}", target.url.trim_end_matches('/'));
     note(format!(
-        "waiting for {url} to answer 200 (timeout {:.0} s)...",
-        limit.as_secs_f64()
+        "waiting for {url} to answer 200 (timeout {})...",
+        secs(limit)
     ));
     let t = Instant::now();
     let mut next_note = t.checked_add(every);
@@ -848,22 +848,28 @@ pub fn wait_ready_noting(
         };
         if t.elapsed() >= limit {
             return Err(LoadError::Http(format!(
-                "{} model `{}` not ready after {:.0} s (last: {last})",
+                "{} model `{}` not ready after {} (last: {last})",
                 target.url,
                 target.model,
-                limit.as_secs_f64()
+                secs(limit)
             )));
         }
         if next_note.is_some_and(|n| Instant::now() >= n) {
             note(format!(
-                "still waiting for {url}: {:.0} s of {:.0} s (last: {last})",
+                "still waiting for {url}: {:.0} s of {} (last: {last})",
                 t.elapsed().as_secs_f64(),
-                limit.as_secs_f64()
+                secs(limit)
             ));
             next_note = Instant::now().checked_add(every);
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// `60 s`, `0.3 s`: seconds with at most 3 decimals, trailing zeros dropped.
+fn secs(d: Duration) -> String {
+    let t = format!("{:.3}", d.as_secs_f64());
+    format!("{} s", t.trim_end_matches('0').trim_end_matches('.'))
 }
 
 #[cfg(test)]
@@ -886,5 +892,12 @@ mod tests {
         let mut t = Target::new("http://x:1", "m");
         t.version = Some("2".into());
         assert_eq!(t.model_path(""), "/v2/models/m/versions/2");
+    }
+
+    #[test]
+    fn seconds_read_plainly() {
+        assert_eq!(secs(Duration::from_secs(60)), "60 s");
+        assert_eq!(secs(Duration::from_millis(300)), "0.3 s");
+        assert_eq!(secs(Duration::from_millis(1)), "0.001 s");
     }
 }
