@@ -323,6 +323,42 @@ mod tests {
     }
 
     #[test]
+    fn an_earlier_bundle_is_replaced_and_nothing_else() {
+        use std::path::Path;
+        let d = std::env::temp_dir().join(format!("xtask-bundle-out-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let out = d.join(".device");
+        let specs = vec!["tiny.toml".to_string(), "dlrm-kaggle.toml".to_string()];
+        crate::load::prepare_listed(&out, false, super::MANIFEST, &super::files(&specs)).unwrap();
+        // Everything a bundle holds (the module documentation's list).
+        let mut layout: Vec<String> = ["run.sh", "find-libs.sh"].map(String::from).to_vec();
+        layout.extend(super::BINARIES.iter().map(|b| format!("bin/{b}")));
+        layout.extend(specs.iter().map(|s| format!("workloads/{s}")));
+        layout.extend(
+            super::TRACES
+                .iter()
+                .map(|t| format!("workloads/traces/{t}")),
+        );
+        for f in &layout {
+            let p = out.join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, f).unwrap();
+        }
+        // One spec fewer now: the earlier bundle's manifest still covers it.
+        let now = vec!["tiny.toml".to_string()];
+        crate::load::prepare_listed(&out, true, super::MANIFEST, &super::files(&now)).unwrap();
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1);
+        // Something else in the folder: refused, kept.
+        std::fs::write(out.join("bin-notes.txt"), "mine").unwrap();
+        let e = crate::load::prepare_listed(&out, true, super::MANIFEST, &super::files(&now))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("did not write"), "{e}");
+        assert!(Path::new(&out.join("bin-notes.txt")).is_file());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
     fn the_template_has_its_placeholder() {
         assert!(super::TEMPLATE.contains("@BUNDLE_INFO@"));
         assert!(super::TEMPLATE.starts_with("#!/usr/bin/env bash"));

@@ -348,3 +348,74 @@ pub(crate) fn prepare_listed(
     streamrec_loadgen::out::write_manifest(out, manifest, files)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(test: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("xtask-load-out-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn put(dir: &Path, rel: &str) {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, rel).unwrap();
+    }
+
+    /// What a finished run of 3 workers leaves.
+    fn a_run(dir: &Path) {
+        for i in 0..3 {
+            for f in ["summary.json", "latency.hdr", "lag.hdr"] {
+                put(dir, &format!("shard-{i}/{f}"));
+            }
+            put(dir, &format!("shard-{i}.log"));
+        }
+        for f in ["summary.json", "latency.hdr", "lag.hdr"] {
+            put(dir, &format!("merged/{f}"));
+        }
+    }
+
+    #[test]
+    fn an_earlier_run_is_replaced_only_with_replace_and_only_its_files() {
+        let d = scratch("replace");
+        let out = d.join("out");
+        prepare_out(&out, false, &files(3)).unwrap();
+        a_run(&out);
+        let e = prepare_out(&out, false, &files(2)).unwrap_err().to_string();
+        assert!(e.contains("is not empty") && e.contains("--replace"), "{e}");
+        assert!(out.join("merged/summary.json").is_file());
+        // Fewer workers this time: the earlier run's manifest still covers shard-2.
+        prepare_out(&out, true, &files(2)).unwrap();
+        let left: Vec<_> = std::fs::read_dir(&out).unwrap().collect();
+        assert_eq!(left.len(), 1, "only the new manifest: {left:?}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_folder_holding_anything_else_is_never_removed() {
+        let d = scratch("foreign");
+        // An earlier run, plus a file someone put there.
+        let out = d.join("out");
+        prepare_out(&out, false, &files(3)).unwrap();
+        a_run(&out);
+        put(&out, "notes.txt");
+        let e = prepare_out(&out, true, &files(3)).unwrap_err().to_string();
+        assert!(
+            e.contains("`notes.txt`, which this tool did not write"),
+            "{e}"
+        );
+        assert!(out.join("notes.txt").is_file() && out.join("shard-0/summary.json").is_file());
+        // `--out .`: a working folder with no manifest of this task.
+        let work = d.join("work");
+        put(&work, "src/main.rs");
+        put(&work, "Cargo.toml");
+        let e = prepare_out(&work, true, &files(3)).unwrap_err().to_string();
+        assert!(e.contains("which this tool did not write"), "{e}");
+        assert!(work.join("src/main.rs").is_file() && work.join("Cargo.toml").is_file());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
