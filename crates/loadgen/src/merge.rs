@@ -151,10 +151,9 @@ pub fn check(what: &str, p: &RunResult) -> Result<u32, LoadError> {
             s.ok
         )));
     }
-    // Fewer only when a run's hard stop cut requests off (counted as timeouts, lag unknown).
-    if p.lag.len() > s.requests - s.not_sent {
+    if p.lag.len() != s.requests - s.not_sent {
         return Err(bad(format!(
-            "lag.hdr holds {} values, more than requests - not_sent {}",
+            "lag.hdr holds {} values, not requests - not_sent {}",
             p.lag.len(),
             s.requests - s.not_sent
         )));

@@ -223,6 +223,8 @@ struct Collector {
     samples_ok: u64,
     /// Requests started later than the bound.
     late: u64,
+    /// Requests started (their send lag recorded).
+    begun: u64,
     last_done: Option<Instant>,
     records: Vec<Record>,
 }
@@ -236,6 +238,7 @@ impl Collector {
             ok: 0,
             samples_ok: 0,
             late: 0,
+            begun: 0,
             last_done: None,
             records: Vec::new(),
         }
@@ -278,10 +281,6 @@ impl Shared {
         let latency = end.saturating_duration_since(due);
         {
             let mut c = self.collector.lock().expect("collector lock");
-            c.lag.saturating_record(to_us(lag));
-            if lag > self.max_send_lag {
-                c.late += 1;
-            }
             *c.outcomes.entry(o).or_default() += 1;
             if o.error_kind().is_none() {
                 c.latency.saturating_record(to_us(latency).max(1));
@@ -303,8 +302,21 @@ impl Shared {
         self.one_less();
     }
 
-    /// A request the pacer reached at `now`, past its intended time plus the timeout: it is
-    /// not sent.
+    /// Records the send lag of a request starting now (due at `due`).
+    fn begin(&self, due: Instant) -> Instant {
+        let begun = Instant::now();
+        let lag = begun.saturating_duration_since(due);
+        let mut c = self.collector.lock().expect("collector lock");
+        c.begun += 1;
+        c.lag.saturating_record(to_us(lag));
+        if lag > self.max_send_lag {
+            c.late += 1;
+        }
+        begun
+    }
+
+    /// A request reached at `now` (by the pacer, or its task by the runtime), past its intended
+    /// time plus the timeout: it is not sent.
     fn not_sent(&self, i: usize, start: Instant, due: Instant, now: Instant, batch: u32) {
         self.not_sent.fetch_add(1, Ordering::Relaxed);
         if self.keep_records {
@@ -394,7 +406,13 @@ async fn exchange(sh: &Shared, body: &Body) -> Outcome {
 }
 
 async fn request(sh: Arc<Shared>, i: usize, start: Instant, due: Instant, body: Body) {
-    let begun = Instant::now();
+    let now = Instant::now();
+    if now >= due + sh.timeout {
+        // The runtime reached this task too late to send it.
+        sh.not_sent(i, start, due, now, body.batch);
+        return;
+    }
+    let begun = sh.begin(due);
     let deadline = tokio::time::Instant::from_std(due + sh.timeout);
     let o = tokio::time::timeout_at(deadline, exchange(&sh, &body))
         .await
@@ -652,36 +670,40 @@ pub fn run(
     let arrivals: Arc<[crate::schedule::Arrival]> = schedule.arrivals.clone().into();
     let all_bodies = Arc::new(bodies.clone());
     let progress = cfg.progress.clone();
-    let last_due = start + Duration::from_nanos(arrivals.last().map_or(0, |a| a.at_ns));
-    let timeout = cfg.timeout;
+    // Every request's deadline is at most its intended time (before the end of the schedule)
+    // plus the timeout: at this moment the run stops, whatever is left.
+    let hard_stop = tokio::time::Instant::from_std(start + schedule.duration + cfg.timeout);
     let shared = sh.clone();
     rt.block_on(async move {
-        let pacer = tokio::spawn(pace(
+        let mut pacer = tokio::spawn(pace(
             shared.clone(),
             arrivals,
             all_bodies,
             start,
             progress.clone(),
         ));
-        match pacer.await {
-            Ok(r) => r?,
-            Err(e) => return Err(LoadError::Http(format!("the pacer failed: {e}"))),
-        }
-        // Every request ends by its timeout; the margin only guards against a bug.
-        let hard_stop = Instant::now().max(last_due) + timeout + Duration::from_secs(10);
-        if let Some(pb) = &progress {
-            pb.set_message("waiting for the last responses");
-        }
-        while n > 0 && shared.remaining.load(Ordering::Acquire) > 0 {
+        let mut paced = false;
+        while !(paced && shared.remaining.load(Ordering::Acquire) == 0) {
             tokio::select! {
+                r = &mut pacer, if !paced => {
+                    paced = true;
+                    match r {
+                        Ok(r) => r?,
+                        Err(e) => return Err(LoadError::Http(format!("the pacer failed: {e}"))),
+                    }
+                    if let Some(pb) = &progress {
+                        pb.set_message("waiting for the last responses");
+                    }
+                }
                 _ = shared.done.notified() => {}
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {
                     if let Some(pb) = &progress {
                         pb.set_position((n - shared.remaining.load(Ordering::Acquire)) as u64);
                     }
-                    if Instant::now() > hard_stop {
-                        break;
-                    }
+                }
+                _ = tokio::time::sleep_until(hard_stop) => {
+                    pacer.abort();
+                    break;
                 }
             }
         }
@@ -690,15 +712,21 @@ pub fn run(
     if let Some(pb) = &cfg.progress {
         pb.finish_and_clear();
     }
-    let stuck = sh.remaining.load(Ordering::Acquire);
+    // Stop every task before counting, so that none finishes in between.
     rt.shutdown_timeout(Duration::from_millis(200));
+    let stuck = sh.remaining.load(Ordering::Acquire) as u64;
     let mut c = std::mem::replace(
         &mut *sh.collector.lock().expect("collector lock"),
         Collector::new(),
     );
-    if stuck > 0 {
-        *c.outcomes.entry(Outcome::Timeout).or_default() += stuck as u64;
+    // Cut off at the hard stop: those started are timeouts (their deadline has passed), the
+    // rest were never sent.
+    let finished: u64 = c.outcomes.values().sum();
+    let stuck_begun = c.begun - finished;
+    if stuck_begun > 0 {
+        *c.outcomes.entry(Outcome::Timeout).or_default() += stuck_begun;
     }
+    let stuck_unbegun = stuck - stuck_begun;
     c.records.sort_unstable_by_key(|r| r.index);
     let duration = schedule.duration.as_secs_f64();
     let elapsed = c
@@ -715,7 +743,7 @@ pub fn run(
             *errors.entry(e).or_default() += k;
         }
     }
-    let not_sent = sh.not_sent.load(Ordering::Relaxed);
+    let not_sent = sh.not_sent.load(Ordering::Relaxed) + stuck_unbegun;
     let late = c.late + not_sent;
     let summary = Summary {
         version: SUMMARY_VERSION,
