@@ -34,7 +34,9 @@ pub struct LoadArgs {
 
 #[derive(Debug, Subcommand)]
 enum LoadCmd {
-    /// Merge shard results (histograms added exactly, counts and rates summed) and print them.
+    /// Merge the shards of one load (checked: same load, each shard once, consistent counts;
+    /// histograms added exactly, counts and rates summed) and print them; exit 1 when requests
+    /// failed or a generator saturated.
     Merge(MergeArgs),
 }
 
@@ -111,7 +113,9 @@ struct RunArgs {
     /// Connections opened before the start (default: min(8, --connections)).
     #[arg(long, value_name = "N")]
     warm_connections: Option<usize>,
-    /// A request without a complete response this long after its intended time is a timeout.
+    /// A request without a complete response this long after its intended time is a timeout;
+    /// one the generator reaches only after that is not sent, and the run stops at --duration
+    /// plus this.
     #[arg(long, default_value = "10s", value_name = "D")]
     timeout: String,
     /// Request body format: binary (Triton's binary tensor extension) or json.

@@ -410,7 +410,7 @@ pub fn partial_note(s: &Summary) -> Option<String> {
 }
 
 fn fmt_us(us: u64) -> String {
-    if us >= 1000 && us % 1000 == 0 {
+    if us >= 1000 && us.is_multiple_of(1000) {
         format!("{} ms", us / 1000)
     } else {
         format!("{us} us")
