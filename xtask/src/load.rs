@@ -140,6 +140,8 @@ pub fn run(args: &[String]) -> Result<()> {
         .join("..")
         .canonicalize()?;
     let o = parse(args, &root)?;
+    // The folder first: nothing is built, started or sent if it cannot take the results.
+    prepare_out(&o.out, o.replace, &files(o.workers))?;
     let bin = root.join("target/release/streamrec");
     if o.build {
         eprintln!("building the release CLI ...");
@@ -192,7 +194,6 @@ pub fn run(args: &[String]) -> Result<()> {
             addr
         }
     };
-    prepare_out(&o.out, o.replace, &files(o.workers))?;
     // Every worker starts at the same wall-clock time, 2 s from now.
     let start_at = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs_f64() + 2.0;
     eprintln!(
