@@ -48,7 +48,7 @@ tasks:
         loopback with keep-alive: tiny at batch 1 and streamrec-26 (row-capped) at batch 128,
         requests/s and p50/p99 with 1 client and with N (default 8), median of R rounds (default
         3) of S seconds (default 2) with their spread. --out DIR writes DIR/serve.csv.
-  load [--workers N] [--url U] [--qps Q] [--duration D] [--schedule S] [--batch B] [--out DIR]
+  load [--workers N] [--url U] [--qps Q] [--duration D] [--schedule S] [--batch B] [--out DIR] [--replace]
         The sharded load of deploy/k8s/ (an Indexed Job of `streamrec load --shards N`) as N
         (default 3) local `streamrec load --shard i/N` processes started together against --url
         or a local `streamrec serve` on a free port, merged with `streamrec load merge`; prints
@@ -57,7 +57,7 @@ tasks:
   fuzz [--secs N] [--seed S]
         Random and mutated infer bodies (JSON and binary) through the parser and every 20th
         through a live server for N seconds (default 30): no panic, only 200 or 4xx.
-  device-bundle [--out DIR] [--no-strip]
+  device-bundle [--out DIR] [--no-strip] [--replace]
         Builds release binaries and the CUDA test binary into .device/ with .device/run.sh, which
         on a GPU machine (no cargo there) finds the CUDA libraries (never a */stubs folder),
         probes the device (exit 2 with `no CUDA device` when there is none), runs the CUDA tests,

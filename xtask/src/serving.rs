@@ -328,7 +328,9 @@ impl Ctx<'_> {
         )?;
         let s = &r.summary;
         let bound_us = (self.o.p99_ms * 1000.0) as u64;
+        // A point whose generator fell behind (summary.saturated) measured nothing it offered.
         let ok = s.failed() == 0
+            && !s.saturated
             && s.achieved_qps >= 0.98 * s.offered_qps
             && s.latency_us.p99 <= bound_us;
         let p = Point {

@@ -74,7 +74,9 @@ fn replace_removes_the_owned_files_only() {
     assert!(d.is_dir() && names(&d).is_empty(), "{:?}", names(&d));
     // An empty folder that leads to no owned file is not the tool's either.
     std::fs::create_dir(d.join("kept")).unwrap();
-    let e = prepare(&d, "--out", true, &owned()).unwrap_err().to_string();
+    let e = prepare(&d, "--out", true, &owned())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("`kept`"), "{e}");
     assert!(d.join("kept").is_dir());
     let _ = std::fs::remove_dir_all(&d);
