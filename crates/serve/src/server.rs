@@ -397,7 +397,11 @@ impl Server {
                             // Out of file descriptors and the like: close the slowest client,
                             // back off, keep serving the connections we have.
                             state.conns.evict();
-                            tokio::time::sleep(accept_errors.failed(&e)).await;
+                            let (pause, line) = accept_errors.failed(&e);
+                            if let Some(line) = line {
+                                eprintln!("{line}");
+                            }
+                            tokio::time::sleep(pause).await;
                             continue;
                         }
                     };
@@ -473,19 +477,21 @@ impl AcceptErrors {
         self.backoff = Duration::ZERO;
     }
 
-    fn failed(&mut self, e: &std::io::Error) -> Duration {
+    /// The back-off after a failure, and the line to log when one is due.
+    fn failed(&mut self, e: &std::io::Error) -> (Duration, Option<String>) {
         self.since_log += 1;
+        self.backoff = (self.backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let mut line = None;
         if self.logged.is_none_or(|t| t.elapsed() >= ACCEPT_LOG_EVERY) {
-            eprintln!(
+            line = Some(format!(
                 "streamrec serve: accept failed ({} time(s) since the last report): {e}; backing off {} ms",
                 self.since_log,
-                self.backoff.max(Duration::from_millis(10)).as_millis()
-            );
+                self.backoff.as_millis()
+            ));
             self.logged = Some(Instant::now());
             self.since_log = 0;
         }
-        self.backoff = (self.backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
-        self.backoff
+        (self.backoff, line)
     }
 }
 
@@ -993,5 +999,48 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_accept_backs_off_and_is_logged_once_per_interval() {
+        let mut a = AcceptErrors::default();
+        let emfile = std::io::Error::from_raw_os_error(libc::EMFILE);
+        let mut pauses = Vec::new();
+        let mut lines = Vec::new();
+        for _ in 0..10 {
+            let (pause, line) = a.failed(&emfile);
+            pauses.push(pause.as_millis());
+            lines.extend(line);
+        }
+        assert_eq!(
+            pauses,
+            [10, 20, 40, 80, 160, 320, 640, 1000, 1000, 1000],
+            "doubling from 10 ms to 1 s"
+        );
+        assert_eq!(lines.len(), 1, "one line in the interval: {lines:?}");
+        assert!(
+            lines[0].contains("(1 time(s) since the last report)"),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[0].contains("backing off 10 ms"), "{}", lines[0]);
+        a.ok();
+        assert_eq!(
+            a.failed(&emfile).0,
+            Duration::from_millis(10),
+            "reset by a success"
+        );
+        a.logged = Some(Instant::now() - ACCEPT_LOG_EVERY);
+        let (_, line) = a.failed(&emfile);
+        let line = line.expect("a line once the interval has passed");
+        assert!(
+            line.contains("(11 time(s) since the last report)"),
+            "{line}"
+        );
     }
 }
