@@ -1,6 +1,6 @@
 //! Results of a run: HdrHistograms of latency and of the generator's send lag (microseconds,
 //! 3 significant digits, V2-serialised), a JSON summary and optional per-request records
-//! ([`crate::merge`] merges shards exactly).
+//! ([`crate::merge()`] merges shards exactly).
 //!
 //! A result folder holds `summary.json`, `latency.hdr` (successful requests, from the intended
 //! send time to the last byte of the response), `lag.hdr` (requests sent, from the intended
