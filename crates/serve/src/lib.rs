@@ -84,8 +84,10 @@ pub mod config;
 pub mod conn;
 pub mod error;
 pub mod fuzz;
+mod infer;
 pub mod metrics;
 pub mod protocol;
+mod routes;
 pub mod server;
 
 pub use config::ServeConfig;
