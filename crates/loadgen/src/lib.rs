@@ -72,7 +72,6 @@
 
 pub mod body;
 pub mod error;
-pub mod locality;
 pub mod merge;
 pub mod model;
 pub mod out;

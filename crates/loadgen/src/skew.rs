@@ -1,6 +1,6 @@
 //! Index skew: uniform rows, or a Zipf law (hot rows scattered over the table), with the
-//! exponent given or fitted to production locality statistics (see [`crate::locality`] and
-//! workloads/traces/README.md).
+//! exponent given or fitted to production locality statistics (the fit is checked by
+//! crates/loadgen/tests/zipf_fit.rs; see workloads/traces/README.md).
 
 use std::fmt;
 use std::str::FromStr;

@@ -4,7 +4,9 @@
 
 use std::path::Path;
 
-use streamrec_loadgen::locality::{expected_cdfs, fit, parse, BINS};
+mod locality;
+
+use locality::{expected_cdfs, fit, parse, BINS};
 use streamrec_loadgen::PRODUCTION_ZIPF;
 
 #[test]
