@@ -59,15 +59,16 @@
 
 pub mod backend;
 pub mod batch;
+pub mod builder;
 pub mod calibrate;
 pub mod engine;
 pub mod error;
-pub mod exec;
 pub mod gen;
 pub mod measure;
 pub mod request;
 pub mod stats;
 pub mod trace;
+pub mod tune;
 pub mod weights;
 
 pub use backend::cpu::CpuBackend;

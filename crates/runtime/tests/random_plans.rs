@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use streamrec_graph::{
     assign, Algorithm, AssignConfig, CostModel, DeviceProfile, OpGraph, SimMode, Source,
 };
-use streamrec_runtime::exec::synthetic_value;
+use streamrec_runtime::backend::shared::synthetic_value;
 use streamrec_runtime::{Batch, CpuBackend, Engine, EngineConfig, Weights};
 
 /// Op count, forward edges and per-op (spin ns per sample, bytes) costs.

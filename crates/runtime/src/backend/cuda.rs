@@ -78,10 +78,10 @@ use streamrec_kernels::cuda::{
 };
 use streamrec_kernels::Activation;
 
+use super::shared::{self, OpWeights};
 use super::{Backend, Span, SpanKind};
 use crate::batch::{Batch, IndexVec};
 use crate::error::{Result, RuntimeError};
-use crate::exec::{self, OpWeights};
 use crate::weights::{Tensor, Weights};
 
 /// The start of the error message of a replay refused because the inputs it was captured with
@@ -843,7 +843,7 @@ impl ArenaLayout {
         for id in (0..n).rev() {
             let op = graph.op(id);
             if alias_concat {
-                if let Some(slot) = exec::concat_slot(graph, id) {
+                if let Some(slot) = shared::concat_slot(graph, id) {
                     alias[id] = Some(slot);
                     continue;
                 }
@@ -1042,7 +1042,7 @@ impl Backend for CudaBackend {
     fn load_weights(&self, graph: &OpGraph, weights: &Weights) -> Result<CudaWeights> {
         let _gate = exclusive();
         let by_op = (0..graph.len())
-            .map(|id| exec::resolve_weights(graph, id, weights))
+            .map(|id| shared::resolve_weights(graph, id, weights))
             .collect::<Result<Vec<_>>>()?;
         // Every distinct tensor once: tables in one allocation, the rest in another.
         let mut seen: HashSet<usize> = HashSet::new();

@@ -10,7 +10,7 @@
 
 pub mod cpu;
 pub mod cuda;
-mod fold;
+pub mod shared;
 
 use std::sync::Arc;
 

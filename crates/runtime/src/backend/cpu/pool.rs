@@ -1,23 +1,17 @@
-//! The CPU backend: one pool of worker threads, as many as the cores it is given, runs every
-//! stream. A stream is an ordered queue of commands, not a thread: an idle worker takes the
-//! next command of any stream that is neither running on another worker nor stopped at an
-//! event that has not been reached, and large kernels split into tiles that idle workers take.
-//! The host thread that synchronises a stream works alongside the pool until that stream is
-//! done, so one request on an idle machine uses every core without a thread hand-off at the end.
+//! The CPU backend's streams, events and worker pool.
+//!
+//! One pool of worker threads, as many as the cores the backend is given, runs every stream. A
+//! stream is an ordered queue of commands, not a thread: an idle worker takes the next command
+//! of any stream that is neither running on another worker nor stopped at an event that has not
+//! been reached, and large kernels split into tiles that idle workers take. The host thread
+//! that synchronises a stream works alongside the pool until that stream is done.
 //!
 //! An event is a generation counter: a record issued on the host takes the event's next
 //! generation and the stream publishes it when it reaches the record; a wait issued on the host
 //! captures the latest generation issued so far and holds back only its own stream until that
 //! generation is published. A failing or panicking kernel poisons the rest of the current
 //! request on its stream (later launches are skipped, records still publish so no other stream
-//! stalls) and the error is returned by the next [`Backend::synchronize`] of that stream.
-//!
-//! Memory: every op owns one `[max_batch, width]` activation buffer, allocated once per context,
-//! except the inputs of an assembled concat (`exec::Placement`), which write their columns of
-//! the concat's buffer instead. Kernels on different streams read and write these buffers
-//! concurrently; that is sound because a validated plan orders every reader after its writer
-//! (events give the happens-before edge), no two ops write the same elements, and a context runs
-//! one request at a time.
+//! stalls) and the error is returned by the next [`CpuStream::synchronize`].
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -26,238 +20,14 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use streamrec_graph::{OpGraph, OpId, OpKind};
-use streamrec_kernels::cpu::{PackedLinear, Parallel};
+use streamrec_graph::{OpGraph, OpId};
+use streamrec_kernels::cpu::Parallel;
 
-use super::{Backend, Span, SpanKind};
+use super::exec;
+use super::memory::{BufInner, CpuWeights};
+use crate::backend::{Span, SpanKind};
 use crate::batch::Batch;
 use crate::error::{Result, RuntimeError};
-use crate::exec::{self, OpWeights};
-use crate::weights::Weights;
-
-/// The CPU backend.
-#[derive(Debug)]
-pub struct CpuBackend {
-    pool: Arc<Pool>,
-    workers: Vec<JoinHandle<()>>,
-    /// Fold square linear layers into the tables they alone read (`backend::fold`).
-    fold: bool,
-}
-
-impl Default for CpuBackend {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Drop for CpuBackend {
-    fn drop(&mut self) {
-        self.pool.shutdown.store(true, Ordering::SeqCst);
-        self.pool.wake_all();
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
-    }
-}
-
-/// Whether a new CPU backend folds embedding projections into their tables
-/// ([`CpuBackend::with_fold`]): on unless `STREAMREC_CPU_FOLD=off` (or `0`, `false`, `no`).
-pub fn fold_default() -> bool {
-    super::fold::enabled()
-}
-
-impl CpuBackend {
-    /// A CPU backend on every core of the machine; span times count from now.
-    pub fn new() -> Self {
-        Self::with_threads(std::thread::available_parallelism().map_or(1, |n| n.get()))
-    }
-
-    /// A CPU backend whose streams and kernels run on `threads` threads in all: `threads - 1`
-    /// pool workers plus the host thread that synchronises (1: everything runs on the host
-    /// thread, when it synchronises).
-    pub fn with_threads(threads: usize) -> Self {
-        let threads = threads.max(1);
-        let pool = Arc::new(Pool {
-            streams: RwLock::new(Arc::new(Vec::new())),
-            tiles: Mutex::new(Vec::new()),
-            tiles_posted: AtomicUsize::new(0),
-            epoch: AtomicU64::new(0),
-            sleepers: AtomicUsize::new(0),
-            sleep: Mutex::new(()),
-            cv: Condvar::new(),
-            shutdown: AtomicBool::new(false),
-            width: AtomicUsize::new(threads),
-            next_stream: AtomicUsize::new(0),
-            epoch_start: Instant::now(),
-        });
-        let mut workers = Vec::with_capacity(threads - 1);
-        for i in 1..threads {
-            let p = Arc::clone(&pool);
-            match std::thread::Builder::new()
-                .name(format!("streamrec-cpu-{i}"))
-                .spawn(move || worker_main(&p))
-            {
-                Ok(w) => workers.push(w),
-                Err(e) => {
-                    // Fewer threads than asked: the pool is as wide as what started.
-                    eprintln!(
-                        "streamrec: started {} of {} CPU threads ({e}); running on those",
-                        workers.len() + 1,
-                        threads
-                    );
-                    break;
-                }
-            }
-        }
-        pool.width.store(workers.len() + 1, Ordering::Release);
-        Self {
-            pool,
-            workers,
-            fold: super::fold::enabled(),
-        }
-    }
-
-    /// Whether engines on this backend fold a square linear layer into the table whose pooled
-    /// rows it alone reads (on unless `STREAMREC_CPU_FOLD=off`): the lookup then pools
-    /// `table · Wᵀ` and the layer only adds its bias, one GEMM less per feature. Off, every layer
-    /// runs as written (for comparisons); either way within f32 rounding of each other.
-    pub fn with_fold(mut self, on: bool) -> Self {
-        self.fold = on;
-        self
-    }
-
-    /// The threads streams and kernels run on (the host thread included).
-    pub fn threads(&self) -> usize {
-        self.pool.width.load(Ordering::Acquire)
-    }
-}
-
-/// A host-visible f32 buffer shared between pool threads (see the module docs for why the
-/// unsynchronised access is sound). It is kept as a raw allocation, so that producers on
-/// different threads can write disjoint columns of one buffer through views of their own.
-pub(crate) struct SharedBuf {
-    /// The first 64-byte aligned float of the allocation (kernels may stream whole cache lines
-    /// into it).
-    ptr: *mut f32,
-    len: usize,
-    /// The allocation: `ptr` lies at most 15 floats into it.
-    alloc: *mut f32,
-    alloc_len: usize,
-}
-
-// SAFETY: access is ordered by the plan's stream order and events (module docs); the buffer is
-// never resized after creation.
-unsafe impl Sync for SharedBuf {}
-// SAFETY: the buffer owns its allocation of f32, which can move between threads.
-unsafe impl Send for SharedBuf {}
-
-/// Floats an activation buffer allocates beyond its length, to start on a 64-byte boundary.
-const ALIGN_FLOATS: usize = 15;
-
-impl SharedBuf {
-    /// A buffer of `len` floats, poisoned with NaN so unwritten elements show; an allocation
-    /// the machine cannot make is an error, not an abort.
-    fn new(len: usize) -> Result<Self> {
-        let v =
-            crate::weights::alloc_f32(len.saturating_add(ALIGN_FLOATS), f32::NAN).map_err(|e| {
-                RuntimeError::Input(format!(
-                "cannot allocate an activation buffer of {len} floats ({e}); use a smaller batch"
-            ))
-            })?;
-        let b = v.into_boxed_slice();
-        let alloc_len = b.len();
-        let alloc = Box::into_raw(b).cast::<f32>();
-        // f32 allocations are 4-byte aligned: at most 15 floats to the next 64-byte boundary.
-        let skip = alloc.align_offset(64).min(ALIGN_FLOATS);
-        Ok(Self {
-            // SAFETY: `skip <= ALIGN_FLOATS` and the allocation holds `len + ALIGN_FLOATS`.
-            ptr: unsafe { alloc.add(skip) },
-            len,
-            alloc,
-            alloc_len,
-        })
-    }
-
-    /// # Safety
-    /// No other thread may write this buffer while the returned slice is alive.
-    pub(crate) unsafe fn get(&self) -> &[f32] {
-        // SAFETY: the allocation holds `len` floats; the caller guarantees no concurrent writer.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
-    }
-
-    /// # Safety
-    /// No other thread may read or write this buffer while the returned slice is alive.
-    #[allow(clippy::mut_from_ref)]
-    pub(crate) unsafe fn get_mut(&self) -> &mut [f32] {
-        // SAFETY: the allocation holds `len` floats; the caller guarantees exclusive access.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
-    }
-
-    /// The `rows x cols` block at column `col` of this buffer read as rows of `ld` floats, as
-    /// an output view (`None` if it does not fit in the buffer).
-    ///
-    /// # Safety
-    /// No other thread may read or write the block's elements while the view is alive. Other
-    /// threads may write other columns of the same rows meanwhile: the view's slice spans them,
-    /// but a kernel writes only its `rows x cols` block (the contract of the CPU kernels).
-    pub(crate) unsafe fn block_mut(
-        &self,
-        col: usize,
-        rows: usize,
-        cols: usize,
-        ld: usize,
-    ) -> Option<streamrec_kernels::MatMut<'_>> {
-        let span = match rows {
-            0 => 0,
-            r => (r - 1).checked_mul(ld)?.checked_add(cols)?,
-        };
-        if cols > ld || col.checked_add(span)? > self.len {
-            return None;
-        }
-        // SAFETY: `col + span <= len` keeps the slice inside the allocation; the caller
-        // guarantees that no one else touches the block's elements.
-        let data = unsafe { std::slice::from_raw_parts_mut(self.ptr.add(col), span) };
-        Some(streamrec_kernels::MatMut::new(data, rows, cols, ld))
-    }
-}
-
-impl Drop for SharedBuf {
-    fn drop(&mut self) {
-        // SAFETY: `alloc` and `alloc_len` came from `Box::into_raw` of a boxed slice in `new`,
-        // and the buffer is dropped once.
-        drop(unsafe {
-            Box::from_raw(std::ptr::slice_from_raw_parts_mut(
-                self.alloc,
-                self.alloc_len,
-            ))
-        });
-    }
-}
-
-/// Per-context memory of the CPU backend.
-pub struct CpuBuffers {
-    inner: Arc<BufInner>,
-}
-
-pub(crate) struct BufInner {
-    /// One activation buffer per op (DCN layers carry their `[B, rank]` scratch after it).
-    pub(crate) acts: Vec<SharedBuf>,
-    scores: SharedBuf,
-    input: Mutex<Option<Arc<Batch>>>,
-    max_batch: usize,
-}
-
-/// Weights of the CPU backend, resolved per op once.
-pub struct CpuWeights {
-    pub(crate) by_op: Vec<OpWeights>,
-    /// Each linear layer's weight and bias, packed once into the panels the kernels stream.
-    pub(crate) packed: Vec<Option<PackedLinear>>,
-    /// Per op: a linear layer folded into its feature's table (its lookup pools the projected
-    /// table; the layer adds its bias and applies its activation), see `backend::fold`.
-    pub(crate) folded: Vec<bool>,
-    /// Where each op's output lives, and which concats copy nothing ([`exec::Placement`]).
-    pub(crate) place: exec::Placement,
-}
 
 /// An event: a generation counter published by streams.
 pub struct CpuEvent {
@@ -381,7 +151,7 @@ impl Drop for CpuStream {
 
 /// The shared state of the worker pool.
 #[derive(Debug)]
-struct Pool {
+pub(super) struct Pool {
     /// Every live stream (copied on change, so a scan takes no lock for long).
     streams: RwLock<Arc<Vec<Arc<StreamShared>>>>,
     /// Tile jobs posted by running kernels, for idle threads to help with.
@@ -737,54 +507,64 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-impl Backend for CpuBackend {
-    type Stream = CpuStream;
-    type Event = CpuEvent;
-    type Buffers = CpuBuffers;
-    type DeviceWeights = CpuWeights;
-    type Graph = ();
-
-    fn name(&self) -> &'static str {
-        "cpu"
-    }
-
-    fn load_weights(&self, graph: &OpGraph, weights: &Weights) -> Result<CpuWeights> {
-        let mut by_op: Vec<OpWeights> = (0..graph.len())
-            .map(|id| exec::resolve_weights(graph, id, weights))
-            .collect::<Result<_>>()?;
-        let folds = if self.fold {
-            super::fold::plan(graph)
-        } else {
-            Vec::new()
-        };
-        super::fold::apply(&folds, &mut by_op, self.pool.width())?;
-        let mut folded = vec![false; graph.len()];
-        for f in &folds {
-            folded[f.linear] = true;
+impl Pool {
+    /// A pool on `threads` threads in all: `threads - 1` workers, started now, plus the host
+    /// thread that synchronises. Fewer workers if the system refuses some (the pool is as wide
+    /// as what started).
+    pub(super) fn start(threads: usize) -> (Arc<Pool>, Vec<JoinHandle<()>>) {
+        let threads = threads.max(1);
+        let pool = Arc::new(Pool {
+            streams: RwLock::new(Arc::new(Vec::new())),
+            tiles: Mutex::new(Vec::new()),
+            tiles_posted: AtomicUsize::new(0),
+            epoch: AtomicU64::new(0),
+            sleepers: AtomicUsize::new(0),
+            sleep: Mutex::new(()),
+            cv: Condvar::new(),
+            shutdown: AtomicBool::new(false),
+            width: AtomicUsize::new(threads),
+            next_stream: AtomicUsize::new(0),
+            epoch_start: Instant::now(),
+        });
+        let mut workers = Vec::with_capacity(threads - 1);
+        for i in 1..threads {
+            let p = Arc::clone(&pool);
+            match std::thread::Builder::new()
+                .name(format!("streamrec-cpu-{i}"))
+                .spawn(move || worker_main(&p))
+            {
+                Ok(w) => workers.push(w),
+                Err(e) => {
+                    // Fewer threads than asked: the pool is as wide as what started.
+                    eprintln!(
+                        "streamrec: started {} of {} CPU threads ({e}); running on those",
+                        workers.len() + 1,
+                        threads
+                    );
+                    break;
+                }
+            }
         }
-        let packed = by_op
-            .iter()
-            .zip(&folded)
-            .map(|(w, &folded)| match w {
-                OpWeights::Linear { .. } if folded => None,
-                OpWeights::Linear { weight, bias } => Some(PackedLinear::new(
-                    &weight.data,
-                    weight.shape[0],
-                    weight.shape[1],
-                    Some(&bias.data),
-                )),
-                _ => None,
-            })
-            .collect();
-        Ok(CpuWeights {
-            by_op,
-            packed,
-            folded,
-            place: exec::Placement::new(graph),
-        })
+        pool.width.store(workers.len() + 1, Ordering::Release);
+        (pool, workers)
     }
 
-    fn new_stream(&self) -> Result<CpuStream> {
+    /// Stops the workers and waits for them.
+    pub(super) fn stop(&self, workers: Vec<JoinHandle<()>>) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        self.wake_all();
+        for w in workers {
+            let _ = w.join();
+        }
+    }
+
+    /// The threads streams and kernels run on (the host thread included).
+    pub(super) fn threads(&self) -> usize {
+        self.width.load(Ordering::Acquire)
+    }
+
+    /// A new stream, run by this pool.
+    pub(super) fn new_stream(self: &Arc<Self>) -> CpuStream {
         let shared = Arc::new(StreamShared {
             state: Mutex::new(StreamState::default()),
             queued: AtomicUsize::new(0),
@@ -793,142 +573,91 @@ impl Backend for CpuBackend {
             spans: Mutex::new(Vec::new()),
         });
         {
-            let mut list = self.pool.streams.write().expect("stream list");
+            let mut list = self.streams.write().expect("stream list");
             let mut v: Vec<Arc<StreamShared>> = list.iter().cloned().collect();
             v.push(Arc::clone(&shared));
             *list = Arc::new(v);
         }
-        Ok(CpuStream {
+        CpuStream {
             shared,
             job: Mutex::new(None),
-            pool: Arc::clone(&self.pool),
-        })
+            pool: Arc::clone(self),
+        }
     }
+}
 
-    fn new_event(&self) -> Result<CpuEvent> {
-        Ok(CpuEvent {
+impl CpuEvent {
+    /// An event never recorded.
+    pub(super) fn new() -> Self {
+        CpuEvent {
             inner: Arc::new(EventInner {
                 issued: AtomicU64::new(0),
                 published: AtomicU64::new(0),
             }),
-        })
-    }
-
-    fn alloc_buffers(&self, graph: &OpGraph, max_batch: usize) -> Result<CpuBuffers> {
-        // An op written straight into its concat's buffer needs none of its own.
-        let into = exec::concat_slots(graph);
-        let acts = graph
-            .ops()
-            .zip(&into)
-            .map(|(op, into)| {
-                if into.is_some() {
-                    return SharedBuf::new(0);
-                }
-                let extra = match op.kind {
-                    OpKind::DcnCross { rank, .. } => rank,
-                    _ => 0,
-                };
-                let len = op
-                    .width
-                    .checked_add(extra)
-                    .and_then(|w| w.checked_mul(max_batch))
-                    .ok_or_else(|| {
-                        RuntimeError::Input(format!(
-                            "{}: an activation of {max_batch} x {} floats overflows",
-                            op.name,
-                            op.width.saturating_add(extra)
-                        ))
-                    })?;
-                SharedBuf::new(len)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(CpuBuffers {
-            inner: Arc::new(BufInner {
-                acts,
-                scores: SharedBuf::new(max_batch)?,
-                input: Mutex::new(None),
-                max_batch,
-            }),
-        })
-    }
-
-    fn upload(&self, _stream: &CpuStream, bufs: &CpuBuffers, batch: &Arc<Batch>) -> Result<()> {
-        if batch.size > bufs.inner.max_batch {
-            return Err(RuntimeError::BatchTooLarge {
-                batch: batch.size,
-                max: bufs.inner.max_batch,
-            });
         }
-        // Host memory is shared: staging is just handing the batch to the launches that follow.
-        *bufs.inner.input.lock().expect("input slot") = Some(Arc::clone(batch));
-        Ok(())
     }
+}
 
-    fn launch(
+impl CpuStream {
+    /// Enqueues `op` for `batch` samples of the request staged in `bufs` (`input`), sending
+    /// the stream a new job first when the graph, weights, buffers or request changed.
+    pub(super) fn launch(
         &self,
-        stream: &CpuStream,
         graph: &Arc<OpGraph>,
-        op: OpId,
         weights: &Arc<CpuWeights>,
-        bufs: &CpuBuffers,
+        bufs: &Arc<BufInner>,
+        input: Option<Arc<Batch>>,
+        op: OpId,
         batch: usize,
     ) -> Result<()> {
-        if batch > bufs.inner.max_batch {
-            return Err(RuntimeError::BatchTooLarge {
-                batch,
-                max: bufs.inner.max_batch,
-            });
-        }
-        let input = bufs.inner.input.lock().expect("input slot").clone();
         {
-            let mut last = stream.job.lock().expect("stream job");
+            let mut last = self.job.lock().expect("stream job");
             if !last
                 .as_ref()
-                .is_some_and(|j| j.is(graph, weights, &bufs.inner, &input))
+                .is_some_and(|j| j.is(graph, weights, bufs, &input))
             {
                 let j = Arc::new(Job {
                     graph: Arc::clone(graph),
                     weights: Arc::clone(weights),
-                    bufs: Arc::clone(&bufs.inner),
+                    bufs: Arc::clone(bufs),
                     input,
                 });
                 *last = Some(Arc::clone(&j));
-                stream.push(Cmd::Job(j))?;
+                self.push(Cmd::Job(j))?;
             }
         }
-        stream.push(Cmd::Op { op, batch })
+        self.push(Cmd::Op { op, batch })
     }
 
-    fn record(&self, stream: &CpuStream, event: &CpuEvent) -> Result<()> {
+    /// Enqueues a record of `event`.
+    pub(super) fn record(&self, event: &CpuEvent) -> Result<()> {
         let gen = event.inner.issued.fetch_add(1, Ordering::AcqRel) + 1;
-        stream.push(Cmd::Record(Arc::clone(&event.inner), gen))
+        self.push(Cmd::Record(Arc::clone(&event.inner), gen))
     }
 
-    fn wait(&self, stream: &CpuStream, event: &CpuEvent) -> Result<()> {
+    /// Holds this stream until the latest record of `event` issued so far was reached.
+    pub(super) fn wait(&self, event: &CpuEvent) -> Result<()> {
         let gen = event.inner.issued.load(Ordering::Acquire);
         if gen == 0 {
             // Waiting on an event that was never recorded completes at once, as in CUDA.
             return Ok(());
         }
-        stream.push(Cmd::Wait(Arc::clone(&event.inner), gen))
+        self.push(Cmd::Wait(Arc::clone(&event.inner), gen))
     }
 
-    fn download(
-        &self,
-        stream: &CpuStream,
-        bufs: &CpuBuffers,
-        op: OpId,
-        batch: usize,
-    ) -> Result<()> {
-        stream.push(Cmd::Download {
-            bufs: Arc::clone(&bufs.inner),
+    /// Enqueues the copy of `op`'s first `batch` values to the scores buffer.
+    pub(super) fn download(&self, bufs: &Arc<BufInner>, op: OpId, batch: usize) -> Result<()> {
+        self.push(Cmd::Download {
+            bufs: Arc::clone(bufs),
             op,
             batch,
         })
     }
 
-    fn synchronize(&self, stream: &CpuStream) -> Result<()> {
-        let sh = &stream.shared;
+    /// Works alongside the pool until everything enqueued so far has run; the first error of
+    /// the stream since the last synchronise.
+    pub(super) fn synchronize(&self) -> Result<()> {
+        let sh = &self.shared;
         let target = sh.state.lock().expect("stream state").issued;
         let done = || sh.finished.load(Ordering::Acquire) >= target;
         let pool = &self.pool;
@@ -951,17 +680,13 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn scores(&self, bufs: &CpuBuffers, batch: usize) -> Result<Vec<f32>> {
-        // SAFETY: called after synchronising every stream of the context; nothing runs on it.
-        let s = unsafe { bufs.inner.scores.get() };
-        Ok(s[..batch].to_vec())
+    /// Turns per-op spans on or off.
+    pub(super) fn set_tracing(&self, on: bool) {
+        self.shared.tracing.store(on, Ordering::Relaxed);
     }
 
-    fn set_tracing(&self, stream: &CpuStream, on: bool) {
-        stream.shared.tracing.store(on, Ordering::Relaxed);
-    }
-
-    fn take_spans(&self, stream: &CpuStream) -> Vec<Span> {
-        std::mem::take(&mut *stream.shared.spans.lock().expect("spans"))
+    /// Takes the spans recorded since the last call.
+    pub(super) fn take_spans(&self) -> Vec<Span> {
+        std::mem::take(&mut *self.shared.spans.lock().expect("spans"))
     }
 }

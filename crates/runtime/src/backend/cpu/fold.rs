@@ -24,8 +24,8 @@ use streamrec_graph::{OpGraph, OpId, OpKind, Source};
 use streamrec_kernels::cpu::{self, PackedLinear};
 use streamrec_kernels::{Activation, MatMut, MatRef};
 
+use crate::backend::shared::OpWeights;
 use crate::error::{Result, RuntimeError};
-use crate::exec::OpWeights;
 use crate::weights::Tensor;
 
 /// Projected tables beyond this many bytes in all are not built (the model's tables would need
@@ -221,7 +221,7 @@ mod tests {
     use streamrec_graph::{fuse_embeddings, Op, TensorRef};
 
     fn graph(branch: &str, rows: usize) -> OpGraph {
-        crate::exec::small_graph(3, rows, branch, r#"kind = "cat""#)
+        crate::backend::shared::small_graph(3, rows, branch, r#"kind = "cat""#)
     }
 
     #[test]
