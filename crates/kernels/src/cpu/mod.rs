@@ -22,7 +22,7 @@ pub use embedding::{
 };
 pub use gemm::{
     linear_packed, linear_packed_cat_par, linear_packed_isa, linear_packed_par,
-    linear_packed_parallel, Isa, PackedLinear, PANEL,
+    linear_packed_parallel, Isa, IsaError, PackedLinear, PANEL,
 };
 pub use interaction::{dcn_cross, dot_interaction};
 pub use par::{Parallel, ScopedThreads, Sequential};
