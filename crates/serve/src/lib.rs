@@ -79,10 +79,12 @@
 
 pub mod batcher;
 pub mod budget;
+#[cfg(feature = "testing")]
 pub mod client;
 pub mod config;
 pub mod conn;
 pub mod error;
+#[cfg(feature = "testing")]
 pub mod fuzz;
 mod infer;
 pub mod metrics;
