@@ -166,6 +166,67 @@ impl Batch {
         Ok(())
     }
 
+    /// Concatenates batches of one model, samples in order (dynamic batching): index lists are
+    /// joined and offsets shifted. A feature stays INT32 only when every part's is and the joined
+    /// list fits it; otherwise it is widened to INT64. One part is returned as it is.
+    pub fn concat(mut parts: Vec<Batch>) -> Batch {
+        if parts.len() == 1 {
+            return parts.pop().expect("one part");
+        }
+        let size = parts.iter().map(|b| b.size).sum();
+        let mut dense = Vec::with_capacity(parts.iter().map(|b| b.dense.len()).sum());
+        for b in &parts {
+            dense.extend_from_slice(&b.dense);
+        }
+        let features = parts.first().map_or(0, |b| b.sparse.len());
+        let sparse = (0..features)
+            .map(|f| {
+                let n: usize = parts.iter().map(|b| b.sparse[f].indices.len()).sum();
+                let all32 = parts.iter().all(|b| {
+                    matches!(
+                        (&b.sparse[f].indices, &b.sparse[f].offsets),
+                        (IndexVec::I32(_), IndexVec::I32(_))
+                    )
+                });
+                if all32 && i32::try_from(n).is_ok() {
+                    let (mut idx, mut off) = (Vec::with_capacity(n), Vec::with_capacity(size));
+                    for b in &parts {
+                        let base = idx.len() as i32;
+                        if let (IndexVec::I32(i), IndexVec::I32(o)) =
+                            (&b.sparse[f].indices, &b.sparse[f].offsets)
+                        {
+                            off.extend(o.iter().map(|&x| x + base));
+                            idx.extend_from_slice(i);
+                        }
+                    }
+                    return SparseInput {
+                        indices: IndexVec::I32(idx),
+                        offsets: IndexVec::I32(off),
+                    };
+                }
+                let (mut idx, mut off) = (Vec::with_capacity(n), Vec::with_capacity(size));
+                for b in &parts {
+                    let base = idx.len() as i64;
+                    let s = &b.sparse[f];
+                    off.extend((0..s.offsets.len()).map(|i| s.offsets.get(i) + base));
+                    match &s.indices {
+                        IndexVec::I32(i) => idx.extend(i.iter().map(|&x| i64::from(x))),
+                        IndexVec::I64(i) => idx.extend_from_slice(i),
+                    }
+                }
+                SparseInput {
+                    indices: IndexVec::I64(idx),
+                    offsets: IndexVec::I64(off),
+                }
+            })
+            .collect();
+        Batch {
+            size,
+            dense,
+            sparse,
+        }
+    }
+
     /// Bag `b` of feature `f` as a range into its indices.
     pub fn bag(&self, f: usize, b: usize) -> std::ops::Range<usize> {
         let s = &self.sparse[f];
@@ -176,5 +237,44 @@ impl Batch {
             s.indices.len()
         };
         start..end
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(size: usize, dense: f32, idx: IndexVec, off: IndexVec) -> Batch {
+        Batch {
+            size,
+            dense: vec![dense; size * 2],
+            sparse: vec![SparseInput {
+                indices: idx,
+                offsets: off,
+            }],
+        }
+    }
+
+    #[test]
+    fn concat_joins_samples_and_shifts_offsets() {
+        let a = batch(
+            2,
+            1.0,
+            IndexVec::I32(vec![5, 6, 7]),
+            IndexVec::I32(vec![0, 1]),
+        );
+        let b = batch(1, 2.0, IndexVec::I32(vec![8, 9]), IndexVec::I32(vec![0]));
+        let c = Batch::concat(vec![a.clone(), b.clone()]);
+        assert_eq!(c.size, 3);
+        assert_eq!(c.dense, [1.0, 1.0, 1.0, 1.0, 2.0, 2.0]);
+        assert_eq!(c.sparse[0].indices, IndexVec::I32(vec![5, 6, 7, 8, 9]));
+        assert_eq!(c.sparse[0].offsets, IndexVec::I32(vec![0, 1, 3]));
+        assert_eq!(c.bag(0, 2), 3..5);
+        // One INT64 part widens the feature.
+        let d = batch(1, 3.0, IndexVec::I64(vec![4]), IndexVec::I64(vec![0]));
+        let e = Batch::concat(vec![a, d, b]);
+        assert_eq!(e.sparse[0].indices, IndexVec::I64(vec![5, 6, 7, 4, 8, 9]));
+        assert_eq!(e.sparse[0].offsets, IndexVec::I64(vec![0, 1, 3, 4]));
+        assert_eq!(e.bag(0, 3), 4..6);
     }
 }

@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use streamrec_graph::limits::MAX_BATCH_INDICES;
-use streamrec_runtime::{Batch, IndexVec, Infer, RuntimeError, SparseInput};
+use streamrec_runtime::{Batch, Infer, RuntimeError};
 use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
@@ -55,8 +55,9 @@ pub enum Refused {
     },
 }
 
-/// The outcome of a queued request: its scores, or the engine's error message.
-pub type Outcome = Result<Done, String>;
+/// The outcome of a queued request: its scores, or the engine's error (shared by every
+/// request of the failed execution).
+pub type Outcome = Result<Done, Arc<RuntimeError>>;
 
 struct Job {
     batch: Batch,
@@ -230,7 +231,7 @@ impl Shared {
                 replies.push((j.reply, j.batch.size, started - j.enqueued));
                 parts.push(j.batch);
             }
-            let merged = Arc::new(merge(parts));
+            let merged = Arc::new(Batch::concat(parts));
             let res = self.engine.infer(&merged);
             let compute = started.elapsed();
             self.metrics.executed(merged.size);
@@ -247,78 +248,18 @@ impl Shared {
                     }
                 }
                 Err(e) => {
-                    let msg = e.to_string();
                     // Input errors were checked per request; anything else is the backend's.
                     if !matches!(e, RuntimeError::Input(_))
                         && self.healthy.swap(false, Ordering::SeqCst)
                     {
-                        eprintln!("streamrec serve: engine failed, no longer ready: {msg}");
+                        eprintln!("streamrec serve: engine failed, no longer ready: {e}");
                     }
+                    let e = Arc::new(e);
                     for (reply, _, _) in replies {
-                        let _ = reply.send(Err(msg.clone()));
+                        let _ = reply.send(Err(Arc::clone(&e)));
                     }
                 }
             }
         }
-    }
-}
-
-/// Concatenates batches (samples in order); index lists are joined and offsets shifted. The
-/// index type stays INT32 only when every part is INT32 and the joined list fits it.
-pub fn merge(mut parts: Vec<Batch>) -> Batch {
-    if parts.len() == 1 {
-        return parts.pop().expect("one part");
-    }
-    let size = parts.iter().map(|b| b.size).sum();
-    let mut dense = Vec::with_capacity(parts.iter().map(|b| b.dense.len()).sum());
-    for b in &parts {
-        dense.extend_from_slice(&b.dense);
-    }
-    let features = parts.first().map_or(0, |b| b.sparse.len());
-    let sparse = (0..features)
-        .map(|f| {
-            let n: usize = parts.iter().map(|b| b.sparse[f].indices.len()).sum();
-            let all32 = parts.iter().all(|b| {
-                matches!(
-                    (&b.sparse[f].indices, &b.sparse[f].offsets),
-                    (IndexVec::I32(_), IndexVec::I32(_))
-                )
-            });
-            if all32 && i32::try_from(n).is_ok() {
-                let (mut idx, mut off) = (Vec::with_capacity(n), Vec::with_capacity(size));
-                for b in &parts {
-                    let base = idx.len() as i32;
-                    let s = &b.sparse[f];
-                    if let (IndexVec::I32(i), IndexVec::I32(o)) = (&s.indices, &s.offsets) {
-                        off.extend(o.iter().map(|&x| x + base));
-                        idx.extend_from_slice(i);
-                    }
-                }
-                SparseInput {
-                    indices: IndexVec::I32(idx),
-                    offsets: IndexVec::I32(off),
-                }
-            } else {
-                let (mut idx, mut off) = (Vec::with_capacity(n), Vec::with_capacity(size));
-                for b in &parts {
-                    let base = idx.len() as i64;
-                    let s = &b.sparse[f];
-                    off.extend((0..s.offsets.len()).map(|i| s.offsets.get(i) + base));
-                    match &s.indices {
-                        IndexVec::I32(i) => idx.extend(i.iter().map(|&x| i64::from(x))),
-                        IndexVec::I64(i) => idx.extend_from_slice(i),
-                    }
-                }
-                SparseInput {
-                    indices: IndexVec::I64(idx),
-                    offsets: IndexVec::I64(off),
-                }
-            }
-        })
-        .collect();
-    Batch {
-        size,
-        dense,
-        sparse,
     }
 }
