@@ -843,3 +843,65 @@ fn a_model_name_unsafe_in_urls_or_metric_labels_is_refused_at_start() {
         assert!(!err.contains('\n'), "{bad:?}: one line: {err}");
     }
 }
+
+fn gzip(b: &[u8]) -> Vec<u8> {
+    use flate2::write::GzEncoder;
+    let mut e = GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(b).unwrap();
+    e.finish().unwrap()
+}
+
+#[test]
+fn compressed_bodies_are_decoded_within_the_limits_and_answers_compressed_on_request() {
+    let srv = serve(
+        ServeConfig {
+            max_body_bytes: 3 << 20,
+            max_buffered_bytes: 16 << 20,
+            ..config()
+        },
+        engine(&tiny()),
+    );
+    let b = body(4, 11);
+    let plain = Client::new(srv.addr()).post(INFER, &b).unwrap();
+    assert_eq!(plain.status, 200);
+    let z = gzip(&b);
+    let r = Client::new(srv.addr())
+        .request(
+            "POST",
+            INFER,
+            &[("Content-Encoding", "gzip"), ("Accept-Encoding", "gzip")],
+            &z,
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+    let mut unzipped = Vec::new();
+    flate2::read::GzDecoder::new(&r.body[..])
+        .read_to_end(&mut unzipped)
+        .unwrap();
+    assert_eq!(unzipped, plain.body, "the same answer, compressed");
+    // A bomb: 100 MB of spaces in about 100 KB, against a 3 MiB limit.
+    let bomb = gzip(&vec![b' '; 100_000_000]);
+    assert!(bomb.len() < 1 << 20);
+    let r = Client::new(srv.addr())
+        .request("POST", INFER, &[("Content-Encoding", "gzip")], &bomb)
+        .unwrap();
+    let text = String::from_utf8_lossy(&r.body).to_string();
+    assert_eq!(r.status, 413, "{text}");
+    assert!(text.contains("decompressed request body is more than the limit of 3145728 bytes"));
+    let r = Client::new(srv.addr())
+        .request("POST", INFER, &[("Content-Encoding", "br")], &b)
+        .unwrap();
+    assert_eq!(r.status, 400);
+    assert!(String::from_utf8_lossy(&r.body).contains("Content-Encoding `br` is not supported"));
+    let r = Client::new(srv.addr())
+        .request(
+            "POST",
+            INFER,
+            &[("Content-Encoding", "gzip")],
+            &z[..z.len() / 2],
+        )
+        .unwrap();
+    assert_eq!(r.status, 400, "a truncated gzip body");
+    srv.stop().unwrap();
+}

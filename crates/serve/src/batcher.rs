@@ -234,7 +234,7 @@ impl Shared {
             let merged = Arc::new(Batch::concat(parts));
             let res = self.engine.infer(&merged);
             let compute = started.elapsed();
-            self.metrics.executed(merged.size);
+            self.metrics.executed(merged.size, compute);
             match res {
                 Ok(scores) => {
                     let mut at = 0;

@@ -1,4 +1,5 @@
-//! An infer request: its body read within the timeouts and the memory budget, admitted,
+//! An infer request: its body read within the timeouts and the memory budget (and decompressed,
+//! [`crate::compression`]), admitted,
 //! parsed, queued for the batcher, and answered (a non-finite score is a 500); counted in the
 //! metrics however it ends, a request dropped with its connection as `CANCELLED`.
 
@@ -8,11 +9,12 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH};
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH};
 use hyper::{Request, StatusCode};
 
 use crate::batcher::Refused;
 use crate::budget::{Charge, BINARY_COST, JSON_COST};
+use crate::compression::{self, Coding, DecodeError};
 use crate::conn::{Conn, Phase};
 use crate::metrics::{FailureReason, Metrics};
 use crate::protocol::{self, HEADER_LENGTH};
@@ -176,6 +178,16 @@ pub(crate) async fn infer(state: &State, conn: &Conn, req: Request<Incoming>) ->
             }
         },
     };
+    let coding = match compression::request_coding(req.headers()) {
+        Ok(c) => c,
+        Err(e) => {
+            return fail(
+                FailureReason::InvalidInput,
+                closing(error(StatusCode::BAD_REQUEST, &e.to_string())),
+            )
+        }
+    };
+    let reply_coding = compression::response_coding(req.headers());
     let over_budget = || {
         closing(unavailable(
             state,
@@ -210,6 +222,31 @@ pub(crate) async fn infer(state: &State, conn: &Conn, req: Request<Incoming>) ->
                     &format!("cannot read the request body: {e}"),
                 )),
             )
+        }
+    };
+    // A compressed body is charged for its decompressed bytes too, as they come out.
+    let body = if coding == Coding::Identity {
+        body
+    } else {
+        let held = body.len();
+        let out = tokio::task::block_in_place(|| {
+            compression::decode(coding, &body, max, |n| charge.grow_to(held + n))
+        });
+        match out {
+            Ok(b) => Bytes::from(b),
+            Err(e @ DecodeError::TooLarge(_)) => {
+                return fail(
+                    FailureReason::InvalidInput,
+                    error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string()),
+                )
+            }
+            Err(DecodeError::OverBudget) => return fail(FailureReason::Rejected, over_budget()),
+            Err(e) => {
+                return fail(
+                    FailureReason::InvalidInput,
+                    error(StatusCode::BAD_REQUEST, &e.to_string()),
+                )
+            }
         }
     };
     // Decoding costs a multiple of the body (serde's values, the batch): charged before it runs.
@@ -317,12 +354,20 @@ pub(crate) async fn infer(state: &State, conn: &Conn, req: Request<Incoming>) ->
         done.queue.as_micros() as u64,
         done.compute.as_micros() as u64,
     );
-    match enc.header_len {
+    let body = compression::encode(reply_coding, enc.body);
+    let mut r = match enc.header_len {
         Some(n) => {
-            let mut r = respond(StatusCode::OK, enc.body, "application/octet-stream");
+            let mut r = respond(StatusCode::OK, body, "application/octet-stream");
             r.headers_mut().insert(HEADER_LENGTH, HeaderValue::from(n));
             r
         }
-        None => respond(StatusCode::OK, enc.body, "application/json"),
+        None => respond(StatusCode::OK, body, "application/json"),
+    };
+    if reply_coding != Coding::Identity {
+        r.headers_mut().insert(
+            CONTENT_ENCODING,
+            HeaderValue::from_static(reply_coding.name()),
+        );
     }
+    r
 }

@@ -81,6 +81,7 @@ pub mod batcher;
 pub mod budget;
 #[cfg(feature = "testing")]
 pub mod client;
+pub mod compression;
 pub mod config;
 pub mod conn;
 pub mod error;
@@ -91,6 +92,7 @@ pub mod metrics;
 pub mod protocol;
 mod routes;
 pub mod server;
+pub mod triton;
 
 pub use config::ServeConfig;
 pub use error::ServeError;

@@ -6,7 +6,10 @@
 //! is declared a counter (`# TYPE nv_inference_request_success counter`) but written under its
 //! own name, so the series names match Triton's exactly.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::family::Family;
@@ -115,6 +118,33 @@ pub struct Metrics {
     inflight: Gauge,
     buffered_bytes: Gauge,
     connections: Gauge,
+    /// Milliseconds since the Unix epoch of the last successful request (0: none yet).
+    last_inference_ms: AtomicU64,
+    /// Per execution batch size: executions and their compute time in nanoseconds.
+    by_batch: Mutex<BTreeMap<usize, (u64, u64)>>,
+}
+
+/// Counts and cumulative durations of one model, as Triton's statistics extension reports them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModelStats {
+    /// Successful requests.
+    pub success: u64,
+    /// Failed requests, every reason.
+    pub fail: u64,
+    /// Samples inferred.
+    pub inference_count: u64,
+    /// Engine executions.
+    pub execution_count: u64,
+    /// Arrival-to-response time of the successful requests, nanoseconds in all.
+    pub request_ns: u64,
+    /// Time the successful requests queued, nanoseconds in all.
+    pub queue_ns: u64,
+    /// Engine time of the successful requests, nanoseconds in all.
+    pub compute_ns: u64,
+    /// Milliseconds since the Unix epoch of the last successful request (0: none).
+    pub last_inference_ms: u64,
+    /// Per execution batch size: (batch size, executions, compute nanoseconds).
+    pub by_batch: Vec<(usize, u64, u64)>,
 }
 
 impl Metrics {
@@ -225,7 +255,57 @@ impl Metrics {
             inflight,
             buffered_bytes,
             connections,
+            last_inference_ms: AtomicU64::new(0),
+            by_batch: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// The counts behind Triton's statistics extension (`/v2/models/{m}/stats`).
+    pub fn stats(&self) -> ModelStats {
+        let l = &self.labels;
+        let fail = self
+            .failure_counts()
+            .into_iter()
+            .map(|(_, n)| n)
+            .sum::<u64>();
+        ModelStats {
+            success: self.success.get_or_create(l).get(),
+            fail,
+            inference_count: self.count.get_or_create(l).get(),
+            execution_count: self.exec_count.get_or_create(l).get(),
+            request_ns: self.request_duration_us.get_or_create(l).get() * 1000,
+            queue_ns: self.queue_duration_us.get_or_create(l).get() * 1000,
+            compute_ns: self.compute_infer_duration_us.get_or_create(l).get() * 1000,
+            last_inference_ms: self.last_inference_ms.load(Ordering::Relaxed),
+            by_batch: self
+                .by_batch
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(&b, &(n, ns))| (b, n, ns))
+                .collect(),
+        }
+    }
+
+    /// Failed requests by reason label.
+    fn failure_counts(&self) -> Vec<(&'static str, u64)> {
+        [
+            FailureReason::InvalidInput,
+            FailureReason::Rejected,
+            FailureReason::Timeout,
+            FailureReason::Backend,
+            FailureReason::Cancelled,
+        ]
+        .into_iter()
+        .map(|r| {
+            let labels = FailureLabels {
+                model: self.labels.model.clone(),
+                version: self.labels.version.clone(),
+                reason: r.label().into(),
+            };
+            (r.label(), self.failure.get(&labels).map_or(0, |c| c.get()))
+        })
+        .collect()
     }
 
     /// The memory budget's use and the open connections, as of now.
@@ -245,6 +325,10 @@ impl Metrics {
             .get_or_create(l)
             .inc_by(compute_us);
         self.latency.observe(total_us as f64 / 1e6);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.last_inference_ms.store(now, Ordering::Relaxed);
     }
 
     /// A failed request.
@@ -258,10 +342,14 @@ impl Metrics {
             .inc_by(1);
     }
 
-    /// One engine execution of `samples` samples.
-    pub fn executed(&self, samples: usize) {
+    /// One engine execution of `samples` samples that took `compute`.
+    pub fn executed(&self, samples: usize, compute: Duration) {
         self.exec_count.get_or_create(&self.labels).inc_by(1);
         self.batch_size.observe(samples as f64);
+        let mut by = self.by_batch.lock().unwrap_or_else(|p| p.into_inner());
+        let e = by.entry(samples).or_default();
+        e.0 += 1;
+        e.1 += compute.as_nanos() as u64;
     }
 
     /// The queue's current depth.

@@ -15,6 +15,7 @@ use crate::infer::{infer, Tally};
 use crate::metrics::FailureReason;
 use crate::protocol;
 use crate::server::State;
+use crate::triton;
 
 /// A response with its whole body.
 pub(crate) type Resp = Response<Full<Bytes>>;
@@ -68,6 +69,10 @@ enum Route<'a> {
     ModelMeta(&'a str, Option<&'a str>),
     ModelReady(&'a str, Option<&'a str>),
     Infer(&'a str, Option<&'a str>),
+    /// Triton's model configuration extension.
+    ModelConfig(&'a str, Option<&'a str>),
+    /// Triton's statistics extension: every model's, or one model's.
+    Stats(Option<(&'a str, Option<&'a str>)>),
 }
 
 fn route(path: &str) -> Option<Route<'_>> {
@@ -78,7 +83,12 @@ fn route(path: &str) -> Option<Route<'_>> {
         ["v2"] => Route::ServerMeta,
         ["metrics"] => Route::Metrics,
         ["ui"] => Route::Ui,
+        ["v2", "models", "stats"] => Route::Stats(None),
         ["v2", "models", m] => Route::ModelMeta(m, None),
+        ["v2", "models", m, "config"] => Route::ModelConfig(m, None),
+        ["v2", "models", m, "stats"] => Route::Stats(Some((m, None))),
+        ["v2", "models", m, "versions", v, "config"] => Route::ModelConfig(m, Some(v)),
+        ["v2", "models", m, "versions", v, "stats"] => Route::Stats(Some((m, Some(v)))),
         ["v2", "models", m, "ready"] => Route::ModelReady(m, None),
         ["v2", "models", m, "infer"] => Route::Infer(m, None),
         ["v2", "models", m, "versions", v] => Route::ModelMeta(m, Some(v)),
@@ -182,5 +192,21 @@ pub(crate) async fn handle(
         Route::ModelReady(m, v) => {
             wrong_model(&state, m, v).unwrap_or_else(|| ready_resp(state.ready()))
         }
+        Route::ModelConfig(m, v) => wrong_model(&state, m, v).unwrap_or_else(|| {
+            json(
+                StatusCode::OK,
+                &triton::model_config(&state.spec, &state.cfg),
+            )
+        }),
+        Route::Stats(which) => which
+            .and_then(|(m, v)| wrong_model(&state, m, v))
+            .unwrap_or_else(|| {
+                let one = triton::model_stats(
+                    &state.spec.name,
+                    &state.cfg.version,
+                    &state.metrics.stats(),
+                );
+                json(StatusCode::OK, &serde_json::json!({"model_stats": [one]}))
+            }),
     })
 }
