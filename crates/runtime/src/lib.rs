@@ -3,8 +3,9 @@
 //! The [`Engine`] owns the weights, a plan and a pool of execution contexts (each with its own
 //! streams, events and buffers) on one [`Backend`]; `infer` is safe to call from many threads.
 //!
-//! An engine on the CPU backend (one thread per stream) scoring a batch of 8 random samples,
-//! with a single-stream plan and with a two-stream `streamrec` plan, which give the same scores:
+//! On the CPU backend one pool of worker threads runs every stream (a stream is a queue of
+//! commands, not a thread). An engine there scoring a batch of 8 random samples, with a
+//! single-stream plan and with a two-stream `streamrec` plan, which give the same scores:
 //!
 //! ```
 //! use std::sync::Arc;
@@ -74,7 +75,7 @@ pub mod weights;
 pub use backend::cpu::CpuBackend;
 pub use backend::Backend;
 pub use batch::{Batch, IndexVec, SparseInput};
-pub use engine::{Engine, EngineConfig};
+pub use engine::{Engine, EngineConfig, Infer};
 pub use error::{Result, RuntimeError};
-pub use measure::{measure, Infer, MeasureConfig};
+pub use measure::{measure, MeasureConfig};
 pub use weights::{Tensor, Weights};

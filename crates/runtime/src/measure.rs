@@ -6,46 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::batch::Batch;
+use crate::engine::Infer;
 use crate::error::Result;
 use crate::stats::{LatencyRecorder, LatencySummary};
-
-/// Anything that turns a batch into scores (an [`crate::Engine`] on any backend).
-pub trait Infer: Send + Sync {
-    /// Runs one batch.
-    fn infer(&self, batch: &Arc<Batch>) -> Result<Vec<f32>>;
-    /// Takes the per-op spans recorded so far (engines built with tracing on).
-    fn take_trace(&self) -> Vec<crate::trace::TraceEvent>;
-    /// The backend's name.
-    fn backend_name(&self) -> &'static str;
-    /// Takes the device times (us) of the plans run since the last call, one per request, where
-    /// the backend measures them with events around the plan (CUDA); empty otherwise.
-    fn take_gpu_times_us(&self) -> Vec<f64> {
-        Vec::new()
-    }
-    /// Kernel launches and library calls (e.g. cuBLAS) one request issues, where the backend
-    /// counts them; None otherwise.
-    fn launches_per_request(&self) -> Option<u64> {
-        None
-    }
-}
-
-impl<B: crate::Backend> Infer for crate::Engine<B> {
-    fn infer(&self, batch: &Arc<Batch>) -> Result<Vec<f32>> {
-        crate::Engine::infer(self, batch)
-    }
-    fn take_trace(&self) -> Vec<crate::trace::TraceEvent> {
-        crate::Engine::take_trace(self)
-    }
-    fn backend_name(&self) -> &'static str {
-        self.backend().name()
-    }
-    fn take_gpu_times_us(&self) -> Vec<f64> {
-        crate::Engine::take_gpu_times_us(self)
-    }
-    fn launches_per_request(&self) -> Option<u64> {
-        crate::Engine::launches_per_request(self)
-    }
-}
 
 /// How long a measurement runs.
 #[derive(Clone, Debug)]

@@ -12,8 +12,8 @@
 //! request on its stream (later launches are skipped, records still publish so no other stream
 //! stalls) and the error is returned by the next [`Backend::synchronize`] of that stream.
 //!
-//! Its rooms: [`pool`] (streams, events and the worker pool), [`memory`] (per-context buffers
-//! and the loaded weights), [`exec`] (one op's kernel calls) and [`fold`] (embedding projections
+//! Its rooms: `pool` (streams, events and the worker pool), `memory` (per-context buffers
+//! and the loaded weights), `exec` (one op's kernel calls) and `fold` (embedding projections
 //! folded into their tables at load). What the CUDA backend shares with it (op weights, concat
 //! placement) is in [`crate::backend::shared`].
 

@@ -28,7 +28,7 @@
 //!   over the features; one feature may use another's room). A batch with more indices grows
 //!   the packet (a new device address): eager runs just continue, but a graph captured before
 //!   the growth reads the old packet, so [`Backend::replay`] refuses it with an
-//!   [`RuntimeError::StaleGraph`] whose message starts with [`STALE_GRAPH`]; the engine must then
+//!   [`RuntimeError::StaleGraph`](crate::RuntimeError::StaleGraph) whose message starts with [`STALE_GRAPH`]; the engine must then
 //!   drop its graphs for that context and capture again (or run eagerly).
 //!
 //! # Streams, events, graphs

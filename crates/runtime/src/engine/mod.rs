@@ -1,5 +1,8 @@
 //! The engine: weights + plan + a pool of execution contexts on one backend.
 //!
+//! [`Infer`] is an engine on any backend, type-erased (what the server and [`crate::measure()`]
+//! use); [`build_engine`] builds one on the backend a [`BackendKind`] picks at run time.
+//!
 //! A request takes a free context, stages its inputs on stream 0, forks the other streams off
 //! stream 0 with an event, issues the plan's launches, records and waits in the plan's issue
 //! order, copies the scores out on the output op's stream, joins every stream back into
@@ -20,6 +23,10 @@
 //! for the last eager request (or, with graphs, in the last captured graph). With tracing on,
 //! eager requests give one span per op; a graph replay gives one span for the whole replay on
 //! stream 0 (`graph replay (bucket N)`): per-op spans need eager mode.
+
+mod build;
+
+pub use build::{build_engine, resolve, BackendKind, BackendOptions};
 
 use std::collections::{HashMap, VecDeque};
 use std::mem::ManuallyDrop;
@@ -475,4 +482,43 @@ fn pad(batch: &Arc<Batch>, size: usize) -> Arc<Batch> {
         dense,
         sparse,
     })
+}
+
+/// Anything that turns a batch into scores (an [`Engine`] on any backend): the one interface
+/// the server and the measurement loop use.
+pub trait Infer: Send + Sync {
+    /// Runs one batch.
+    fn infer(&self, batch: &Arc<Batch>) -> Result<Vec<f32>>;
+    /// Takes the per-op spans recorded so far (engines built with tracing on).
+    fn take_trace(&self) -> Vec<crate::trace::TraceEvent>;
+    /// The backend's name.
+    fn backend_name(&self) -> &'static str;
+    /// Takes the device times (us) of the plans run since the last call, one per request, where
+    /// the backend measures them with events around the plan (CUDA); empty otherwise.
+    fn take_gpu_times_us(&self) -> Vec<f64> {
+        Vec::new()
+    }
+    /// Kernel launches and library calls (e.g. cuBLAS) one request issues, where the backend
+    /// counts them; None otherwise.
+    fn launches_per_request(&self) -> Option<u64> {
+        None
+    }
+}
+
+impl<B: Backend> Infer for Engine<B> {
+    fn infer(&self, batch: &Arc<Batch>) -> Result<Vec<f32>> {
+        Engine::infer(self, batch)
+    }
+    fn take_trace(&self) -> Vec<crate::trace::TraceEvent> {
+        Engine::take_trace(self)
+    }
+    fn backend_name(&self) -> &'static str {
+        self.backend().name()
+    }
+    fn take_gpu_times_us(&self) -> Vec<f64> {
+        Engine::take_gpu_times_us(self)
+    }
+    fn launches_per_request(&self) -> Option<u64> {
+        Engine::launches_per_request(self)
+    }
 }
