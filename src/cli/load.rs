@@ -192,7 +192,9 @@ fn load(mut a: RunArgs) -> Result<()> {
     check_fraction(a.allow_failures)?;
     let shard = match (&a.shard, a.shards) {
         (Some(s), _) => s.parse::<Shard>()?,
-        (None, Some(n)) => Shard::from_env(n)?,
+        (None, Some(n)) => {
+            Shard::from_job_index(std::env::var("JOB_COMPLETION_INDEX").ok().as_deref(), n)?
+        }
         (None, None) => Shard::ALL,
     };
     let out = PathBuf::from(

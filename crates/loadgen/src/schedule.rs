@@ -56,9 +56,10 @@ impl Shard {
         Ok(Shard { index, count })
     }
 
-    /// Shard `JOB_COMPLETION_INDEX` of `count` (a Kubernetes Indexed Job's completion index).
-    pub fn from_env(count: u32) -> Result<Shard, LoadError> {
-        let v = std::env::var("JOB_COMPLETION_INDEX").map_err(|_| {
+    /// Shard `index` of `count`, the index given as text by the environment (a Kubernetes
+    /// Indexed Job's `JOB_COMPLETION_INDEX`, which the caller reads; `None` when it is unset).
+    pub fn from_job_index(index: Option<&str>, count: u32) -> Result<Shard, LoadError> {
+        let v = index.ok_or_else(|| {
             LoadError::invalid("--shards: JOB_COMPLETION_INDEX is not set (use --shard i/n)")
         })?;
         let index = v.trim().parse().map_err(|_| {
@@ -391,6 +392,19 @@ mod tests {
         let mut c = cfg(ScheduleKind::Poisson, Shard::new(1, 2).unwrap());
         c.max_requests = Some(11);
         assert_eq!(build(&c).unwrap().arrivals.len(), 5);
+    }
+
+    #[test]
+    fn the_job_index_names_its_variable() {
+        assert_eq!(
+            Shard::from_job_index(Some(" 1\n"), 3).unwrap(),
+            Shard::new(1, 3).unwrap()
+        );
+        let unset = Shard::from_job_index(None, 3).unwrap_err().to_string();
+        assert!(unset.contains("JOB_COMPLETION_INDEX is not set"), "{unset}");
+        let text = Shard::from_job_index(Some("x"), 3).unwrap_err().to_string();
+        assert!(text.contains("JOB_COMPLETION_INDEX `x`"), "{text}");
+        assert!(Shard::from_job_index(Some("3"), 3).is_err());
     }
 
     #[test]
