@@ -44,6 +44,9 @@ pub struct BackendOptions {
     /// CPU: the threads streams and kernels run on (the pool's workers plus the host thread
     /// that synchronises; 1: everything on the host thread).
     pub cpu_threads: usize,
+    /// CPU: fold each square linear layer into the table whose pooled rows it alone reads
+    /// ([`CpuBackend::with_fold`]; on by default).
+    pub cpu_fold: bool,
 }
 
 impl Default for BackendOptions {
@@ -51,6 +54,7 @@ impl Default for BackendOptions {
         Self {
             tf32: false,
             cpu_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpu_fold: true,
         }
     }
 }
@@ -66,7 +70,7 @@ pub fn build_engine(
 ) -> Result<Box<dyn Infer>> {
     match resolve(kind)? {
         BackendKind::Cpu => Ok(Box::new(Engine::new(
-            CpuBackend::with_threads(opts.cpu_threads),
+            CpuBackend::with_threads(opts.cpu_threads).with_fold(opts.cpu_fold),
             graph,
             plan,
             weights,

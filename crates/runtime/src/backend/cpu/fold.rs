@@ -15,8 +15,8 @@
 //! stream counts and fused lookups. A projected table is as large as its table, so folding is
 //! skipped when a model's projected tables would take more than [`FOLD_MAX_BYTES`], and engines
 //! of one process over the same weights share each projected table (built once while any engine
-//! holds it). `STREAMREC_CPU_FOLD=off` (or `CpuBackend::with_fold(false)`) turns folding off, for
-//! comparisons.
+//! holds it). [`CpuBackend::with_fold(false)`](super::CpuBackend::with_fold) turns folding off,
+//! for comparisons.
 
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
@@ -39,20 +39,6 @@ pub(crate) struct Fold {
     pub(crate) linear: OpId,
     pub(crate) lookup: OpId,
     pub(crate) slot: usize,
-}
-
-/// Whether folding is on in this process (`STREAMREC_CPU_FOLD=off` turns it off).
-pub(crate) fn enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| {
-        !matches!(
-            std::env::var("STREAMREC_CPU_FOLD")
-                .ok()
-                .as_deref()
-                .map(str::trim),
-            Some("off" | "0" | "false" | "no")
-        )
-    })
 }
 
 /// The linear layers of `graph` that can be folded into their feature's table: a linear op whose
@@ -169,7 +155,7 @@ pub(crate) fn project(
     let mut data = crate::weights::alloc_f32(len, 0.0).map_err(|e| {
         RuntimeError::Input(format!(
             "cannot allocate a projected table of {len} floats ({e}); \
-             STREAMREC_CPU_FOLD=off runs without them"
+             a backend with folding off needs none"
         ))
     })?;
     let packed = PackedLinear::new(&weight.data, dim, dim, None);

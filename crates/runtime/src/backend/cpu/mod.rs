@@ -18,7 +18,7 @@
 //! placement) is in [`crate::backend::shared`].
 
 mod exec;
-pub(crate) mod fold;
+mod fold;
 mod memory;
 mod pool;
 
@@ -60,10 +60,11 @@ impl Drop for CpuBackend {
     }
 }
 
-/// Whether a new CPU backend folds embedding projections into their tables
-/// ([`CpuBackend::with_fold`]): on unless `STREAMREC_CPU_FOLD=off` (or `0`, `false`, `no`).
+/// Whether a new CPU backend folds embedding projections into their tables: always (the
+/// library reads no environment; [`CpuBackend::with_fold`] and
+/// [`BackendOptions::cpu_fold`](crate::engine::BackendOptions::cpu_fold) turn it off).
 pub fn fold_default() -> bool {
-    fold::enabled()
+    true
 }
 
 impl CpuBackend {
@@ -80,12 +81,12 @@ impl CpuBackend {
         Self {
             pool,
             workers,
-            fold: fold::enabled(),
+            fold: fold_default(),
         }
     }
 
     /// Whether engines on this backend fold a square linear layer into the table whose pooled
-    /// rows it alone reads (on unless `STREAMREC_CPU_FOLD=off`): the lookup then pools
+    /// rows it alone reads (on by default): the lookup then pools
     /// `table · Wᵀ` and the layer only adds its bias, one GEMM less per feature. Off, every layer
     /// runs as written (for comparisons); either way within f32 rounding of each other.
     pub fn with_fold(mut self, on: bool) -> Self {
