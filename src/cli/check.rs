@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use streamrec_graph::{Algorithm, OpGraph};
-use streamrec_runtime::backend::{BackendKind, BackendOptions};
+use streamrec_graph::Algorithm;
+use streamrec_runtime::backend::BackendKind;
+use streamrec_runtime::builder::EngineBuilder;
 use streamrec_runtime::gen::{random_batch, Skew};
-use streamrec_runtime::{EngineConfig, Weights};
+use streamrec_runtime::Weights;
 
-use super::run::{build, Target};
-use super::{EngineArgs, ModelArgs, PlanOpts};
+use super::{EngineArgs, IntoCli, ModelArgs, PlanOpts};
 
 /// Arguments of `streamrec check`.
 #[derive(Debug, Args)]
@@ -46,38 +46,22 @@ pub fn main(a: CheckArgs) -> Result<()> {
         anyhow::bail!("--tolerance: must be a finite number >= 0");
     }
     let spec = a.model.load()?;
-    let graph = OpGraph::from_spec(&spec);
-    let weights = Weights::for_graph(&graph)?;
-    let cfg = EngineConfig {
-        contexts: 1,
-        max_batch: a.batch,
-        graphs: a.engine.graphs(),
-        trace: false,
-        validate: true,
-    };
-    let reference = build(
-        &Target {
-            backend: BackendKind::Cpu,
-            opts: BackendOptions::default(),
-            cfg: EngineConfig {
-                graphs: false,
-                ..cfg.clone()
-            },
-        },
-        &graph,
-        &a.plan,
-        Algorithm::Single,
-        a.batch,
-        &weights,
-    )?;
-    let tested = build(
-        &a.engine.target(cfg),
-        &graph,
-        &a.plan,
-        a.plan.algo(),
-        a.batch,
-        &weights,
-    )?;
+    let reference = EngineBuilder::new(&spec)
+        .backend(BackendKind::Cpu)
+        .plan_options(a.plan.options(Algorithm::Single)?)
+        .contexts(1)
+        .max_batch(a.batch);
+    let weights = Weights::for_graph(reference.graph())?;
+    let reference = reference.weights(&weights).build().cli()?;
+    let tested = a
+        .engine
+        .builder(&spec)
+        .weights(&weights)
+        .plan_options(a.plan.options(a.plan.algo())?)
+        .contexts(1)
+        .max_batch(a.batch)
+        .build()
+        .cli()?;
     let (mut max_abs, mut max_rel) = (0f64, 0f64);
     for i in 0..a.batches {
         let b = Arc::new(random_batch(&spec, a.batch, Skew::Uniform, 1000 + i));

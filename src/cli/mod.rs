@@ -5,19 +5,17 @@ mod load;
 mod plan;
 pub mod run;
 mod serve;
-pub mod tune;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use streamrec_graph::{
-    Algorithm, AssignConfig, CostModel, DeviceProfile, GraphError, MeasuredCosts, ModelSpec,
-    OpGraph, Planned, SimMode,
-};
-use streamrec_runtime::backend::{BackendKind, BackendOptions};
-use streamrec_runtime::{EngineConfig, RuntimeError};
+use streamrec_graph::{Algorithm, CostModel, GraphError, ModelSpec, OpGraph, Planned, SimMode};
+use streamrec_runtime::backend::BackendKind;
+use streamrec_runtime::builder::{BuildError, BuildResult, EngineBuilder, NoteSink, PlanOptions};
+use streamrec_runtime::tune::{cache_dir_in, Note};
+use streamrec_runtime::RuntimeError;
 
 /// StreamRec: multi-stream inference for deep-learning recommendation models.
 #[derive(Debug, Parser)]
@@ -38,7 +36,7 @@ enum Cmd {
     /// Serve the model over HTTP (KServe v2 REST, Triton's binary extension, /metrics).
     Serve(serve::ServeArgs),
     /// Open-loop load against a KServe v2 server (constant, Poisson or trace), or `load merge`.
-    Load(load::LoadArgs),
+    Load(Box<load::LoadArgs>),
 }
 
 /// The model to load.
@@ -82,9 +80,6 @@ pub struct PlanOpts {
     /// Measured per-op times (JSON or TOML, as written by `run --profile`).
     #[arg(long, value_name = "FILE")]
     pub costs: Option<PathBuf>,
-    /// The name a plan made from these options goes by (measured `auto` sets `auto:<choice>`).
-    #[arg(skip)]
-    pub label: Option<String>,
 }
 
 impl PlanOpts {
@@ -93,47 +88,38 @@ impl PlanOpts {
         self.algo.unwrap_or(Algorithm::Single)
     }
 
-    /// The cost model: the named profile (or `default_device`) plus measured times; a `cpu`
-    /// profile gets `cpu_threads` cores, all of which one kernel may use.
-    pub fn cost_model(&self, default_device: &str, cpu_threads: usize) -> Result<CostModel> {
-        let name = self.device.as_deref().unwrap_or(default_device);
-        let mut profile = DeviceProfile::by_name_or_path(name)?;
-        if profile.name.starts_with("cpu") {
-            // The CPU backend's pool: `cpu_threads` cores, any of which one kernel's tiles use.
-            profile.units = cpu_threads.max(1) as f64;
-            profile.max_units_per_kernel = profile.units;
-        }
-        let mut cost = CostModel::new(profile);
-        if let Some(p) = &self.costs {
-            cost = cost.with_measured(MeasuredCosts::load(p)?);
-        }
-        Ok(cost)
-    }
-
-    /// Plans the graph.
-    pub fn assign(
-        &self,
-        graph: &OpGraph,
-        batch: usize,
-        mode: SimMode,
-        cost: &CostModel,
-    ) -> Result<Planned> {
+    /// The library's plan options for `algo`, once `--streams` and `--fuse` are in range (the
+    /// errors name the flags).
+    pub fn options(&self, algo: Algorithm) -> Result<PlanOptions> {
         bounded("--streams", self.streams, MAX_STREAMS)?;
         if self.fuse == Some(0) {
             anyhow::bail!("--fuse: must be > 0");
         }
-        let cfg = AssignConfig {
-            algo: self.algo(),
-            max_streams: self.streams,
-            batch,
-            mode,
+        Ok(self.unchecked(algo))
+    }
+
+    fn unchecked(&self, algo: Algorithm) -> PlanOptions {
+        PlanOptions {
+            algo,
+            streams: self.streams,
             fuse: self.fuse,
-        };
-        let mut planned = streamrec_graph::assign(graph, &cfg, cost)?;
-        if let Some(l) = &self.label {
-            planned.plan.algo = l.clone();
+            device: self.device.clone(),
+            costs: self.costs.clone(),
+            label: None,
         }
-        Ok(planned)
+    }
+
+    /// The cost model: the named profile (or `default_device`) plus measured times; a `cpu`
+    /// profile gets `cpu_threads` cores, all of which one kernel may use.
+    pub fn cost_model(&self, default_device: &str, cpu_threads: usize) -> Result<CostModel> {
+        self.unchecked(self.algo())
+            .cost_model(default_device, cpu_threads)
+            .cli()
+    }
+
+    /// Plans the graph `g` for batch `b` in mode `m` with cost model `c`.
+    pub fn assign(&self, g: &OpGraph, b: usize, m: SimMode, c: &CostModel) -> Result<Planned> {
+        self.options(self.algo())?.assign(g, b, m, c).cli()
     }
 }
 
@@ -176,21 +162,86 @@ impl EngineArgs {
         self.graph == "on"
     }
 
-    /// The build target for an engine configuration.
-    pub fn target(&self, cfg: EngineConfig) -> run::Target {
-        run::Target {
-            backend: self.backend,
-            opts: BackendOptions {
-                tf32: self.tf32,
-                cpu_threads: self.cpu_threads(),
-            },
-            cfg,
-        }
+    /// A builder for `spec` with these flags: backend, TF32, CPU threads, CUDA graphs.
+    pub fn builder<'a>(&self, spec: &'a ModelSpec) -> EngineBuilder<'a> {
+        EngineBuilder::new(spec)
+            .backend(self.backend)
+            .tf32(self.tf32)
+            .threads(self.cpu_threads())
+            .graphs(self.graphs())
+    }
+}
+
+/// How measured `auto` runs (`run` and `serve`).
+#[derive(Debug, Args, Clone)]
+pub struct AutoArgs {
+    /// Measure `auto` again instead of using the cached choice (as does STREAMREC_RETUNE=1 in
+    /// the environment). Choices are cached in $STREAMREC_CACHE_DIR, else
+    /// $XDG_CACHE_HOME/streamrec, else ~/.cache/streamrec.
+    #[arg(long)]
+    pub retune: bool,
+}
+
+impl AutoArgs {
+    /// Sets up measured `auto` on `b`: timed at `batches`, cached where the environment says,
+    /// retimed with `--retune` or `STREAMREC_RETUNE=1` (read here, once), its choice printed to
+    /// stderr unless `quiet` (a cache it cannot write is reported either way).
+    pub fn apply<'a>(
+        &self,
+        b: EngineBuilder<'a>,
+        batches: &[usize],
+        quiet: bool,
+    ) -> EngineBuilder<'a> {
+        let retune = self.retune || std::env::var("STREAMREC_RETUNE").is_ok_and(|v| v == "1");
+        let sink: NoteSink<'static> = if quiet { &quiet_note } else { &print_note };
+        b.tune_batches(batches)
+            .retune(retune)
+            .cache_dir(cache_dir_in(|k| std::env::var_os(k)))
+            .notes(Some(sink))
+    }
+}
+
+/// Prints what measured `auto` reports.
+fn print_note(n: &Note<'_>) {
+    match n {
+        Note::Cached { choice, path } => eprintln!(
+            "auto: {} (cached choice in {}; --retune or STREAMREC_RETUNE=1 measures again)",
+            choice.label(),
+            path.display()
+        ),
+        n => eprintln!("{n}"),
+    }
+}
+
+/// Prints only the warnings of measured `auto`.
+fn quiet_note(n: &Note<'_>) {
+    if n.is_warning() {
+        eprintln!("{n}");
+    }
+}
+
+/// Turns an engine-assembly error into the CLI's: the flag that asked for a CUDA-only
+/// feature named first, runtime and graph errors as themselves (so that [`exit_code`] finds an
+/// unavailable backend).
+pub trait IntoCli<T> {
+    /// The CLI's error.
+    fn cli(self) -> Result<T>;
+}
+
+impl<T> IntoCli<T> for BuildResult<T> {
+    fn cli(self) -> Result<T> {
+        self.map_err(|e| match e {
+            BuildError::Runtime(r) => r.into(),
+            BuildError::Graph(g) => g.into(),
+            e @ BuildError::GraphsNeedCuda => anyhow::Error::new(e).context("--graph on"),
+            e @ BuildError::Tf32NeedsCuda => anyhow::Error::new(e).context("--tf32"),
+            e => e.into(),
+        })
     }
 }
 
 /// Most streams a plan may use (`--streams`).
-pub const MAX_STREAMS: usize = 256;
+pub const MAX_STREAMS: usize = streamrec_runtime::builder::MAX_STREAMS;
 /// Most execution contexts (`--contexts`).
 pub const MAX_CONTEXTS: usize = 64;
 /// Most threads of one kind (`--threads`, `--cpu-threads`).
@@ -214,7 +265,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Run(a) => run::main(a),
         Cmd::Check(a) => check::main(a),
         Cmd::Serve(a) => serve::main(a),
-        Cmd::Load(a) => load::main(a),
+        Cmd::Load(a) => load::main(*a),
     }
 }
 
@@ -224,7 +275,9 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         matches!(
             c.downcast_ref::<RuntimeError>(),
             Some(RuntimeError::Unavailable(_))
-        )
+        ) || c
+            .downcast_ref::<BuildError>()
+            .is_some_and(BuildError::is_unavailable)
     }) {
         2
     } else {

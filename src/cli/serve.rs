@@ -6,13 +6,12 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use streamrec_graph::{Algorithm, OpGraph};
+use streamrec_graph::Algorithm;
 use streamrec_runtime::backend::{resolve, BackendKind};
-use streamrec_runtime::{EngineConfig, Weights};
+use streamrec_runtime::Weights;
 use streamrec_serve::{Model, ServeConfig, Server};
 
-use super::run::build;
-use super::{EngineArgs, ModelArgs, PlanOpts};
+use super::{AutoArgs, EngineArgs, IntoCli, ModelArgs, PlanOpts};
 
 /// Arguments of `streamrec serve`.
 #[derive(Debug, Args)]
@@ -58,6 +57,8 @@ pub struct ServeArgs {
     costs: Option<PathBuf>,
     #[command(flatten)]
     engine: EngineArgs,
+    #[command(flatten)]
+    auto: AutoArgs,
 }
 
 /// Runs `streamrec serve` until ctrl-c or SIGTERM.
@@ -109,29 +110,34 @@ pub fn main(a: ServeArgs) -> Result<()> {
         fuse: a.fuse,
         device: a.device.clone(),
         costs: a.costs.clone(),
-        label: None,
     };
-    let graph = OpGraph::from_spec(&spec);
-    let weights = Weights::for_graph(&graph)?;
-    let engine_cfg = EngineConfig {
-        contexts: cfg.contexts,
-        max_batch: cfg.max_batch,
-        graphs: a.engine.graphs(),
-        trace: false,
-        validate: true,
-    };
-    let mut target = a.engine.target(engine_cfg);
-    target.backend = backend;
+    let builder = a
+        .engine
+        .builder(&spec)
+        .backend(backend)
+        .plan_options(plan.options(a.algo)?)
+        .contexts(cfg.contexts)
+        .max_batch(cfg.max_batch)
+        .trace(false)
+        .validate(true);
+    let weights = Weights::for_graph(builder.graph())?;
     // `auto`: measured at batch 1 (a lightly loaded server) and 16 (dynamic batches under load),
     // cached per machine; the plan view below shows the algorithm it picked.
-    let plan = if a.algo == Algorithm::Auto {
-        let mut sizes = vec![1, 16.min(cfg.max_batch)];
-        sizes.dedup();
-        super::tune::tune(&target, &spec, &graph, &plan, &sizes, &weights, false)?
-    } else {
-        plan
-    };
-    let built = build(&target, &graph, &plan, plan.algo(), cfg.max_batch, &weights)?;
+    let mut sizes = vec![1, 16.min(cfg.max_batch)];
+    sizes.dedup();
+    let builder = a
+        .auto
+        .apply(builder.weights(&weights), &sizes, false)
+        .tuned()
+        .cli()?;
+    let built = builder
+        .plan(cfg.max_batch)
+        .and_then(|p| builder.load(p))
+        .cli()?;
+    let graph = streamrec_graph::OpGraph::clone(builder.graph());
+    let plan = builder.plan_opts().clone();
+    let cost = builder.cost_model().cli()?;
+    drop(builder);
     drop(weights);
     let describe = format!(
         "backend {}, plan {} on {} stream(s) ({} waits), max_batch {}, max_queue_delay {} us, {} context(s)",
@@ -153,13 +159,7 @@ pub fn main(a: ServeArgs) -> Result<()> {
         })
         .context("starting the server")?;
     // The plan view at /ui: every algorithm at the server's max batch, read-only.
-    let device = if backend == BackendKind::Cuda {
-        "h200"
-    } else {
-        "cpu"
-    };
-    let cost = plan.cost_model(device, a.engine.cpu_threads())?;
-    let algo_name = plan.algo().to_string();
+    let algo_name = plan.algo.to_string();
     let view = streamrec_graph::html::page(
         &graph,
         &cost,

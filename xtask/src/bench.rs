@@ -9,12 +9,14 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use streamrec_graph::{
     assign, simulate, Algorithm, AssignConfig, CostModel, DeviceProfile, MeasuredCosts, ModelSpec,
-    OpGraph, Plan, SimMode,
+    OpGraph, Plan, Planned, SimMode,
 };
+use streamrec_runtime::backend::BackendKind;
+use streamrec_runtime::builder::{Built, EngineBuilder};
 use streamrec_runtime::calibrate;
 use streamrec_runtime::gen::{random_batch, Skew};
 use streamrec_runtime::stats::LatencySummary;
-use streamrec_runtime::{measure, Batch, CpuBackend, Engine, EngineConfig, MeasureConfig, Weights};
+use streamrec_runtime::{measure, Batch, EngineConfig, Infer, MeasureConfig, Weights};
 
 struct Opts {
     quick: bool,
@@ -110,30 +112,26 @@ fn batches(spec: &ModelSpec, b: usize) -> Vec<Arc<Batch>> {
 }
 
 /// An engine on the CPU backend (every core) over the model's weights.
-fn cpu_engine(
-    m: &Model,
-    graph: &OpGraph,
-    plan: Plan,
-    cfg: EngineConfig,
-) -> Result<Engine<CpuBackend>> {
-    engine_on(CpuBackend::new(), m, graph.clone(), plan, cfg)
+fn cpu_engine(m: &Model, graph: &OpGraph, plan: Plan, cfg: EngineConfig) -> Result<Box<dyn Infer>> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Ok(built_on(cores, m, graph.clone(), plan, cfg)?.engine)
 }
 
-/// An engine on `backend` over the model's weights.
-fn engine_on(
-    backend: CpuBackend,
+/// An engine on a CPU pool of `threads` over the model's weights, built by the runtime's
+/// builder for a given plan.
+fn built_on(
+    threads: usize,
     m: &Model,
     graph: OpGraph,
     plan: Plan,
     cfg: EngineConfig,
-) -> Result<Engine<CpuBackend>> {
-    Ok(Engine::new(
-        backend,
-        Arc::new(graph),
-        plan,
-        &m.weights,
-        cfg,
-    )?)
+) -> Result<Built> {
+    Ok(EngineBuilder::new(&m.spec)
+        .weights(&m.weights)
+        .backend(BackendKind::Cpu)
+        .threads(threads)
+        .engine_config(cfg)
+        .load(Planned { graph, plan })?)
 }
 
 /// `m` planned with `algo` on at most `k` streams for batch `b`, on a CPU pool of `threads`.
@@ -144,10 +142,10 @@ fn pool_engine(
     threads: usize,
     b: usize,
     cost: &CostModel,
-) -> Result<Engine<CpuBackend>> {
+) -> Result<Built> {
     let planned = plan_for(&m.graph, algo, k, b, cost)?;
-    engine_on(
-        CpuBackend::with_threads(threads),
+    built_on(
+        threads,
         m,
         planned.graph,
         planned.plan,
@@ -167,7 +165,7 @@ fn engine_cfg(b: usize, contexts: usize, trace: bool) -> EngineConfig {
 
 /// Runs an engine for about `budget` (at most 400 timed requests) on `input`.
 fn time_engine(
-    engine: &Engine<CpuBackend>,
+    engine: &dyn Infer,
     contexts: usize,
     input: &[Arc<Batch>],
     budget: Duration,
@@ -234,7 +232,7 @@ fn verdict(ratio: f64, noise: f64) -> &'static str {
 /// Times every engine in `rounds` interleaved rounds, so that machine noise spreads over all of
 /// them alike, and keeps the median of each figure over the rounds (and every round).
 fn time_side_by_side(
-    engines: &[(&Engine<CpuBackend>, usize)],
+    engines: &[(&dyn Infer, usize)],
     input: &[Arc<Batch>],
     budget: Duration,
     rounds: usize,
@@ -245,7 +243,7 @@ fn time_side_by_side(
 
 /// [`time_side_by_side`], calling `between(round)` after each round (a peer's round).
 fn time_rounds(
-    engines: &[(&Engine<CpuBackend>, usize)],
+    engines: &[(&dyn Infer, usize)],
     input: &[Arc<Batch>],
     budget: Duration,
     rounds: usize,
@@ -298,33 +296,34 @@ fn measured_auto(
     b: usize,
     cost: &CostModel,
 ) -> Result<(usize, streamrec_graph::Planned)> {
-    use streamrec::cli::{run::Target, tune, PlanOpts};
+    use streamrec_runtime::builder::{EngineBuilder, PlanOptions};
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let target = Target {
-        backend: streamrec_runtime::backend::BackendKind::Cpu,
-        opts: streamrec_runtime::backend::BackendOptions::default(),
-        cfg: engine_cfg(b, 1, false),
+    // Timed now (a cached choice is not read; the new one is cached as `run` would).
+    let warn = |n: &streamrec_runtime::tune::Note<'_>| {
+        if n.is_warning() {
+            eprintln!("{n}");
+        }
     };
-    let opts = PlanOpts {
-        algo: None,
-        streams: cores,
-        fuse: None,
-        device: None,
-        costs: None,
-        label: None,
-    };
-    let chosen = tune::tune_with(
-        &target,
-        &m.spec,
-        &m.graph,
-        &opts,
-        &[b],
-        &m.weights,
-        true,
-        false,
-    )?;
+    let tuned = EngineBuilder::new(&m.spec)
+        .weights(&m.weights)
+        .backend(BackendKind::Cpu)
+        .contexts(1)
+        .max_batch(b)
+        .plan_options(PlanOptions {
+            algo: Algorithm::Auto,
+            streams: cores,
+            ..PlanOptions::default()
+        })
+        .tune_batches(&[b])
+        .retune(true)
+        .cache_dir(streamrec_runtime::tune::cache_dir_in(|k| {
+            std::env::var_os(k)
+        }))
+        .notes(Some(&warn))
+        .tuned()?;
+    let chosen = tuned.plan_opts().clone();
     let cfg = AssignConfig {
-        algo: chosen.algo(),
+        algo: chosen.algo,
         max_streams: chosen.streams,
         batch: b,
         mode: SimMode::Eager,
@@ -339,7 +338,7 @@ fn measured_auto(
 fn profile(m: &Model, input: &[Arc<Batch>], budget: Duration) -> Result<MeasuredCosts> {
     let b = input[0].size;
     let engine = cpu_engine(m, &m.graph, Plan::single(&m.graph), engine_cfg(b, 1, true))?;
-    time_engine(&engine, 1, input, budget)?;
+    time_engine(engine.as_ref(), 1, input, budget)?;
     let events = engine.take_trace();
     let mut costs = MeasuredCosts {
         device: "cpu (measured by cargo xtask bench)".into(),
@@ -583,8 +582,8 @@ pub fn run(args: &[String]) -> Result<()> {
                 m.spec.name,
                 configs.len()
             ));
-            let engines: Vec<(&Engine<CpuBackend>, usize)> =
-                configs.iter().map(|c| (&c.5, 1)).collect();
+            let engines: Vec<(&dyn Infer, usize)> =
+                configs.iter().map(|c| (c.5.as_ref(), 1)).collect();
             let rounds = 3;
             let per_round_ms = (budget / rounds as u32).as_millis() as u64;
             let results = time_rounds(
@@ -715,7 +714,13 @@ pub fn run(args: &[String]) -> Result<()> {
             let plan = Plan::single(&m.graph);
             let one = cpu_engine(&m, &m.graph, plan.clone(), engine_cfg(b, 1, false))?;
             let two = cpu_engine(&m, &m.graph, plan, engine_cfg(b, 2, false))?;
-            let r = time_side_by_side(&[(&one, 1), (&two, 2)], &input, budget, 3, || {})?;
+            let r = time_side_by_side(
+                &[(one.as_ref(), 1), (two.as_ref(), 2)],
+                &input,
+                budget,
+                3,
+                || {},
+            )?;
             let tput_spread =
                 |t: &Timed| spread(&t.rounds.iter().map(|r| r.samples_per_s).collect::<Vec<_>>());
             let noise = tput_spread(&r[0]).max(tput_spread(&r[1]));
@@ -756,11 +761,11 @@ pub fn run(args: &[String]) -> Result<()> {
                     algo,
                     k,
                     threads,
-                    pool_engine(&m, algo, k, threads, b, &cost)?,
+                    pool_engine(&m, algo, k, threads, b, &cost)?.engine,
                 ));
             }
-            let engines: Vec<(&Engine<CpuBackend>, usize)> =
-                setups.iter().map(|s| (&s.3, 1)).collect();
+            let engines: Vec<(&dyn Infer, usize)> =
+                setups.iter().map(|s| (s.3.as_ref(), 1)).collect();
             let r = time_side_by_side(&engines, &input, budget, 3, || {})?;
             // The noise floor: the round-to-round spread of the baseline (single, 1 thread).
             let noise = spread(&r[0].p50s());
@@ -889,9 +894,10 @@ pub fn peer_task(args: &[String]) -> Result<()> {
             "--budget-ms" => budget_ms = Some(num(it.next(), "--budget-ms")?.max(1)),
             "--keep" => keep = Some(PathBuf::from(it.next().context("--keep needs a folder")?)),
             "--batch" => {
-                sizes = streamrec::cli::run::parse_batches(
+                sizes = streamrec_runtime::builder::parse_batch_sizes(
                     it.next().context("--batch needs sizes")?,
-                )?
+                )
+                .context("--batch")?
             }
             x => bail!("peer: unknown option `{x}` (known: --model, --row-cap, --budget-ms, --keep, --batch)"),
         }
@@ -911,23 +917,23 @@ pub fn peer_task(args: &[String]) -> Result<()> {
         let budget = budget_ms.map_or_else(|| budget_for(false, b), Duration::from_millis);
         let costs = profile(&m, &input, budget)?;
         let cost = CostModel::new(cpu.clone()).with_measured(costs);
-        let mut setups: Vec<(String, Engine<CpuBackend>)> = Vec::new();
+        let mut setups: Vec<(String, Box<dyn Infer>)> = Vec::new();
         for (algo, k, threads) in [
             (Algorithm::Single, 1, 1),
             (Algorithm::Single, 1, cores),
             (Algorithm::StreamRec, cores, 1),
         ] {
-            let engine = pool_engine(&m, algo, k, threads, b, &cost)?;
+            let built = pool_engine(&m, algo, k, threads, b, &cost)?;
             setups.push((
-                format!("{} x{k} threads{threads}", engine.plan().algo),
-                engine,
+                format!("{} x{k} threads{threads}", built.plan.algo),
+                built.engine,
             ));
         }
         let (_, planned) = measured_auto(&m, b, &cost)?;
         let label = format!("auto ({})", planned.plan.algo);
         let auto = cpu_engine(&m, &planned.graph, planned.plan, engine_cfg(b, 1, false))?;
         setups.push((label, auto));
-        let engines: Vec<(&Engine<CpuBackend>, usize)> = setups.iter().map(|s| (&s.1, 1)).collect();
+        let engines: Vec<(&dyn Infer, usize)> = setups.iter().map(|s| (s.1.as_ref(), 1)).collect();
         let per_round_ms = (budget / 3).as_millis().max(1) as u64;
         let r = time_rounds(
             &engines,

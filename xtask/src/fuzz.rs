@@ -10,10 +10,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use streamrec_graph::{ModelSpec, OpGraph, Plan};
+use streamrec_graph::{Algorithm, ModelSpec};
+use streamrec_runtime::backend::BackendKind;
+use streamrec_runtime::builder::EngineBuilder;
 use streamrec_runtime::gen::{random_batch, Skew};
 use streamrec_runtime::request::InferRequest;
-use streamrec_runtime::{CpuBackend, Engine, EngineConfig, IndexVec, Weights};
+use streamrec_runtime::IndexVec;
 use streamrec_serve::client::Client;
 use streamrec_serve::fuzz::{mutate, random_bytes};
 use streamrec_serve::protocol::parse_infer;
@@ -57,18 +59,12 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../workloads/tiny.toml");
     let spec = ModelSpec::load(&path, None)?;
-    let graph = OpGraph::from_spec(&spec);
-    let weights = Weights::for_graph(&graph)?;
-    let engine = Engine::new(
-        CpuBackend::new(),
-        Arc::new(graph.clone()),
-        Plan::single(&graph),
-        &weights,
-        EngineConfig {
-            max_batch: 64,
-            ..EngineConfig::default()
-        },
-    )?;
+    let engine = EngineBuilder::new(&spec)
+        .backend(BackendKind::Cpu)
+        .algo(Algorithm::Single)
+        .max_batch(64)
+        .build()?
+        .engine;
     let server = Server::start(
         ServeConfig {
             port: 0,
@@ -77,7 +73,7 @@ pub fn run(args: &[String]) -> Result<()> {
         },
         Model {
             spec: spec.clone(),
-            engine: Arc::new(engine),
+            engine: Arc::from(engine),
         },
     )?
     .spawn();

@@ -10,9 +10,11 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
-use streamrec_graph::{ModelSpec, OpGraph, Plan};
+use streamrec_graph::{Algorithm, ModelSpec, OpGraph};
+use streamrec_runtime::backend::BackendKind;
+use streamrec_runtime::builder::EngineBuilder;
 use streamrec_runtime::stats::median;
-use streamrec_runtime::{Batch, CpuBackend, Engine, EngineConfig, Weights};
+use streamrec_runtime::{Batch, Weights};
 
 /// Largest absolute difference allowed between an ORT score and the engine's.
 pub(crate) const TOLERANCE: f64 = 1e-5;
@@ -186,16 +188,13 @@ fn engine_scores(
     batches: &[Arc<Batch>],
 ) -> Result<Vec<Vec<f32>>> {
     let max_batch = batches.iter().map(|b| b.size).max().unwrap_or(1);
-    let engine = Engine::new(
-        CpuBackend::new(),
-        Arc::new(graph.clone()),
-        Plan::single(graph),
-        weights,
-        EngineConfig {
-            max_batch,
-            ..EngineConfig::default()
-        },
-    )?;
+    let engine = EngineBuilder::new(&graph.spec)
+        .weights(weights)
+        .backend(BackendKind::Cpu)
+        .algo(Algorithm::Single)
+        .max_batch(max_batch)
+        .build()?
+        .engine;
     batches.iter().map(|b| Ok(engine.infer(b)?)).collect()
 }
 

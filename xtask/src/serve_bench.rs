@@ -13,10 +13,12 @@ use streamrec_runtime::stats::median;
 
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
-use streamrec_graph::{ModelSpec, OpGraph, Plan};
+use streamrec_graph::{Algorithm, ModelSpec};
+use streamrec_runtime::backend::BackendKind;
+use streamrec_runtime::builder::EngineBuilder;
 use streamrec_runtime::gen::{random_batch, Skew};
 use streamrec_runtime::request::InferRequest;
-use streamrec_runtime::{CpuBackend, Engine, EngineConfig, Infer, Weights};
+use streamrec_runtime::Infer;
 use streamrec_serve::client::Client;
 use streamrec_serve::{Model, ServeConfig, Server};
 
@@ -161,22 +163,16 @@ pub fn run(args: &[String]) -> Result<()> {
     ] {
         let path = root.join("workloads").join(file);
         let spec = ModelSpec::load(&path, cap).with_context(|| path.display().to_string())?;
-        let graph = OpGraph::from_spec(&spec);
-        let weights = Weights::for_graph(&graph)?;
         let contexts = 2;
-        let engine: Arc<dyn Infer> = Arc::new(Engine::new(
-            CpuBackend::new(),
-            Arc::new(graph.clone()),
-            Plan::single(&graph),
-            &weights,
-            EngineConfig {
-                contexts,
-                max_batch: batch.max(256),
-                graphs: false,
-                trace: false,
-                validate: true,
-            },
-        )?);
+        let engine: Arc<dyn Infer> = Arc::from(
+            EngineBuilder::new(&spec)
+                .backend(BackendKind::Cpu)
+                .algo(Algorithm::Single)
+                .contexts(contexts)
+                .max_batch(batch.max(256))
+                .build()?
+                .engine,
+        );
         // What parsing costs: a 100-sample JSON body through the server's parser and checks.
         let hundred = serde_json::to_vec(&InferRequest::from_batch(
             &spec,
