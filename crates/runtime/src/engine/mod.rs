@@ -1,6 +1,6 @@
 //! The engine: weights + plan + a pool of execution contexts on one backend.
 //!
-//! [`Infer`] is an engine on any backend, type-erased (what the server and [`crate::measure()`]
+//! [`Infer`] is an engine on any backend, type-erased (what the server and `measure`
 //! use); [`build_engine`] builds one on the backend a [`BackendKind`] picks at run time.
 //!
 //! A request takes a free context, stages its inputs on stream 0, forks the other streams off

@@ -62,7 +62,7 @@ impl Drop for CpuBackend {
 
 /// Whether a new CPU backend folds embedding projections into their tables: always (the
 /// library reads no environment; [`CpuBackend::with_fold`] and
-/// [`BackendOptions::cpu_fold`](crate::engine::BackendOptions::cpu_fold) turn it off).
+/// the engine's `BackendOptions::cpu_fold` turn it off).
 pub fn fold_default() -> bool {
     true
 }
