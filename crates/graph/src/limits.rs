@@ -1,4 +1,5 @@
-//! Upper bounds on every size that comes from a spec, a request or a flag.
+//! Upper bounds on every size that comes from a spec, a request or a flag. (The default
+//! request body limit is the protocol's: `streamrec_protocol::limits`.)
 //!
 //! Sizes are checked against these bounds (and computed with checked arithmetic) before any
 //! allocation, so a typo such as `pooling = 1000000000000` is a one-line error naming the field,
@@ -25,5 +26,3 @@ pub const MAX_CROSS_LAYERS: usize = 64;
 pub const MAX_RANK: usize = 65_536;
 /// Most indices of one feature in one batch (a request's `[N]` or a generated batch).
 pub const MAX_BATCH_INDICES: usize = 1 << 28;
-/// Largest request body by default, in bytes (`--max-request-bytes` changes it).
-pub const DEFAULT_MAX_REQUEST_BYTES: usize = 64 << 20;

@@ -1,19 +1,20 @@
 //! Request bodies, prepared before a run so that sending costs only a reference-count bump:
 //! KServe v2 JSON, or Triton's binary tensor data extension (a JSON header of
 //! `Inference-Header-Content-Length` bytes, then each input's raw little-endian data in input
-//! order, `parameters.binary_data_size` bytes each, and scores asked back in binary).
+//! order, `parameters.binary_data_size` bytes each, and scores asked back in binary), both
+//! encoded by [`streamrec_protocol`] from random data drawn here.
 //!
 //! For every distinct batch size of a schedule, `variants` bodies with different random data
 //! are made; request `i` of that size uses variant `i mod variants`.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::str::FromStr;
 
 use bytes::Bytes;
 use hyper::header::HeaderValue;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use streamrec_protocol::{offsets_name, InferRequest, InferTensor};
 
 use crate::error::LoadError;
 use crate::model::ModelInputs;
@@ -202,94 +203,33 @@ fn make(
     let dense: Vec<f32> = (0..b * inputs.dense)
         .map(|_| rng.random_range(-1.0f32..1.0))
         .collect();
-    let sparse: Vec<(Vec<i64>, Vec<i64>)> = inputs
-        .features
-        .iter()
-        .zip(samplers)
-        .map(|(f, s)| {
-            let k = f.pooling as usize;
-            let idx = (0..b * k).map(|_| s.sample(rng)).collect();
-            let off = (0..b).map(|i| (i * k) as i64).collect();
-            (idx, off)
-        })
-        .collect();
-    let names = |f: &str| serde_json::to_string(f).expect("a string serialises");
-    match format {
-        BodyFormat::Json => {
-            let mut s = String::with_capacity(64 + dense.len() * 12);
-            let _ = write!(
-                s,
-                r#"{{"inputs":[{{"name":"dense","datatype":"FP32","shape":[{b},{}],"data":["#,
-                inputs.dense
-            );
-            join(&mut s, &dense);
-            s.push_str("]}");
-            for (f, (idx, off)) in inputs.features.iter().zip(&sparse) {
-                let _ = write!(
-                    s,
-                    r#",{{"name":{},"datatype":"INT64","shape":[{}],"data":["#,
-                    names(&f.name),
-                    idx.len()
-                );
-                join(&mut s, idx);
-                let _ = write!(
-                    s,
-                    r#"]}},{{"name":{},"datatype":"INT64","shape":[{b}],"data":["#,
-                    names(&format!("{}_offsets", f.name))
-                );
-                join(&mut s, off);
-                s.push_str("]}");
-            }
-            s.push_str("]}");
-            Body {
-                bytes: Bytes::from(s),
-                header_len: None,
-                batch,
-            }
-        }
-        BodyFormat::Binary => {
-            let mut head = String::new();
-            let mut raw: Vec<u8> = Vec::new();
-            let _ = write!(
-                head,
-                r#"{{"inputs":[{{"name":"dense","datatype":"FP32","shape":[{b},{}],"parameters":{{"binary_data_size":{}}}}}"#,
-                inputs.dense,
-                dense.len() * 4
-            );
-            raw.extend(dense.iter().flat_map(|x| x.to_le_bytes()));
-            for (f, (idx, off)) in inputs.features.iter().zip(&sparse) {
-                for (name, v) in [
-                    (names(&f.name), idx),
-                    (names(&format!("{}_offsets", f.name)), off),
-                ] {
-                    let _ = write!(
-                        head,
-                        r#",{{"name":{name},"datatype":"INT64","shape":[{}],"parameters":{{"binary_data_size":{}}}}}"#,
-                        v.len(),
-                        v.len() * 8
-                    );
-                    raw.extend(v.iter().flat_map(|x| x.to_le_bytes()));
-                }
-            }
-            head.push_str(r#"],"parameters":{"binary_data_output":true}}"#);
-            let n = head.len();
-            let mut bytes = head.into_bytes();
-            bytes.extend_from_slice(&raw);
-            Body {
-                bytes: Bytes::from(bytes),
-                header_len: Some(HeaderValue::from(n)),
-                batch,
-            }
-        }
+    let mut tensors = Vec::with_capacity(1 + 2 * inputs.features.len());
+    tensors.push(InferTensor::dense(b, inputs.dense, dense));
+    for (f, s) in inputs.features.iter().zip(samplers) {
+        let k = f.pooling as usize;
+        let idx = (0..b * k).map(|_| s.sample(rng)).collect();
+        let off = (0..b).map(|i| (i * k) as i64).collect();
+        tensors.push(InferTensor::ints(&f.name, "INT64", idx));
+        tensors.push(InferTensor::ints(offsets_name(&f.name), "INT64", off));
     }
-}
-
-fn join<T: std::fmt::Display>(s: &mut String, v: &[T]) {
-    for (i, x) in v.iter().enumerate() {
-        if i > 0 {
-            s.push(',');
+    let req = InferRequest {
+        id: None,
+        inputs: tensors,
+    };
+    match format {
+        BodyFormat::Json => Body {
+            bytes: Bytes::from(req.to_json()),
+            header_len: None,
+            batch,
+        },
+        BodyFormat::Binary => {
+            let enc = req.to_binary();
+            Body {
+                bytes: Bytes::from(enc.body),
+                header_len: enc.header_len.map(HeaderValue::from),
+                batch,
+            }
         }
-        let _ = write!(s, "{x}");
     }
 }
 

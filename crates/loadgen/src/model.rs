@@ -3,9 +3,8 @@
 //!
 //! The server's model metadata (`GET /v2/models/{m}`) gives the names, datatypes and shapes but
 //! not the number of rows of each table, so the load generator takes them from one of:
-//! - the model spec (`--spec workloads/x.toml [--row-cap N]`), read here with a minimal parser
-//!   of the fields it needs (`dense`, `row_cap`, `sparse.count|prefix|rows|pooling|features`),
-//!   so the load generator does not link the engine;
+//! - the model spec (`--spec workloads/x.toml [--row-cap N]`), read and validated by
+//!   [`streamrec_graph::ModelSpec`] as the server reads it (the spec crate, not the engine);
 //! - the metadata itself, when an input carries `parameters: {"rows": R, "pooling": P}`;
 //! - `--rows R [--pooling P]`: the same for every feature (any R up to the smallest table is
 //!   valid).
@@ -14,19 +13,11 @@
 
 use std::path::Path;
 
-use serde::Deserialize;
 use serde_json::Value;
+use streamrec_graph::limits::{MAX_FEATURES, MAX_POOLING, MAX_ROWS, MAX_WIDTH};
+use streamrec_graph::{GraphError, ModelSpec};
 
 use crate::error::LoadError;
-
-/// Widest dense input.
-pub const MAX_DENSE: usize = 65_536;
-/// Most sparse features.
-pub const MAX_FEATURES: usize = 1_024;
-/// Most rows in one table.
-pub const MAX_ROWS: u64 = 1 << 40;
-/// Most indices per sample of one feature.
-pub const MAX_POOLING: u32 = 4_096;
 
 /// One sparse feature of a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,136 +39,40 @@ pub struct ModelInputs {
     pub features: Vec<FeatureInput>,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum OneOrMany {
-    One(i64),
-    Many(Vec<i64>),
-}
-
-#[derive(Deserialize)]
-struct MiniFeature {
-    name: String,
-    rows: i64,
-    #[serde(default)]
-    pooling: Option<i64>,
-}
-
-#[derive(Deserialize, Default)]
-struct MiniSparse {
-    count: Option<i64>,
-    prefix: Option<String>,
-    rows: Option<OneOrMany>,
-    pooling: Option<OneOrMany>,
-    features: Option<Vec<MiniFeature>>,
-}
-
-#[derive(Deserialize)]
-struct MiniSpec {
-    dense: i64,
-    row_cap: Option<i64>,
-    #[serde(default)]
-    sparse: MiniSparse,
-}
-
-fn bounded(field: &str, v: i64, max: u64) -> Result<u64, String> {
-    if v <= 0 {
-        return Err(format!("{field}: must be > 0"));
-    }
-    if v as u64 > max {
-        return Err(format!("{field}: {v} is more than the limit of {max}"));
-    }
-    Ok(v as u64)
-}
-
-fn per_feature(field: &str, v: &OneOrMany, count: usize) -> Result<Vec<i64>, String> {
-    match v {
-        OneOrMany::One(x) => Ok(vec![*x; count]),
-        OneOrMany::Many(xs) if xs.len() == count => Ok(xs.clone()),
-        OneOrMany::Many(xs) => Err(format!(
-            "{field}: has {} values for {count} features",
-            xs.len()
-        )),
+impl From<&ModelSpec> for ModelInputs {
+    fn from(spec: &ModelSpec) -> Self {
+        ModelInputs::from_spec(spec)
     }
 }
 
 impl ModelInputs {
-    /// Reads the inputs from a model spec; `row_cap` overrides the spec's own cap (as
-    /// `streamrec serve --row-cap` does).
+    /// Reads the inputs from a model spec file; `row_cap` overrides the spec's own cap (as
+    /// `streamrec serve --row-cap` does). The spec is validated as the server validates it.
     pub fn from_spec_file(path: &Path, row_cap: Option<u64>) -> Result<ModelInputs, LoadError> {
-        let text = std::fs::read_to_string(path).map_err(|e| LoadError::io(path, e))?;
-        ModelInputs::from_spec(&text, row_cap).map_err(|m| LoadError::format(path, m))
+        let cap = row_cap.map(|c| usize::try_from(c).unwrap_or(usize::MAX));
+        let spec = ModelSpec::load(path, cap).map_err(|e| match e {
+            GraphError::Io { source, .. } => LoadError::io(path, source),
+            e => LoadError::format(path, e.to_string()),
+        })?;
+        Ok(ModelInputs::from_spec(&spec))
     }
 
-    /// Parses the fields of a model spec that a request needs; the error names the field.
-    pub fn from_spec(text: &str, row_cap: Option<u64>) -> Result<ModelInputs, String> {
-        let raw: MiniSpec = toml::from_str(text).map_err(|e| e.message().to_string())?;
-        let dense = bounded("dense", raw.dense, MAX_DENSE as u64)? as usize;
-        if row_cap == Some(0) {
-            return Err("--row-cap: must be > 0".into());
+    /// The inputs of a validated spec: its dense width, and per feature its name, (capped)
+    /// rows and pooling.
+    pub fn from_spec(spec: &ModelSpec) -> ModelInputs {
+        ModelInputs {
+            dense: spec.dense,
+            features: spec
+                .features
+                .iter()
+                .map(|f| FeatureInput {
+                    name: f.name.clone(),
+                    // Bounded by the spec's limits (MAX_ROWS, MAX_POOLING).
+                    rows: f.rows as u64,
+                    pooling: f.pooling as u32,
+                })
+                .collect(),
         }
-        let cap = match row_cap {
-            Some(c) => Some(c),
-            None => raw
-                .row_cap
-                .map(|c| bounded("row_cap", c, MAX_ROWS))
-                .transpose()?,
-        };
-        let capped = |r: u64| cap.map_or(r, |c| r.min(c));
-        let s = &raw.sparse;
-        let features: Vec<FeatureInput> = match (&s.features, s.count) {
-            (Some(list), None) => {
-                if list.len() > MAX_FEATURES {
-                    return Err(format!(
-                        "sparse.features: {} features, more than the limit of {MAX_FEATURES}",
-                        list.len()
-                    ));
-                }
-                list.iter()
-                    .enumerate()
-                    .map(|(i, f)| {
-                        Ok(FeatureInput {
-                            name: f.name.clone(),
-                            rows: capped(bounded(&format!("sparse[{i}].rows"), f.rows, MAX_ROWS)?),
-                            pooling: bounded(
-                                &format!("sparse[{i}].pooling"),
-                                f.pooling.unwrap_or(1),
-                                u64::from(MAX_POOLING),
-                            )? as u32,
-                        })
-                    })
-                    .collect::<Result<_, String>>()?
-            }
-            (None, Some(count)) => {
-                let count = bounded("sparse.count", count, MAX_FEATURES as u64)? as usize;
-                let rows = per_feature(
-                    "sparse.rows",
-                    s.rows.as_ref().ok_or("sparse.rows: is required")?,
-                    count,
-                )?;
-                let pooling = per_feature(
-                    "sparse.pooling",
-                    s.pooling.as_ref().unwrap_or(&OneOrMany::One(1)),
-                    count,
-                )?;
-                let prefix = s.prefix.clone().unwrap_or_else(|| "C".into());
-                (0..count)
-                    .map(|i| {
-                        Ok(FeatureInput {
-                            name: format!("{prefix}{}", i + 1),
-                            rows: capped(bounded(&format!("sparse[{i}].rows"), rows[i], MAX_ROWS)?),
-                            pooling: bounded(
-                                &format!("sparse[{i}].pooling"),
-                                pooling[i],
-                                u64::from(MAX_POOLING),
-                            )? as u32,
-                        })
-                    })
-                    .collect::<Result<_, String>>()?
-            }
-            _ => return Err("sparse: needs either count or features".into()),
-        };
-        Ok(ModelInputs { dense, features })
     }
 
     /// Builds the inputs from model metadata (`GET /v2/models/{m}`): every INT64/INT32 input
@@ -202,7 +97,7 @@ impl ModelInputs {
                     .as_array()
                     .and_then(|s| s.get(1))
                     .and_then(Value::as_u64)
-                    .filter(|&w| w > 0 && w <= MAX_DENSE as u64)
+                    .filter(|&w| w > 0 && w <= MAX_WIDTH as u64)
                     .ok_or_else(|| {
                         LoadError::Http(format!(
                             "model metadata: `dense` has shape {} (expected [-1, W])",
@@ -223,7 +118,7 @@ impl ModelInputs {
                     .map(|k| k as u32)
                     .or(pooling)
                     .unwrap_or(1);
-                if r == 0 || r > MAX_ROWS || k == 0 || k > MAX_POOLING {
+                if r == 0 || r > MAX_ROWS as u64 || k == 0 || k as usize > MAX_POOLING {
                     return Err(LoadError::invalid(format!(
                         "{name}: rows {r} or pooling {k} out of range (rows 1..={MAX_ROWS}, pooling 1..={MAX_POOLING})"
                     )));
@@ -284,34 +179,53 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// A complete spec around a `[sparse]` table.
+    fn spec(sparse: &str, row_cap: Option<usize>) -> Result<ModelSpec, GraphError> {
+        let text = format!(
+            "name = \"t\"\ndense = 13\n[bottom]\nlayers = [4]\n{sparse}\n[top]\nlayers = [1]\n[interaction]\nkind = \"cat\"\n"
+        );
+        ModelSpec::parse(&text, "t", row_cap)
+    }
+
     #[test]
     fn compact_and_listed_specs() {
-        let m = ModelInputs::from_spec(
-            "name = \"t\"\ndense = 13\n[bottom]\nlayers = [4]\n[sparse]\ncount = 3\nrows = [100, 37, 250]\ndim = 4\npooling = [1, 2, 3]\n[top]\nlayers=[1]\n[interaction]\nkind=\"dot\"\n",
+        let s = spec(
+            "[sparse]\ncount = 3\nrows = [100, 37, 250]\ndim = 4\npooling = [1, 2, 3]",
             Some(50),
         )
         .unwrap();
+        let m = ModelInputs::from_spec(&s);
         assert_eq!(m.dense, 13);
         let rows: Vec<u64> = m.features.iter().map(|f| f.rows).collect();
         assert_eq!(rows, vec![50, 37, 50]);
         assert_eq!(m.features[2].name, "C3");
         assert_eq!(m.features[2].pooling, 3);
-        let l = ModelInputs::from_spec(
-            "dense = 2\n[[sparse.features]]\nname = \"a\"\nrows = 9\ndim = 4\n",
-            None,
-        )
-        .unwrap();
+        let l = ModelInputs::from(
+            &spec("[[sparse.features]]\nname = \"a\"\nrows = 9\ndim = 4", None).unwrap(),
+        );
         assert_eq!(l.features[0].pooling, 1);
-        assert!(
-            ModelInputs::from_spec("dense = 0\n[sparse]\ncount=1\nrows=1\n", None)
-                .unwrap_err()
-                .starts_with("dense")
-        );
-        assert!(
-            ModelInputs::from_spec("dense = 1\n[sparse]\ncount=2\nrows=[1]\n", None)
-                .unwrap_err()
-                .contains("sparse.rows")
-        );
+        assert!(spec("[sparse]\ncount=2\nrows=[1]\ndim = 4", None)
+            .unwrap_err()
+            .to_string()
+            .contains("sparse.rows"));
+    }
+
+    #[test]
+    fn a_bad_spec_file_names_the_file_and_the_field() {
+        let dir = std::env::temp_dir().join(format!("loadgen-model-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("bad.toml");
+        std::fs::write(&p, "dense = 0\n[bottom]\nlayers = [4]\n[sparse]\ncount = 1\nrows = 1\ndim = 4\n[top]\nlayers = [1]\n[interaction]\nkind = \"cat\"\n").unwrap();
+        let e = ModelInputs::from_spec_file(&p, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with(&format!("{}: dense", p.display())), "{e}");
+        let e = ModelInputs::from_spec_file(&dir.join("none.toml"), None).unwrap_err();
+        assert!(matches!(e, LoadError::Io { .. }), "{e:?}");
+        let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../workloads/tiny.toml");
+        let m = ModelInputs::from_spec_file(&tiny, Some(5)).unwrap();
+        assert!(m.features.iter().all(|f| f.rows <= 5));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

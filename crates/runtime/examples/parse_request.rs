@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use streamrec_graph::ModelSpec;
 use streamrec_runtime::gen::{random_batch, Skew};
-use streamrec_runtime::request::{read_request_file, InferRequest};
+use streamrec_runtime::request::{read_request_file, InferRequest, RequestExt};
 
 const TARGET_BYTES: usize = 100_000_000;
 

@@ -5,7 +5,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
-use streamrec_graph::limits::{DEFAULT_MAX_REQUEST_BYTES, MAX_BATCH};
+use streamrec_graph::limits::MAX_BATCH;
+/// The default of `max_body_bytes`: the protocol's default request body limit.
+pub use streamrec_protocol::limits::DEFAULT_MAX_REQUEST_BYTES;
 
 use crate::error::ServeError;
 
