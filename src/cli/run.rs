@@ -10,19 +10,18 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use streamrec_graph::limits::MAX_BATCH;
-use streamrec_graph::{Algorithm, MeasuredCosts, OpGraph, Plan, Planned, SimMode};
+use streamrec_graph::{Algorithm, MeasuredCosts};
 use streamrec_protocol::limits::DEFAULT_MAX_REQUEST_BYTES;
 use streamrec_protocol::{read_request_file, response_json, InferRequest};
-use streamrec_runtime::backend::{build_engine, resolve, BackendKind, BackendOptions};
+use streamrec_runtime::builder::{Built, EngineBuilder};
 use streamrec_runtime::gen::{random_batch, Skew};
 use streamrec_runtime::request::RequestExt;
 use streamrec_runtime::stats::LatencySummary;
-use streamrec_runtime::{
-    measure, Batch, EngineConfig, Infer, MeasureConfig, RuntimeError, Weights,
-};
+use streamrec_runtime::{measure, Batch, Infer, MeasureConfig, Weights};
 
-use super::{bounded, EngineArgs, ModelArgs, PlanOpts, MAX_CONTEXTS, MAX_THREADS};
+use super::{
+    bounded, AutoArgs, EngineArgs, IntoCli, ModelArgs, PlanOpts, MAX_CONTEXTS, MAX_THREADS,
+};
 
 /// Arguments of `streamrec run`.
 #[derive(Debug, Args)]
@@ -33,6 +32,8 @@ pub struct RunArgs {
     plan: PlanOpts,
     #[command(flatten)]
     engine: EngineArgs,
+    #[command(flatten)]
+    auto: AutoArgs,
     /// Samples per request, or a comma-separated list (e.g. 1,16,128,1024): the engines are
     /// built once (for the largest) and each size is measured in turn, one result per size.
     #[arg(long, value_name = "B[,B...]", default_value = "128")]
@@ -87,115 +88,10 @@ pub struct RunArgs {
     csv: bool,
 }
 
-/// A planned, loaded engine with what the report needs.
-pub struct Built {
-    /// The engine.
-    pub engine: Box<dyn Infer>,
-    /// The plan it runs.
-    pub plan: Plan,
-    /// The graph it runs.
-    pub graph: Arc<OpGraph>,
-}
-
-/// Where and how an engine runs.
-pub struct Target {
-    /// The backend.
-    pub backend: BackendKind,
-    /// TF32 GEMMs, CPU worker threads.
-    pub opts: BackendOptions,
-    /// Contexts, max batch, graphs, tracing.
-    pub cfg: EngineConfig,
-}
-
-/// Builds an engine for `algo` with the shared weights.
-pub fn build(
-    target: &Target,
-    graph: &OpGraph,
-    plan_opts: &PlanOpts,
-    algo: Algorithm,
-    batch: usize,
-    weights: &Weights,
-) -> Result<Built> {
-    let planned = plan_for(target, graph, plan_opts, algo, batch)?;
-    load(target, planned, weights)
-}
-
-/// Plans `algo` for `batch` on the target's backend (refusing CUDA-only options on the CPU).
-pub fn plan_for(
-    target: &Target,
-    graph: &OpGraph,
-    plan_opts: &PlanOpts,
-    algo: Algorithm,
-    batch: usize,
-) -> Result<Planned> {
-    let resolved = resolve(target.backend)?;
-    if resolved == BackendKind::Cpu {
-        if target.cfg.graphs {
-            anyhow::bail!(
-                "--graph on: CUDA graphs need the CUDA backend (this run uses the CPU backend)"
-            );
-        }
-        if target.opts.tf32 {
-            anyhow::bail!("--tf32: TF32 needs the CUDA backend (this run uses the CPU backend)");
-        }
-    }
-    let default_device = if resolved == BackendKind::Cuda {
-        "h200"
-    } else {
-        "cpu"
-    };
-    let cost = plan_opts.cost_model(default_device, target.opts.cpu_threads)?;
-    let mode = if target.cfg.graphs {
-        SimMode::Graph
-    } else {
-        SimMode::Eager
-    };
-    let mut opts = plan_opts.clone();
-    opts.algo = Some(algo);
-    opts.assign(graph, batch, mode, &cost)
-}
-
-/// Builds the engine for a plan (uploads the weights).
-pub fn load(target: &Target, planned: Planned, weights: &Weights) -> Result<Built> {
-    let graph = Arc::new(planned.graph);
-    let engine = build_engine(
-        resolve(target.backend)?,
-        Arc::clone(&graph),
-        planned.plan.clone(),
-        weights,
-        target.cfg.clone(),
-        target.opts,
-    )?;
-    Ok(Built {
-        engine,
-        plan: planned.plan,
-        graph,
-    })
-}
-
 /// Parses `--batch`: one size or a comma-separated list (`1,16,128`), each in `1..=MAX_BATCH`,
 /// none twice; errors name the flag.
 pub fn parse_batches(text: &str) -> Result<Vec<usize>> {
-    let mut out: Vec<usize> = Vec::new();
-    for part in text.split(',') {
-        let part = part.trim();
-        if part.is_empty() {
-            anyhow::bail!(
-                "--batch: `{text}` has an empty entry (give a size or a list such as 1,16,128)"
-            );
-        }
-        let b: usize = part.parse().map_err(|_| {
-            anyhow::anyhow!(
-                "--batch: `{part}` is not a batch size (give a size or a list such as 1,16,128)"
-            )
-        })?;
-        bounded("--batch", b, MAX_BATCH)?;
-        if out.contains(&b) {
-            anyhow::bail!("--batch: {b} is listed twice");
-        }
-        out.push(b);
-    }
-    Ok(out)
+    streamrec_runtime::builder::parse_batch_sizes(text).context("--batch")
 }
 
 /// Runs `streamrec run`.
@@ -243,42 +139,35 @@ pub fn main(a: RunArgs) -> Result<()> {
         }
         None => None,
     };
-    let graph = OpGraph::from_spec(&spec);
     let max_batch = input
         .as_ref()
         .map_or_else(|| sizes.iter().copied().max().unwrap_or(1), |(b, _)| b.size);
-    let cfg = EngineConfig {
-        contexts: a.contexts,
-        max_batch,
-        graphs: a.engine.graphs(),
-        trace: a.trace.is_some() || a.profile.is_some(),
-        validate: true,
-    };
-    // Resolve `auto` once: every engine of this run uses the same backend.
-    let mut target = a.engine.target(cfg);
-    target.backend = resolve(target.backend)?;
-    if target.backend == BackendKind::Cuda {
-        // Before generating weights (gigabytes for the large specs): no device, no work.
-        if let Err(reason) = streamrec_runtime::backend::cuda::cuda_available() {
-            return Err(
-                RuntimeError::Unavailable(format!("CUDA backend unavailable: {reason}")).into(),
-            );
-        }
-    }
+    // Resolve `auto` once: every engine of this run uses the same backend; without a CUDA
+    // device, fail before generating weights (gigabytes for the large specs).
+    let builder = a
+        .engine
+        .builder(&spec)
+        .contexts(a.contexts)
+        .max_batch(max_batch)
+        .trace(a.trace.is_some() || a.profile.is_some())
+        .validate(true)
+        .resolved()
+        .cli()?;
     // Without --algo: measured `auto` (for one request file: the simulator's pick, since timing
     // the candidates would cost more than the request).
     let requested = a.plan.algo.unwrap_or(Algorithm::Auto);
+    let builder = builder.plan_options(a.plan.options(requested)?);
     if let Some((batch, id)) = input {
-        let weights = Weights::for_graph(&graph)?;
-        let built = build(&target, &graph, &a.plan, requested, batch.size, &weights)?;
+        let built = builder.build().cli()?;
         let scores = built.engine.infer(&Arc::new(batch))?;
         finite_scores(&scores)?;
         println!("{}", response_json(&spec.name, id.as_deref(), &scores));
         return Ok(());
     }
     // Plan before generating weights, so that a bad plan option fails fast.
-    let _ = plan_for(&target, &graph, &a.plan, requested, sizes[0])?;
-    let weights = Weights::for_graph(&graph)?;
+    let _ = builder.plan(sizes[0]).cli()?;
+    let weights = Weights::for_graph(builder.graph())?;
+    let builder = builder.weights(&weights);
     let mcfg = MeasureConfig {
         warmup: a.warmup,
         iters: a.iters,
@@ -286,15 +175,13 @@ pub fn main(a: RunArgs) -> Result<()> {
         max_time: None,
         progress: None,
     };
+    // `--compare`'s baseline: the options given, with the single-stream plan.
+    let single = builder.clone().algo(Algorithm::Single);
     // Profiles time each op alone: they always run the single-stream plan.
-    let (plan_opts, algo) = if a.profile.is_some() {
-        (a.plan.clone(), Algorithm::Single)
-    } else if requested == Algorithm::Auto {
-        let tuned = super::tune::tune(&target, &spec, &graph, &a.plan, &sizes, &weights, a.csv)?;
-        let algo = tuned.algo();
-        (tuned, algo)
+    let measured = if a.profile.is_some() {
+        single.clone()
     } else {
-        (a.plan.clone(), requested)
+        a.auto.apply(builder, &sizes, a.csv).tuned().cli()?
     };
     let mut out = Report::new(&a, sizes.len() > 1);
     // The engines are built once and reused for every batch size whose plan is the same (the
@@ -307,7 +194,7 @@ pub fn main(a: RunArgs) -> Result<()> {
         None => None,
     };
     for &b in &sizes {
-        let eng = Slot::ensure(&mut engine, &target, &graph, &plan_opts, algo, b, &weights)?;
+        let eng = Slot::ensure(&mut engine, &measured, b)?;
         if eng.fresh && !a.csv {
             let built = &eng.built;
             eprintln!(
@@ -324,15 +211,7 @@ pub fn main(a: RunArgs) -> Result<()> {
             );
         }
         if a.compare {
-            Slot::ensure(
-                &mut base,
-                &target,
-                &graph,
-                &a.plan,
-                Algorithm::Single,
-                b,
-                &weights,
-            )?;
+            Slot::ensure(&mut base, &single, b)?;
         }
         let batches: Vec<Arc<Batch>> = (0..4)
             .map(|i| Arc::new(random_batch(&spec, b, a.skew, a.seed.wrapping_add(i))))
@@ -444,18 +323,14 @@ struct Slot {
 }
 
 impl Slot {
-    /// Plans `algo` for `batch` and keeps the engine in `slot` when its plan is the same, else
-    /// drops it and builds one (weights uploaded once per engine).
+    /// Plans for `batch` and keeps the engine in `slot` when its plan is the same, else drops
+    /// it and builds one (weights uploaded once per engine).
     fn ensure<'s>(
         slot: &'s mut Option<Slot>,
-        target: &Target,
-        graph: &OpGraph,
-        plan_opts: &PlanOpts,
-        algo: Algorithm,
+        builder: &EngineBuilder<'_>,
         batch: usize,
-        weights: &Weights,
     ) -> Result<&'s Slot> {
-        let planned = plan_for(target, graph, plan_opts, algo, batch)?;
+        let planned = builder.plan(batch).cli()?;
         let key = format!(
             "{}:{}",
             planned.graph.len(),
@@ -474,7 +349,7 @@ impl Slot {
             *slot = None;
             *slot = Some(Slot {
                 key,
-                built: load(target, planned, weights)?,
+                built: builder.load(planned).cli()?,
                 fresh: true,
             });
         }
