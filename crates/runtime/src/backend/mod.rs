@@ -7,6 +7,10 @@
 //! the engine issues every record before the waits on it ([`streamrec_graph::Plan::issue_order`]).
 //!
 //! Backends own their kernels; the engine never touches memory or kernels directly.
+//!
+//! Each backend has its folder ([`cpu`], [`cuda`]); [`shared`] holds what both use (each op's
+//! weights, where an op's output lives inside a concatenation). Picking a backend at run time
+//! and building an engine on it belongs to the engine module.
 
 pub mod cpu;
 pub mod cuda;
