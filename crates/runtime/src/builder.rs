@@ -201,7 +201,7 @@ pub struct Built {
 pub struct Target {
     /// The backend.
     pub backend: BackendKind,
-    /// TF32 GEMMs, CPU worker threads.
+    /// TF32 GEMMs, CPU worker threads, CPU fold.
     pub opts: BackendOptions,
     /// Contexts, max batch, graphs, tracing, validation.
     pub cfg: EngineConfig,
@@ -347,6 +347,13 @@ impl<'a> EngineBuilder<'a> {
     /// CPU: the threads streams and kernels run on.
     pub fn threads(mut self, n: usize) -> Self {
         self.target.opts.cpu_threads = n;
+        self
+    }
+
+    /// CPU: fold each square linear layer into the table whose pooled rows it alone reads
+    /// (on by default).
+    pub fn cpu_fold(mut self, on: bool) -> Self {
+        self.target.opts.cpu_fold = on;
         self
     }
 

@@ -268,7 +268,7 @@ fn cache_key(target: &Target, spec: &ModelSpec, plan: &PlanOptions, batches: &[u
         plan.device,
         plan.costs,
         target.opts.cpu_threads,
-        crate::backend::cpu::fold_default(),
+        target.opts.cpu_fold,
         target.opts.tf32,
         target.cfg.graphs,
     )
