@@ -2,11 +2,11 @@
 //!
 //! `streamrec::graph` holds specs, operator graphs and stream assignment; `streamrec::runtime`
 //! the backends and the engine; `streamrec::kernels` the kernels; `streamrec::serve` the HTTP
-//! server.
+//! server. Engine assembly (backend choice, planning, measured `auto`) is
+//! `streamrec::runtime::builder::EngineBuilder`; the command-line tool's own code is private to
+//! the `streamrec` binary.
 
 pub use streamrec_graph as graph;
 pub use streamrec_kernels as kernels;
 pub use streamrec_runtime as runtime;
 pub use streamrec_serve as serve;
-
-pub mod cli;

@@ -4,18 +4,20 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod cli;
+
 fn main() -> ExitCode {
     // Die quietly on a closed pipe (`streamrec plan ... | head`), as command-line tools do.
     // SAFETY: setting a signal's disposition to the default before any thread starts.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = streamrec::cli::Cli::parse();
-    match streamrec::cli::dispatch(cli) {
+    let cli = cli::Cli::parse();
+    match cli::dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let code = streamrec::cli::exit_code(&e);
-            eprintln!("error: {}", streamrec::cli::error_message(&e));
+            let code = cli::exit_code(&e);
+            eprintln!("error: {}", cli::error_message(&e));
             ExitCode::from(code)
         }
     }

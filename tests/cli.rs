@@ -1006,16 +1006,8 @@ fn a_score_that_is_not_a_number_is_an_error_never_null() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let resp: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(resp["outputs"][0]["data"], serde_json::json!([0.5, 0.5]));
-    // Infinite scores are refused the same way (sigmoid never gives one, other heads might).
-    use streamrec::cli::run::finite_scores;
-    finite_scores(&[0.0, 0.5, 1.0]).unwrap();
-    for (bad, text) in [(f32::INFINITY, "inf"), (f32::NEG_INFINITY, "-inf")] {
-        let e = finite_scores(&[0.5, 0.5, bad]).unwrap_err().to_string();
-        assert!(
-            e.starts_with(&format!("sample 2: the score is {text}, ")),
-            "{e}"
-        );
-    }
+    // Infinite scores are refused the same way: the unit test of `finite_scores` in
+    // src/cli/run.rs (the CLI is private to the binary).
 }
 
 #[test]
@@ -1074,44 +1066,4 @@ fn load_errors_name_the_file_and_the_cause_once() {
         line.contains("named-once.toml: name: \"a/b\" has the character '/'"),
         "{line}"
     );
-}
-
-#[test]
-fn an_error_chain_says_each_cause_once() {
-    use streamrec::cli::error_message;
-    let io = || {
-        anyhow::Error::new(streamrec::graph::GraphError::Io {
-            path: "a.toml".into(),
-            source: std::io::Error::other("boom"),
-        })
-    };
-    // The error quotes its source: the source is not said again.
-    assert_eq!(error_message(&io()), "a.toml: boom");
-    // Nor is a context that the error begins with.
-    assert_eq!(error_message(&io().context("a.toml")), "a.toml: boom");
-    // Distinct causes are all kept, outermost first.
-    assert_eq!(
-        error_message(&io().context("loading b")),
-        "loading b: a.toml: boom"
-    );
-    assert_eq!(
-        error_message(&anyhow::anyhow!("inner").context("middle").context("outer")),
-        "outer: middle: inner"
-    );
-    // Loading a spec names its file once in the chain itself, not only once printed.
-    for (file, text) in [
-        ("absent.toml", None),
-        ("no-utf8.toml", Some(&[0xff_u8][..])),
-    ] {
-        let spec = tmp(file);
-        if let Some(t) = text {
-            std::fs::write(&spec, t).unwrap();
-        }
-        let args = streamrec::cli::ModelArgs {
-            spec,
-            row_cap: None,
-        };
-        let chain = format!("{:#}", args.load().unwrap_err());
-        assert_eq!(chain.matches(file).count(), 1, "{chain}");
-    }
 }

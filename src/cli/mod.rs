@@ -7,7 +7,6 @@ pub mod run;
 mod serve;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -307,7 +306,54 @@ pub fn error_message(e: &anyhow::Error) -> String {
     parts.join(": ")
 }
 
-/// Shares a graph.
-pub fn shared(g: OpGraph) -> Arc<OpGraph> {
-    Arc::new(g)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file in this test process's own temporary folder.
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("streamrec-cli-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d.join(name)
+    }
+
+    /// Moved from tests/cli.rs: the CLI is private to the binary.
+    #[test]
+    fn an_error_chain_says_each_cause_once() {
+        let io = || {
+            anyhow::Error::new(streamrec_graph::GraphError::Io {
+                path: "a.toml".into(),
+                source: std::io::Error::other("boom"),
+            })
+        };
+        // The error quotes its source: the source is not said again.
+        assert_eq!(error_message(&io()), "a.toml: boom");
+        // Nor is a context that the error begins with.
+        assert_eq!(error_message(&io().context("a.toml")), "a.toml: boom");
+        // Distinct causes are all kept, outermost first.
+        assert_eq!(
+            error_message(&io().context("loading b")),
+            "loading b: a.toml: boom"
+        );
+        assert_eq!(
+            error_message(&anyhow::anyhow!("inner").context("middle").context("outer")),
+            "outer: middle: inner"
+        );
+        // Loading a spec names its file once in the chain itself, not only once printed.
+        for (file, text) in [
+            ("absent.toml", None),
+            ("no-utf8.toml", Some(&[0xff_u8][..])),
+        ] {
+            let spec = tmp(file);
+            if let Some(t) = text {
+                std::fs::write(&spec, t).unwrap();
+            }
+            let args = ModelArgs {
+                spec,
+                row_cap: None,
+            };
+            let chain = format!("{:#}", args.load().unwrap_err());
+            assert_eq!(chain.matches(file).count(), 1, "{chain}");
+        }
+    }
 }

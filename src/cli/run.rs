@@ -520,3 +520,22 @@ fn with_progress<T>(
     bar.finish_and_clear();
     Ok(out?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::finite_scores;
+
+    /// Moved from tests/cli.rs (the CLI is private to the binary): infinite scores are refused
+    /// as NaN is (sigmoid never gives one, other heads might).
+    #[test]
+    fn infinite_scores_are_refused() {
+        finite_scores(&[0.0, 0.5, 1.0]).unwrap();
+        for (bad, text) in [(f32::INFINITY, "inf"), (f32::NEG_INFINITY, "-inf")] {
+            let e = finite_scores(&[0.5, 0.5, bad]).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("sample 2: the score is {text}, ")),
+                "{e}"
+            );
+        }
+    }
+}
