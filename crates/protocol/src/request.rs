@@ -141,6 +141,26 @@ pub trait ToInputs {
     fn to_inputs(&self, spec: &ModelSpec) -> Vec<InferTensor>;
 }
 
+// What deref coercion gave callers of the runtime's former `from_batch(&spec, &Batch)`: a
+// batch behind a reference or a smart pointer is one too.
+impl<T: ToInputs + ?Sized> ToInputs for &T {
+    fn to_inputs(&self, spec: &ModelSpec) -> Vec<InferTensor> {
+        (**self).to_inputs(spec)
+    }
+}
+
+impl<T: ToInputs + ?Sized> ToInputs for Box<T> {
+    fn to_inputs(&self, spec: &ModelSpec) -> Vec<InferTensor> {
+        (**self).to_inputs(spec)
+    }
+}
+
+impl<T: ToInputs + ?Sized> ToInputs for std::sync::Arc<T> {
+    fn to_inputs(&self, spec: &ModelSpec) -> Vec<InferTensor> {
+        (**self).to_inputs(spec)
+    }
+}
+
 /// Request-level parameters of a binary request's JSON header.
 #[derive(Serialize)]
 struct HeadParams {
