@@ -97,26 +97,7 @@ pub fn parse_batches(text: &str) -> Result<Vec<usize>> {
 /// Runs `streamrec run`.
 pub fn main(a: RunArgs) -> Result<()> {
     let sizes = parse_batches(&a.batch)?;
-    bounded("--iters", a.iters, usize::MAX)?;
-    bounded("--contexts", a.contexts, MAX_CONTEXTS)?;
-    if let Some(t) = a.threads {
-        bounded("--threads", t, MAX_THREADS)?;
-    }
-    a.engine.check_threads()?;
-    bounded("--max-request-bytes", a.max_request_bytes, usize::MAX)?;
-    if sizes.len() > 1 {
-        if a.emit_request {
-            anyhow::bail!("--batch: --emit-request takes one batch size, not a list");
-        }
-        if a.trace.is_some() {
-            anyhow::bail!("--batch: --trace takes one batch size, not a list");
-        }
-    }
-    if a.profile.is_some() && a.engine.graphs() {
-        anyhow::bail!(
-            "--profile: per-op times need eager execution; a CUDA graph is timed only as a whole (use --graph off)"
-        );
-    }
+    check_args(&a, &sizes)?;
     let spec = a.model.load()?;
     if a.emit_request {
         let b = random_batch(&spec, sizes[0], a.skew, a.seed);
@@ -217,84 +198,125 @@ pub fn main(a: RunArgs) -> Result<()> {
             .map(|i| Arc::new(random_batch(&spec, b, a.skew, a.seed.wrapping_add(i))))
             .collect();
         let built = &engine.as_ref().expect("built above").built;
-        if let Some(base) = &base {
-            let base = &base.built;
-            // Alternate rounds so both see the same machine conditions.
-            let rounds = 4usize;
-            let per = MeasureConfig {
-                iters: a.iters.div_ceil(rounds),
-                ..mcfg.clone()
-            };
-            let (mut sb, mut sm) = (Vec::new(), Vec::new());
-            for _ in 0..rounds {
-                sb.push(with_progress(&per, a.csv, |cfg| {
-                    measure(base.engine.as_ref(), &batches, cfg)
-                })?);
-                sm.push(with_progress(&per, a.csv, |cfg| {
-                    measure(built.engine.as_ref(), &batches, cfg)
-                })?);
-            }
-            let (sb, sm) = (
-                LatencySummary::median_of(&sb),
-                LatencySummary::median_of(&sm),
-            );
-            out.row(b, "single", 1, &sb, base.engine.as_ref())?;
-            out.row(
-                b,
-                &built.plan.algo,
-                built.plan.num_streams(),
-                &sm,
-                built.engine.as_ref(),
-            )?;
-            if let Some(p) = &a.trace {
-                write_trace(&single_trace_path(p), &base.engine.take_trace())?;
-                write_trace(p, &built.engine.take_trace())?;
-            }
-            if !a.csv {
-                let gpu = match (sb.gpu_p50_us, sm.gpu_p50_us) {
-                    (Some(x), Some(y)) => format!(", gpu time p50 {:.2}x", x / y),
-                    _ => String::new(),
-                };
-                println!(
-                    "{}ratio single/{}: latency p50 {:.2}x, throughput {:.2}x{gpu}",
-                    out.prefix(b),
-                    built.plan.algo,
-                    sb.p50_us / sm.p50_us,
-                    sm.samples_per_s / sb.samples_per_s
-                );
-                out.flush()?;
-            }
-            continue;
+        match &base {
+            Some(base) => compare_at(&a, &mut out, b, &base.built, built, &batches, &mcfg)?,
+            None => measure_at(&a, &mut out, b, built, &batches, &mcfg, profile.as_mut())?,
         }
-        let s = with_progress(&mcfg, a.csv, |cfg| {
-            measure(built.engine.as_ref(), &batches, cfg)
-        })?;
-        out.row(
-            b,
-            &built.plan.algo,
-            built.plan.num_streams(),
-            &s,
-            built.engine.as_ref(),
-        )?;
-        let events = built.engine.take_trace();
-        if let Some(p) = &a.trace {
-            write_trace(p, &events)?;
+    }
+    Ok(())
+}
+
+/// Refuses out-of-range counts and options that do not go together.
+fn check_args(a: &RunArgs, sizes: &[usize]) -> Result<()> {
+    bounded("--iters", a.iters, usize::MAX)?;
+    bounded("--contexts", a.contexts, MAX_CONTEXTS)?;
+    if let Some(t) = a.threads {
+        bounded("--threads", t, MAX_THREADS)?;
+    }
+    a.engine.check_threads()?;
+    bounded("--max-request-bytes", a.max_request_bytes, usize::MAX)?;
+    if sizes.len() > 1 {
+        if a.emit_request {
+            anyhow::bail!("--batch: --emit-request takes one batch size, not a list");
         }
-        if let (Some(p), Some(m)) = (&a.profile, profile.as_mut()) {
-            let name = built.engine.backend_name();
-            m.device = format!(
-                "{name} ({} threads)",
-                std::thread::available_parallelism().map_or(1, |n| n.get())
-            );
-            streamrec_runtime::trace::require_op_spans(&events)?;
-            streamrec_runtime::trace::record_op_medians(m, &events, b);
-            m.save(p)?;
-            eprintln!(
-                "wrote per-op medians for {} ops at batch {b} to {}",
-                m.ops.len(),
-                p.display()
-            );
+        if a.trace.is_some() {
+            anyhow::bail!("--batch: --trace takes one batch size, not a list");
         }
+    }
+    if a.profile.is_some() && a.engine.graphs() {
+        anyhow::bail!(
+            "--profile: per-op times need eager execution; a CUDA graph is timed only as a whole (use --graph off)"
+        );
+    }
+    Ok(())
+}
+
+/// `--compare` at batch `b`: `single` and the plan in alternating rounds (so both see the same
+/// machine conditions), a row each, the ratio, and the timelines with `--trace`.
+fn compare_at(
+    a: &RunArgs,
+    out: &mut Report,
+    b: usize,
+    base: &Built,
+    built: &Built,
+    batches: &[Arc<Batch>],
+    mcfg: &MeasureConfig,
+) -> Result<()> {
+    // Alternate rounds so both see the same machine conditions.
+    let rounds = 4usize;
+    let per = MeasureConfig {
+        iters: a.iters.div_ceil(rounds),
+        ..mcfg.clone()
+    };
+    let (mut sb, mut sm) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        sb.push(with_progress(&per, a.csv, |cfg| {
+            measure(base.engine.as_ref(), batches, cfg)
+        })?);
+        sm.push(with_progress(&per, a.csv, |cfg| {
+            measure(built.engine.as_ref(), batches, cfg)
+        })?);
+    }
+    let (sb, sm) = (
+        LatencySummary::median_of(&sb),
+        LatencySummary::median_of(&sm),
+    );
+    out.row(b, "single", 1, &sb, base.engine.as_ref())?;
+    out.built_row(b, built, &sm)?;
+    if let Some(p) = &a.trace {
+        write_trace(&single_trace_path(p), &base.engine.take_trace())?;
+        write_trace(p, &built.engine.take_trace())?;
+    }
+    if !a.csv {
+        let gpu = match (sb.gpu_p50_us, sm.gpu_p50_us) {
+            (Some(x), Some(y)) => format!(", gpu time p50 {:.2}x", x / y),
+            _ => String::new(),
+        };
+        println!(
+            "{}ratio single/{}: latency p50 {:.2}x, throughput {:.2}x{gpu}",
+            out.prefix(b),
+            built.plan.algo,
+            sb.p50_us / sm.p50_us,
+            sm.samples_per_s / sb.samples_per_s
+        );
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// Measures the plan at batch `b`: a row, the timeline with `--trace`, per-op medians added to
+/// the `--profile` file.
+fn measure_at(
+    a: &RunArgs,
+    out: &mut Report,
+    b: usize,
+    built: &Built,
+    batches: &[Arc<Batch>],
+    mcfg: &MeasureConfig,
+    profile: Option<&mut MeasuredCosts>,
+) -> Result<()> {
+    let s = with_progress(mcfg, a.csv, |cfg| {
+        measure(built.engine.as_ref(), batches, cfg)
+    })?;
+    out.built_row(b, built, &s)?;
+    let events = built.engine.take_trace();
+    if let Some(p) = &a.trace {
+        write_trace(p, &events)?;
+    }
+    if let (Some(p), Some(m)) = (&a.profile, profile) {
+        let name = built.engine.backend_name();
+        m.device = format!(
+            "{name} ({} threads)",
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        );
+        streamrec_runtime::trace::require_op_spans(&events)?;
+        streamrec_runtime::trace::record_op_medians(m, &events, b);
+        m.save(p)?;
+        eprintln!(
+            "wrote per-op medians for {} ops at batch {b} to {}",
+            m.ops.len(),
+            p.display()
+        );
     }
     Ok(())
 }
@@ -397,6 +419,12 @@ impl Report {
         use std::io::Write;
         std::io::stdout().flush()?;
         Ok(())
+    }
+
+    /// The row of a built engine: its plan's name and streams.
+    fn built_row(&mut self, batch: usize, built: &Built, s: &LatencySummary) -> Result<()> {
+        let streams = built.plan.num_streams();
+        self.row(batch, &built.plan.algo, streams, s, built.engine.as_ref())
     }
 
     fn row(
