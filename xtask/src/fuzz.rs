@@ -18,7 +18,7 @@ use streamrec_runtime::request::InferRequest;
 use streamrec_runtime::IndexVec;
 use streamrec_serve::client::Client;
 use streamrec_serve::fuzz::{mutate, random_bytes};
-use streamrec_serve::protocol::parse_infer;
+use streamrec_serve::protocol::parse;
 use streamrec_serve::{Model, ServeConfig, Server};
 
 /// One request on a fresh connection; the status code.
@@ -135,7 +135,7 @@ pub fn run(args: &[String]) -> Result<()> {
             }
             _ => (random_bytes(&mut rng, 256), None),
         };
-        if parse_infer(&body, header, &spec).is_ok() {
+        if parse(&body, header, &spec).is_ok() {
             accepted += 1;
         }
         if n % 20 == 0 {

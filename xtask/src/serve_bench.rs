@@ -181,8 +181,7 @@ pub fn run(args: &[String]) -> Result<()> {
         let mut times = Vec::with_capacity(200);
         for _ in 0..200 {
             let t = Instant::now();
-            streamrec_serve::protocol::parse_infer(&hundred, None, &spec)
-                .map_err(anyhow::Error::msg)?;
+            streamrec_serve::protocol::parse(&hundred, None, &spec)?;
             times.push(t.elapsed().as_secs_f64() * 1e6);
         }
         let _ = writeln!(

@@ -15,7 +15,7 @@ pub enum RuntimeError {
     #[error(
         "weights: {}: tensor `{tensor}` holds {value} at {}",
         .path.display(),
-        crate::weights::describe_index(*.index, .shape)
+        describe_index(*.index, .shape)
     )]
     NonFinite {
         /// The weights file.
@@ -67,3 +67,16 @@ pub enum RuntimeError {
 
 /// Result alias of this crate.
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+/// Where a flat index lies in a tensor: `index 37`, and for a 2-D tensor
+/// `index 37 (row 2, column 5)`.
+pub(crate) fn describe_index(index: usize, shape: &[usize]) -> String {
+    match shape {
+        [_, cols] if *cols > 0 => format!(
+            "index {index} (row {}, column {})",
+            index / cols,
+            index % cols
+        ),
+        _ => format!("index {index}"),
+    }
+}

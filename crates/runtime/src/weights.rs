@@ -222,19 +222,6 @@ impl Weights {
     }
 }
 
-/// Where a flat index lies in a tensor: `index 37`, and for a 2-D tensor
-/// `index 37 (row 2, column 5)`.
-pub(crate) fn describe_index(index: usize, shape: &[usize]) -> String {
-    match shape {
-        [_, cols] if *cols > 0 => format!(
-            "index {index} (row {}, column {})",
-            index / cols,
-            index % cols
-        ),
-        _ => format!("index {index}"),
-    }
-}
-
 /// A zeroed f32 buffer for a table.
 fn alloc_table(name: &str, len: usize) -> Result<Vec<f32>> {
     alloc_f32(len, 0.0).map_err(|e| {

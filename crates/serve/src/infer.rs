@@ -18,8 +18,8 @@ use crate::compression::{self, Coding, DecodeError};
 use crate::conn::{Conn, Phase};
 use crate::metrics::{FailureReason, Metrics};
 use crate::protocol::{self, HEADER_LENGTH};
-use crate::routes::{error, respond, unavailable, Resp};
-use crate::server::State;
+use crate::reply::{error, respond, unavailable, Resp};
+use crate::state::State;
 
 /// Bodies larger than this are parsed on a blocking thread, off the async executor.
 const INLINE_PARSE_BYTES: usize = 256 << 10;
@@ -269,22 +269,28 @@ pub(crate) async fn infer(state: &State, conn: &Conn, req: Request<Incoming>) ->
     state.metrics.inflight_add(1);
     let _guard = InFlight(state);
     let parsed = if body.len() <= INLINE_PARSE_BYTES {
-        protocol::parse_infer(&body, header_len, &state.spec)
+        protocol::parse(&body, header_len, &state.spec)
     } else {
         let spec = state.spec.clone();
-        match tokio::task::spawn_blocking(move || protocol::parse_infer(&body, header_len, &spec))
-            .await
-        {
+        match tokio::task::spawn_blocking(move || protocol::parse(&body, header_len, &spec)).await {
             Ok(p) => p,
-            Err(e) => Err(format!("request parsing failed: {e}")),
+            Err(e) => {
+                return fail(
+                    FailureReason::Backend,
+                    error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &format!("request parsing failed: {e}"),
+                    ),
+                )
+            }
         }
     };
     let parsed = match parsed {
         Ok(p) => p,
-        Err(msg) => {
+        Err(e) => {
             return fail(
                 FailureReason::InvalidInput,
-                error(StatusCode::BAD_REQUEST, &msg),
+                error(StatusCode::BAD_REQUEST, &e.to_string()),
             )
         }
     };

@@ -90,8 +90,10 @@ pub mod fuzz;
 mod infer;
 pub mod metrics;
 pub mod protocol;
+mod reply;
 mod routes;
 pub mod server;
+mod state;
 pub mod triton;
 
 pub use config::ServeConfig;

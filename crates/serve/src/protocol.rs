@@ -42,15 +42,6 @@ pub fn parse(
     })
 }
 
-/// [`parse`] with the error as the message of a 400 response.
-pub fn parse_infer(
-    body: &[u8],
-    header_len: Option<usize>,
-    spec: &ModelSpec,
-) -> Result<Parsed, String> {
-    parse(body, header_len, spec).map_err(|e| e.to_string())
-}
-
 /// Server metadata (`GET /v2`).
 pub fn server_metadata() -> Value {
     json!({

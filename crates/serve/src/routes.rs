@@ -1,53 +1,20 @@
-//! The routes: which KServe v2 endpoint a path asks for, the answers of the endpoints that
-//! need no engine (health, metadata, metrics, the plan view), and the response helpers.
+//! The routes: which KServe v2 endpoint a path asks for, and the answers of the endpoints that
+//! need no engine (health, metadata, configuration, statistics, metrics, the plan view).
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::header::{HeaderValue, ALLOW};
+use hyper::{Method, Request, StatusCode};
 
 use crate::conn::{Conn, Serving};
 use crate::infer::{infer, Tally};
 use crate::metrics::FailureReason;
 use crate::protocol;
-use crate::server::State;
+use crate::reply::{error, json, respond, unavailable, Resp};
+use crate::state::State;
 use crate::triton;
-
-/// A response with its whole body.
-pub(crate) type Resp = Response<Full<Bytes>>;
-
-pub(crate) fn respond(status: StatusCode, body: Vec<u8>, content_type: &'static str) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    r
-}
-
-pub(crate) fn json(status: StatusCode, v: &serde_json::Value) -> Resp {
-    respond(
-        status,
-        serde_json::to_vec(v).expect("JSON serialises"),
-        "application/json",
-    )
-}
-
-pub(crate) fn error(status: StatusCode, msg: &str) -> Resp {
-    respond(status, protocol::error_body(msg), "application/json")
-}
-
-pub(crate) fn unavailable(state: &State, msg: &str) -> Resp {
-    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, msg);
-    r.headers_mut().insert(
-        RETRY_AFTER,
-        HeaderValue::from(state.cfg.retry_after_s.max(1)),
-    );
-    r
-}
 
 fn method_not_allowed(allow: &'static str) -> Resp {
     let mut r = error(

@@ -34,7 +34,9 @@ use crate::conn::{Conns, Phase, Tracked};
 use crate::error::ServeError;
 use crate::metrics::Metrics;
 use crate::protocol;
-use crate::routes::{error, handle, json};
+use crate::reply::{error, json};
+use crate::routes::handle;
+use crate::state::State;
 
 /// hyper's read buffer per connection, the most a request head may take (hyper's default is
 /// about 400 KB, which thousands of unfinished heads turn into gigabytes).
@@ -58,31 +60,6 @@ pub struct Model {
     pub spec: ModelSpec,
     /// The engine.
     pub engine: Arc<dyn Infer>,
-}
-
-/// What every connection's handler shares.
-pub(crate) struct State {
-    pub(crate) spec: ModelSpec,
-    pub(crate) cfg: ServeConfig,
-    /// Ready to take requests: warmed up and not shutting down.
-    pub(crate) accepting: AtomicBool,
-    /// False after a fatal engine error.
-    pub(crate) healthy: Arc<AtomicBool>,
-    pub(crate) batcher: Batcher,
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) inflight: AtomicUsize,
-    /// The plan view served at `/ui`, when one was given.
-    pub(crate) ui: std::sync::OnceLock<String>,
-    /// Open connections.
-    pub(crate) conns: Arc<Conns>,
-    /// Request bytes held, over all connections.
-    pub(crate) budget: Budget,
-}
-
-impl State {
-    pub(crate) fn ready(&self) -> bool {
-        self.accepting.load(Ordering::SeqCst) && self.healthy.load(Ordering::SeqCst)
-    }
 }
 
 /// A bound, warmed-up server that has not started serving yet.
