@@ -306,3 +306,52 @@ fn folded_embedding_projections_match_the_layers_they_replace() {
         "folding changed no score's bits, so it did not run"
     );
 }
+
+#[test]
+fn every_cpu_isa_this_processor_has_gives_the_same_scores() {
+    // The linear layers' kernels pinned to each instruction set (CpuBackend::with_isa, the
+    // CLI's --cpu-isa): within f32 rounding of the fastest path; one it lacks is an error.
+    use streamrec::kernels::cpu::Isa;
+    let (spec, graph, w) = load("tiny.toml", 1000);
+    let batch = Arc::new(random_batch(&spec, 16, Skew::Uniform, 5));
+    let plan = streamrec::graph::Plan::single(&graph);
+    let run = |backend: CpuBackend| {
+        Engine::new(
+            backend,
+            Arc::clone(&graph),
+            plan.clone(),
+            &w,
+            EngineConfig {
+                max_batch: 16,
+                ..EngineConfig::default()
+            },
+        )
+        .expect("engine builds")
+        .infer(&batch)
+        .unwrap()
+    };
+    let fastest = run(CpuBackend::with_threads(1));
+    let mut ran = 0;
+    for isa in Isa::ALL {
+        match CpuBackend::with_threads(1).with_isa(isa) {
+            Ok(b) => {
+                let scores = run(b);
+                let err = scores
+                    .iter()
+                    .zip(&fastest)
+                    .map(|(a, f)| (a - f).abs())
+                    .fold(0.0f32, f32::max);
+                assert!(err <= 1e-6, "{isa}: {err}");
+                ran += 1;
+            }
+            Err(e) => {
+                assert!(
+                    !Isa::supported().contains(&isa),
+                    "{isa} runs here but was refused: {e}"
+                );
+                println!("{isa}: not on this processor ({e})");
+            }
+        }
+    }
+    assert!(ran >= 1, "the portable path runs everywhere");
+}

@@ -63,6 +63,9 @@ pub enum RuntimeError {
     /// A planning or graph error.
     #[error(transparent)]
     Graph(#[from] streamrec_graph::GraphError),
+    /// The CPU instruction set asked for cannot run here.
+    #[error(transparent)]
+    Isa(#[from] streamrec_kernels::cpu::IsaError),
 }
 
 /// Result alias of this crate.

@@ -47,6 +47,9 @@ pub struct BackendOptions {
     /// CPU: fold each square linear layer into the table whose pooled rows it alone reads
     /// ([`CpuBackend::with_fold`]; on by default).
     pub cpu_fold: bool,
+    /// CPU: the instruction set of the linear layers' kernels ([`CpuBackend::with_isa`];
+    /// `None`, the default: the fastest this processor has).
+    pub cpu_isa: Option<streamrec_kernels::cpu::Isa>,
 }
 
 impl Default for BackendOptions {
@@ -55,6 +58,7 @@ impl Default for BackendOptions {
             tf32: false,
             cpu_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             cpu_fold: true,
+            cpu_isa: None,
         }
     }
 }
@@ -70,7 +74,11 @@ pub fn build_engine(
 ) -> Result<Box<dyn Infer>> {
     match resolve(kind)? {
         BackendKind::Cpu => Ok(Box::new(Engine::new(
-            CpuBackend::with_threads(opts.cpu_threads).with_fold(opts.cpu_fold),
+            match opts.cpu_isa {
+                Some(isa) => CpuBackend::with_threads(opts.cpu_threads).with_isa(isa)?,
+                None => CpuBackend::with_threads(opts.cpu_threads),
+            }
+            .with_fold(opts.cpu_fold),
             graph,
             plan,
             weights,

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use streamrec_graph::{OpGraph, OpId};
-use streamrec_kernels::cpu::{PackedLinear, Parallel};
+use streamrec_kernels::cpu::{Isa, PackedLinear, Parallel};
 
 pub use memory::{CpuBuffers, CpuWeights};
 pub use pool::{CpuEvent, CpuStream};
@@ -46,6 +46,8 @@ pub struct CpuBackend {
     workers: Vec<JoinHandle<()>>,
     /// Fold square linear layers into the tables they alone read ([`fold`]).
     fold: bool,
+    /// The instruction set of the linear layers' kernels (`None`: the fastest this processor has).
+    isa: Option<Isa>,
 }
 
 impl Default for CpuBackend {
@@ -82,7 +84,15 @@ impl CpuBackend {
             pool,
             workers,
             fold: fold_default(),
+            isa: None,
         }
+    }
+
+    /// Runs the linear layers' kernels on `isa` instead of the fastest path this processor has
+    /// (for comparisons); an error when the processor cannot run it.
+    pub fn with_isa(mut self, isa: Isa) -> Result<Self> {
+        self.isa = Some(isa.require()?);
+        Ok(self)
     }
 
     /// Whether engines on this backend fold a square linear layer into the table whose pooled
@@ -130,15 +140,22 @@ impl Backend for CpuBackend {
             .zip(&folded)
             .map(|(w, &folded)| match w {
                 OpWeights::Linear { .. } if folded => None,
-                OpWeights::Linear { weight, bias } => Some(PackedLinear::new(
-                    &weight.data,
-                    weight.shape[0],
-                    weight.shape[1],
-                    Some(&bias.data),
-                )),
+                OpWeights::Linear { weight, bias } => {
+                    let p = PackedLinear::new(
+                        &weight.data,
+                        weight.shape[0],
+                        weight.shape[1],
+                        Some(&bias.data),
+                    );
+                    Some(match self.isa {
+                        Some(isa) => p.with_isa(isa),
+                        None => Ok(p),
+                    })
+                }
                 _ => None,
             })
-            .collect();
+            .map(|p| p.transpose().map_err(RuntimeError::from))
+            .collect::<Result<_>>()?;
         Ok(CpuWeights {
             by_op,
             packed,
