@@ -339,6 +339,10 @@ fn bad_flags_are_one_line_errors() {
     );
     fails_with(&["run", t, "--contexts", "0"], "--contexts: must be > 0");
     fails_with(
+        &["run", t, "--cpu-isa", "sse9", "--iters", "1"],
+        "--cpu-isa: unknown CPU ISA \"sse9\" (expected avx512, avx2 or portable)",
+    );
+    fails_with(
         &["run", t, "--contexts", "100000"],
         "--contexts: 100000 is more than the limit of 64",
     );
@@ -1065,5 +1069,37 @@ fn load_errors_name_the_file_and_the_cause_once() {
     assert!(
         line.contains("named-once.toml: name: \"a/b\" has the character '/'"),
         "{line}"
+    );
+}
+
+#[test]
+fn cpu_fold_and_isa_flags_run_and_the_environment_still_sets_them() {
+    let t = "workloads/tiny.toml";
+    for args in [
+        &["--cpu-fold", "off"][..],
+        &["--cpu-fold", "on", "--cpu-isa", "portable"],
+    ] {
+        let mut all = vec!["run", t, "--algo", "single", "--iters", "3"];
+        all.extend_from_slice(args);
+        let o = streamrec(&all);
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    // The variables the libraries once read are read by the CLI, once.
+    let o = Command::new(env!("CARGO_BIN_EXE_streamrec"))
+        .args(["run", t, "--algo", "single", "--iters", "3"])
+        .env("STREAMREC_CPU_ISA", "bogus")
+        .env("STREAMREC_CPU_FOLD", "off")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("STREAMREC_CPU_ISA ignored: unknown CPU ISA \"bogus\""),
+        "{err}"
     );
 }

@@ -55,7 +55,7 @@ pub fn main(a: CheckArgs) -> Result<()> {
     let reference = reference.weights(&weights).build().cli()?;
     let tested = a
         .engine
-        .builder(&spec)
+        .builder(&spec)?
         .weights(&weights)
         .plan_options(a.plan.options(a.plan.algo())?)
         .contexts(1)

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use streamrec_graph::{Algorithm, CostModel, GraphError, ModelSpec, OpGraph, Planned, SimMode};
+use streamrec_kernels::cpu::Isa;
 use streamrec_runtime::backend::BackendKind;
 use streamrec_runtime::builder::{BuildError, BuildResult, EngineBuilder, NoteSink, PlanOptions};
 use streamrec_runtime::tune::{cache_dir_in, Note};
@@ -139,6 +140,16 @@ pub struct EngineArgs {
     /// model then lets one kernel use N cores).
     #[arg(long, value_name = "N", alias = "intra-op-threads")]
     pub cpu_threads: Option<usize>,
+    /// CPU: fold each square linear layer into the table whose pooled rows it alone reads: on
+    /// (the default) or off (every layer runs as written, for comparisons; within f32 rounding).
+    /// Default from STREAMREC_CPU_FOLD (off, 0, false or no turn it off).
+    #[arg(long, value_name = "on|off", value_parser = ["on", "off"])]
+    pub cpu_fold: Option<String>,
+    /// CPU: the instruction set of the linear layers' kernels, avx512, avx2 or portable
+    /// (default: the fastest this processor has; for measurements). Default from
+    /// STREAMREC_CPU_ISA (a value this processor cannot run is ignored there, with a warning).
+    #[arg(long, value_name = "ISA")]
+    pub cpu_isa: Option<String>,
 }
 
 impl EngineArgs {
@@ -156,18 +167,58 @@ impl EngineArgs {
         Ok(())
     }
 
+    /// `--cpu-fold`, else STREAMREC_CPU_FOLD (read here, once: the libraries read no
+    /// environment), else on.
+    pub fn cpu_fold(&self) -> bool {
+        match self.cpu_fold.as_deref() {
+            Some(v) => v == "on",
+            None => !matches!(
+                std::env::var("STREAMREC_CPU_FOLD")
+                    .ok()
+                    .as_deref()
+                    .map(str::trim),
+                Some("off" | "0" | "false" | "no")
+            ),
+        }
+    }
+
+    /// `--cpu-isa` (an error if unknown or not on this processor), else STREAMREC_CPU_ISA (a
+    /// warning and the default if it cannot be used), else the fastest path.
+    pub fn cpu_isa(&self) -> Result<Option<Isa>> {
+        if let Some(v) = &self.cpu_isa {
+            let isa: Isa = v.parse().map_err(|e| anyhow::anyhow!("--cpu-isa: {e}"))?;
+            return Ok(Some(
+                isa.require()
+                    .map_err(|e| anyhow::anyhow!("--cpu-isa: {e}"))?,
+            ));
+        }
+        let Ok(v) = std::env::var("STREAMREC_CPU_ISA") else {
+            return Ok(None);
+        };
+        match v.parse::<Isa>().and_then(Isa::require) {
+            Ok(isa) => Ok(Some(isa)),
+            Err(e) => {
+                eprintln!("streamrec: STREAMREC_CPU_ISA ignored: {e}");
+                Ok(None)
+            }
+        }
+    }
+
     /// True with `--graph on`.
     pub fn graphs(&self) -> bool {
         self.graph == "on"
     }
 
-    /// A builder for `spec` with these flags: backend, TF32, CPU threads, CUDA graphs.
-    pub fn builder<'a>(&self, spec: &'a ModelSpec) -> EngineBuilder<'a> {
-        EngineBuilder::new(spec)
+    /// A builder for `spec` with these flags: backend, TF32, CPU threads, fold and ISA, CUDA
+    /// graphs.
+    pub fn builder<'a>(&self, spec: &'a ModelSpec) -> Result<EngineBuilder<'a>> {
+        Ok(EngineBuilder::new(spec)
             .backend(self.backend)
             .tf32(self.tf32)
             .threads(self.cpu_threads())
-            .graphs(self.graphs())
+            .cpu_fold(self.cpu_fold())
+            .cpu_isa(self.cpu_isa()?)
+            .graphs(self.graphs()))
     }
 }
 

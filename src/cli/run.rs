@@ -127,7 +127,7 @@ pub fn main(a: RunArgs) -> Result<()> {
     // device, fail before generating weights (gigabytes for the large specs).
     let builder = a
         .engine
-        .builder(&spec)
+        .builder(&spec)?
         .contexts(a.contexts)
         .max_batch(max_batch)
         .trace(a.trace.is_some() || a.profile.is_some())

@@ -113,7 +113,7 @@ pub fn main(a: ServeArgs) -> Result<()> {
     };
     let builder = a
         .engine
-        .builder(&spec)
+        .builder(&spec)?
         .backend(backend)
         .plan_options(plan.options(a.algo)?)
         .contexts(cfg.contexts)

@@ -357,6 +357,13 @@ impl<'a> EngineBuilder<'a> {
         self
     }
 
+    /// CPU: the instruction set of the linear layers' kernels (`None`, the default: the
+    /// fastest this processor has; one it lacks is an error when the engine is built).
+    pub fn cpu_isa(mut self, isa: Option<streamrec_kernels::cpu::Isa>) -> Self {
+        self.target.opts.cpu_isa = isa;
+        self
+    }
+
     /// CUDA: let GEMMs use TF32 tensor cores.
     pub fn tf32(mut self, on: bool) -> Self {
         self.target.opts.tf32 = on;

@@ -256,7 +256,7 @@ fn fnv1a(s: &str) -> u64 {
 /// Everything the choice depends on.
 fn cache_key(target: &Target, spec: &ModelSpec, plan: &PlanOptions, batches: &[usize]) -> String {
     format!(
-        "v{CACHE_VERSION}|streamrec {}|{}|{}|streams<={}|fuse={:?}|device={:?}|costs={:?}|cpu-threads={}|cpu-fold={}|tf32={}|graphs={}|batches={batches:?}|{spec:?}",
+        "v{CACHE_VERSION}|streamrec {}|{}|{}|streams<={}|fuse={:?}|device={:?}|costs={:?}|cpu-threads={}|cpu-fold={}|cpu-isa={:?}|tf32={}|graphs={}|batches={batches:?}|{spec:?}",
         env!("CARGO_PKG_VERSION"),
         machine(),
         match target.backend {
@@ -269,6 +269,7 @@ fn cache_key(target: &Target, spec: &ModelSpec, plan: &PlanOptions, batches: &[u
         plan.costs,
         target.opts.cpu_threads,
         target.opts.cpu_fold,
+        target.opts.cpu_isa,
         target.opts.tf32,
         target.cfg.graphs,
     )
