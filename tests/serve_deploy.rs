@@ -160,7 +160,10 @@ fn tritonclient_interop_json_and_binary() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(out.contains("infer (binary): 6 scores equal"), "{out}");
-    assert!(out.contains("infer (binary, deflate both ways): 6 scores equal"), "{out}");
+    assert!(
+        out.contains("infer (binary, deflate both ways): 6 scores equal"),
+        "{out}"
+    );
     assert!(out.contains("statistics: "), "{out}");
     println!("{out}");
 }

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Args;
 use streamrec_graph::Algorithm;
-use streamrec_runtime::backend::BackendKind;
 use streamrec_runtime::builder::EngineBuilder;
 use streamrec_runtime::gen::{random_batch, Skew};
+use streamrec_runtime::BackendKind;
 use streamrec_runtime::Weights;
 
 use super::{EngineArgs, IntoCli, ModelArgs, PlanOpts};

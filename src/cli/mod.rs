@@ -12,9 +12,9 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use streamrec_graph::{Algorithm, CostModel, GraphError, ModelSpec, OpGraph, Planned, SimMode};
 use streamrec_kernels::cpu::Isa;
-use streamrec_runtime::backend::BackendKind;
 use streamrec_runtime::builder::{BuildError, BuildResult, EngineBuilder, NoteSink, PlanOptions};
 use streamrec_runtime::tune::{cache_dir_in, Note};
+use streamrec_runtime::BackendKind;
 use streamrec_runtime::RuntimeError;
 
 /// StreamRec: multi-stream inference for deep-learning recommendation models.

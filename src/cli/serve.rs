@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Args;
 use streamrec_graph::Algorithm;
-use streamrec_runtime::backend::{resolve, BackendKind};
+use streamrec_runtime::engine::{resolve, BackendKind};
 use streamrec_runtime::Weights;
 use streamrec_serve::{Model, ServeConfig, Server};
 

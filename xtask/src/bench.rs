@@ -11,12 +11,14 @@ use streamrec_graph::{
     assign, simulate, Algorithm, AssignConfig, CostModel, DeviceProfile, MeasuredCosts, ModelSpec,
     OpGraph, Plan, Planned, SimMode,
 };
-use streamrec_runtime::backend::BackendKind;
 use streamrec_runtime::builder::{Built, EngineBuilder};
 use streamrec_runtime::calibrate;
 use streamrec_runtime::gen::{random_batch, Skew};
 use streamrec_runtime::stats::LatencySummary;
+use streamrec_runtime::BackendKind;
 use streamrec_runtime::{measure, Batch, EngineConfig, Infer, MeasureConfig, Weights};
+
+use crate::common::{spread, today};
 
 struct Opts {
     quick: bool,
@@ -70,17 +72,6 @@ fn parse(args: &[String]) -> Result<Opts> {
         o.serving = Some(serving);
     }
     Ok(o)
-}
-
-pub(crate) fn today() -> String {
-    std::process::Command::new("date")
-        .arg("+%Y-%m-%d")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "undated".into())
 }
 
 fn workspace() -> PathBuf {
@@ -205,17 +196,6 @@ impl Timed {
     fn p50s(&self) -> Vec<f64> {
         self.rounds.iter().map(|r| r.p50_us).collect()
     }
-}
-
-/// Relative spread of measurements: (max - min) / median; 0 for fewer than two.
-pub(crate) fn spread(v: &[f64]) -> f64 {
-    if v.len() < 2 {
-        return 0.0;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let median = s[s.len() / 2];
-    (s[s.len() - 1] - s[0]) / median
 }
 
 /// A ratio against the baseline, read with the run's noise floor: within it, "no difference".

@@ -2,6 +2,7 @@
 //! `load`, `fuzz`, `device-bundle`).
 
 mod bench;
+mod common;
 mod device_bundle;
 mod fuzz;
 mod load;

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use streamrec_graph::{Algorithm, ModelSpec, OpGraph};
-use streamrec_runtime::backend::BackendKind;
 use streamrec_runtime::builder::EngineBuilder;
 use streamrec_runtime::stats::median;
+use streamrec_runtime::BackendKind;
 use streamrec_runtime::{Batch, Weights};
 
 /// Largest absolute difference allowed between an ORT score and the engine's.

@@ -14,15 +14,15 @@ use streamrec_runtime::stats::median;
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use streamrec_graph::{Algorithm, ModelSpec};
-use streamrec_runtime::backend::BackendKind;
 use streamrec_runtime::builder::EngineBuilder;
 use streamrec_runtime::gen::{random_batch, Skew};
 use streamrec_runtime::request::InferRequest;
+use streamrec_runtime::BackendKind;
 use streamrec_runtime::Infer;
 use streamrec_serve::client::Client;
 use streamrec_serve::{Model, ServeConfig, Server};
 
-use crate::bench::spread;
+use crate::common::spread;
 
 struct Opts {
     secs: f64,

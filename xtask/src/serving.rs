@@ -28,7 +28,7 @@ use streamrec_loadgen::{
     ScheduleConfig, ScheduleKind, Shard, Target, Trace,
 };
 
-use crate::bench::spread;
+use crate::common::spread;
 use crate::load::Guard;
 use crate::plots;
 
@@ -893,7 +893,7 @@ pub fn main(args: &[String]) -> Result<()> {
     }
     o.root = root;
     o.out = out.unwrap_or_else(|| {
-        PathBuf::from("results").join(format!("{}-serving", crate::bench::today()))
+        PathBuf::from("results").join(format!("{}-serving", crate::common::today()))
     });
     run(&o)?;
     println!(

@@ -68,6 +68,7 @@ pub mod gen;
 pub mod measure;
 pub mod request;
 pub mod stats;
+pub mod target;
 pub mod trace;
 pub mod tune;
 pub mod weights;

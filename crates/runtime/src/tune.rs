@@ -1,5 +1,5 @@
 //! Measured `auto`: the plan an engine uses when its algorithm is `auto` and batch sizes to
-//! tune for are given ([`crate::builder::EngineBuilder::tune_batches`]). A few candidate plans
+//! tune for are given (`EngineBuilder::tune_batches`). A few candidate plans
 //! (single, the simulator's pick, streamrec, critical-path and nimble on up to K streams, where
 //! K is at most the cores on the CPU backend) are built and timed side by side on random
 //! batches, in rounds that time `single` first and last and every candidate in between; each
@@ -20,10 +20,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use streamrec_graph::{Algorithm, ModelSpec, OpGraph};
 
-use crate::backend::BackendKind;
-use crate::builder::{BuildError, BuildResult, Built, NoteSink, PlanOptions, Target};
+use crate::engine::BackendKind;
 use crate::gen::{random_batch, Skew};
 use crate::stats::median;
+use crate::target::{BuildError, BuildResult, Built, PlanOptions, Target};
 use crate::{measure, Batch, EngineConfig, MeasureConfig, Weights};
 
 /// Version of the cache file format, of the selection rule and of the CPU kernels whose
@@ -96,6 +96,10 @@ pub enum Note<'a> {
         error: &'a std::io::Error,
     },
 }
+
+/// Receives what measured `auto` reports (its choice, that it is timing, a cache it could
+/// not write).
+pub type NoteSink<'a> = &'a (dyn Fn(&Note<'_>) + 'a);
 
 impl Note<'_> {
     /// True for a problem worth reporting even to a caller that wants no progress.

@@ -183,9 +183,3 @@ pub trait Backend: Send + Sync + 'static {
         )))
     }
 }
-
-// Compatibility: what picks and builds a backend's engine lives with the engine
-// ([`crate::engine`]); these re-exports keep the old paths working for callers that have not
-// moved yet.
-#[doc(no_inline)]
-pub use crate::engine::{build_engine, resolve, BackendKind, BackendOptions};
