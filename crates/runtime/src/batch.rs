@@ -5,8 +5,9 @@
 //! bag ends at the end of the list). [`Batch::validate`] checks everything a kernel relies on, so
 //! an out-of-range index never reaches a kernel.
 
-use streamrec_graph::limits::{MAX_BATCH, MAX_BATCH_INDICES};
+use streamrec_graph::limits::MAX_BATCH;
 use streamrec_graph::ModelSpec;
+use streamrec_protocol::{check_dense_values, check_feature};
 
 use crate::error::{Result, RuntimeError};
 
@@ -79,8 +80,9 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// Checks shapes, offsets and index ranges against the spec; the error names the input,
-    /// the position and the value.
+    /// Checks shapes, offsets and index ranges against the spec, with the protocol's checks of a
+    /// request's tensors (one rule for both); the error names the input, the position and the
+    /// value.
     pub fn validate(&self, spec: &ModelSpec) -> Result<()> {
         let bad = |m: String| Err(RuntimeError::Input(m));
         if self.size == 0 {
@@ -106,12 +108,7 @@ impl Batch {
                 self.dense.len()
             ));
         }
-        if let Some(i) = self.dense.iter().position(|v| !v.is_finite()) {
-            return bad(format!(
-                "dense: value at position {i} is {}, must be finite",
-                self.dense[i]
-            ));
-        }
+        check_dense_values(&self.dense)?;
         if self.sparse.len() != spec.features.len() {
             return bad(format!(
                 "expected {} sparse features, got {}",
@@ -120,48 +117,7 @@ impl Batch {
             ));
         }
         for (inp, feat) in self.sparse.iter().zip(&spec.features) {
-            let name = &feat.name;
-            if inp.offsets.len() != self.size {
-                return bad(format!(
-                    "{name}_offsets: expected {} offsets (one per sample), got {}",
-                    self.size,
-                    inp.offsets.len()
-                ));
-            }
-            if inp.indices.len() > MAX_BATCH_INDICES {
-                return bad(format!(
-                    "{name}: {} indices, more than the limit of {MAX_BATCH_INDICES} (limits::MAX_BATCH_INDICES)",
-                    inp.indices.len()
-                ));
-            }
-            let n = inp.indices.len() as i64;
-            let mut prev = 0i64;
-            for b in 0..self.size {
-                let o = inp.offsets.get(b);
-                if b == 0 && o != 0 {
-                    return bad(format!("{name}_offsets: position 0 is {o}, must be 0"));
-                }
-                if o < prev {
-                    return bad(format!(
-                        "{name}_offsets: position {b} is {o}, less than the previous offset {prev} (offsets must not decrease)"
-                    ));
-                }
-                if o > n {
-                    return bad(format!(
-                        "{name}_offsets: position {b} is {o}, beyond the {n} indices"
-                    ));
-                }
-                prev = o;
-            }
-            let rows = feat.rows as i64;
-            for i in 0..inp.indices.len() {
-                let v = inp.indices.get(i);
-                if v < 0 || v >= rows {
-                    return bad(format!(
-                        "{name}: index at position {i} is {v}, out of range for a table of {rows} rows"
-                    ));
-                }
-            }
+            check_feature(&feat.name, self.size, &inp.indices, &inp.offsets, feat.rows)?;
         }
         Ok(())
     }
