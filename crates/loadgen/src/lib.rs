@@ -1,7 +1,8 @@
 //! StreamRec load generator: open-loop request replay with latency histograms.
 //!
 //! It speaks HTTP only (KServe v2 REST, JSON or Triton's binary extension) and links none of
-//! the engine crates. A run is: a [`Schedule`] of intended send times ([`schedule::build`]:
+//! the engine crates (the spec parser of streamrec-graph and the wire format of
+//! streamrec-protocol only). A run is: a [`Schedule`] of intended send times ([`schedule::build`]:
 //! constant, Poisson or a rescaled trace, split into shards), batch sizes set on it
 //! ([`BatchSizes::apply`]), request bodies prepared up front ([`Bodies`], from the model's
 //! [`ModelInputs`]), then [`run()`]: an open-loop sender whose latencies run from the intended
