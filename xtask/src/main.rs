@@ -2,6 +2,7 @@
 //! `load`, `fuzz`, `device-bundle`).
 
 mod bench;
+mod bench_report;
 mod common;
 mod device_bundle;
 mod fuzz;
@@ -10,6 +11,7 @@ mod peer;
 mod plots;
 mod serve_bench;
 mod serving;
+mod serving_report;
 
 use anyhow::Result;
 

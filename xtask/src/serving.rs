@@ -28,9 +28,8 @@ use streamrec_loadgen::{
     ScheduleConfig, ScheduleKind, Shard, Target, Trace,
 };
 
-use crate::common::spread;
 use crate::load::Guard;
-use crate::plots;
+use crate::serving_report as report;
 
 /// The published figures the headline ratios sit next to.
 pub const PUBLISHED_LATENCY_REDUCTION: f64 = 0.278;
@@ -165,25 +164,25 @@ pub const HELP: &str = "\
 
 /// One measured point of a sweep.
 #[derive(Clone, Debug)]
-struct Point {
+pub(crate) struct Point {
     /// "search" (a sweep point), "recheck" (a failing sweep point measured again) or "common"
     /// (a round at the common load).
-    phase: &'static str,
+    pub(crate) phase: &'static str,
     /// The search pass or the round, from 0.
-    pass: usize,
-    schedule: &'static str,
-    plan: &'static str,
-    qps: f64,
-    offered: f64,
-    achieved: f64,
-    requests: u64,
-    failed: u64,
-    p50: u64,
-    p90: u64,
-    p99: u64,
-    p999: u64,
-    max: u64,
-    ok: bool,
+    pub(crate) pass: usize,
+    pub(crate) schedule: &'static str,
+    pub(crate) plan: &'static str,
+    pub(crate) qps: f64,
+    pub(crate) offered: f64,
+    pub(crate) achieved: f64,
+    pub(crate) requests: u64,
+    pub(crate) failed: u64,
+    pub(crate) p50: u64,
+    pub(crate) p90: u64,
+    pub(crate) p99: u64,
+    pub(crate) p999: u64,
+    pub(crate) max: u64,
+    pub(crate) ok: bool,
 }
 
 /// A running `streamrec serve` and what it said about its plan.
@@ -273,7 +272,25 @@ struct Ctx<'a> {
     points: Vec<Point>,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    /// Nothing measured yet; the progress bar sized for the searches and the rounds.
+    fn new(o: &'a Opts, inputs: ModelInputs, model: String) -> Self {
+        // A rough count for the progress bar: about 10 sweep points per search, plus the rounds.
+        let est = (o.passes * 4 * (8 + o.refine) + o.rounds * 4) as u64;
+        let bar = ProgressBar::new(est).with_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} {elapsed_precise} {msg}")
+                .expect("valid template"),
+        );
+        Ctx {
+            o,
+            inputs,
+            model,
+            started: Instant::now(),
+            bar,
+            points: Vec::new(),
+        }
+    }
+
     fn out_of_time(&self) -> bool {
         self.o
             .deadline_s
@@ -484,7 +501,7 @@ fn max_qps(
 }
 
 /// A ratio read against a noise floor.
-fn verdict(change: f64, noise: f64, up: &str, down: &str) -> String {
+pub(crate) fn verdict(change: f64, noise: f64, up: &str, down: &str) -> String {
     if !change.is_finite() {
         "not measured".into()
     } else if change.abs() <= noise {
@@ -494,6 +511,21 @@ fn verdict(change: f64, noise: f64, up: &str, down: &str) -> String {
     } else {
         down.into()
     }
+}
+
+/// The two arrival processes, Poisson first.
+pub(crate) type Schedules = [(&'static str, ScheduleKind); 2];
+
+/// What the searches and the common-load rounds measured.
+pub(crate) struct Measured {
+    /// max QPS per (schedule, plan), one per pass.
+    pub(crate) maxes: Vec<Vec<Vec<Option<f64>>>>,
+    /// serving-latency.csv: the common-load rounds.
+    pub(crate) lat_csv: String,
+    /// Per schedule: the common load and each plan's rounds at it.
+    pub(crate) common: Vec<(f64, [Vec<Point>; 2])>,
+    /// Each plan's latency at the common load (Poisson), merged over the rounds.
+    pub(crate) cdf: [Histogram<u64>; 2],
 }
 
 /// Runs the serving experiment; returns the markdown section for report.md (also written to
@@ -507,285 +539,24 @@ pub fn run(o: &Opts) -> Result<String> {
         .name;
     let trace = Trace::load(&o.root.join(TRACE))?;
     let bin = binary(o)?;
-    eprintln!(
-        "serving experiment: {model} (batch {} per request), p99 bound {} ms, {} s per point",
-        o.batch, o.p99_ms, o.secs
-    );
-    let single = start_server(o, &bin, "single", &model)?;
-    let auto = start_server(o, &bin, "auto", &model)?;
-    eprintln!("  single: {}", single.plan_line);
-    eprintln!("  auto:   {}", auto.plan_line);
-    let schedules: [(&'static str, ScheduleKind); 2] = [
+    let [single, auto] = start_servers(o, &bin, &model)?;
+    let schedules: Schedules = [
         ("poisson", ScheduleKind::Poisson),
         ("trace", ScheduleKind::Trace(Arc::new(trace))),
     ];
     let plans: [(&'static str, &str); 2] = [("single", &single.url), ("auto", &auto.url)];
-    // A rough count for the progress bar: about 10 sweep points per search, plus the rounds.
-    let est = (o.passes * 4 * (8 + o.refine) + o.rounds * 4) as u64;
-    let bar = ProgressBar::new(est).with_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} {elapsed_precise} {msg}")
-            .expect("valid template"),
-    );
-    let mut cx = Ctx {
-        o,
-        inputs,
-        model: model.clone(),
-        started: Instant::now(),
-        bar,
-        points: Vec::new(),
-    };
-    // max QPS per (schedule, plan), one per pass; passes interleave the plans.
-    // Poisson first, then the trace: each has its searches and its common-load rounds before the
-    // next starts, so a run cut off by its deadline has whole results for the first.
-    let mut maxes: Vec<Vec<Vec<Option<f64>>>> = vec![vec![Vec::new(); 2]; 2];
-    let mut lat_csv = String::from(
-        "schedule,plan,round,offered_qps,achieved_qps,failed,p50_us,p90_us,p99_us,p999_us,max_us\n",
-    );
-    let mut common: Vec<(f64, [Vec<Point>; 2])> = Vec::new();
-    let mut cdf: [Histogram<u64>; 2] = [histogram(), histogram()];
-    for (si, (sn, sk)) in schedules.iter().enumerate() {
-        for pass in 0..o.passes {
-            for pi in 0..2 {
-                // Passes alternate which plan goes first.
-                let plan = if pass % 2 == 0 { pi } else { 1 - pi };
-                let m = cx.search(pass, (sn, sk), plans[plan])?;
-                maxes[si][plan].push(m);
-            }
-        }
-        // Latency at a common offered load: half the baseline's largest passing QPS.
-        let base: Vec<f64> = maxes[si][0].iter().flatten().copied().collect();
-        let q = if base.is_empty() {
-            o.start_qps / 2.0
-        } else {
-            median(&base) / 2.0
-        };
-        let mut got: [Vec<Point>; 2] = [Vec::new(), Vec::new()];
-        for round in 0..o.rounds {
-            for j in 0..2 {
-                let plan = (j + round) % 2;
-                if cx.out_of_time() {
-                    break;
-                }
-                let (p, r) = cx.measure(
-                    ("common", round),
-                    (sn, sk),
-                    plans[plan],
-                    q,
-                    9000 + round as u64,
-                )?;
-                let _ = writeln!(
-                    lat_csv,
-                    "{sn},{},{},{:.1},{:.1},{},{},{},{},{},{}",
-                    p.plan,
-                    round + 1,
-                    p.offered,
-                    p.achieved,
-                    p.failed,
-                    p.p50,
-                    p.p90,
-                    p.p99,
-                    p.p999,
-                    p.max
-                );
-                if si == 0 {
-                    cdf[plan].add(&r.latency).context("merging histograms")?;
-                }
-                got[plan].push(p);
-            }
-        }
-        common.push((q, got));
-    }
+    let mut cx = Ctx::new(o, inputs, model.clone());
+    let measured = measure_all(&mut cx, &schedules, plans)?;
     cx.bar.finish_and_clear();
     // Tables and files.
-    let mut csv = String::from(
-        "phase,pass_or_round,schedule,plan,target_qps,offered_qps,achieved_qps,requests,failed,p50_us,p90_us,p99_us,p999_us,max_us,within_bound\n",
-    );
-    for p in &cx.points {
-        let _ = writeln!(
-            csv,
-            "{},{},{},{},{:.1},{:.1},{:.1},{},{},{},{},{},{},{},{}",
-            p.phase,
-            p.pass + 1,
-            p.schedule,
-            p.plan,
-            p.qps,
-            p.offered,
-            p.achieved,
-            p.requests,
-            p.failed,
-            p.p50,
-            p.p90,
-            p.p99,
-            p.p999,
-            p.max,
-            p.ok
-        );
-    }
-    std::fs::write(o.out.join("serving.csv"), &csv)?;
-    std::fs::write(o.out.join("serving-latency.csv"), &lat_csv)?;
+    std::fs::write(o.out.join("serving.csv"), report::points_csv(&cx.points))?;
+    std::fs::write(o.out.join("serving-latency.csv"), &measured.lat_csv)?;
     let resolution = o.growth.powf(0.5f64.powi(o.refine as i32)) - 1.0;
-    let mut md = format!(
-        "## Serving: single-stream vs auto behind `streamrec serve`\n\n\
-         {model} with {} sample(s) per request, served by `streamrec serve --algo single` and \
-         `--algo auto` (each its own process{}), driven open-loop over loopback by the load \
-         generator (binary bodies, latency from the intended send time). Max QPS: the largest \
-         offered rate whose p99 stays under {} ms with no failed request and the achieved rate \
-         within 2% of the offered, a failing point measured again and over only if it fails twice \
-         (sweep from {} req/s by x{}, {} bisection step(s): resolution {:.1}%; {} pass(es)). Common load: half the single plan's max QPS, {} interleaved \
-         round(s) of {} s.\n\n- single: `{}`\n- auto: `{}`\n\n",
-        o.batch,
-        if o.server_args.is_empty() {
-            String::new()
-        } else {
-            format!(", `{}`", o.server_args.join(" "))
-        },
-        o.p99_ms,
-        o.start_qps,
-        o.growth,
-        o.refine,
-        resolution * 100.0,
-        o.passes,
-        o.rounds,
-        o.secs,
-        single.plan_line.trim(),
-        auto.plan_line.trim()
-    );
-    let _ = writeln!(
-        md,
-        "| schedule | single max QPS | auto max QPS | throughput gain | noise floor | verdict | common load | single p50 / p99 us | auto p50 / p99 us | p50 latency reduction | p99 latency reduction | noise floor | verdict |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
-    );
-    let mut headline = String::new();
-    let mut summary_csv = String::from("schedule,single_max_qps,auto_max_qps,throughput_gain,throughput_noise_floor,throughput_verdict,common_qps,single_p50_us,single_p99_us,auto_p50_us,auto_p99_us,p50_latency_reduction,p99_latency_reduction,latency_noise_floor,latency_verdict\n");
-    for (si, (sn, _)) in schedules.iter().enumerate() {
-        let m = |pl: usize| -> Vec<f64> { maxes[si][pl].iter().flatten().copied().collect() };
-        let (ms, ma) = (m(0), m(1));
-        let (smax, amax) = (median(&ms), median(&ma));
-        let gain = amax / smax - 1.0;
-        let t_noise = resolution.max(spread(&ms)).max(spread(&ma));
-        let t_verdict = verdict(gain, t_noise, "auto higher", "auto lower");
-        let (q, got) = &common[si];
-        let pct = |pl: usize, f: fn(&Point) -> u64| -> f64 {
-            median(&got[pl].iter().map(|p| f(p) as f64).collect::<Vec<_>>())
-        };
-        let (s50, s99, a50, a99) = (
-            pct(0, |p| p.p50),
-            pct(0, |p| p.p99),
-            pct(1, |p| p.p50),
-            pct(1, |p| p.p99),
-        );
-        let red50 = 1.0 - a50 / s50;
-        let red99 = 1.0 - a99 / s99;
-        let l_noise = spread(&got[0].iter().map(|p| p.p50 as f64).collect::<Vec<_>>()).max(spread(
-            &got[1].iter().map(|p| p.p50 as f64).collect::<Vec<_>>(),
-        ));
-        // One round has no round-to-round spread: no floor, so no verdict either.
-        let l_verdict = if !red50.is_finite() {
-            "not measured".to_string()
-        } else if got[0].len().min(got[1].len()) < 2 {
-            "undecided (one round: no noise floor)".to_string()
-        } else {
-            verdict(red50, l_noise, "auto lower", "auto higher")
-        };
-        let fmt = |x: f64| {
-            if x.is_finite() {
-                format!("{x:.0}")
-            } else {
-                "-".into()
-            }
-        };
-        let _ = writeln!(
-            md,
-            "| {sn} | {} | {} | {:+.1}% | {:.1}% | {t_verdict} | {q:.0} req/s | {} / {} | {} / {} | {:+.1}% | {:+.1}% | {:.1}% | {l_verdict} |",
-            fmt(smax),
-            fmt(amax),
-            gain * 100.0,
-            t_noise * 100.0,
-            fmt(s50),
-            fmt(s99),
-            fmt(a50),
-            fmt(a99),
-            red50 * 100.0,
-            red99 * 100.0,
-            l_noise * 100.0
-        );
-        let c = |x: f64, d: usize| {
-            if x.is_finite() {
-                format!("{x:.d$}")
-            } else {
-                String::new()
-            }
-        };
-        let _ = writeln!(
-            summary_csv,
-            "{sn},{},{},{},{t_noise:.4},{t_verdict},{q:.1},{},{},{},{},{},{},{l_noise:.4},{l_verdict}",
-            c(smax, 1),
-            c(amax, 1),
-            c(gain, 4),
-            c(s50, 0),
-            c(s99, 0),
-            c(a50, 0),
-            c(a99, 0),
-            c(red50, 4),
-            c(red99, 4)
-        );
-        if si == 0 {
-            headline = format!(
-                "Headline (Poisson): latency reduction at {q:.0} req/s {:+.1}% at p50 ({l_verdict}, noise floor {:.1}%; published: {:.1}%), throughput gain at p99 <= {} ms {:+.1}% ({t_verdict}, noise floor {:.1}%; published: {:.0}%).",
-                red50 * 100.0,
-                l_noise * 100.0,
-                PUBLISHED_LATENCY_REDUCTION * 100.0,
-                o.p99_ms,
-                gain * 100.0,
-                t_noise * 100.0,
-                PUBLISHED_THROUGHPUT_GAIN * 100.0
-            );
-        }
-    }
+    let mut md = report::intro(o, &model, resolution, [&single.plan_line, &auto.plan_line]);
+    let (summary_csv, headline) = report::summary(o, &schedules, &measured, resolution, &mut md);
     std::fs::write(o.out.join("serving-summary.csv"), &summary_csv)?;
     let _ = writeln!(md, "\n{headline}\n");
-    // Plots.
-    let bound_us = o.p99_ms * 1000.0;
-    for (sn, _) in &schedules {
-        let file = format!("serving-latency-vs-qps-{sn}.svg");
-        plots::latency_vs_qps(
-            &o.out.join(&file),
-            &format!("{model}: latency vs offered load ({sn})"),
-            &cx.points
-                .iter()
-                .filter(|p| p.schedule == *sn && p.failed == 0)
-                .map(|p| (p.plan, p.offered, p.p50 as f64, p.p99 as f64))
-                .collect::<Vec<_>>(),
-            bound_us,
-        )?;
-        let _ = writeln!(md, "![latency percentiles vs offered QPS, {sn}]({file})\n");
-    }
-    let bars: Vec<(String, f64, f64)> = schedules
-        .iter()
-        .enumerate()
-        .map(|(si, (sn, _))| {
-            let m =
-                |pl: usize| median(&maxes[si][pl].iter().flatten().copied().collect::<Vec<_>>());
-            (sn.to_string(), m(0), m(1))
-        })
-        .collect();
-    plots::throughput_bars(
-        &o.out.join("serving-throughput.svg"),
-        &format!("{model}: max QPS with p99 <= {} ms", o.p99_ms),
-        &bars,
-    )?;
-    let _ = writeln!(
-        md,
-        "![max QPS under the p99 bound](serving-throughput.svg)\n"
-    );
-    plots::latency_cdf(
-        &o.out.join("serving-latency-cdf.svg"),
-        &format!("{model}: latency CDF at {:.0} req/s (Poisson)", common[0].0),
-        &[("single", &cdf[0]), ("auto", &cdf[1])],
-    )?;
-    let _ = writeln!(
-        md,
-        "![latency CDF at the common load](serving-latency-cdf.svg)\n"
-    );
+    report::plots(o, &model, &schedules, &cx.points, &measured, &mut md)?;
     let _ = writeln!(
         md,
         "Data: [serving.csv](serving.csv) (every point), [serving-latency.csv](serving-latency.csv) \
@@ -800,57 +571,108 @@ pub fn run(o: &Opts) -> Result<String> {
     }
     std::fs::write(o.out.join("serving.md"), &md)?;
     println!("\nserving experiment ({model}):");
-    print!("{}", summary_table(&summary_csv));
+    print!("{}", report::summary_table(&summary_csv));
     println!("{headline}");
     Ok(md)
 }
 
-/// The summary CSV as an aligned text table for the terminal.
-fn summary_table(csv: &str) -> String {
-    let mut out = String::new();
-    for (i, line) in csv.lines().enumerate() {
-        let f: Vec<&str> = line.split(',').collect();
-        if i == 0 {
-            let _ = writeln!(
-                out,
-                "{:<8} {:>10} {:>10} {:>8} {:>16} {:>10} {:>14} {:>14} {:>9} {:>16}",
-                "schedule",
-                "single max",
-                "auto max",
-                "gain",
-                "(verdict)",
-                "common",
-                "single p50/p99",
-                "auto p50/p99",
-                "p50 red.",
-                "(verdict)"
-            );
-            continue;
+/// `streamrec serve --algo single` and `--algo auto`, each its own process.
+fn start_servers(o: &Opts, bin: &Path, model: &str) -> Result<[ServerProc; 2]> {
+    eprintln!(
+        "serving experiment: {model} (batch {} per request), p99 bound {} ms, {} s per point",
+        o.batch, o.p99_ms, o.secs
+    );
+    let single = start_server(o, bin, "single", model)?;
+    let auto = start_server(o, bin, "auto", model)?;
+    eprintln!("  single: {}", single.plan_line);
+    eprintln!("  auto:   {}", auto.plan_line);
+    Ok([single, auto])
+}
+
+/// Per schedule, Poisson first, then the trace: the max-QPS searches, then the rounds at the
+/// common load. Each has its searches and its common-load rounds before the next starts, so a
+/// run cut off by its deadline has whole results for the first.
+fn measure_all(
+    cx: &mut Ctx,
+    schedules: &Schedules,
+    plans: [(&'static str, &str); 2],
+) -> Result<Measured> {
+    let mut m = Measured {
+        maxes: vec![vec![Vec::new(); 2]; 2],
+        lat_csv: String::from(
+            "schedule,plan,round,offered_qps,achieved_qps,failed,p50_us,p90_us,p99_us,p999_us,max_us\n",
+        ),
+        common: Vec::new(),
+        cdf: [histogram(), histogram()],
+    };
+    for (si, (sn, sk)) in schedules.iter().enumerate() {
+        // max QPS per plan, one per pass; passes interleave the plans.
+        for pass in 0..cx.o.passes {
+            for pi in 0..2 {
+                // Passes alternate which plan goes first.
+                let plan = if pass % 2 == 0 { pi } else { 1 - pi };
+                let max = cx.search(pass, (sn, sk), plans[plan])?;
+                m.maxes[si][plan].push(max);
+            }
         }
-        let pct = |s: &str| {
-            s.parse::<f64>()
-                .map_or("-".into(), |x| format!("{:+.1}%", x * 100.0))
+        // Latency at a common offered load: half the baseline's largest passing QPS.
+        let base: Vec<f64> = m.maxes[si][0].iter().flatten().copied().collect();
+        let q = if base.is_empty() {
+            cx.o.start_qps / 2.0
+        } else {
+            median(&base) / 2.0
         };
-        let f: Vec<&str> = f
-            .iter()
-            .map(|x| if x.is_empty() { "-" } else { x })
-            .collect();
-        let _ = writeln!(
-            out,
-            "{:<8} {:>10} {:>10} {:>8} {:>16} {:>10} {:>14} {:>14} {:>9} {:>16}",
-            f[0],
-            f[1],
-            f[2],
-            pct(f[3]),
-            f[5],
-            f[6],
-            format!("{}/{}", f[7], f[8]),
-            format!("{}/{}", f[9], f[10]),
-            pct(f[11]),
-            f[14]
-        );
+        let got = common_rounds(cx, si, (sn, sk), plans, q, &mut m)?;
+        m.common.push((q, got));
     }
-    out
+    Ok(m)
+}
+
+/// The interleaved rounds at the common load `q` on one schedule: each round's row in
+/// serving-latency.csv and, on Poisson, its latencies in the plan's CDF.
+fn common_rounds(
+    cx: &mut Ctx,
+    si: usize,
+    (sn, sk): (&'static str, &ScheduleKind),
+    plans: [(&'static str, &str); 2],
+    q: f64,
+    m: &mut Measured,
+) -> Result<[Vec<Point>; 2]> {
+    let mut got: [Vec<Point>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..cx.o.rounds {
+        for j in 0..2 {
+            let plan = (j + round) % 2;
+            if cx.out_of_time() {
+                break;
+            }
+            let (p, r) = cx.measure(
+                ("common", round),
+                (sn, sk),
+                plans[plan],
+                q,
+                9000 + round as u64,
+            )?;
+            let _ = writeln!(
+                m.lat_csv,
+                "{sn},{},{},{:.1},{:.1},{},{},{},{},{},{}",
+                p.plan,
+                round + 1,
+                p.offered,
+                p.achieved,
+                p.failed,
+                p.p50,
+                p.p90,
+                p.p99,
+                p.p999,
+                p.max
+            );
+            if si == 0 {
+                m.cdf[plan].add(&r.latency).context("merging histograms")?;
+            }
+            got[plan].push(p);
+        }
+    }
+    Ok(got)
 }
 
 /// The workspace root: `--root`, else the one this binary was built in when it still exists
@@ -906,6 +728,7 @@ pub fn main(args: &[String]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plots;
 
     fn args(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
@@ -1019,18 +842,6 @@ mod tests {
         assert_eq!(verdict(f64::NAN, 0.10, "up", "down"), "not measured");
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert!(median(&[]).is_nan());
-    }
-
-    #[test]
-    fn the_summary_table_shows_missing_figures_as_dashes() {
-        let csv = "h\npoisson,100.0,,,0.1,not measured,50.0,10,20,,,,,0.0,not measured\n";
-        let t = summary_table(csv);
-        let row = t.lines().nth(1).unwrap();
-        assert!(row.starts_with("poisson"), "{t}");
-        assert!(
-            row.contains("100.0") && row.contains(" - ") && row.contains("10/20"),
-            "{t}"
-        );
     }
 
     #[test]
