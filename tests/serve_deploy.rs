@@ -1,6 +1,6 @@
-//! `streamrec serve` as deployed, over loopback: interop with Triton's Python client
-//! (tritonclient[http]), two replicas behind nginx through a SIGTERM and a SIGKILL, and an
-//! overload at three times the measured capacity.
+//! `streamrec serve` as deployed, over loopback: interop with Triton's Python clients
+//! (tritonclient[http], and tritonclient[grpc] against the gRPC endpoint), two replicas behind
+//! nginx through a SIGTERM and a SIGKILL, and an overload at three times the measured capacity.
 //!
 //! The tritonclient and nginx tests need those installed (`.ci/run` installs both and sets
 //! `STREAMREC_REQUIRE_DEPLOY=1`, which turns a missing one into a failure); elsewhere they say
@@ -165,6 +165,96 @@ fn tritonclient_interop_json_and_binary() {
         "{out}"
     );
     assert!(out.contains("statistics: "), "{out}");
+    println!("{out}");
+}
+
+/// `streamrec serve` with the gRPC endpoint on a free port: the replica and the address it
+/// prints on stderr (`grpc on ADDR`); the rest of stderr is drained on a thread.
+fn start_with_grpc(args: &[&str]) -> (Replica, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_streamrec"))
+        .arg("serve")
+        .args(args)
+        .args(["--grpc-port", "0"])
+        .current_dir(root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("streamrec serve starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .parse()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let grpc = loop {
+        let mut l = String::new();
+        if err.read_line(&mut l).unwrap() == 0 {
+            panic!("streamrec serve printed no `grpc on ADDR` line");
+        }
+        if let Some(a) = l.trim().strip_prefix("grpc on ") {
+            break a.parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    (Replica { child, addr }, grpc)
+}
+
+#[test]
+fn tritonclient_grpc_interop_sync_and_aio() {
+    let ok = Command::new("python3")
+        .args([
+            "-c",
+            "import tritonclient.grpc, tritonclient.grpc.aio, numpy",
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        skip("python3 with tritonclient[grpc] and numpy is not installed");
+        return;
+    }
+    let req = tmp("grpc-request.json");
+    std::fs::write(&req, request_body(6, 5)).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_streamrec"))
+        .args([
+            "run",
+            "workloads/tiny.toml",
+            "--input",
+            req.to_str().unwrap(),
+        ])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let expected = tmp("grpc-expected.json");
+    std::fs::write(&expected, &o.stdout).unwrap();
+    let (_server, grpc) = start_with_grpc(&["workloads/tiny.toml", "--port", "0"]);
+    let o = Command::new("python3")
+        .arg(root().join("tests/python/triton_grpc.py"))
+        .arg(grpc.to_string())
+        .args(["tiny", req.to_str().unwrap(), expected.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for want in [
+        "infer (sync, raw contents): 6 scores equal",
+        "infer (asyncio, 8 concurrent): 6 scores equal",
+        "bad input (unknown tensor): INVALID_ARGUMENT naming `bogus`",
+        "bad input (wrong shape): INVALID_ARGUMENT naming `dense`",
+        "bad input (index out of range): INVALID_ARGUMENT",
+        "statistics: ",
+    ] {
+        assert!(out.contains(want), "{want:?} missing from:\n{out}");
+    }
     println!("{out}");
 }
 

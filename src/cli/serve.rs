@@ -18,11 +18,11 @@ use super::{AutoArgs, EngineArgs, IntoCli, ModelArgs, PlanOpts};
 pub struct ServeArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Server settings (TOML; every field optional): host, port, max_batch, max_queue_delay_us,
-    /// queue_capacity, max_body_bytes, max_inflight, header_timeout_s, keepalive_idle_s,
-    /// body_timeout_s, min_body_rate, max_connections, max_buffered_bytes, contexts,
-    /// http_threads, drain_timeout_s, retry_after_s, version (deploy/README.md). Flags below
-    /// override the file.
+    /// Server settings (TOML; every field optional): host, port, grpc_port, max_batch,
+    /// max_queue_delay_us, queue_capacity, max_body_bytes, max_inflight, header_timeout_s,
+    /// keepalive_idle_s, body_timeout_s, min_body_rate, max_connections, max_buffered_bytes,
+    /// contexts, http_threads, drain_timeout_s, retry_after_s, version (deploy/README.md). Flags
+    /// below override the file.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Address to bind (default 127.0.0.1).
@@ -31,6 +31,10 @@ pub struct ServeArgs {
     /// Port (default 8000; 0 picks a free one, printed on the first line).
     #[arg(long)]
     port: Option<u16>,
+    /// Also serve KServe v2 gRPC on this port (Triton's is 8001; 0 picks a free one, printed on
+    /// stderr as `grpc on ADDR`). Default: no gRPC endpoint.
+    #[arg(long, value_name = "PORT")]
+    grpc_port: Option<u16>,
     /// Most samples per engine execution after dynamic batching (default 256).
     #[arg(long, value_name = "B")]
     max_batch: Option<usize>,
@@ -72,6 +76,9 @@ pub fn main(a: ServeArgs) -> Result<()> {
     }
     if let Some(p) = a.port {
         cfg.port = p;
+    }
+    if let Some(g) = a.grpc_port {
+        cfg.grpc_port = Some(g);
     }
     if let Some(b) = a.max_batch {
         cfg.max_batch = b;
@@ -177,6 +184,9 @@ pub fn main(a: ServeArgs) -> Result<()> {
     server.set_ui(view);
     let addr = server.local_addr();
     println!("listening on http://{addr}");
+    if let Some(g) = server.grpc_addr() {
+        eprintln!("grpc on {g}");
+    }
     eprintln!("streamrec serve: model {name} version {version}, {describe}; ready");
     server.run(streamrec_serve::shutdown_signal())?;
     Ok(())

@@ -19,6 +19,10 @@ pub struct ServeConfig {
     pub host: String,
     /// Port (0 picks a free one).
     pub port: u16,
+    /// Port of the KServe v2 gRPC endpoint (`inference.GRPCInferenceService`, Triton's 8001
+    /// by convention) on the same host, sharing the queue, batcher, limits and metrics with
+    /// HTTP; 0 picks a free one. Absent (the default): no gRPC endpoint.
+    pub grpc_port: Option<u16>,
     /// Most samples in one engine execution (the engine's max batch).
     pub max_batch: usize,
     /// Longest wait of the oldest queued request for others to batch with, in microseconds.
@@ -71,6 +75,7 @@ impl Default for ServeConfig {
         Self {
             host: "127.0.0.1".into(),
             port: 8000,
+            grpc_port: None,
             max_batch: 256,
             max_queue_delay_us: 0,
             queue_capacity: 4096,
@@ -172,6 +177,12 @@ impl ServeConfig {
     /// Checks every field.
     pub fn validate(&self) -> Result<(), ServeError> {
         count("max_batch", self.max_batch, MAX_BATCH)?;
+        if self.grpc_port.is_some_and(|g| g != 0 && g == self.port) {
+            return Err(field(
+                "grpc_port",
+                format!("is {}, the same as port", self.port),
+            ));
+        }
         count("queue_capacity", self.queue_capacity, 1 << 24)?;
         if self.queue_capacity < self.max_batch {
             return Err(field(

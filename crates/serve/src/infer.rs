@@ -22,13 +22,13 @@ use crate::reply::{error, respond, unavailable, Resp};
 use crate::state::State;
 
 /// Bodies larger than this are parsed on a blocking thread, off the async executor.
-const INLINE_PARSE_BYTES: usize = 256 << 10;
+pub(crate) const INLINE_PARSE_BYTES: usize = 256 << 10;
 
 /// How long a body may still come through hyper after its client closed its sending side.
 const PEER_CLOSE_GRACE: Duration = Duration::from_millis(200);
 
 /// Counts a request in flight while it lives.
-struct InFlight<'a>(&'a State);
+pub(crate) struct InFlight<'a>(pub(crate) &'a State);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {

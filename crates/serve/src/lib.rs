@@ -1,4 +1,5 @@
-//! StreamRec serving: the HTTP front end for the engine (KServe v2 REST).
+//! StreamRec serving: the HTTP front end for the engine (KServe v2 REST), and optionally the
+//! KServe v2 gRPC one ([`grpc`]) beside it.
 //!
 //! The KServe v2 protocol that Triton and KServe speak, so existing clients (tritonclient),
 //! dashboards and tools work unchanged: health, server and model metadata, readiness and
@@ -87,6 +88,7 @@ pub mod conn;
 pub mod error;
 #[cfg(feature = "testing")]
 pub mod fuzz;
+pub mod grpc;
 mod infer;
 pub mod metrics;
 pub mod protocol;

@@ -66,11 +66,14 @@ pub struct Model {
 pub struct Server {
     state: Arc<State>,
     listener: std::net::TcpListener,
+    /// The gRPC endpoint's listener, when it has one.
+    grpc: Option<std::net::TcpListener>,
 }
 
 /// A server running on its own thread (tests, benchmarks, embedding).
 pub struct Running {
     addr: SocketAddr,
+    grpc_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Result<(), ServeError>>>,
 }
@@ -79,6 +82,11 @@ impl Running {
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address of the gRPC endpoint, when it has one (`grpc_port`).
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc_addr
     }
 
     /// Shuts it down (drain included) and waits for it.
@@ -110,6 +118,7 @@ impl Drop for Running {
 pub struct Binding {
     cfg: ServeConfig,
     addr: SocketAddr,
+    grpc: Option<std::net::TcpListener>,
     stop: Option<oneshot::Sender<()>>,
     loader: Option<std::thread::JoinHandle<std::io::Result<std::net::TcpListener>>>,
 }
@@ -118,6 +127,12 @@ impl Binding {
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The bound address of the gRPC endpoint, when it has one (`grpc_port`); it answers once
+    /// the server runs.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The settings as the server will run them (limits derived from the machine).
@@ -172,6 +187,7 @@ impl Binding {
                 budget,
             }),
             listener,
+            grpc: self.grpc.take(),
         })
     }
 
@@ -264,6 +280,17 @@ impl Server {
         let addr = listener
             .local_addr()
             .map_err(|e| ServeError::Io(e.to_string()))?;
+        let grpc = match cfg.grpc_port {
+            None => None,
+            Some(port) => {
+                let l = std::net::TcpListener::bind((cfg.host.as_str(), port)).map_err(|e| {
+                    ServeError::Io(format!("cannot bind {}:{port} (gRPC): {e}", cfg.host))
+                })?;
+                l.set_nonblocking(true)
+                    .map_err(|e| ServeError::Io(e.to_string()))?;
+                Some(l)
+            }
+        };
         let (tx, rx) = oneshot::channel();
         let retry = cfg.retry_after_s;
         let loader = std::thread::Builder::new()
@@ -273,6 +300,7 @@ impl Server {
         Ok(Binding {
             cfg,
             addr,
+            grpc,
             stop: Some(tx),
             loader: Some(loader),
         })
@@ -301,9 +329,15 @@ impl Server {
             .expect("a bound listener has an address")
     }
 
+    /// The address of the gRPC endpoint, when it has one (`grpc_port`).
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// Serves on a new thread until [`Running::stop`].
     pub fn spawn(self) -> Running {
         let addr = self.local_addr();
+        let grpc_addr = self.grpc_addr();
         let (tx, rx) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("streamrec-serve".into())
@@ -315,6 +349,7 @@ impl Server {
             .expect("spawn the server thread");
         Running {
             addr,
+            grpc_addr,
             stop: Some(tx),
             thread: Some(thread),
         }
@@ -334,9 +369,36 @@ impl Server {
     }
 
     async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
-        let Server { state, listener } = self;
+        let Server {
+            state,
+            listener,
+            grpc,
+        } = self;
         let listener = tokio::net::TcpListener::from_std(listener)
             .map_err(|e| ServeError::Io(e.to_string()))?;
+        // The gRPC endpoint: tonic on the same runtime and state, stopped with the HTTP side
+        // (in-flight calls finish within the drain timeout).
+        let (grpc_stop, grpc_task) = match grpc {
+            None => (None, None),
+            Some(l) => {
+                let l = tokio::net::TcpListener::from_std(l)
+                    .map_err(|e| ServeError::Io(e.to_string()))?;
+                let (tx, rx) = oneshot::channel::<()>();
+                let svc = crate::grpc::service(Arc::clone(&state));
+                let task = tokio::spawn(
+                    tonic::transport::Server::builder()
+                        .tcp_nodelay(true)
+                        .add_service(svc)
+                        .serve_with_incoming_shutdown(
+                            tokio_stream::wrappers::TcpListenerStream::new(l),
+                            async {
+                                let _ = rx.await;
+                            },
+                        ),
+                );
+                (Some(tx), Some(task))
+            }
+        };
         let graceful = GracefulShutdown::new();
         let mut http = http1::Builder::new();
         // No hyper timer: the header and keep-alive timeouts are the sweeper's (crate::conn),
@@ -413,9 +475,21 @@ impl Server {
         // Connections with no request under way only hold the drain up: closed now.
         state.conns.close_waiting();
         let timeout = state.cfg.drain_timeout();
-        if tokio::time::timeout(timeout, graceful.shutdown())
-            .await
-            .is_err()
+        if let Some(tx) = grpc_stop {
+            let _ = tx.send(());
+        }
+        let grpc_done = async {
+            if let Some(task) = grpc_task {
+                if let Ok(Err(e)) = task.await {
+                    eprintln!("streamrec serve: gRPC endpoint: {e}");
+                }
+            }
+        };
+        if tokio::time::timeout(timeout, async {
+            tokio::join!(graceful.shutdown(), grpc_done);
+        })
+        .await
+        .is_err()
         {
             eprintln!(
                 "streamrec serve: drain timeout ({:.1} s) passed with {} request(s) in flight",
