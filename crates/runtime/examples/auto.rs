@@ -1,6 +1,7 @@
 //! Builds an engine the way `streamrec run` does, without the CLI: the backend `auto` finds,
-//! the plan measured `auto` picks (timed at batch 1 and 16, cached per machine), then scores a
-//! random batch.
+//! the plan measured `auto` picks (timed at batch 1 and 16, cached in the workspace's
+//! target/auto-example-cache; the library reads no environment, so the example names the
+//! folder), then scores a random batch.
 //!
 //! ```sh
 //! cargo run --release -p streamrec-runtime --example auto                 # workloads/tiny.toml
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use streamrec_graph::{Algorithm, ModelSpec};
 use streamrec_runtime::builder::EngineBuilder;
 use streamrec_runtime::gen::{random_batch, Skew};
-use streamrec_runtime::tune::{cache_dir_in, Note};
+use streamrec_runtime::tune::Note;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -30,7 +31,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .max_batch(16)
         .tune_batches(&[1, 16])
         .retune(retune)
-        .cache_dir(cache_dir_in(|k| std::env::var_os(k)))
+        .cache_dir(Some(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/auto-example-cache"),
+        ))
         .notes(Some(&notes))
         .build()?;
     let batch = Arc::new(random_batch(&spec, 16, Skew::Uniform, 1));
