@@ -6,76 +6,25 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+mod common;
+
+use common::serving::{config, engine, serve, tiny};
 use serde_json::{json, Value};
-use streamrec::graph::{ModelSpec, OpGraph, Plan};
+use streamrec::graph::ModelSpec;
 use streamrec::runtime::gen::{random_batch, Skew};
 use streamrec::runtime::request::InferRequest;
 use streamrec::runtime::trace::TraceEvent;
-use streamrec::runtime::{
-    Batch, CpuBackend, Engine, EngineConfig, IndexVec, Infer, RuntimeError, Weights,
-};
+use streamrec::runtime::{Batch, IndexVec, Infer, RuntimeError};
 use streamrec::serve::client::Client;
 use streamrec::serve::fuzz;
 use streamrec::serve::protocol::parse;
-use streamrec::serve::{Model, Running, ServeConfig, Server};
-
-fn tiny() -> ModelSpec {
-    ModelSpec::load(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads/tiny.toml"),
-        None,
-    )
-    .expect("tiny loads")
-}
-
-fn engine(spec: &ModelSpec, max_batch: usize, contexts: usize) -> Arc<dyn Infer> {
-    let graph = OpGraph::from_spec(spec);
-    let weights = Weights::for_graph(&graph).unwrap();
-    Arc::new(
-        Engine::new(
-            CpuBackend::new(),
-            Arc::new(graph.clone()),
-            Plan::single(&graph),
-            &weights,
-            EngineConfig {
-                contexts,
-                max_batch,
-                graphs: false,
-                trace: false,
-                validate: true,
-            },
-        )
-        .unwrap(),
-    )
-}
-
-fn config() -> ServeConfig {
-    ServeConfig {
-        port: 0,
-        max_batch: 64,
-        queue_capacity: 1024,
-        drain_timeout_s: 10.0,
-        ..ServeConfig::default()
-    }
-}
-
-fn serve(cfg: ServeConfig, engine: Arc<dyn Infer>) -> Running {
-    Server::start(
-        cfg,
-        Model {
-            spec: tiny(),
-            engine,
-        },
-    )
-    .expect("server starts")
-    .spawn()
-}
+use streamrec::serve::{Model, ServeConfig, Server};
 
 struct Reply {
     status: u16,

@@ -12,13 +12,17 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use streamrec::graph::{ModelSpec, OpGraph, Plan};
+use streamrec::graph::ModelSpec;
 use streamrec::runtime::gen::{random_batch, Skew};
 use streamrec::runtime::request::InferRequest;
 use streamrec::runtime::trace::TraceEvent;
-use streamrec::runtime::{Batch, CpuBackend, Engine, EngineConfig, Infer, Weights};
+use streamrec::runtime::{Batch, Infer};
 use streamrec::serve::client::Client;
-use streamrec::serve::{Model, Running, ServeConfig, Server};
+use streamrec::serve::{Model, ServeConfig, Server};
+
+mod common;
+
+use common::serving::{self, serve, tiny};
 
 const INFER: &str = "/v2/models/tiny/infer";
 
@@ -30,48 +34,17 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn tiny() -> ModelSpec {
-    ModelSpec::load(&root().join("workloads/tiny.toml"), None).expect("tiny loads")
-}
-
-fn engine(spec: &ModelSpec) -> Arc<dyn Infer> {
-    let graph = OpGraph::from_spec(spec);
-    let weights = Weights::for_graph(&graph).unwrap();
-    Arc::new(
-        Engine::new(
-            CpuBackend::new(),
-            Arc::new(graph.clone()),
-            Plan::single(&graph),
-            &weights,
-            EngineConfig {
-                max_batch: 64,
-                ..EngineConfig::default()
-            },
-        )
-        .unwrap(),
-    )
-}
-
+/// The shared test settings with a 5 s drain.
 fn config() -> ServeConfig {
     ServeConfig {
-        port: 0,
-        max_batch: 64,
-        queue_capacity: 1024,
         drain_timeout_s: 5.0,
-        ..ServeConfig::default()
+        ..serving::config()
     }
 }
 
-fn serve(cfg: ServeConfig, engine: Arc<dyn Infer>) -> Running {
-    Server::start(
-        cfg,
-        Model {
-            spec: tiny(),
-            engine,
-        },
-    )
-    .expect("server starts")
-    .spawn()
+/// The tiny model's engine as these tests use it (max batch 64, one context).
+fn engine(spec: &ModelSpec) -> Arc<dyn Infer> {
+    serving::engine(spec, 64, 1)
 }
 
 fn body(n: usize, seed: u64) -> Vec<u8> {

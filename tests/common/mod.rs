@@ -1,8 +1,10 @@
 //! Test support shared by the end-to-end tests: a deterministic generator independent of the
 //! crate's, unit-gain weights whose scores spread (so that a wrong kernel or export shows), and
-//! the visible skip of a test whose outside tool is missing.
+//! the visible skip of a test whose outside tool is missing; [`serving`], a server in process.
 
 #![allow(dead_code)]
+
+pub mod serving;
 
 use streamrec::graph::{OpGraph, PoolingMode};
 use streamrec::runtime::{Tensor, Weights};
