@@ -40,12 +40,17 @@ struct Replica {
 
 impl Replica {
     fn start(args: &[&str]) -> Replica {
+        Replica::start_with(args, Stdio::null())
+    }
+
+    /// [`Replica::start`] with the server's stderr going to `stderr`.
+    fn start_with(args: &[&str], stderr: Stdio) -> Replica {
         let mut child = Command::new(env!("CARGO_BIN_EXE_streamrec"))
             .arg("serve")
             .args(args)
             .current_dir(root())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("streamrec serve starts");
         let mut line = String::new();
@@ -121,18 +126,23 @@ fn request_body(batch: usize, seed: u64) -> Vec<u8> {
 
 const INFER: &str = "/v2/models/tiny/infer";
 
-#[test]
-fn tritonclient_interop_json_and_binary() {
+/// Whether python3 can import `modules` (tritonclient's, numpy); else the test says it skipped.
+fn python_has(modules: &str, what: &str) -> bool {
     let ok = Command::new("python3")
-        .args(["-c", "import tritonclient.http, numpy"])
+        .args(["-c", &format!("import {modules}")])
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        skip("python3 with tritonclient[http] and numpy is not installed");
-        return;
+        skip(&format!("python3 with {what} and numpy is not installed"));
     }
-    let req = tmp("interop-request.json");
-    std::fs::write(&req, request_body(6, 3)).unwrap();
+    ok
+}
+
+/// A request of 6 samples (seed `seed`) and the response `streamrec run --input` gives it, as
+/// files named after `name`.
+fn request_and_expected(name: &str, seed: u64) -> (PathBuf, PathBuf) {
+    let req = tmp(&format!("{name}-request.json"));
+    std::fs::write(&req, request_body(6, seed)).unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_streamrec"))
         .args([
             "run",
@@ -144,21 +154,37 @@ fn tritonclient_interop_json_and_binary() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let expected = tmp("interop-expected.json");
+    let expected = tmp(&format!("{name}-expected.json"));
     std::fs::write(&expected, &o.stdout).unwrap();
-    let server = Replica::start(&["workloads/tiny.toml", "--port", "0"]);
+    (req, expected)
+}
+
+/// Runs a tritonclient script of tests/python against `addr` with the request and the expected
+/// response; its stdout, after checking it succeeded.
+fn run_client(script: &str, addr: SocketAddr, req: &Path, expected: &Path) -> String {
     let o = Command::new("python3")
-        .arg(root().join("tests/python/triton_interop.py"))
-        .arg(server.addr.to_string())
+        .arg(root().join("tests/python").join(script))
+        .arg(addr.to_string())
         .args(["tiny", req.to_str().unwrap(), expected.to_str().unwrap()])
         .output()
         .unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(
         o.status.success(),
         "{out}\n{}",
         String::from_utf8_lossy(&o.stderr)
     );
+    out
+}
+
+#[test]
+fn tritonclient_interop_json_and_binary() {
+    if !python_has("tritonclient.http, numpy", "tritonclient[http]") {
+        return;
+    }
+    let (req, expected) = request_and_expected("interop", 3);
+    let server = Replica::start(&["workloads/tiny.toml", "--port", "0"]);
+    let out = run_client("triton_interop.py", server.addr, &req, &expected);
     assert!(out.contains("infer (binary): 6 scores equal"), "{out}");
     assert!(
         out.contains("infer (binary, deflate both ways): 6 scores equal"),
@@ -171,26 +197,10 @@ fn tritonclient_interop_json_and_binary() {
 /// `streamrec serve` with the gRPC endpoint on a free port: the replica and the address it
 /// prints on stderr (`grpc on ADDR`); the rest of stderr is drained on a thread.
 fn start_with_grpc(args: &[&str]) -> (Replica, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_streamrec"))
-        .arg("serve")
-        .args(args)
-        .args(["--grpc-port", "0"])
-        .current_dir(root())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("streamrec serve starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .parse()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut all = args.to_vec();
+    all.extend(["--grpc-port", "0"]);
+    let mut replica = Replica::start_with(&all, Stdio::piped());
+    let mut err = BufReader::new(replica.child.stderr.take().unwrap());
     let grpc = loop {
         let mut l = String::new();
         if err.read_line(&mut l).unwrap() == 0 {
@@ -201,50 +211,20 @@ fn start_with_grpc(args: &[&str]) -> (Replica, SocketAddr) {
         }
     };
     std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
-    (Replica { child, addr }, grpc)
+    (replica, grpc)
 }
 
 #[test]
 fn tritonclient_grpc_interop_sync_and_aio() {
-    let ok = Command::new("python3")
-        .args([
-            "-c",
-            "import tritonclient.grpc, tritonclient.grpc.aio, numpy",
-        ])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        skip("python3 with tritonclient[grpc] and numpy is not installed");
+    if !python_has(
+        "tritonclient.grpc, tritonclient.grpc.aio, numpy",
+        "tritonclient[grpc]",
+    ) {
         return;
     }
-    let req = tmp("grpc-request.json");
-    std::fs::write(&req, request_body(6, 5)).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_streamrec"))
-        .args([
-            "run",
-            "workloads/tiny.toml",
-            "--input",
-            req.to_str().unwrap(),
-        ])
-        .current_dir(root())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let expected = tmp("grpc-expected.json");
-    std::fs::write(&expected, &o.stdout).unwrap();
+    let (req, expected) = request_and_expected("grpc", 5);
     let (_server, grpc) = start_with_grpc(&["workloads/tiny.toml", "--port", "0"]);
-    let o = Command::new("python3")
-        .arg(root().join("tests/python/triton_grpc.py"))
-        .arg(grpc.to_string())
-        .args(["tiny", req.to_str().unwrap(), expected.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{out}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let out = run_client("triton_grpc.py", grpc, &req, &expected);
     for want in [
         "infer (sync, raw contents): 6 scores equal",
         "infer (asyncio, 8 concurrent): 6 scores equal",
