@@ -4,9 +4,11 @@
 //! generator exit 1 after the summary is printed and written, the wait for the server says
 //! what it waits for, and merge errors name the shard files and say their cause once.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
+use common::serving::ServeProcess;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use streamrec_loadgen::results::{histogram, SUMMARY_VERSION};
 use streamrec_loadgen::{Percentiles, RunResult, Summary};
@@ -43,40 +45,6 @@ fn error_lines(o: &Output) -> Vec<String> {
         .filter(|l| l.starts_with("error: "))
         .map(String::from)
         .collect()
-}
-
-/// `streamrec serve workloads/tiny.toml` on a free port; killed when dropped.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start() -> Server {
-        let mut child = bin()
-            .args(["serve", "workloads/tiny.toml", "--port", "0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        Server { child, url }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A loopback URL where nothing listens.
@@ -158,7 +126,7 @@ fn the_wait_for_the_server_says_what_it_waits_for() {
 
 #[test]
 fn failed_requests_and_a_saturated_generator_exit_1_after_the_summary() {
-    let srv = Server::start();
+    let srv = ServeProcess::start();
     let d = scratch("exit");
     // Indices far beyond tiny's tables: every request is answered 400.
     let out = d.join("bad-rows");

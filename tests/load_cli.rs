@@ -3,7 +3,9 @@
 //! `cargo xtask load --workers 3` and the Kubernetes Indexed Job do), and one-line errors for
 //! bad flags.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
+use common::serving::ServeProcess;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -24,40 +26,6 @@ fn tmp(name: &str) -> PathBuf {
     d.join(name)
 }
 
-/// `streamrec serve workloads/tiny.toml` on a free port; killed when dropped.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start() -> Server {
-        let mut child = bin()
-            .args(["serve", "workloads/tiny.toml", "--port", "0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        Server { child, url }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn json(p: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
 }
@@ -72,7 +40,7 @@ fn text(o: &Output) -> String {
 
 #[test]
 fn three_shards_merge_to_the_offered_rate() {
-    let srv = Server::start();
+    let srv = ServeProcess::start();
     let start = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -428,7 +396,7 @@ fn bad_flags_are_one_line_errors() {
 
 #[test]
 fn spec_must_match_the_server() {
-    let srv = Server::start();
+    let srv = ServeProcess::start();
     let o = bin()
         .args([
             "load",

@@ -1,7 +1,10 @@
-//! A `streamrec serve` server in process for the serving tests: the tiny model, a single-stream
-//! CPU engine over it, test settings (a free loopback port), and the server on its own thread.
+//! A `streamrec serve` server for the tests: in process (the tiny model, a single-stream CPU
+//! engine over it, test settings with a free loopback port, the server on its own thread), or
+//! as a `streamrec serve` process ([`ServeProcess`]).
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
 use streamrec::graph::{ModelSpec, OpGraph, Plan};
@@ -61,4 +64,42 @@ pub fn serve(cfg: ServeConfig, engine: Arc<dyn Infer>) -> Running {
     )
     .expect("server starts")
     .spawn()
+}
+
+/// `streamrec serve workloads/tiny.toml` on a free port, as a process; killed when dropped.
+pub struct ServeProcess {
+    /// The process.
+    pub child: Child,
+    /// `http://ADDR`, from its first line.
+    pub url: String,
+}
+
+impl ServeProcess {
+    /// Starts it and waits for its first line (`listening on http://ADDR`: ready).
+    pub fn start() -> ServeProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_streamrec"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["serve", "workloads/tiny.toml", "--port", "0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        ServeProcess { child, url }
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
