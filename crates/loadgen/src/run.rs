@@ -227,6 +227,9 @@ struct Collector {
     begun: u64,
     last_done: Option<Instant>,
     records: Vec<Record>,
+    /// With records kept: requests started and not finished, by index, with their send lag
+    /// (nanoseconds), so that a run cut off at its hard stop still has one record per request.
+    open: std::collections::HashMap<u32, u64>,
 }
 
 impl Collector {
@@ -241,6 +244,7 @@ impl Collector {
             begun: 0,
             last_done: None,
             records: Vec::new(),
+            open: std::collections::HashMap::new(),
         }
     }
 }
@@ -289,6 +293,7 @@ impl Shared {
             }
             c.last_done = Some(c.last_done.map_or(end, |t| t.max(end)));
             if self.keep_records {
+                c.open.remove(&(i as u32));
                 c.records.push(Record {
                     index: i as u32,
                     intended_ns: due.saturating_duration_since(start).as_nanos() as u64,
@@ -303,11 +308,14 @@ impl Shared {
     }
 
     /// Records the send lag of a request starting now (due at `due`).
-    fn begin(&self, due: Instant) -> Instant {
+    fn begin(&self, i: usize, due: Instant) -> Instant {
         let begun = Instant::now();
         let lag = begun.saturating_duration_since(due);
         let mut c = self.collector.lock().expect("collector lock");
         c.begun += 1;
+        if self.keep_records {
+            c.open.insert(i as u32, lag.as_nanos() as u64);
+        }
         c.lag.saturating_record(to_us(lag));
         if lag > self.max_send_lag {
             c.late += 1;
@@ -412,7 +420,7 @@ async fn request(sh: Arc<Shared>, i: usize, start: Instant, due: Instant, body: 
         sh.not_sent(i, start, due, now, body.batch);
         return;
     }
-    let begun = sh.begin(due);
+    let begun = sh.begin(i, due);
     let deadline = tokio::time::Instant::from_std(due + sh.timeout);
     let o = tokio::time::timeout_at(deadline, exchange(&sh, &body))
         .await
@@ -727,6 +735,9 @@ pub fn run(
         *c.outcomes.entry(Outcome::Timeout).or_default() += stuck_begun;
     }
     let stuck_unbegun = stuck - stuck_begun;
+    if sh.keep_records && stuck > 0 {
+        cut_off_records(&mut c, &schedule.arrivals, start, Instant::now());
+    }
     c.records.sort_unstable_by_key(|r| r.index);
     let duration = schedule.duration.as_secs_f64();
     let elapsed = c
@@ -784,6 +795,41 @@ pub fn run(
         start: Some(start),
         from: None,
     })
+}
+
+/// Writes the records of the requests the hard stop cut off: those started (in `open`) timed
+/// out at `cut`, the others were not sent. Afterwards every request has one record.
+fn cut_off_records(
+    c: &mut Collector,
+    arrivals: &[crate::schedule::Arrival],
+    start: Instant,
+    cut: Instant,
+) {
+    let mut seen = vec![false; arrivals.len()];
+    for r in &c.records {
+        if let Some(s) = seen.get_mut(r.index as usize) {
+            *s = true;
+        }
+    }
+    let cut_ns = cut.saturating_duration_since(start).as_nanos() as u64;
+    for (i, a) in arrivals.iter().enumerate() {
+        if seen[i] {
+            continue;
+        }
+        let late = cut_ns.saturating_sub(a.at_ns);
+        let (outcome, lag_ns, latency_ns) = match c.open.remove(&(i as u32)) {
+            Some(lag) => (Outcome::Timeout, lag, late),
+            None => (Outcome::NotSent, late, 0),
+        };
+        c.records.push(Record {
+            index: i as u32,
+            intended_ns: a.at_ns,
+            lag_ns,
+            latency_ns,
+            batch: a.batch,
+            outcome,
+        });
+    }
 }
 
 async fn get(
@@ -927,5 +973,42 @@ mod tests {
         assert_eq!(secs(Duration::from_secs(60)), "60 s");
         assert_eq!(secs(Duration::from_millis(300)), "0.3 s");
         assert_eq!(secs(Duration::from_millis(1)), "0.001 s");
+    }
+
+    #[test]
+    fn a_run_cut_off_at_its_hard_stop_keeps_one_record_per_request() {
+        let mut c = Collector::new();
+        let a = |at_ns| crate::schedule::Arrival {
+            at_ns,
+            tokens: 0,
+            batch: 2,
+        };
+        let arrivals = [a(0), a(1_000), a(2_000)];
+        let start = Instant::now();
+        c.records.push(Record {
+            index: 0,
+            intended_ns: 0,
+            lag_ns: 0,
+            latency_ns: 10,
+            batch: 2,
+            outcome: Outcome::Status(200),
+        });
+        c.open.insert(1, 7);
+        cut_off_records(&mut c, &arrivals, start, start + Duration::from_micros(5));
+        c.records.sort_unstable_by_key(|r| r.index);
+        let got: Vec<_> = c
+            .records
+            .iter()
+            .map(|r| (r.index, r.outcome, r.lag_ns, r.latency_ns))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (0, Outcome::Status(200), 0, 10),
+                (1, Outcome::Timeout, 7, 4_000),
+                (2, Outcome::NotSent, 3_000, 0)
+            ]
+        );
+        assert!(c.open.is_empty());
     }
 }
