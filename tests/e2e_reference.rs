@@ -30,7 +30,9 @@ use streamrec::graph::{
     Plan, PoolingMode, SimMode,
 };
 use streamrec::runtime::gen::{random_batch, Skew};
-use streamrec::runtime::{Batch, CpuBackend, Engine, EngineConfig, IndexVec, SparseInput, Weights};
+use streamrec::runtime::{
+    Batch, CpuBackend, Engine, EngineConfig, IndexVec, SparseInput, ValidatedBatch, Weights,
+};
 
 fn load(name: &str, cap: usize) -> ModelSpec {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -239,7 +241,7 @@ struct Case {
     name: String,
     graph: Arc<OpGraph>,
     weights: Weights,
-    batches: Vec<Arc<Batch>>,
+    batches: Vec<ValidatedBatch>,
     want: Vec<Vec<f64>>,
     /// Largest absolute difference allowed between an engine probability and the reference.
     tol: f64,
@@ -294,7 +296,10 @@ impl Case {
             name: name.to_string(),
             graph,
             weights,
-            batches: batches.into_iter().map(Arc::new).collect(),
+            batches: batches
+                .into_iter()
+                .map(|b| ValidatedBatch::new(b, &spec).expect("a valid batch"))
+                .collect(),
             want,
             tol,
         }

@@ -8,9 +8,9 @@ use streamrec::graph::{
     assign, Algorithm, AssignConfig, CostModel, DeviceProfile, ModelSpec, OpGraph, Plan, Planned,
     SimMode,
 };
-use streamrec::runtime::gen::{random_batch, Skew};
+use streamrec::runtime::gen::{random_validated, Skew};
 use streamrec::runtime::trace::chrome_trace;
-use streamrec::runtime::{Batch, CpuBackend, Engine, EngineConfig, IndexVec, Weights};
+use streamrec::runtime::{CpuBackend, Engine, EngineConfig, IndexVec, ValidatedBatch, Weights};
 
 fn load(name: &str, cap: usize) -> (ModelSpec, Arc<OpGraph>, Weights) {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -51,7 +51,7 @@ fn every_algorithm_and_stream_count_is_bit_identical_to_single() {
             max_batch: b,
             ..EngineConfig::default()
         };
-        let batch = Arc::new(random_batch(&spec, b, Skew::Zipf(1.05), 5));
+        let batch = random_validated(&spec, b, Skew::Zipf(1.05), 5).unwrap();
         let want = engine(&graph, Plan::single(&graph), &w, cfg.clone())
             .infer(&batch)
             .unwrap();
@@ -112,15 +112,8 @@ fn concurrent_requests_over_a_context_pool_match_sequential_results() {
     let (spec, graph, w) = load("tiny.toml", 1000);
     let planned = plan(&graph, Algorithm::StreamRec, 3, 4);
     let sizes = [1usize, 2, 3, 4];
-    let inputs: Vec<Arc<Batch>> = (0..32)
-        .map(|i| {
-            Arc::new(random_batch(
-                &spec,
-                sizes[i % 4],
-                Skew::Uniform,
-                100 + i as u64,
-            ))
-        })
+    let inputs: Vec<ValidatedBatch> = (0..32)
+        .map(|i| random_validated(&spec, sizes[i % 4], Skew::Uniform, 100 + i as u64).unwrap())
         .collect();
     let seq = engine(
         &graph,
@@ -168,26 +161,32 @@ fn a_kernel_panic_fails_only_its_request() {
         &w,
         EngineConfig {
             max_batch: 8,
-            validate: false,
             ..Default::default()
         },
     );
-    let good = Arc::new(random_batch(&spec, 8, Skew::Uniform, 1));
+    let good = random_validated(&spec, 8, Skew::Uniform, 1).unwrap();
     let want = e.infer(&good).unwrap();
-    let mut bad = (*good).clone();
+    let mut bad = (**good.batch()).clone();
     bad.sparse[2].indices = IndexVec::I64(vec![1_000_000; bad.sparse[2].indices.len()]);
-    let err = e.infer(&Arc::new(bad)).unwrap_err().to_string();
+    // SAFETY: not valid, on purpose; the CPU kernels check their bounds (and panic).
+    let bad = unsafe { ValidatedBatch::new_unchecked(bad, &spec) };
+    let err = e.infer(&bad).unwrap_err().to_string();
     assert!(err.contains("emb.C3") && err.contains("panicked"), "{err}");
     // The engine is still healthy.
     assert_eq!(e.infer(&good).unwrap(), want);
-    // With validation on, the same batch never reaches a kernel.
-    let mut bad = (*good).clone();
+    // Validation refuses the same batch: it never becomes a ValidatedBatch.
+    let mut bad = (**good.batch()).clone();
     bad.sparse[2].indices = IndexVec::I64(vec![250; bad.sparse[2].indices.len()]);
-    let err = bad.validate(&spec).unwrap_err().to_string();
+    let err = ValidatedBatch::new(bad, &spec).unwrap_err().to_string();
     assert_eq!(
         err,
         "C3: index at position 0 is 250, out of range for a table of 250 rows"
     );
+    // A batch validated for another model (smaller tables) is refused before it runs.
+    let (other, _, _) = load("tiny.toml", 100);
+    let elsewhere = random_validated(&other, 8, Skew::Uniform, 1).unwrap();
+    let err = e.infer(&elsewhere).unwrap_err().to_string();
+    assert!(err.contains("validated for another model"), "{err}");
 }
 
 #[test]
@@ -207,7 +206,7 @@ fn trace_has_one_track_per_stream_without_overlap() {
         },
     );
     for i in 0..5 {
-        e.infer(&Arc::new(random_batch(&spec, 16, Skew::Uniform, i)))
+        e.infer(&random_validated(&spec, 16, Skew::Uniform, i).unwrap())
             .unwrap();
     }
     let events = e.take_trace();
@@ -247,7 +246,7 @@ fn folded_embedding_projections_match_the_layers_they_replace() {
             max_batch: b,
             ..EngineConfig::default()
         };
-        let batch = Arc::new(random_batch(&spec, b, Skew::Uniform, 11));
+        let batch = random_validated(&spec, b, Skew::Uniform, 11).unwrap();
         let run = |fold: bool, fuse: Option<usize>| {
             let planned = assign(
                 &graph,
@@ -313,7 +312,7 @@ fn every_cpu_isa_this_processor_has_gives_the_same_scores() {
     // CLI's --cpu-isa): within f32 rounding of the fastest path; one it lacks is an error.
     use streamrec::kernels::cpu::Isa;
     let (spec, graph, w) = load("tiny.toml", 1000);
-    let batch = Arc::new(random_batch(&spec, 16, Skew::Uniform, 5));
+    let batch = random_validated(&spec, 16, Skew::Uniform, 5).unwrap();
     let plan = streamrec::graph::Plan::single(&graph);
     let run = |backend: CpuBackend| {
         Engine::new(

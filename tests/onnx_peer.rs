@@ -24,7 +24,9 @@ use std::sync::Arc;
 use common::{build_weights, Rng};
 use streamrec::graph::{ModelSpec, OpGraph, Plan};
 use streamrec::runtime::gen::{random_batch, Skew};
-use streamrec::runtime::{Batch, CpuBackend, Engine, EngineConfig, IndexVec, SparseInput, Weights};
+use streamrec::runtime::{
+    Batch, CpuBackend, Engine, EngineConfig, IndexVec, SparseInput, ValidatedBatch, Weights,
+};
 
 const TOL: f64 = 1e-5;
 
@@ -73,7 +75,13 @@ fn engine_scores(graph: &Arc<OpGraph>, w: &Weights, batches: &[Arc<Batch>]) -> V
         },
     )
     .unwrap();
-    batches.iter().map(|b| engine.infer(b).unwrap()).collect()
+    batches
+        .iter()
+        .map(|b| {
+            let b = ValidatedBatch::new(Arc::clone(b), &graph.spec).unwrap();
+            engine.infer(&b).unwrap()
+        })
+        .collect()
 }
 
 /// Rescales the last top layer so that the engine's logits over `batches` have mean 0 and

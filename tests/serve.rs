@@ -20,7 +20,7 @@ use streamrec::graph::ModelSpec;
 use streamrec::runtime::gen::{random_batch, Skew};
 use streamrec::runtime::request::InferRequest;
 use streamrec::runtime::trace::TraceEvent;
-use streamrec::runtime::{Batch, IndexVec, Infer, RuntimeError};
+use streamrec::runtime::{Batch, IndexVec, Infer, RuntimeError, ValidatedBatch};
 use streamrec::serve::client::Client;
 use streamrec::serve::fuzz;
 use streamrec::serve::protocol::parse;
@@ -201,7 +201,9 @@ fn json_and_binary_infer_match_the_engine() {
     let a = srv.addr();
     for (size, seed) in [(1usize, 1u64), (7, 2), (64, 3)] {
         let b = random_batch(&spec, size, Skew::Zipf(1.1), seed);
-        let want = eng.infer(&Arc::new(b.clone())).unwrap();
+        let want = eng
+            .infer(&ValidatedBatch::new(b.clone(), &spec).unwrap())
+            .unwrap();
         let mut req = request_json(&spec, &b);
         req["id"] = json!("req-7");
         let r = post(a, INFER, &serde_json::to_vec(&req).unwrap());
@@ -255,7 +257,9 @@ fn json_and_binary_infer_match_the_engine() {
         s.indices = IndexVec::I32(s.indices.to_i64().iter().map(|&x| x as i32).collect());
         s.offsets = IndexVec::I32(s.offsets.to_i64().iter().map(|&x| x as i32).collect());
     }
-    let want = eng.infer(&Arc::new(b.clone())).unwrap();
+    let want = eng
+        .infer(&ValidatedBatch::new(b.clone(), &spec).unwrap())
+        .unwrap();
     assert_eq!(
         scores_of(&post(
             a,
@@ -555,7 +559,10 @@ fn concurrent_requests_are_batched_and_each_gets_its_own_rows() {
         .collect();
     let want: Vec<Vec<f32>> = batches
         .iter()
-        .map(|b| eng.infer(&Arc::new(b.clone())).unwrap())
+        .map(|b| {
+            eng.infer(&ValidatedBatch::new(b.clone(), &spec).unwrap())
+                .unwrap()
+        })
         .collect();
     for round in 0..3 {
         let got: Vec<Vec<f32>> = std::thread::scope(|s| {
@@ -618,7 +625,7 @@ struct Slow {
 }
 
 impl Infer for Slow {
-    fn infer(&self, batch: &Arc<Batch>) -> streamrec::runtime::Result<Vec<f32>> {
+    fn infer(&self, batch: &ValidatedBatch) -> streamrec::runtime::Result<Vec<f32>> {
         let n = self.runs.fetch_add(1, Ordering::SeqCst);
         std::thread::sleep(self.delay);
         if self.fail && n >= 2 {

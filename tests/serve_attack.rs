@@ -16,7 +16,7 @@ use streamrec::graph::ModelSpec;
 use streamrec::runtime::gen::{random_batch, Skew};
 use streamrec::runtime::request::InferRequest;
 use streamrec::runtime::trace::TraceEvent;
-use streamrec::runtime::{Batch, Infer};
+use streamrec::runtime::{Infer, ValidatedBatch};
 use streamrec::serve::client::Client;
 use streamrec::serve::{Model, ServeConfig, Server};
 
@@ -355,7 +355,7 @@ fn a_half_closed_request_is_answered() {
 struct Slow(Arc<dyn Infer>, Duration);
 
 impl Infer for Slow {
-    fn infer(&self, batch: &Arc<Batch>) -> streamrec::runtime::Result<Vec<f32>> {
+    fn infer(&self, batch: &ValidatedBatch) -> streamrec::runtime::Result<Vec<f32>> {
         std::thread::sleep(self.1);
         self.0.infer(batch)
     }
@@ -416,7 +416,7 @@ fn a_client_that_resets_while_queued_is_counted_as_cancelled() {
 struct Nan(Arc<dyn Infer>);
 
 impl Infer for Nan {
-    fn infer(&self, batch: &Arc<Batch>) -> streamrec::runtime::Result<Vec<f32>> {
+    fn infer(&self, batch: &ValidatedBatch) -> streamrec::runtime::Result<Vec<f32>> {
         let mut s = self.0.infer(batch)?;
         if s.len() > 1 {
             s[1] = f32::NAN;

@@ -1,13 +1,11 @@
 //! `streamrec check`: a backend's scores against the single-stream CPU engine on the same
 //! random batches.
 
-use std::sync::Arc;
-
 use anyhow::{Context, Result};
 use clap::Args;
 use streamrec_graph::Algorithm;
 use streamrec_runtime::builder::EngineBuilder;
-use streamrec_runtime::gen::{random_batch, Skew};
+use streamrec_runtime::gen::{random_validated, Skew};
 use streamrec_runtime::BackendKind;
 use streamrec_runtime::Weights;
 
@@ -64,7 +62,7 @@ pub fn main(a: CheckArgs) -> Result<()> {
         .cli()?;
     let (mut max_abs, mut max_rel) = (0f64, 0f64);
     for i in 0..a.batches {
-        let b = Arc::new(random_batch(&spec, a.batch, Skew::Uniform, 1000 + i));
+        let b = random_validated(&spec, a.batch, Skew::Uniform, 1000 + i)?;
         let want = reference.engine.infer(&b)?;
         let got = tested.engine.infer(&b)?;
         let (abs, rel) = score_errors(&got, &want).with_context(|| format!("batch {i}"))?;

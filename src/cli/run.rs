@@ -14,10 +14,9 @@ use streamrec_graph::{Algorithm, MeasuredCosts};
 use streamrec_protocol::limits::DEFAULT_MAX_REQUEST_BYTES;
 use streamrec_protocol::{read_request_file, response_json, InferRequest};
 use streamrec_runtime::builder::{Built, EngineBuilder};
-use streamrec_runtime::gen::{random_batch, Skew};
-use streamrec_runtime::request::RequestExt;
+use streamrec_runtime::gen::{random_batch, random_validated, Skew};
 use streamrec_runtime::stats::LatencySummary;
-use streamrec_runtime::{measure, Batch, Infer, MeasureConfig, Weights};
+use streamrec_runtime::{measure, Infer, MeasureConfig, ValidatedBatch, Weights};
 
 use super::{
     bounded, AutoArgs, EngineArgs, IntoCli, ModelArgs, PlanOpts, MAX_CONTEXTS, MAX_THREADS,
@@ -113,7 +112,7 @@ pub fn main(a: RunArgs) -> Result<()> {
                 .with_context(|| format!("{}", p.display()))?;
             let id = req.id.clone();
             Some((
-                req.into_batch(&spec)
+                ValidatedBatch::from_request(req, &spec)
                     .with_context(|| format!("{}", p.display()))?,
                 id,
             ))
@@ -131,7 +130,6 @@ pub fn main(a: RunArgs) -> Result<()> {
         .contexts(a.contexts)
         .max_batch(max_batch)
         .trace(a.trace.is_some() || a.profile.is_some())
-        .validate(true)
         .resolved()
         .cli()?;
     // Without --algo: measured `auto` (for one request file: the simulator's pick, since timing
@@ -140,7 +138,7 @@ pub fn main(a: RunArgs) -> Result<()> {
     let builder = builder.plan_options(a.plan.options(requested)?);
     if let Some((batch, id)) = input {
         let built = builder.build().cli()?;
-        let scores = built.engine.infer(&Arc::new(batch))?;
+        let scores = built.engine.infer(&batch)?;
         finite_scores(&scores)?;
         println!("{}", response_json(&spec.name, id.as_deref(), &scores));
         return Ok(());
@@ -194,9 +192,9 @@ pub fn main(a: RunArgs) -> Result<()> {
         if a.compare {
             Slot::ensure(&mut base, &single, b)?;
         }
-        let batches: Vec<Arc<Batch>> = (0..4)
-            .map(|i| Arc::new(random_batch(&spec, b, a.skew, a.seed.wrapping_add(i))))
-            .collect();
+        let batches = (0..4)
+            .map(|i| random_validated(&spec, b, a.skew, a.seed.wrapping_add(i)))
+            .collect::<Result<Vec<_>, _>>()?;
         let built = &engine.as_ref().expect("built above").built;
         match &base {
             Some(base) => compare_at(&a, &mut out, b, &base.built, built, &batches, &mcfg)?,
@@ -239,7 +237,7 @@ fn compare_at(
     b: usize,
     base: &Built,
     built: &Built,
-    batches: &[Arc<Batch>],
+    batches: &[ValidatedBatch],
     mcfg: &MeasureConfig,
 ) -> Result<()> {
     // Alternate rounds so both see the same machine conditions.
@@ -291,7 +289,7 @@ fn measure_at(
     out: &mut Report,
     b: usize,
     built: &Built,
-    batches: &[Arc<Batch>],
+    batches: &[ValidatedBatch],
     mcfg: &MeasureConfig,
     profile: Option<&mut MeasuredCosts>,
 ) -> Result<()> {

@@ -125,11 +125,9 @@ pub fn main(a: ServeArgs) -> Result<()> {
         .plan_options(plan.options(a.algo)?)
         .contexts(cfg.contexts)
         .max_batch(cfg.max_batch)
-        .trace(false)
-        // One validation per request: the server's parse checks every request against the spec
-        // (shapes, offsets, index ranges, finite values) before it is queued, and a batch
-        // concatenated from valid requests is valid (Batch::concat shifts the offsets).
-        .validate(false);
+        // One validation per request: the server's parse makes a ValidatedBatch of every request
+        // before it is queued, and the engine runs only those.
+        .trace(false);
     let weights = Weights::for_graph(builder.graph())?;
     // `auto`: measured at batch 1 (a lightly loaded server) and 16 (dynamic batches under load),
     // cached per machine; the plan view below shows the algorithm it picked.

@@ -35,7 +35,6 @@ pub fn engine(spec: &ModelSpec, max_batch: usize, contexts: usize) -> Arc<dyn In
                 max_batch,
                 graphs: false,
                 trace: false,
-                validate: true,
             },
         )
         .unwrap(),

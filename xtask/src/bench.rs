@@ -2,7 +2,6 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -13,10 +12,10 @@ use streamrec_graph::{
 };
 use streamrec_runtime::builder::{Built, EngineBuilder};
 use streamrec_runtime::calibrate;
-use streamrec_runtime::gen::{random_batch, Skew};
+use streamrec_runtime::gen::{random_validated, Skew};
 use streamrec_runtime::stats::LatencySummary;
 use streamrec_runtime::BackendKind;
-use streamrec_runtime::{measure, Batch, EngineConfig, Infer, MeasureConfig, Weights};
+use streamrec_runtime::{measure, EngineConfig, Infer, MeasureConfig, ValidatedBatch, Weights};
 
 use crate::bench_report::{
     engine_report, peer_report, peer_rows, print_tables, write_tables, BestRow, Tables, PEER_HEADER,
@@ -99,9 +98,9 @@ fn load(name: &str, cap: Option<usize>) -> Result<Model> {
     })
 }
 
-fn batches(spec: &ModelSpec, b: usize) -> Vec<Arc<Batch>> {
+fn batches(spec: &ModelSpec, b: usize) -> Vec<ValidatedBatch> {
     (0..4)
-        .map(|i| Arc::new(random_batch(spec, b, Skew::Uniform, 17 + i)))
+        .map(|i| random_validated(spec, b, Skew::Uniform, 17 + i).unwrap())
         .collect()
 }
 
@@ -153,7 +152,6 @@ fn engine_cfg(b: usize, contexts: usize, trace: bool) -> EngineConfig {
         max_batch: b,
         graphs: false,
         trace,
-        validate: true,
     }
 }
 
@@ -161,7 +159,7 @@ fn engine_cfg(b: usize, contexts: usize, trace: bool) -> EngineConfig {
 fn time_engine(
     engine: &dyn Infer,
     contexts: usize,
-    input: &[Arc<Batch>],
+    input: &[ValidatedBatch],
     budget: Duration,
 ) -> Result<LatencySummary> {
     Ok(measure(
@@ -216,7 +214,7 @@ fn verdict(ratio: f64, noise: f64) -> &'static str {
 /// them alike, and keeps the median of each figure over the rounds (and every round).
 fn time_side_by_side(
     engines: &[(&dyn Infer, usize)],
-    input: &[Arc<Batch>],
+    input: &[ValidatedBatch],
     budget: Duration,
     rounds: usize,
     tick: impl FnMut(),
@@ -227,7 +225,7 @@ fn time_side_by_side(
 /// [`time_side_by_side`], calling `between(round)` after each round (a peer's round).
 fn time_rounds(
     engines: &[(&dyn Infer, usize)],
-    input: &[Arc<Batch>],
+    input: &[ValidatedBatch],
     budget: Duration,
     rounds: usize,
     mut tick: impl FnMut(),
@@ -318,7 +316,7 @@ fn measured_auto(
 }
 
 /// Per-op medians of a single-stream run: the calibration of the `cpu` profile.
-fn profile(m: &Model, input: &[Arc<Batch>], budget: Duration) -> Result<MeasuredCosts> {
+fn profile(m: &Model, input: &[ValidatedBatch], budget: Duration) -> Result<MeasuredCosts> {
     let b = input[0].size;
     let engine = cpu_engine(m, &m.graph, Plan::single(&m.graph), engine_cfg(b, 1, true))?;
     time_engine(engine.as_ref(), 1, input, budget)?;
@@ -475,7 +473,7 @@ fn start_peer(cx: &Ctx, m: &Model, t: &mut Tables) -> Result<Option<crate::peer:
     }
     cx.bar
         .set_message(format!("{}: onnxruntime peer (export, check)", m.spec.name));
-    let input: Vec<Arc<Batch>> = cx.sizes.iter().flat_map(|&b| batches(&m.spec, b)).collect();
+    let input: Vec<ValidatedBatch> = cx.sizes.iter().flat_map(|&b| batches(&m.spec, b)).collect();
     match crate::peer::OrtServer::start(&m.graph, &m.weights, &input, None)? {
         Ok(s) => Ok(Some(s)),
         Err(why) => {
@@ -753,7 +751,7 @@ impl Rows<'_> {
 /// The one batch size the contexts and threads tables time at: its inputs and time budget.
 struct Fixed {
     b: usize,
-    input: Vec<Arc<Batch>>,
+    input: Vec<ValidatedBatch>,
     budget: Duration,
 }
 
@@ -877,7 +875,7 @@ pub fn peer_task(args: &[String]) -> Result<()> {
     let m = load(&model, Some(row_cap))?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cpu = calibrate::cpu_profile(DeviceProfile::cpu())?;
-    let input: Vec<Arc<Batch>> = sizes.iter().flat_map(|&b| batches(&m.spec, b)).collect();
+    let input: Vec<ValidatedBatch> = sizes.iter().flat_map(|&b| batches(&m.spec, b)).collect();
     let mut ort =
         match crate::peer::OrtServer::start(&m.graph, &m.weights, &input, keep.as_deref())? {
             Ok(o) => o,

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -14,7 +13,7 @@ use streamrec_graph::{Algorithm, ModelSpec, OpGraph};
 use streamrec_runtime::builder::EngineBuilder;
 use streamrec_runtime::stats::median;
 use streamrec_runtime::BackendKind;
-use streamrec_runtime::{Batch, Weights};
+use streamrec_runtime::{ValidatedBatch, Weights};
 
 /// Largest absolute difference allowed between an ORT score and the engine's.
 pub(crate) const TOLERANCE: f64 = 1e-5;
@@ -122,7 +121,7 @@ fn write_raw(path: &Path, bytes: Vec<u8>) -> Result<()> {
 pub(crate) fn export(
     spec: &ModelSpec,
     weights: &Weights,
-    batches: &[Arc<Batch>],
+    batches: &[ValidatedBatch],
     dir: &Path,
 ) -> Result<()> {
     std::fs::write(dir.join("model.json"), serde_json::to_string_pretty(spec)?)?;
@@ -185,7 +184,7 @@ fn run_script(args: &[&str]) -> Result<std::result::Result<String, String>> {
 fn engine_scores(
     graph: &OpGraph,
     weights: &Weights,
-    batches: &[Arc<Batch>],
+    batches: &[ValidatedBatch],
 ) -> Result<Vec<Vec<f32>>> {
     let max_batch = batches.iter().map(|b| b.size).max().unwrap_or(1);
     let engine = EngineBuilder::new(&graph.spec)
@@ -276,7 +275,7 @@ impl OrtServer {
     pub(crate) fn start(
         graph: &OpGraph,
         weights: &Weights,
-        batches: &[Arc<Batch>],
+        batches: &[ValidatedBatch],
         keep: Option<&Path>,
     ) -> Result<std::result::Result<Self, String>> {
         if let Err(why) = probe() {

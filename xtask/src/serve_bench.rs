@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use streamrec_graph::{Algorithm, ModelSpec};
 use streamrec_runtime::builder::EngineBuilder;
-use streamrec_runtime::gen::{random_batch, Skew};
+use streamrec_runtime::gen::{random_batch, random_validated, Skew};
 use streamrec_runtime::request::InferRequest;
 use streamrec_runtime::BackendKind;
 use streamrec_runtime::Infer;
@@ -191,7 +191,7 @@ pub fn run(args: &[String]) -> Result<()> {
             hundred.len(),
             median(&times)
         );
-        let b = Arc::new(random_batch(&spec, batch, Skew::Uniform, 3));
+        let b = random_validated(&spec, batch, Skew::Uniform, 3).unwrap();
         let body = Arc::new(serde_json::to_vec(&InferRequest::from_batch(&spec, &b))?);
         let server = Server::start(
             ServeConfig {
@@ -216,7 +216,7 @@ pub fn run(args: &[String]) -> Result<()> {
             let (mut direct, mut served) = (Vec::new(), Vec::new());
             for _ in 0..o.rounds {
                 direct.push(closed_loop(clients, o.secs, || {
-                    let (e, b) = (Arc::clone(&engine), Arc::clone(&b));
+                    let (e, b) = (Arc::clone(&engine), b.clone());
                     Ok(Box::new(move || {
                         e.infer(&b).map(|_| ()).map_err(Into::into)
                     }))

@@ -9,11 +9,10 @@
 //! ```
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use streamrec_graph::{Algorithm, ModelSpec};
 use streamrec_runtime::builder::EngineBuilder;
-use streamrec_runtime::gen::{random_batch, Skew};
+use streamrec_runtime::gen::{random_validated, Skew};
 use streamrec_runtime::tune::Note;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -36,7 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ))
         .notes(Some(&notes))
         .build()?;
-    let batch = Arc::new(random_batch(&spec, 16, Skew::Uniform, 1));
+    let batch = random_validated(&spec, 16, Skew::Uniform, 1)?;
     let scores = built.engine.infer(&batch)?;
     println!(
         "{}: backend {}, plan {} on {} stream(s); scores of 16 samples: {:?}",

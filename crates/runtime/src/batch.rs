@@ -3,11 +3,16 @@
 //! A batch of `B` samples holds `dense` as `[B, dense_width]` row-major and, per sparse feature,
 //! a flat index list with `B` offsets: bag `b` is `indices[offsets[b] .. offsets[b + 1]]` (the last
 //! bag ends at the end of the list). [`Batch::validate`] checks everything a kernel relies on, so
-//! an out-of-range index never reaches a kernel.
+//! an out-of-range index never reaches a kernel; a [`ValidatedBatch`], which only validation
+//! makes, is what an engine runs, so a batch is validated once on its way to a kernel.
 
-use streamrec_graph::limits::MAX_BATCH;
+use std::hash::{Hash, Hasher};
+use std::ops::Deref;
+use std::sync::Arc;
+
+use streamrec_graph::limits::{MAX_BATCH, MAX_BATCH_INDICES};
 use streamrec_graph::ModelSpec;
-use streamrec_protocol::{check_dense_values, check_feature};
+use streamrec_protocol::{check_dense_values, check_feature, InferRequest, RequestError};
 
 use crate::error::{Result, RuntimeError};
 
@@ -194,6 +199,176 @@ impl Batch {
         };
         start..end
     }
+
+    /// This batch grown to `size` samples (at least its own) with zero dense rows and empty
+    /// bags; the indices are shared, not copied, when nothing is added.
+    pub fn padded(self: &Arc<Self>, size: usize) -> Arc<Batch> {
+        if size <= self.size {
+            return Arc::clone(self);
+        }
+        let extra = size - self.size;
+        let dense_w = self.dense.len() / self.size;
+        let mut dense = Vec::with_capacity(size * dense_w);
+        dense.extend_from_slice(&self.dense);
+        dense.resize(size * dense_w, 0.0);
+        let grow = |o: &IndexVec, n: usize| match o {
+            IndexVec::I32(o) => IndexVec::I32(
+                o.iter()
+                    .copied()
+                    .chain(std::iter::repeat_n(n as i32, extra))
+                    .collect(),
+            ),
+            IndexVec::I64(o) => IndexVec::I64(
+                o.iter()
+                    .copied()
+                    .chain(std::iter::repeat_n(n as i64, extra))
+                    .collect(),
+            ),
+        };
+        let sparse = self
+            .sparse
+            .iter()
+            .map(|s| SparseInput {
+                indices: s.indices.clone(),
+                offsets: grow(&s.offsets, s.indices.len()),
+            })
+            .collect();
+        Arc::new(Batch {
+            size,
+            dense,
+            sparse,
+        })
+    }
+}
+
+/// What identifies a model to its batches: the dense width and each feature's name and rows,
+/// everything validation checks a batch against.
+fn model_key(spec: &ModelSpec) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    spec.dense.hash(&mut h);
+    for f in &spec.features {
+        (&f.name, f.rows).hash(&mut h);
+    }
+    h.finish()
+}
+
+/// A [`Batch`] that passed validation against a model: only [`ValidatedBatch::new`] (which runs
+/// [`Batch::validate`]), [`ValidatedBatch::from_request`] (the protocol's validation of a
+/// request, the same rules) and the operations below on validated batches make one. An engine
+/// runs nothing else, and checks only that the batch was validated for its model.
+#[derive(Clone, Debug)]
+pub struct ValidatedBatch {
+    batch: Arc<Batch>,
+    model: u64,
+}
+
+impl ValidatedBatch {
+    /// Validates `batch` against `spec` ([`Batch::validate`]).
+    pub fn new(batch: impl Into<Arc<Batch>>, spec: &ModelSpec) -> Result<Self> {
+        let batch = batch.into();
+        batch.validate(spec)?;
+        Ok(ValidatedBatch {
+            batch,
+            model: model_key(spec),
+        })
+    }
+
+    /// Validates a KServe v2 request against `spec` and moves its values into a batch: one
+    /// validation, the protocol's (the rules of [`Batch::validate`]).
+    pub fn from_request(
+        request: InferRequest,
+        spec: &ModelSpec,
+    ) -> std::result::Result<Self, RequestError> {
+        let inputs = request.validate(spec)?;
+        Ok(ValidatedBatch {
+            batch: Arc::new(Batch::from(inputs)),
+            model: model_key(spec),
+        })
+    }
+
+    /// Takes `batch` as valid for `spec` without checking it.
+    ///
+    /// # Safety
+    /// The batch must pass [`Batch::validate`] for `spec`: a device kernel trusts the offsets
+    /// and indices and reads memory at them (the CPU kernels' own bounds checks panic, which
+    /// the engine turns into a failed request).
+    pub unsafe fn new_unchecked(batch: impl Into<Arc<Batch>>, spec: &ModelSpec) -> Self {
+        ValidatedBatch {
+            batch: batch.into(),
+            model: model_key(spec),
+        }
+    }
+
+    /// The batch.
+    pub fn batch(&self) -> &Arc<Batch> {
+        &self.batch
+    }
+
+    /// Whether this batch was validated against `spec` (its dense width, feature names and
+    /// rows).
+    pub fn is_for(&self, spec: &ModelSpec) -> bool {
+        self.model == model_key(spec)
+    }
+
+    /// Concatenates validated batches of one model ([`Batch::concat`]): the result is valid
+    /// when its size and every feature's index count stay within the limits, which is checked.
+    pub fn concat(parts: Vec<ValidatedBatch>) -> Result<ValidatedBatch> {
+        let model = parts
+            .first()
+            .map(|p| p.model)
+            .ok_or_else(|| RuntimeError::Input("no batch to concatenate".into()))?;
+        if parts.iter().any(|p| p.model != model) {
+            return Err(RuntimeError::Input(
+                "the batches to concatenate were validated for different models".into(),
+            ));
+        }
+        let size: usize = parts.iter().map(|p| p.size).sum();
+        if size > MAX_BATCH {
+            return Err(RuntimeError::Input(format!(
+                "the concatenated batch has {size} samples, more than the limit of {MAX_BATCH} \
+                 (limits::MAX_BATCH)"
+            )));
+        }
+        let features = parts[0].sparse.len();
+        for f in 0..features {
+            let n: usize = parts.iter().map(|p| p.sparse[f].indices.len()).sum();
+            if n > MAX_BATCH_INDICES {
+                return Err(RuntimeError::Input(format!(
+                    "feature {f} of the concatenated batch has {n} indices, more than the limit \
+                     of {MAX_BATCH_INDICES} (limits::MAX_BATCH_INDICES)"
+                )));
+            }
+        }
+        let batches = parts
+            .into_iter()
+            .map(|p| Arc::try_unwrap(p.batch).unwrap_or_else(|b| (*b).clone()))
+            .collect();
+        Ok(ValidatedBatch {
+            batch: Arc::new(Batch::concat(batches)),
+            model,
+        })
+    }
+
+    /// This batch padded to `size` samples ([`Batch::padded`]); at most `MAX_BATCH`.
+    pub fn padded(&self, size: usize) -> Result<ValidatedBatch> {
+        if size > MAX_BATCH {
+            return Err(RuntimeError::Input(format!(
+                "padding to {size} samples is more than the limit of {MAX_BATCH} \
+                 (limits::MAX_BATCH)"
+            )));
+        }
+        Ok(ValidatedBatch {
+            batch: self.batch.padded(size),
+            model: self.model,
+        })
+    }
+}
+
+impl Deref for ValidatedBatch {
+    type Target = Batch;
+    fn deref(&self) -> &Batch {
+        &self.batch
+    }
 }
 
 #[cfg(test)]
@@ -232,5 +407,70 @@ mod tests {
         assert_eq!(e.sparse[0].indices, IndexVec::I64(vec![5, 6, 7, 4, 8, 9]));
         assert_eq!(e.sparse[0].offsets, IndexVec::I64(vec![0, 1, 3, 4]));
         assert_eq!(e.bag(0, 3), 4..6);
+    }
+
+    /// Dense 2, one feature C1 of `rows` rows.
+    fn spec(rows: usize) -> ModelSpec {
+        ModelSpec::parse(
+            &format!(
+                "dense = 2\n[bottom]\nlayers = [4]\n[sparse]\ncount = 1\nrows = [{rows}]\n\
+                 dim = 4\n[top]\nlayers = [1]\n[interaction]\nkind = \"cat\"\n"
+            ),
+            "small",
+            None,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn only_validation_makes_a_validated_batch_and_it_knows_its_model() {
+        let (s9, s5) = (spec(9), spec(5));
+        let ok = batch(2, 1.0, IndexVec::I64(vec![8, 1]), IndexVec::I64(vec![0, 1]));
+        let v = ValidatedBatch::new(ok.clone(), &s9).unwrap();
+        assert!(v.is_for(&s9) && !v.is_for(&s5));
+        let err = ValidatedBatch::new(ok, &s5).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "C1: index at position 0 is 8, out of range for a table of 5 rows"
+        );
+        // Batches validated for different models are not concatenated.
+        let w = ValidatedBatch::new(
+            batch(1, 0.0, IndexVec::I64(vec![4]), IndexVec::I64(vec![0])),
+            &s5,
+        )
+        .unwrap();
+        let err = ValidatedBatch::concat(vec![v.clone(), w]).unwrap_err();
+        assert!(err.to_string().contains("different models"), "{err}");
+        assert!(ValidatedBatch::concat(Vec::new()).is_err());
+    }
+
+    #[test]
+    fn validated_batches_concatenate_and_pad_within_the_limits() {
+        let s = spec(9);
+        let part = |n: usize| {
+            let idx = IndexVec::I32((0..n as i32).map(|i| i % 9).collect());
+            let off = IndexVec::I32((0..n as i32).collect());
+            ValidatedBatch::new(batch(n, 0.5, idx, off), &s).unwrap()
+        };
+        let c = ValidatedBatch::concat(vec![part(3), part(2)]).unwrap();
+        assert_eq!(c.size, 5);
+        assert!(c.is_for(&s));
+        c.validate(&s).unwrap();
+        // Beyond MAX_BATCH samples together: refused, though each part is valid.
+        let half = part(MAX_BATCH / 2 + 1);
+        let err = ValidatedBatch::concat(vec![half.clone(), half]).unwrap_err();
+        assert!(err.to_string().contains("limits::MAX_BATCH"), "{err}");
+        // Padding adds empty bags and zero rows, shares nothing it changes, stays valid.
+        let p = c.padded(8).unwrap();
+        assert_eq!(p.size, 8);
+        assert_eq!(
+            p.sparse[0].offsets,
+            IndexVec::I32(vec![0, 1, 2, 3, 4, 5, 5, 5])
+        );
+        assert_eq!(&p.dense[10..], &[0.0; 6]);
+        assert_eq!(p.bag(0, 7), 5..5);
+        p.validate(&s).unwrap();
+        assert!(Arc::ptr_eq(c.padded(5).unwrap().batch(), c.batch()));
+        assert!(c.padded(MAX_BATCH + 1).is_err());
     }
 }

@@ -8,7 +8,7 @@
 //! use streamrec_graph::{Algorithm, ModelSpec};
 //! use streamrec_runtime::BackendKind;
 //! use streamrec_runtime::builder::EngineBuilder;
-//! use streamrec_runtime::gen::{random_batch, Skew};
+//! use streamrec_runtime::gen::{random_validated, Skew};
 //!
 //! let spec = ModelSpec::parse(
 //!     r#"
@@ -34,7 +34,7 @@
 //!     .threads(2)
 //!     .max_batch(8)
 //!     .build()?;
-//! let scores = built.engine.infer(&std::sync::Arc::new(random_batch(&spec, 8, Skew::Uniform, 1)))?;
+//! let scores = built.engine.infer(&random_validated(&spec, 8, Skew::Uniform, 1)?)?;
 //! assert_eq!(scores.len(), 8);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -179,12 +179,6 @@ impl<'a> EngineBuilder<'a> {
     /// Record spans for timelines and profiles.
     pub fn trace(mut self, on: bool) -> Self {
         self.target.cfg.trace = on;
-        self
-    }
-
-    /// Validate every batch against the spec before it runs.
-    pub fn validate(mut self, on: bool) -> Self {
-        self.target.cfg.validate = on;
         self
     }
 

@@ -12,7 +12,7 @@ use std::time::Instant;
 use streamrec_graph::{DeviceProfile, OpGraph, Plan};
 
 use crate::backend::cpu::CpuBackend;
-use crate::batch::Batch;
+use crate::batch::{Batch, ValidatedBatch};
 use crate::engine::{Engine, EngineConfig};
 use crate::error::Result;
 use crate::weights::Weights;
@@ -29,11 +29,14 @@ fn median_us(graph: &Arc<OpGraph>, plan: Plan, reps: usize) -> Result<f64> {
             ..EngineConfig::default()
         },
     )?;
-    let batch = Arc::new(Batch {
-        size: 1,
-        dense: vec![0.5],
-        sparse: Vec::new(),
-    });
+    let batch = ValidatedBatch::new(
+        Batch {
+            size: 1,
+            dense: vec![0.5],
+            sparse: Vec::new(),
+        },
+        &graph.spec,
+    )?;
     for _ in 0..reps / 2 {
         engine.infer(&batch)?;
     }

@@ -7,7 +7,8 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 use streamrec_graph::ModelSpec;
 
-use crate::batch::{Batch, IndexVec, SparseInput};
+use crate::batch::{Batch, IndexVec, SparseInput, ValidatedBatch};
+use crate::error::Result;
 
 /// How indices are drawn.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -74,4 +75,15 @@ pub fn random_batch(spec: &ModelSpec, size: usize, skew: Skew, seed: u64) -> Bat
         dense,
         sparse,
     }
+}
+
+/// [`random_batch`] validated against `spec`, ready for an engine. Fails only where the spec
+/// allows no valid batch of `size` (e.g. more samples or indices than the limits).
+pub fn random_validated(
+    spec: &ModelSpec,
+    size: usize,
+    skew: Skew,
+    seed: u64,
+) -> Result<ValidatedBatch> {
+    ValidatedBatch::new(random_batch(spec, size, skew, seed), spec)
 }

@@ -10,7 +10,7 @@
 //! ```
 //! use std::sync::Arc;
 //! use streamrec_graph::{plan_with, Algorithm, CostModel, DeviceProfile, ModelSpec, OpGraph};
-//! use streamrec_runtime::gen::{random_batch, Skew};
+//! use streamrec_runtime::gen::{random_validated, Skew};
 //! use streamrec_runtime::{CpuBackend, Engine, EngineConfig, Weights};
 //!
 //! let spec = ModelSpec::parse(
@@ -33,7 +33,7 @@
 //! )?;
 //! let graph = Arc::new(OpGraph::from_spec(&spec));
 //! let weights = Weights::generate(&graph, 7)?;
-//! let batch = Arc::new(random_batch(&spec, 8, Skew::Uniform, 1));
+//! let batch = random_validated(&spec, 8, Skew::Uniform, 1)?;
 //!
 //! let cost = CostModel::new(DeviceProfile::cpu());
 //! let mut scores = Vec::new();
@@ -75,7 +75,7 @@ pub mod weights;
 
 pub use backend::cpu::CpuBackend;
 pub use backend::Backend;
-pub use batch::{Batch, IndexVec, SparseInput};
+pub use batch::{Batch, IndexVec, SparseInput, ValidatedBatch};
 pub use engine::{build_engine, BackendKind, BackendOptions, Engine, EngineConfig, Infer};
 pub use error::{Result, RuntimeError};
 pub use measure::{measure, MeasureConfig};

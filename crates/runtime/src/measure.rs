@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::batch::Batch;
+use crate::batch::ValidatedBatch;
 use crate::engine::Infer;
 use crate::error::Result;
 use crate::stats::{LatencyRecorder, LatencySummary};
@@ -28,7 +28,7 @@ pub struct MeasureConfig {
 /// Runs `cfg.iters` requests over `batches` (cycled) and summarises their latency.
 pub fn measure(
     engine: &dyn Infer,
-    batches: &[Arc<Batch>],
+    batches: &[ValidatedBatch],
     cfg: &MeasureConfig,
 ) -> Result<LatencySummary> {
     assert!(!batches.is_empty(), "measure needs at least one batch");

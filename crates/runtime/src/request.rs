@@ -1,6 +1,7 @@
 //! KServe v2 requests and the runtime's batches: the wire format lives in
 //! [`streamrec_protocol`] (re-exported here); this module turns a request into a [`Batch`]
-//! ([`RequestExt::into_batch`], [`Batch::from`] a validated request) and a [`Batch`] into a
+//! ([`RequestExt::into_batch`], [`Batch::from`] a validated request; for an engine,
+//! [`crate::ValidatedBatch::from_request`]) and a [`Batch`] into a
 //! request (`InferRequest::from_batch(&spec, &batch)`, through [`ToInputs`]).
 //!
 //! Errors keep the runtime's type: a refused request is [`RuntimeError::Input`] with the
@@ -15,7 +16,7 @@ pub use streamrec_protocol::{
     response_json, IndexSeq, InferRequest, InferTensor, RequestError, TensorData, ToInputs,
 };
 
-use crate::batch::{Batch, IndexVec, SparseInput};
+use crate::batch::{Batch, IndexVec, SparseInput, ValidatedBatch};
 use crate::error::{Result, RuntimeError};
 
 impl From<RequestError> for RuntimeError {
@@ -76,6 +77,12 @@ impl From<ValidInputs> for Batch {
                 })
                 .collect(),
         }
+    }
+}
+
+impl ToInputs for ValidatedBatch {
+    fn to_inputs(&self, spec: &ModelSpec) -> Vec<InferTensor> {
+        self.batch().to_inputs(spec)
     }
 }
 

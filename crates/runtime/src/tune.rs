@@ -14,7 +14,6 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -24,7 +23,7 @@ use crate::engine::BackendKind;
 use crate::gen::{random_batch, Skew};
 use crate::stats::median;
 use crate::target::{BuildError, BuildResult, Built, PlanOptions, Target};
-use crate::{measure, Batch, EngineConfig, MeasureConfig, Weights};
+use crate::{measure, EngineConfig, MeasureConfig, ValidatedBatch, Weights};
 
 /// Version of the cache file format, of the selection rule and of the CPU kernels whose
 /// timings decided a choice (3: in-place concat, per-row prefetch, panel split for large
@@ -337,7 +336,7 @@ fn candidates(
 }
 
 /// p50 of `built` at each batch size, one round each.
-fn time_round(built: &Built, inputs: &[Vec<Arc<Batch>>]) -> BuildResult<Vec<f64>> {
+fn time_round(built: &Built, inputs: &[Vec<ValidatedBatch>]) -> BuildResult<Vec<f64>> {
     inputs
         .iter()
         .map(|input| {
@@ -397,17 +396,18 @@ pub fn tune(req: &TuneRequest<'_>) -> BuildResult<PlanOptions> {
             max_batch,
             graphs: target.cfg.graphs,
             trace: false,
-            validate: true,
         },
     };
-    let inputs: Vec<Vec<Arc<Batch>>> = batches
+    let inputs: Vec<Vec<ValidatedBatch>> = batches
         .iter()
         .map(|&b| {
             (0..2)
-                .map(|i| Arc::new(random_batch(req.spec, b, Skew::Uniform, 7 + i)))
-                .collect()
+                .map(|i| {
+                    ValidatedBatch::new(random_batch(req.spec, b, Skew::Uniform, 7 + i), req.spec)
+                })
+                .collect::<Result<Vec<_>, _>>()
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     let (choice, ratios, noise) = if cands.len() == 1 {
         (cands[0].clone(), vec![(cands[0].label(), 1.0)], 0.0)
     } else {

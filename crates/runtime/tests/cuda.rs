@@ -39,7 +39,8 @@ use streamrec_runtime::backend::cuda::{
 };
 use streamrec_runtime::trace::{replay_name, REPLAY_OP};
 use streamrec_runtime::{
-    Backend, Batch, CpuBackend, Engine, EngineConfig, IndexVec, RuntimeError, SparseInput, Weights,
+    Backend, Batch, CpuBackend, Engine, EngineConfig, IndexVec, RuntimeError, SparseInput,
+    ValidatedBatch, Weights,
 };
 
 /// Whether the environment variable is set to `1`.
@@ -140,6 +141,11 @@ fn ragged_batch(spec: &ModelSpec, size: usize, wide: bool, seed: u64) -> Batch {
         dense,
         sparse,
     }
+}
+
+/// `batch`, validated for `spec` (what an engine runs).
+fn valid(spec: &ModelSpec, batch: Batch) -> ValidatedBatch {
+    ValidatedBatch::new(batch, spec).expect("a valid batch")
 }
 
 /// One way of running a model.
@@ -267,7 +273,7 @@ fn check_model(spec: &ModelSpec, batches: &[usize], setups: &[Setup], cfg: &Cuda
         let cuda = cuda_engine(spec, s, cfg.clone(), max_batch);
         for (i, &n) in batches.iter().enumerate() {
             for wide in [false, true] {
-                let b = Arc::new(ragged_batch(spec, n, wide, 1000 + i as u64));
+                let b = valid(spec, ragged_batch(spec, n, wide, 1000 + i as u64));
                 let want = cpu.infer(&b).expect("cpu scores");
                 // Twice: a replayed graph (and reused buffers) must give the same scores.
                 for round in 0..2 {
@@ -667,7 +673,7 @@ fn spans_are_recorded_when_tracing() {
         },
     )
     .expect("engine");
-    e.infer(&Arc::new(ragged_batch(&spec, 8, true, 3)))
+    e.infer(&valid(&spec, ragged_batch(&spec, 8, true, 3)))
         .expect("scores");
     let tr = e.take_trace();
     assert_eq!(tr.len(), g.len(), "one span per op");
@@ -863,7 +869,7 @@ fn span_times_keep_microseconds_late_in_a_run() {
 fn cpu_engines_report_no_device_time_or_launch_count() {
     let spec = workload("tiny", 1000);
     let e = cpu_engine(&spec, 8);
-    e.infer(&Arc::new(ragged_batch(&spec, 4, false, 1)))
+    e.infer(&valid(&spec, ragged_batch(&spec, 4, false, 1)))
         .expect("scores");
     assert!(e.take_gpu_times_us().is_empty());
     assert_eq!(e.launches_per_request(), None);
@@ -890,7 +896,7 @@ fn cuda_engines_time_the_plan_count_launches_and_trace_replays() {
         )
         .expect("engine");
         for i in 0..3 {
-            e.infer(&Arc::new(ragged_batch(&spec, 8, true, i)))
+            e.infer(&valid(&spec, ragged_batch(&spec, 8, true, i)))
                 .expect("scores");
         }
         let gpu = e.take_gpu_times_us();
@@ -947,7 +953,7 @@ fn engines_on_the_same_host_weights_share_the_device_copy() {
     assert!(!wc.shared());
     // And the shared copy gives the right scores in both engines.
     let cpu = cpu_engine(&spec, 8);
-    let batch = Arc::new(ragged_batch(&spec, 8, false, 4));
+    let batch = valid(&spec, ragged_batch(&spec, 8, false, 4));
     let want = cpu.infer(&batch).expect("cpu scores");
     for be in [a, b] {
         let e = Engine::new(

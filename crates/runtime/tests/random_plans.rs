@@ -10,7 +10,7 @@ use streamrec_graph::{
     assign, Algorithm, AssignConfig, CostModel, DeviceProfile, OpGraph, SimMode, Source,
 };
 use streamrec_runtime::backend::shared::synthetic_value;
-use streamrec_runtime::{Batch, CpuBackend, Engine, EngineConfig, Weights};
+use streamrec_runtime::{Batch, CpuBackend, Engine, EngineConfig, ValidatedBatch, Weights};
 
 /// Op count, forward edges and per-op (spin ns per sample, bytes) costs.
 type Dag = (usize, Vec<(usize, usize)>, Vec<(f64, f64)>);
@@ -72,7 +72,7 @@ proptest! {
         let start = Instant::now();
         for r in 0..3u64 {
             let dense = vec![(seed + r) as f32 * 0.25 - 3.0, 1.5 + r as f32];
-            let batch = Arc::new(Batch { size: 2, dense: dense.clone(), sparse: Vec::new() });
+            let batch = ValidatedBatch::new(Batch { size: 2, dense: dense.clone(), sparse: Vec::new() }, &g.spec).unwrap();
             let got = engine.infer(&batch).unwrap();
             prop_assert_eq!(got, sequential(&g, &dense));
         }

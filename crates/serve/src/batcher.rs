@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use streamrec_graph::limits::MAX_BATCH_INDICES;
-use streamrec_runtime::{Batch, Infer, RuntimeError};
+use streamrec_runtime::{Infer, RuntimeError, ValidatedBatch};
 use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
@@ -60,7 +60,7 @@ pub enum Refused {
 pub type Outcome = Result<Done, Arc<RuntimeError>>;
 
 struct Job {
-    batch: Batch,
+    batch: ValidatedBatch,
     /// The most indices of any one feature (bounds a merged batch's index lists).
     indices: usize,
     enqueued: Instant,
@@ -121,7 +121,7 @@ impl Batcher {
     }
 
     /// Queues a validated batch; the receiver gets its outcome.
-    pub fn submit(&self, batch: Batch) -> Result<oneshot::Receiver<Outcome>, Refused> {
+    pub fn submit(&self, batch: ValidatedBatch) -> Result<oneshot::Receiver<Outcome>, Refused> {
         let s = &self.shared;
         if batch.size > s.cfg.max_batch {
             return Err(Refused::TooLarge {
@@ -231,7 +231,8 @@ impl Shared {
                 replies.push((j.reply, j.batch.size, started - j.enqueued));
                 parts.push(j.batch);
             }
-            let merged = Arc::new(Batch::concat(parts));
+            // The parts fit the limits together (next_jobs), so the concatenation is valid.
+            let merged = ValidatedBatch::concat(parts).expect("merged batch within the limits");
             let res = self.engine.infer(&merged);
             let compute = started.elapsed();
             self.metrics.executed(merged.size, compute);

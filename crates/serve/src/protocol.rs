@@ -1,7 +1,7 @@
 //! The KServe v2 REST bodies as the server uses them: the wire format itself (JSON and Triton's
 //! binary tensor data extension, responses, model metadata, error bodies) is
-//! [`streamrec_protocol`]'s, re-exported here; this module turns an infer body into a validated
-//! [`Batch`] for the batcher, and answers `GET /v2` (the server's own metadata).
+//! [`streamrec_protocol`]'s, re-exported here; this module turns an infer body into a
+//! [`ValidatedBatch`] for the batcher (validated once, here), and answers `GET /v2` (the server's own metadata).
 //!
 //! Every check of the engine (shapes, datatypes, offsets, index ranges, finite values) runs on
 //! a request before it can reach a kernel.
@@ -11,7 +11,7 @@ use streamrec_graph::ModelSpec;
 pub use streamrec_protocol::{
     encode_response, error_body, model_metadata, Encoded, RequestError, HEADER_LENGTH, OUTPUT,
 };
-use streamrec_runtime::Batch;
+use streamrec_runtime::ValidatedBatch;
 
 /// A parsed, validated infer request.
 #[derive(Debug)]
@@ -19,7 +19,7 @@ pub struct Parsed {
     /// The request id, echoed in the response.
     pub id: Option<String>,
     /// The samples, validated against the model.
-    pub batch: Batch,
+    pub batch: ValidatedBatch,
     /// Whether the scores go back as binary data.
     pub binary_output: bool,
 }
@@ -34,10 +34,9 @@ pub fn parse(
     let decoded = streamrec_protocol::decode(body, header_len)?;
     decoded.check_outputs(spec)?;
     let id = decoded.request.id.clone();
-    let inputs = decoded.request.validate(spec)?;
     Ok(Parsed {
         id,
-        batch: Batch::from(inputs),
+        batch: ValidatedBatch::from_request(decoded.request, spec)?,
         binary_output: decoded.binary_output,
     })
 }

@@ -23,7 +23,7 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use streamrec_graph::ModelSpec;
 use streamrec_runtime::gen::{random_batch, Skew};
-use streamrec_runtime::Infer;
+use streamrec_runtime::{Infer, ValidatedBatch};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 
@@ -149,7 +149,10 @@ impl Binding {
         streamrec_graph::spec::check_model_name(&spec.name)
             .map_err(|e| ServeError::Config(format!("model {e}")))?;
         for (i, size) in [1, cfg.max_batch].into_iter().enumerate() {
-            let b = Arc::new(random_batch(&spec, size, Skew::Uniform, 7 + i as u64));
+            let b = ValidatedBatch::new(
+                random_batch(&spec, size, Skew::Uniform, 7 + i as u64),
+                &spec,
+            )?;
             engine.infer(&b)?;
         }
         engine.take_trace();

@@ -36,7 +36,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use streamrec_graph::{OpGraph, Plan, Step};
 
 use crate::backend::{Backend, Span, SpanKind};
-use crate::batch::{Batch, IndexVec, SparseInput};
+use crate::batch::{Batch, ValidatedBatch};
 use crate::error::{Result, RuntimeError};
 use crate::trace::{replay_name, TraceEvent, REPLAY_OP};
 use crate::weights::Weights;
@@ -54,9 +54,6 @@ pub struct EngineConfig {
     /// replay (`graph replay (bucket N)`) with `graphs` on, where ops are not timed one by one
     /// (profiles need eager mode, see [`crate::trace::require_op_spans`]).
     pub trace: bool,
-    /// Validate every batch against the spec before it runs (on by default; callers that
-    /// validated already may turn it off).
-    pub validate: bool,
 }
 
 impl Default for EngineConfig {
@@ -66,7 +63,6 @@ impl Default for EngineConfig {
             max_batch: 1024,
             graphs: false,
             trace: false,
-            validate: true,
         }
     }
 }
@@ -203,11 +199,16 @@ impl<B: Backend> Engine<B> {
         &self.cfg
     }
 
-    /// Runs one batch and returns its scores (one per sample).
-    pub fn infer(&self, batch: &Arc<Batch>) -> Result<Vec<f32>> {
-        if self.cfg.validate {
-            batch.validate(&self.graph.spec)?;
+    /// Runs one batch and returns its scores (one per sample). The batch was validated (a
+    /// [`ValidatedBatch`]); the engine checks only that it was for this model.
+    pub fn infer(&self, batch: &ValidatedBatch) -> Result<Vec<f32>> {
+        if !batch.is_for(&self.graph.spec) {
+            return Err(RuntimeError::Input(format!(
+                "the batch was validated for another model than `{}`",
+                self.graph.spec.name
+            )));
         }
+        let batch = batch.batch();
         if batch.size > self.cfg.max_batch {
             return Err(RuntimeError::BatchTooLarge {
                 batch: batch.size,
@@ -323,7 +324,7 @@ impl<B: Backend> Engine<B> {
     /// backend refuses it as stale), copies the scores out and synchronises.
     fn run_graph(&self, ctx: &mut Context<B>, batch: &Arc<Batch>, bucket: usize) -> Result<()> {
         let be = &self.backend;
-        let padded = pad(batch, bucket);
+        let padded = batch.padded(bucket);
         be.upload(&ctx.streams[0], &ctx.bufs, &padded)?;
         let issued = self.replay_bucket(ctx, bucket);
         // The graph forks and joins inside; everything it ran is ordered before stream 0's end.
@@ -445,50 +446,11 @@ impl<B: Backend> Engine<B> {
     }
 }
 
-/// Pads a batch to `size` samples with empty bags and zero dense rows.
-fn pad(batch: &Arc<Batch>, size: usize) -> Arc<Batch> {
-    if batch.size == size {
-        return Arc::clone(batch);
-    }
-    let extra = size - batch.size;
-    let dense_w = batch.dense.len() / batch.size;
-    let mut dense = batch.dense.clone();
-    dense.resize(size * dense_w, 0.0);
-    let sparse = batch
-        .sparse
-        .iter()
-        .map(|s| {
-            let n = s.indices.len();
-            let offsets = match &s.offsets {
-                IndexVec::I32(o) => {
-                    let mut o = o.clone();
-                    o.extend(std::iter::repeat_n(n as i32, extra));
-                    IndexVec::I32(o)
-                }
-                IndexVec::I64(o) => {
-                    let mut o = o.clone();
-                    o.extend(std::iter::repeat_n(n as i64, extra));
-                    IndexVec::I64(o)
-                }
-            };
-            SparseInput {
-                indices: s.indices.clone(),
-                offsets,
-            }
-        })
-        .collect();
-    Arc::new(Batch {
-        size,
-        dense,
-        sparse,
-    })
-}
-
 /// Anything that turns a batch into scores (an [`Engine`] on any backend): the one interface
 /// the server and the measurement loop use.
 pub trait Infer: Send + Sync {
     /// Runs one batch.
-    fn infer(&self, batch: &Arc<Batch>) -> Result<Vec<f32>>;
+    fn infer(&self, batch: &ValidatedBatch) -> Result<Vec<f32>>;
     /// Takes the per-op spans recorded so far (engines built with tracing on).
     fn take_trace(&self) -> Vec<crate::trace::TraceEvent>;
     /// The backend's name.
@@ -506,7 +468,7 @@ pub trait Infer: Send + Sync {
 }
 
 impl<B: Backend> Infer for Engine<B> {
-    fn infer(&self, batch: &Arc<Batch>) -> Result<Vec<f32>> {
+    fn infer(&self, batch: &ValidatedBatch) -> Result<Vec<f32>> {
         Engine::infer(self, batch)
     }
     fn take_trace(&self) -> Vec<crate::trace::TraceEvent> {
