@@ -81,6 +81,7 @@ pub mod run;
 pub mod schedule;
 pub mod sizes;
 pub mod skew;
+mod timer;
 pub mod trace;
 
 pub use body::{Bodies, Body, BodyConfig, BodyFormat};
