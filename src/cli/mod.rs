@@ -324,7 +324,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     if e.chain().any(|c| {
         matches!(
             c.downcast_ref::<RuntimeError>(),
-            Some(RuntimeError::Unavailable(_))
+            Some(RuntimeError::Unavailable { .. })
         ) || c
             .downcast_ref::<BuildError>()
             .is_some_and(BuildError::is_unavailable)

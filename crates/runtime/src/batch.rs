@@ -14,7 +14,7 @@ use streamrec_graph::limits::{MAX_BATCH, MAX_BATCH_INDICES};
 use streamrec_graph::ModelSpec;
 use streamrec_protocol::{check_dense_values, check_feature, InferRequest, RequestError};
 
-use crate::error::{Result, RuntimeError};
+use crate::error::{BatchError, Result};
 
 /// Indices (or offsets) of one feature, in the request's integer type.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,37 +89,39 @@ impl Batch {
     /// request's tensors (one rule for both); the error names the input, the position and the
     /// value.
     pub fn validate(&self, spec: &ModelSpec) -> Result<()> {
-        let bad = |m: String| Err(RuntimeError::Input(m));
         if self.size == 0 {
-            return bad("batch size must be > 0".into());
+            return Err(BatchError::Empty.into());
         }
         if self.size > MAX_BATCH {
-            return bad(format!(
-                "batch size {} is more than the limit of {MAX_BATCH} (limits::MAX_BATCH)",
-                self.size
-            ));
+            return Err(BatchError::TooManySamples {
+                what: "batch size",
+                size: self.size,
+            }
+            .into());
         }
         let Some(dense_len) = self.size.checked_mul(spec.dense) else {
-            return bad(format!(
-                "dense: [{}, {}] has too many values (the product overflows)",
-                self.size, spec.dense
-            ));
+            return Err(BatchError::DenseOverflow {
+                size: self.size,
+                width: spec.dense,
+            }
+            .into());
         };
         if self.dense.len() != dense_len {
-            return bad(format!(
-                "dense: expected {dense_len} values ([{}, {}]), got {}",
-                self.size,
-                spec.dense,
-                self.dense.len()
-            ));
+            return Err(BatchError::DenseCount {
+                expected: dense_len,
+                size: self.size,
+                width: spec.dense,
+                got: self.dense.len(),
+            }
+            .into());
         }
         check_dense_values(&self.dense)?;
         if self.sparse.len() != spec.features.len() {
-            return bad(format!(
-                "expected {} sparse features, got {}",
-                spec.features.len(),
-                self.sparse.len()
-            ));
+            return Err(BatchError::FeatureCount {
+                expected: spec.features.len(),
+                got: self.sparse.len(),
+            }
+            .into());
         }
         for (inp, feat) in self.sparse.iter().zip(&spec.features) {
             check_feature(&feat.name, self.size, &inp.indices, &inp.offsets, feat.rows)?;
@@ -316,27 +318,27 @@ impl ValidatedBatch {
         let model = parts
             .first()
             .map(|p| p.model)
-            .ok_or_else(|| RuntimeError::Input("no batch to concatenate".into()))?;
+            .ok_or(BatchError::NothingToConcat)?;
         if parts.iter().any(|p| p.model != model) {
-            return Err(RuntimeError::Input(
-                "the batches to concatenate were validated for different models".into(),
-            ));
+            return Err(BatchError::MixedModels.into());
         }
         let size: usize = parts.iter().map(|p| p.size).sum();
         if size > MAX_BATCH {
-            return Err(RuntimeError::Input(format!(
-                "the concatenated batch has {size} samples, more than the limit of {MAX_BATCH} \
-                 (limits::MAX_BATCH)"
-            )));
+            return Err(BatchError::TooManySamples {
+                what: "the concatenated batch's size",
+                size,
+            }
+            .into());
         }
         let features = parts[0].sparse.len();
         for f in 0..features {
             let n: usize = parts.iter().map(|p| p.sparse[f].indices.len()).sum();
             if n > MAX_BATCH_INDICES {
-                return Err(RuntimeError::Input(format!(
-                    "feature {f} of the concatenated batch has {n} indices, more than the limit \
-                     of {MAX_BATCH_INDICES} (limits::MAX_BATCH_INDICES)"
-                )));
+                return Err(BatchError::TooManyIndices {
+                    feature: f,
+                    indices: n,
+                }
+                .into());
             }
         }
         let batches = parts
@@ -352,10 +354,11 @@ impl ValidatedBatch {
     /// This batch padded to `size` samples ([`Batch::padded`]); at most `MAX_BATCH`.
     pub fn padded(&self, size: usize) -> Result<ValidatedBatch> {
         if size > MAX_BATCH {
-            return Err(RuntimeError::Input(format!(
-                "padding to {size} samples is more than the limit of {MAX_BATCH} \
-                 (limits::MAX_BATCH)"
-            )));
+            return Err(BatchError::TooManySamples {
+                what: "the padded batch's size",
+                size,
+            }
+            .into());
         }
         Ok(ValidatedBatch {
             batch: self.batch.padded(size),

@@ -234,9 +234,10 @@ impl<'a> EngineBuilder<'a> {
         self.target.backend = resolve(self.target.backend)?;
         if self.target.backend == BackendKind::Cuda {
             if let Err(reason) = crate::backend::cuda::cuda_available() {
-                return Err(RuntimeError::Unavailable(format!(
-                    "CUDA backend unavailable: {reason}"
-                ))
+                return Err(RuntimeError::Unavailable {
+                    backend: "CUDA",
+                    reason,
+                }
                 .into());
             }
         }

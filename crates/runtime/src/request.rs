@@ -4,8 +4,8 @@
 //! [`crate::ValidatedBatch::from_request`]) and a [`Batch`] into a
 //! request (`InferRequest::from_batch(&spec, &batch)`, through [`ToInputs`]).
 //!
-//! Errors keep the runtime's type: a refused request is [`RuntimeError::Input`] with the
-//! protocol's message (naming the input, position and value), an unreadable file
+//! Errors keep the runtime's type: a refused request is [`RuntimeError::Request`] with the
+//! protocol's typed error (naming the input, position and value), an unreadable file
 //! [`RuntimeError::Io`].
 
 use std::path::Path;
@@ -17,19 +17,7 @@ pub use streamrec_protocol::{
 };
 
 use crate::batch::{Batch, IndexVec, SparseInput, ValidatedBatch};
-use crate::error::{Result, RuntimeError};
-
-impl From<RequestError> for RuntimeError {
-    fn from(e: RequestError) -> Self {
-        match e {
-            RequestError::Io { path, cause } => RuntimeError::Io {
-                path,
-                reason: cause.to_string(),
-            },
-            e => RuntimeError::Input(e.to_string()),
-        }
-    }
-}
+use crate::error::Result;
 
 /// Reads and parses a request file of at most `max_bytes` bytes
 /// ([`streamrec_protocol::read_request_file`]); an oversized body is refused without being

@@ -52,7 +52,7 @@ pub enum BuildError {
 impl BuildError {
     /// True when the backend cannot be used on this machine (no CUDA device).
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, BuildError::Runtime(RuntimeError::Unavailable(_)))
+        matches!(self, BuildError::Runtime(RuntimeError::Unavailable { .. }))
     }
 }
 

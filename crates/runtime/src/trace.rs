@@ -15,7 +15,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 use streamrec_graph::MeasuredCosts;
 
-use crate::error::{Result, RuntimeError};
+use crate::error::{NoSpans, Result, RuntimeError};
 
 /// One op's execution, as recorded by the engine.
 #[derive(Clone, Debug, PartialEq)]
@@ -53,16 +53,10 @@ pub fn replay_name(bucket: usize) -> String {
 /// (timed only as a whole) or nothing was recorded. Profiles (`run --profile`) need this.
 pub fn require_op_spans(events: &[TraceEvent]) -> Result<()> {
     if events.iter().any(|e| e.replay.is_some()) {
-        return Err(RuntimeError::Input(
-            "per-op times need eager execution: with CUDA graphs on, a request is timed only as \
-             a whole graph replay (run with graphs off)"
-                .into(),
-        ));
+        return Err(RuntimeError::NoOpSpans(NoSpans::GraphReplay));
     }
     if events.is_empty() {
-        return Err(RuntimeError::Input(
-            "no per-op spans were recorded (was the engine built with tracing on?)".into(),
-        ));
+        return Err(RuntimeError::NoOpSpans(NoSpans::NotRecorded));
     }
     Ok(())
 }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use streamrec_graph::{OpGraph, WeightSource, WeightSpec};
 
-use crate::error::{Result, RuntimeError};
+use crate::error::{Result, RuntimeError, WeightsError};
 
 /// One f32 tensor.
 #[derive(Clone, Debug, PartialEq)]
@@ -119,34 +119,37 @@ impl Weights {
             reason: e.to_string(),
         })?;
         let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
-            RuntimeError::Weights(format!("{}: not a safetensors file: {e}", path.display()))
+            RuntimeError::from(WeightsError::NotSafetensors {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })
         })?;
         let mut tensors = HashMap::new();
         for w in graph.weights() {
             let view = st.tensor(&w.name).map_err(|_| {
-                RuntimeError::Weights(format!(
-                    "{}: tensor `{}` is missing (expected f32 {:?})",
-                    path.display(),
-                    w.name,
-                    w.shape
-                ))
+                RuntimeError::from(WeightsError::Missing {
+                    path: Some(path.to_path_buf()),
+                    tensor: w.name.clone(),
+                    expected: Some(w.shape.clone()),
+                })
             })?;
             if view.dtype() != safetensors::Dtype::F32 {
-                return Err(RuntimeError::Weights(format!(
-                    "{}: tensor `{}` has dtype {:?}, expected F32",
-                    path.display(),
-                    w.name,
-                    view.dtype()
-                )));
+                return Err(WeightsError::Dtype {
+                    path: Some(path.to_path_buf()),
+                    tensor: w.name.clone(),
+                    dtype: format!("{:?}", view.dtype()),
+                }
+                .into());
             }
             if view.shape() != w.shape.as_slice() {
-                return Err(RuntimeError::Weights(format!(
-                    "{}: tensor `{}` has shape {:?}, expected {:?}",
-                    path.display(),
-                    w.name,
-                    view.shape(),
-                    w.shape
-                )));
+                return Err(WeightsError::Shape {
+                    path: Some(path.to_path_buf()),
+                    tensor: w.name.clone(),
+                    shape: view.shape().to_vec(),
+                    needed_by: "expected".into(),
+                    expected: w.shape.clone(),
+                }
+                .into());
             }
             let data: Vec<f32> = view
                 .data()
@@ -189,7 +192,10 @@ impl Weights {
             .iter()
             .map(|(n, b, s)| {
                 let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                    .map_err(|e| RuntimeError::Weights(format!("tensor `{n}`: {e}")))?;
+                    .map_err(|e| WeightsError::Write {
+                        tensor: n.clone(),
+                        reason: e.to_string(),
+                    })?;
                 Ok((n.clone(), v))
             })
             .collect::<Result<_>>()?;
@@ -201,9 +207,13 @@ impl Weights {
 
     /// The tensor with this name.
     pub fn get(&self, name: &str) -> Result<&Arc<Tensor>> {
-        self.tensors
-            .get(name)
-            .ok_or_else(|| RuntimeError::Weights(format!("tensor `{name}` is missing")))
+        self.tensors.get(name).ok_or_else(|| {
+            RuntimeError::from(WeightsError::Missing {
+                path: None,
+                tensor: name.to_string(),
+                expected: None,
+            })
+        })
     }
 
     /// Tensor names.
@@ -225,9 +235,12 @@ impl Weights {
 /// A zeroed f32 buffer for a table.
 fn alloc_table(name: &str, len: usize) -> Result<Vec<f32>> {
     alloc_f32(len, 0.0).map_err(|e| {
-        RuntimeError::Weights(format!(
-            "{name}: cannot allocate {len} floats ({e}); shrink the tables with --row-cap N"
-        ))
+        RuntimeError::from(WeightsError::Alloc {
+            tensor: name.to_string(),
+            len,
+            reason: e.to_string(),
+            hint: "shrink the tables with --row-cap N",
+        })
     })
 }
 
@@ -285,11 +298,7 @@ fn check_memory(specs: &[WeightSpec]) -> Result<()> {
     });
     let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
     let Some(need) = need else {
-        return Err(RuntimeError::Weights(
-            "the model's weights need more bytes than this machine can address; \
-             shrink the tables with --row-cap N (or `row_cap` in the spec)"
-                .into(),
-        ));
+        return Err(WeightsError::Unaddressable.into());
     };
     let avail_kb = std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -305,12 +314,11 @@ fn check_memory(specs: &[WeightSpec]) -> Result<()> {
     }
     if let Some(avail) = avail {
         if need > avail {
-            return Err(RuntimeError::Weights(format!(
-                "the model's weights need {:.1} GiB but only {:.1} GiB of memory is available; \
-                 shrink the tables with --row-cap N (or `row_cap` in the spec)",
-                gib(need),
-                gib(avail)
-            )));
+            return Err(WeightsError::OverMemory {
+                need_gib: gib(need),
+                avail_gib: gib(avail),
+            }
+            .into());
         }
     }
     Ok(())

@@ -293,7 +293,8 @@ fn check_model(spec: &ModelSpec, batches: &[usize], setups: &[Setup], cfg: &Cuda
 #[test]
 fn backend_reports_unavailable_or_starts() {
     match (cuda_available(), CudaBackend::new(0)) {
-        (Err(_), Err(RuntimeError::Unavailable(m))) => {
+        (Err(_), Err(e @ RuntimeError::Unavailable { .. })) => {
+            let m = e.to_string();
             assert!(m.starts_with("CUDA backend unavailable: "), "{m}");
             skip("STREAMREC_REQUIRE_CUDA", "no CUDA device", &m);
         }
@@ -304,7 +305,9 @@ fn backend_reports_unavailable_or_starts() {
         (Ok(()), Ok(b)) => {
             assert_eq!(b.name(), "cuda");
             match CudaBackend::new(1 << 20) {
-                Err(RuntimeError::Unavailable(m)) => assert!(m.contains("device"), "{m}"),
+                Err(RuntimeError::Unavailable { reason, .. }) => {
+                    assert!(reason.contains("device"), "{reason}")
+                }
                 other => panic!(
                     "device 2^20 should be unavailable, got {:?}",
                     other.map(|_| ())
@@ -450,13 +453,13 @@ fn packet_layout_matches_the_kernels() {
     let mut packet = vec![0; 1 << 12];
     assert!(matches!(
         stage_packet(&bad, &rows, IndexWidth::I32, &mut packet),
-        Err(RuntimeError::Input(m)) if m.contains("out of range")
+        Err(e @ RuntimeError::Batch(_)) if e.to_string().contains("out of range")
     ));
     let mut bad = ragged_batch(&spec, 4, false, 9);
     bad.sparse[1].offsets = IndexVec::I32(vec![0, 3, 1, 4]);
     assert!(matches!(
         stage_packet(&bad, &rows, IndexWidth::I32, &mut packet),
-        Err(RuntimeError::Input(_))
+        Err(RuntimeError::Batch(_))
     ));
 }
 
@@ -756,7 +759,8 @@ fn kernel_build_failures_are_not_unavailable() {
         "libnvrtc.so could not be loaded".into(),
     ));
     match e {
-        RuntimeError::Unavailable(m) => {
+        e @ RuntimeError::Unavailable { .. } => {
+            let m = e.to_string();
             assert!(m.starts_with("CUDA backend unavailable: "), "{m}");
             assert!(m.contains("libnvrtc"), "{m}");
         }

@@ -58,7 +58,7 @@ fn refused_text(spec: &ModelSpec, body: &str) -> String {
         .map_err(RuntimeError::from)
         .and_then(|r| r.to_batch(spec))
         .expect_err("the request must be refused");
-    assert!(matches!(err, RuntimeError::Input(_)), "{err:?}");
+    assert!(err.is_input(), "{err:?}");
     err.to_string()
 }
 
@@ -78,7 +78,7 @@ fn contains_all(msg: &str, parts: &[&str]) {
 
 fn validate_err(spec: &ModelSpec, b: &Batch) -> String {
     let err = b.validate(spec).expect_err("the batch must be refused");
-    assert!(matches!(err, RuntimeError::Input(_)), "{err:?}");
+    assert!(err.is_input(), "{err:?}");
     err.to_string()
 }
 

@@ -250,9 +250,7 @@ impl Shared {
                 }
                 Err(e) => {
                     // Input errors were checked per request; anything else is the backend's.
-                    if !matches!(e, RuntimeError::Input(_))
-                        && self.healthy.swap(false, Ordering::SeqCst)
-                    {
+                    if !e.is_input() && self.healthy.swap(false, Ordering::SeqCst) {
                         eprintln!("streamrec serve: engine failed, no longer ready: {e}");
                     }
                     let e = Arc::new(e);

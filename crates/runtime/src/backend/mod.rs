@@ -169,17 +169,17 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Ends a capture begun on `stream` and returns the replayable graph.
     fn end_capture(&self, _stream: &Self::Stream) -> Result<Self::Graph> {
-        Err(crate::error::RuntimeError::Unavailable(format!(
-            "the {} backend cannot capture graphs",
-            self.name()
-        )))
+        Err(crate::error::RuntimeError::Unavailable {
+            backend: self.name(),
+            reason: "it cannot capture graphs".into(),
+        })
     }
 
     /// Replays a captured graph on `stream`.
     fn replay(&self, _stream: &Self::Stream, _graph: &Self::Graph) -> Result<()> {
-        Err(crate::error::RuntimeError::Unavailable(format!(
-            "the {} backend cannot replay graphs",
-            self.name()
-        )))
+        Err(crate::error::RuntimeError::Unavailable {
+            backend: self.name(),
+            reason: "it cannot replay graphs".into(),
+        })
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use streamrec_graph::{OpGraph, OpId, OpKind, Source, TensorRef};
 
-use crate::error::{Result, RuntimeError};
+use crate::error::{Result, WeightsError};
 use crate::weights::{Tensor, Weights};
 
 /// The weights one op reads, looked up once when the engine starts.
@@ -40,10 +40,14 @@ pub fn resolve_weights(graph: &OpGraph, id: OpId, w: &Weights) -> Result<OpWeigh
     let get = |name: &str, shape: &[usize]| -> Result<Arc<Tensor>> {
         let t = w.get(name)?;
         if t.shape != shape {
-            return Err(RuntimeError::Weights(format!(
-                "tensor `{name}` has shape {:?}, op `{}` needs {:?}",
-                t.shape, op.name, shape
-            )));
+            return Err(WeightsError::Shape {
+                path: None,
+                tensor: name.to_string(),
+                shape: t.shape.clone(),
+                needed_by: format!("op `{}` needs", op.name),
+                expected: shape.to_vec(),
+            }
+            .into());
         }
         Ok(Arc::clone(t))
     };

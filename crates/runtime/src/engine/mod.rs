@@ -37,7 +37,7 @@ use streamrec_graph::{OpGraph, Plan, Step};
 
 use crate::backend::{Backend, Span, SpanKind};
 use crate::batch::{Batch, ValidatedBatch};
-use crate::error::{Result, RuntimeError};
+use crate::error::{BatchError, Result, RuntimeError};
 use crate::trace::{replay_name, TraceEvent, REPLAY_OP};
 use crate::weights::Weights;
 
@@ -134,10 +134,16 @@ impl<B: Backend> Engine<B> {
     ) -> Result<Self> {
         plan.validate(&graph)?;
         if cfg.contexts == 0 {
-            return Err(RuntimeError::Input("contexts must be > 0".into()));
+            return Err(RuntimeError::Config {
+                option: "contexts",
+                reason: "must be > 0".into(),
+            });
         }
         if cfg.max_batch == 0 {
-            return Err(RuntimeError::Input("max batch must be > 0".into()));
+            return Err(RuntimeError::Config {
+                option: "max batch",
+                reason: "must be > 0".into(),
+            });
         }
         let dw = Arc::new(backend.load_weights(&graph, weights)?);
         let k = plan.num_streams();
@@ -203,10 +209,10 @@ impl<B: Backend> Engine<B> {
     /// [`ValidatedBatch`]); the engine checks only that it was for this model.
     pub fn infer(&self, batch: &ValidatedBatch) -> Result<Vec<f32>> {
         if !batch.is_for(&self.graph.spec) {
-            return Err(RuntimeError::Input(format!(
-                "the batch was validated for another model than `{}`",
-                self.graph.spec.name
-            )));
+            return Err(BatchError::OtherModel {
+                model: self.graph.spec.name.clone(),
+            }
+            .into());
         }
         let batch = batch.batch();
         if batch.size > self.cfg.max_batch {

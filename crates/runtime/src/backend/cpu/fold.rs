@@ -25,7 +25,7 @@ use streamrec_kernels::cpu::{self, PackedLinear};
 use streamrec_kernels::{Activation, MatMut, MatRef};
 
 use crate::backend::shared::OpWeights;
-use crate::error::{Result, RuntimeError};
+use crate::error::{Result, RuntimeError, WeightsError};
 use crate::weights::Tensor;
 
 /// Projected tables beyond this many bytes in all are not built (the model's tables would need
@@ -141,22 +141,22 @@ pub(crate) fn project(
     }
     let (rows, dim) = match table.shape[..] {
         [r, d] => (r, d),
-        _ => return Err(RuntimeError::Weights("a table is not 2-D".into())),
+        _ => return Err(WeightsError::Fold("a table is not 2-D".into()).into()),
     };
     if weight.shape[..] != [dim, dim] {
-        return Err(RuntimeError::Weights(format!(
+        return Err(WeightsError::Fold(format!(
             "a folded layer's weight has shape {:?}, not [{dim}, {dim}]",
             weight.shape
-        )));
+        ))
+        .into());
     }
     let len = rows
         .checked_mul(dim)
-        .ok_or_else(|| RuntimeError::Weights("a table's size overflows".into()))?;
-    let mut data = crate::weights::alloc_f32(len, 0.0).map_err(|e| {
-        RuntimeError::Input(format!(
-            "cannot allocate a projected table of {len} floats ({e}); \
-             a backend with folding off needs none"
-        ))
+        .ok_or_else(|| WeightsError::Fold("a table's size overflows".into()))?;
+    let mut data = crate::weights::alloc_f32(len, 0.0).map_err(|e| RuntimeError::Alloc {
+        what: format!("a projected table of {len} floats"),
+        reason: e.to_string(),
+        hint: "a backend with folding off needs none",
     })?;
     let packed = PackedLinear::new(&weight.data, dim, dim, None);
     cpu::linear_packed_parallel(
@@ -181,20 +181,16 @@ pub(crate) fn project(
 pub(crate) fn apply(folds: &[Fold], by_op: &mut [OpWeights], threads: usize) -> Result<()> {
     for f in folds {
         let OpWeights::Linear { weight, .. } = &by_op[f.linear] else {
-            return Err(RuntimeError::Weights(format!(
-                "folded op {} is not a linear layer",
-                f.linear
-            )));
+            return Err(
+                WeightsError::Fold(format!("op {} is not a linear layer", f.linear)).into(),
+            );
         };
         let weight = Arc::clone(weight);
         let OpWeights::Tables(tables) = &mut by_op[f.lookup] else {
-            return Err(RuntimeError::Weights(format!(
-                "folded op {} is not a lookup",
-                f.lookup
-            )));
+            return Err(WeightsError::Fold(format!("op {} is not a lookup", f.lookup)).into());
         };
         let table = tables.get_mut(f.slot).ok_or_else(|| {
-            RuntimeError::Weights(format!("lookup op {} has no table {}", f.lookup, f.slot))
+            WeightsError::Fold(format!("lookup op {} has no table {}", f.lookup, f.slot))
         })?;
         *table = project(table, &weight, threads)?;
     }

@@ -46,9 +46,11 @@ impl SharedBuf {
     pub(super) fn new(len: usize) -> Result<Self> {
         let v =
             crate::weights::alloc_f32(len.saturating_add(ALIGN_FLOATS), f32::NAN).map_err(|e| {
-                RuntimeError::Input(format!(
-                "cannot allocate an activation buffer of {len} floats ({e}); use a smaller batch"
-            ))
+                RuntimeError::Alloc {
+                    what: format!("an activation buffer of {len} floats"),
+                    reason: e.to_string(),
+                    hint: "use a smaller batch",
+                }
             })?;
         let b = v.into_boxed_slice();
         let alloc_len = b.len();
@@ -168,12 +170,10 @@ impl CpuBuffers {
                     .width
                     .checked_add(extra)
                     .and_then(|w| w.checked_mul(max_batch))
-                    .ok_or_else(|| {
-                        RuntimeError::Input(format!(
-                            "{}: an activation of {max_batch} x {} floats overflows",
-                            op.name,
-                            op.width.saturating_add(extra)
-                        ))
+                    .ok_or_else(|| RuntimeError::ActivationOverflow {
+                        op: op.name.clone(),
+                        batch: max_batch,
+                        width: op.width.saturating_add(extra),
                     })?;
                 SharedBuf::new(len)
             })

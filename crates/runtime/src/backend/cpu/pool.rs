@@ -114,7 +114,7 @@ struct StreamState {
     host_waiting: bool,
     issued: u64,
     done: u64,
-    error: Option<String>,
+    error: Option<RuntimeError>,
 }
 
 /// A stream: an ordered queue of commands that the pool's workers run.
@@ -451,8 +451,8 @@ fn run_stream(pool: &Pool, s: &StreamShared) -> bool {
     }
 }
 
-/// Runs one op of a stream's job; the error message if it failed or panicked.
-fn run_op(pool: &Pool, s: &StreamShared, j: &Job, op: OpId, batch: usize) -> Option<String> {
+/// Runs one op of a stream's job; the error if it failed or panicked.
+fn run_op(pool: &Pool, s: &StreamShared, j: &Job, op: OpId, batch: usize) -> Option<RuntimeError> {
     let Job {
         graph,
         weights,
@@ -488,12 +488,16 @@ fn run_op(pool: &Pool, s: &StreamShared, j: &Job, op: OpId, batch: usize) -> Opt
     }
     match res {
         Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(format!("op `{}`: {e}", graph.op(op).name)),
-        Err(p) => Some(format!(
-            "op `{}` panicked: {}",
-            graph.op(op).name,
-            panic_message(&p)
-        )),
+        Ok(Err(reason)) => Some(RuntimeError::Op {
+            op: graph.op(op).name.clone(),
+            panicked: false,
+            reason,
+        }),
+        Err(p) => Some(RuntimeError::Op {
+            op: graph.op(op).name.clone(),
+            panicked: true,
+            reason: panic_message(&p),
+        }),
     }
 }
 
@@ -675,7 +679,7 @@ impl CpuStream {
         });
         let mut st = sh.state.lock().expect("stream state");
         match st.error.take() {
-            Some(e) => Err(RuntimeError::Execution(e)),
+            Some(e) => Err(e),
             None => Ok(()),
         }
     }

@@ -14,7 +14,7 @@ use super::capture::exclusive;
 use super::device::{cuda_err, device_ptr, exec_err, f32_at, lock, Device};
 use super::packet::{packet_words, stage_packet, InputStage};
 use crate::batch::Batch;
-use crate::error::{Result, RuntimeError};
+use crate::error::{BatchError, Result, RuntimeError};
 
 /// The pinned host copy of a context's scores.
 struct ScoreStage {
@@ -83,7 +83,10 @@ impl CudaBuffers {
     ) -> Result<Self> {
         let _gate = exclusive();
         if max_batch == 0 {
-            return Err(RuntimeError::Input("max batch must be > 0".into()));
+            return Err(RuntimeError::Config {
+                option: "max batch",
+                reason: "must be > 0".into(),
+            });
         }
         let n = graph.len();
         let spec = &graph.spec;
@@ -230,11 +233,13 @@ impl CudaBuffers {
             });
         }
         if batch.dense.len() != n * self.dense_width {
-            return Err(RuntimeError::Input(format!(
-                "dense: expected {} values, got {}",
-                n * self.dense_width,
-                batch.dense.len()
-            )));
+            return Err(BatchError::DenseCount {
+                expected: n * self.dense_width,
+                size: n,
+                width: self.dense_width,
+                got: batch.dense.len(),
+            }
+            .into());
         }
         let mut st = lock(&self.input);
         // The previous request's copies out of the staging must be done before rewriting it.

@@ -63,7 +63,10 @@ impl Default for CudaConfig {
 }
 
 pub(super) fn unavailable(reason: impl std::fmt::Display) -> RuntimeError {
-    RuntimeError::Unavailable(format!("CUDA backend unavailable: {reason}"))
+    RuntimeError::Unavailable {
+        backend: "CUDA",
+        reason: reason.to_string(),
+    }
 }
 
 pub(super) fn exec_err(e: impl std::fmt::Display) -> RuntimeError {
@@ -166,9 +169,10 @@ impl Device {
             IndexChoice::Auto if fits => Ok(IndexWidth::I32),
             IndexChoice::Auto | IndexChoice::I64 => Ok(IndexWidth::I64),
             IndexChoice::I32 if fits => Ok(IndexWidth::I32),
-            IndexChoice::I32 => Err(RuntimeError::Input(format!(
-                "32-bit indices requested but a table has {max_rows} rows"
-            ))),
+            IndexChoice::I32 => Err(RuntimeError::Config {
+                option: "index width",
+                reason: format!("32 bits requested but a table has {max_rows} rows"),
+            }),
         }
     }
 

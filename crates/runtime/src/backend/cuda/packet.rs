@@ -7,7 +7,7 @@ use streamrec_kernels::cuda::{IndexWidth, PACKET_HEADER_WORDS};
 
 use super::device::{exec_err, Device};
 use crate::batch::{Batch, IndexVec};
-use crate::error::{Result, RuntimeError};
+use crate::error::{BatchError, Result, RuntimeError};
 
 /// Input staging of one context (guarded by a mutex; its device addresses are mirrored in
 /// atomics for the launches).
@@ -63,10 +63,11 @@ pub fn stage_packet(
     let n = batch.size;
     let slots = batch.sparse.len();
     if slots != rows.len() {
-        return Err(RuntimeError::Input(format!(
-            "expected {} sparse features, got {slots}",
-            rows.len()
-        )));
+        return Err(BatchError::FeatureCount {
+            expected: rows.len(),
+            got: slots,
+        }
+        .into());
     }
     let head = PACKET_HEADER_WORDS + (n + 1) * slots;
     let idx_start = head.div_ceil(2) * 2;
@@ -74,9 +75,7 @@ pub fn stage_packet(
     let total: usize = batch.sparse.iter().map(|s| s.indices.len()).sum();
     let words = idx_start + total * per;
     if words > i32::MAX as usize {
-        return Err(RuntimeError::Input(format!(
-            "the batch has {total} indices, more than one packet can address"
-        )));
+        return Err(BatchError::PacketOverflow { indices: total }.into());
     }
     if words > out.len() {
         return Ok(None);
@@ -90,10 +89,12 @@ pub fn stage_packet(
     let mut acc = 0usize;
     for (f, s) in batch.sparse.iter().enumerate() {
         if s.offsets.len() != n {
-            return Err(RuntimeError::Input(format!(
-                "feature {f}: expected {n} offsets, got {}",
-                s.offsets.len()
-            )));
+            return Err(BatchError::OffsetCount {
+                feature: f,
+                expected: n,
+                got: s.offsets.len(),
+            }
+            .into());
         }
         starts.push(base + acc);
         acc += s.indices.len();
@@ -105,9 +106,13 @@ pub fn stage_packet(
             let len = s.indices.len() as i64;
             let o = if b < n { s.offsets.get(b) } else { len };
             if (b == 0 && o != 0) || o < prev[f] || o > len {
-                return Err(RuntimeError::Input(format!(
-                    "feature {f}: offset {o} at position {b} is not in order within 0..={len}"
-                )));
+                return Err(BatchError::OffsetOrder {
+                    feature: f,
+                    offset: o,
+                    position: b,
+                    len,
+                }
+                .into());
             }
             prev[f] = o;
             offs[b * slots + f] = (starts[f] + o as usize) as i32;
@@ -131,10 +136,11 @@ pub fn stage_packet(
                 .map(|i| idx.get(i))
                 .find(|&v| v < 0 || v >= rows[f] as i64)
                 .unwrap_or(-1);
-            Err(RuntimeError::Input(format!(
-                "feature {f}: index {bad} out of range for a table of {} rows",
-                rows[f]
-            )))
+            Err(RuntimeError::from(BatchError::IndexRange {
+                feature: f,
+                index: bad,
+                rows: rows[f],
+            }))
         }
     };
     let threads = std::thread::available_parallelism()
