@@ -1,8 +1,11 @@
 //! `cargo xtask`: experiment orchestration for StreamRec (`bench`, `serving`, `serve-bench`,
-//! `load`, `fuzz`, `device-bundle`).
+//! `load`, `cluster`, `fuzz`, `device-bundle`).
 
 mod bench;
 mod bench_report;
+mod cluster;
+mod cluster_checks;
+mod cluster_net;
 mod common;
 mod device_bundle;
 mod fuzz;
@@ -57,6 +60,11 @@ tasks:
         or a local `streamrec serve` on a free port, merged with `streamrec load merge`; prints
         the total and whether the achieved rate is within 2% of the offered (`cargo xtask load
         --help` for every option).
+  cluster [--workers N] [--replicas R] [--faults LIST] [--qps Q] [--duration D] [--out DIR]
+        The same shards across a private network of Linux network namespaces (root): replicas,
+        nginx and workers each on a host of its own, faults (a worker's or a replica's link
+        down, a worker killed, a worker started late) each checked, merged counts against the
+        replicas' metrics (`cargo xtask cluster --help` for every option).
   fuzz [--secs N] [--seed S]
         Random and mutated infer bodies (JSON and binary) through the parser and every 20th
         through a live server for N seconds (default 30): no panic, only 200 or 4xx.
@@ -79,6 +87,7 @@ fn main() -> Result<()> {
         Some("serve-bench") => serve_bench::run(&args[1..]),
         Some("fuzz") => fuzz::run(&args[1..]),
         Some("load") => load::run(&args[1..]),
+        Some("cluster") => cluster::run(&args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
             print!("{HELP}{}", serving::HELP);
             Ok(())
