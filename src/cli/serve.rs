@@ -19,7 +19,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// Server settings (TOML; every field optional): host, port, grpc_port, max_batch,
-    /// max_queue_delay_us, queue_capacity, max_body_bytes, max_inflight, header_timeout_s,
+    /// max_queue_delay_us, inline_max_us, queue_capacity, max_body_bytes, max_inflight, header_timeout_s,
     /// keepalive_idle_s, body_timeout_s, min_body_rate, max_connections, max_buffered_bytes,
     /// contexts, http_threads, drain_timeout_s, retry_after_s, version (deploy/README.md). Flags
     /// below override the file.
@@ -41,6 +41,10 @@ pub struct ServeArgs {
     /// Longest wait for a batch to fill, in microseconds (default 0: run what is queued).
     #[arg(long, value_name = "US")]
     max_queue_delay_us: Option<u64>,
+    /// Run a lone request on the front end's thread while the engine's recent executions took
+    /// at most this many microseconds (default 50; 0: always through the batcher threads).
+    #[arg(long, value_name = "US")]
+    inline_max_us: Option<u64>,
     /// Execution contexts, each with a batcher thread (default 1).
     #[arg(long, value_name = "N")]
     contexts: Option<usize>,
@@ -85,6 +89,9 @@ pub fn main(a: ServeArgs) -> Result<()> {
     }
     if let Some(d) = a.max_queue_delay_us {
         cfg.max_queue_delay_us = d;
+    }
+    if let Some(u) = a.inline_max_us {
+        cfg.inline_max_us = u;
     }
     if let Some(c) = a.contexts {
         cfg.contexts = c;
@@ -148,13 +155,14 @@ pub fn main(a: ServeArgs) -> Result<()> {
     drop(builder);
     drop(weights);
     let describe = format!(
-        "backend {}, plan {} on {} stream(s) ({} waits), max_batch {}, max_queue_delay {} us, {} context(s)",
+        "backend {}, plan {} on {} stream(s) ({} waits), max_batch {}, max_queue_delay {} us, inline up to {} us, {} context(s)",
         built.engine.backend_name(),
         built.plan.algo,
         built.plan.num_streams(),
         built.plan.num_waits(),
         cfg.max_batch,
         cfg.max_queue_delay_us,
+        cfg.inline_max_us,
         cfg.contexts
     );
     let name = spec.name.clone();

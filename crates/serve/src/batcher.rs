@@ -2,9 +2,15 @@
 //! (one per engine execution context, never the async executor) concatenate them up to
 //! `max_batch` samples or until the oldest has waited `max_queue_delay`, run the engine, and
 //! hand each request exactly its own rows.
+//!
+//! Inline execution: when nothing is queued, an execution context is free, batching may not
+//! wait (`max_queue_delay` 0) and the engine's recent executions took at most `inline_max`
+//! each, the submitting thread runs the request itself. Two thread hand-offs (to a worker and
+//! back) cost more than such a model; a request that queues behind others, or a model slower
+//! than `inline_max`, goes through the workers as before.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -26,6 +32,9 @@ pub struct BatchConfig {
     pub queue_capacity: usize,
     /// Worker threads (the engine's execution contexts).
     pub workers: usize,
+    /// Longest recent engine execution for which a lone request runs on the submitting thread
+    /// (see the module docs); zero: never.
+    pub inline_max: Duration,
 }
 
 /// What a request gets back.
@@ -81,6 +90,12 @@ struct Shared {
     engine: Arc<dyn Infer>,
     metrics: Arc<Metrics>,
     healthy: Arc<AtomicBool>,
+    /// Executions running now (workers' and inline), at most `workers`; changed under the
+    /// queue's lock.
+    busy: AtomicUsize,
+    /// Recent execution time, nanoseconds: the mean of the last few (an exponential average),
+    /// `u64::MAX` before the first.
+    recent_ns: AtomicU64,
 }
 
 /// The batcher: a bounded queue and its worker threads.
@@ -104,6 +119,8 @@ impl Batcher {
             engine,
             metrics,
             healthy,
+            busy: AtomicUsize::new(0),
+            recent_ns: AtomicU64::new(u64::MAX),
         });
         let workers = (0..cfg.workers.max(1))
             .map(|i| {
@@ -139,6 +156,19 @@ impl Batcher {
         let mut q = s.queue.lock().expect("batch queue");
         if q.closed {
             return Err(Refused::Closed);
+        }
+        if q.jobs.is_empty() && s.inline_ok() {
+            s.busy.fetch_add(1, Ordering::AcqRel);
+            drop(q);
+            let job = Job {
+                batch,
+                indices,
+                enqueued: Instant::now(),
+                reply: tx,
+            };
+            s.execute(vec![job]);
+            s.one_done();
+            return Ok(rx);
         }
         if q.samples + batch.size > s.cfg.queue_capacity {
             return Err(Refused::Full);
@@ -180,6 +210,24 @@ impl Drop for Batcher {
 }
 
 impl Shared {
+    /// Whether a lone request may run on the submitting thread now (the queue's lock held).
+    fn inline_ok(&self) -> bool {
+        self.cfg.max_queue_delay.is_zero()
+            && self.busy.load(Ordering::Acquire) < self.cfg.workers.max(1)
+            && self.recent_ns.load(Ordering::Relaxed) <= self.cfg.inline_max.as_nanos() as u64
+    }
+
+    /// An execution ended: a waiting worker may take what queued meanwhile.
+    fn one_done(&self) {
+        let q = self.queue.lock().expect("batch queue");
+        self.busy.fetch_sub(1, Ordering::AcqRel);
+        let more = !q.jobs.is_empty();
+        drop(q);
+        if more {
+            self.more.notify_one();
+        }
+    }
+
     /// Takes the next batch of jobs: waits for one, then up to `max_queue_delay` past its
     /// arrival for others, until `max_batch` samples are there. None once closed and empty.
     fn next_jobs(&self) -> Option<Vec<Job>> {
@@ -214,6 +262,7 @@ impl Shared {
             jobs.push(q.jobs.pop_front().expect("front exists"));
         }
         q.samples -= samples;
+        self.busy.fetch_add(1, Ordering::AcqRel);
         self.metrics.set_queue(q.jobs.len(), q.samples);
         if !q.jobs.is_empty() {
             // Another worker may start on the rest.
@@ -224,6 +273,14 @@ impl Shared {
 
     fn work(&self) {
         while let Some(jobs) = self.next_jobs() {
+            self.execute(jobs);
+            self.one_done();
+        }
+    }
+
+    /// Runs `jobs` as one engine execution and answers each.
+    fn execute(&self, jobs: Vec<Job>) {
+        {
             let started = Instant::now();
             let mut replies = Vec::with_capacity(jobs.len());
             let mut parts = Vec::with_capacity(jobs.len());
@@ -236,6 +293,14 @@ impl Shared {
             let res = self.engine.infer(&merged);
             let compute = started.elapsed();
             self.metrics.executed(merged.size, compute);
+            let ns = compute.as_nanos().min(u128::from(u64::MAX / 2)) as u64;
+            let prev = self.recent_ns.load(Ordering::Relaxed);
+            let next = if prev == u64::MAX {
+                ns
+            } else {
+                prev - prev / 8 + ns / 8
+            };
+            self.recent_ns.store(next, Ordering::Relaxed);
             match res {
                 Ok(scores) => {
                     let mut at = 0;
@@ -260,5 +325,77 @@ impl Shared {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use streamrec_graph::ModelSpec;
+    use streamrec_runtime::gen::{random_validated, Skew};
+    use streamrec_runtime::trace::TraceEvent;
+
+    /// Scores every sample 0.5 and records the thread each execution ran on.
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl Infer for Recorder {
+        fn infer(&self, batch: &ValidatedBatch) -> streamrec_runtime::Result<Vec<f32>> {
+            let me = std::thread::current();
+            self.0
+                .lock()
+                .unwrap()
+                .push(me.name().unwrap_or("?").to_string());
+            Ok(vec![0.5; batch.size])
+        }
+        fn take_trace(&self) -> Vec<TraceEvent> {
+            Vec::new()
+        }
+        fn backend_name(&self) -> &'static str {
+            "recorder"
+        }
+    }
+
+    fn threads_of(inline_max: Duration, max_queue_delay: Duration) -> Vec<String> {
+        let spec = ModelSpec::parse(
+            "dense = 2\n[bottom]\nlayers = [4]\n[sparse]\ncount = 1\nrows = [9]\ndim = 4\n\
+             [top]\nlayers = [1]\n[interaction]\nkind = \"cat\"\n",
+            "m",
+            None,
+        )
+        .unwrap();
+        let engine = Arc::new(Recorder(Mutex::new(Vec::new())));
+        let b = Batcher::start(
+            BatchConfig {
+                max_batch: 8,
+                max_queue_delay,
+                queue_capacity: 64,
+                workers: 1,
+                inline_max,
+            },
+            engine.clone(),
+            Arc::new(Metrics::new("m", "1")),
+            Arc::new(AtomicBool::new(true)),
+        );
+        for i in 0..3 {
+            let batch = random_validated(&spec, 1, Skew::Uniform, i).unwrap();
+            let done = b.submit(batch).unwrap().blocking_recv().unwrap().unwrap();
+            assert_eq!(done.scores, [0.5]);
+        }
+        b.close();
+        let names = engine.0.lock().unwrap().clone();
+        names
+    }
+
+    #[test]
+    fn a_lone_request_to_a_fast_engine_runs_on_the_submitting_thread() {
+        let me = std::thread::current().name().unwrap().to_string();
+        // The first execution is timed on a worker; the next ones, fast, run inline.
+        let got = threads_of(Duration::from_millis(10), Duration::ZERO);
+        assert_eq!(got, ["batcher-0", &me, &me]);
+        // Off, or batching that may wait: always a worker.
+        let got = threads_of(Duration::ZERO, Duration::ZERO);
+        assert_eq!(got, ["batcher-0"; 3]);
+        let got = threads_of(Duration::from_millis(10), Duration::from_micros(1));
+        assert_eq!(got, ["batcher-0"; 3]);
     }
 }

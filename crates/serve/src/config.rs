@@ -30,6 +30,11 @@ pub struct ServeConfig {
     /// so batches form from the requests that arrive while the engine is busy, and a lone
     /// request pays no delay.
     pub max_queue_delay_us: u64,
+    /// With `max_queue_delay_us` 0: a request that finds nothing queued and a context free runs
+    /// on the front end's thread, without the hand-offs to a batcher thread and back, while
+    /// the engine's recent executions took at most this many microseconds each (a small
+    /// model). 0: every request goes through the batcher threads.
+    pub inline_max_us: u64,
     /// Most samples waiting in the queue; beyond it, 503 with Retry-After.
     pub queue_capacity: usize,
     /// Largest request body in bytes (413 beyond it).
@@ -78,6 +83,7 @@ impl Default for ServeConfig {
             grpc_port: None,
             max_batch: 256,
             max_queue_delay_us: 0,
+            inline_max_us: 50,
             queue_capacity: 4096,
             max_body_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_inflight: 1024,
@@ -197,6 +203,12 @@ impl ServeConfig {
             return Err(field(
                 "max_queue_delay_us",
                 "is more than the limit of 10000000 (10 s)",
+            ));
+        }
+        if self.inline_max_us > 10_000 {
+            return Err(field(
+                "inline_max_us",
+                "is more than the limit of 10000 (10 ms): longer executions would hold a front-end thread",
             ));
         }
         count("max_body_bytes", self.max_body_bytes, 1 << 32)?;

@@ -165,6 +165,7 @@ impl Binding {
                 max_queue_delay: Duration::from_micros(cfg.max_queue_delay_us),
                 queue_capacity: cfg.queue_capacity,
                 workers: cfg.contexts,
+                inline_max: Duration::from_micros(cfg.inline_max_us),
             },
             engine,
             Arc::clone(&metrics),
