@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 
 use crate::cluster_checks::{self, Check, PhaseData};
+use crate::cluster_manifest;
 use crate::cluster_net::{self as net, Net};
 
 pub const HELP: &str = "\
@@ -359,15 +360,12 @@ impl Cluster {
             let host = format!("r{r}");
             let log = self.log(&format!("{host}.log"));
             // deploy/k8s/server.yaml's command line.
-            let args: Vec<String> = vec![
-                self.bin.display().to_string(),
-                "serve".into(),
-                self.o.spec.display().to_string(),
-                "--host".into(),
-                "0.0.0.0".into(),
-                "--port".into(),
-                PORT.to_string(),
-            ];
+            let mut args = vec![self.bin.display().to_string()];
+            args.extend(cluster_manifest::serve_command(
+                &self.root,
+                &self.o.spec.display().to_string(),
+                PORT,
+            )?);
             let pid = self
                 .net
                 .spawn(&host, "serve", &args, &[], &log, &self.root)?;
@@ -595,28 +593,35 @@ impl Cluster {
         let host = format!("w{i}");
         let log = dir.join(format!("shard-{i}.log"));
         let lb = self.net.host("lb").addr;
-        // deploy/k8s/load-job.yaml's command line, the index from JOB_COMPLETION_INDEX.
-        let args: Vec<String> = vec![
-            self.bin.display().to_string(),
-            "load".into(),
-            format!("--url=http://{lb}:{PORT}"),
-            format!("--model={}", self.model),
-            format!("--spec={}", self.o.spec.display()),
-            format!("--qps={}", self.o.qps),
-            format!("--duration={}ms", self.o.duration.as_millis()),
-            "--schedule=poisson".into(),
-            "--batch=1".into(),
-            format!("--shards={}", self.o.workers),
-            "--seed=1".into(),
-            format!("--start-at={start_at:.3}"),
-            "--ready-timeout=60s".into(),
-            if phase == "worker-link" {
-                format!("--timeout={}ms", WORKER_LINK_TIMEOUT.as_millis())
-            } else {
-                format!("--timeout={}", self.o.timeout)
-            },
-            format!("--out={}/shard-{{shard}}", dir.display()),
-        ];
+        // deploy/k8s/load-job.yaml's command line with this run's values, the index from
+        // JOB_COMPLETION_INDEX; plus the request timeout of the phase.
+        // The late worker starts at a lower priority: its start-up (reading the spec, making
+        // the bodies) runs while the others pace, and on one machine it would take their CPU
+        // (on separate hosts it takes none), making their generators late.
+        let mut args: Vec<String> = if phase == "late-start" && i == self.o.workers - 1 {
+            vec!["nice".into(), "-n".into(), "10".into()]
+        } else {
+            Vec::new()
+        };
+        args.push(self.bin.display().to_string());
+        args.extend(cluster_manifest::load_command(
+            &self.root,
+            &[
+                ("--url", format!("http://{lb}:{PORT}")),
+                ("--model", self.model.clone()),
+                ("--spec", self.o.spec.display().to_string()),
+                ("--qps", self.o.qps.to_string()),
+                ("--duration", format!("{}ms", self.o.duration.as_millis())),
+                ("--shards", self.o.workers.to_string()),
+                ("--start-at", format!("{start_at:.3}")),
+                ("--out", format!("{}/shard-{{shard}}", dir.display())),
+            ],
+        )?);
+        args.push(if phase == "worker-link" {
+            format!("--timeout={}ms", WORKER_LINK_TIMEOUT.as_millis())
+        } else {
+            format!("--timeout={}", self.o.timeout)
+        });
         let env = [("JOB_COMPLETION_INDEX", i.to_string())];
         let pid = self.net.spawn(
             &host,

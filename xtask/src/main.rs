@@ -5,6 +5,7 @@ mod bench;
 mod bench_report;
 mod cluster;
 mod cluster_checks;
+mod cluster_manifest;
 mod cluster_net;
 mod common;
 mod device_bundle;
