@@ -1,11 +1,12 @@
-//! Generates the KServe v2 gRPC service (server side only) from `proto/*.proto` with a pure-Rust
-//! protobuf compiler (protox), so building needs no `protoc`.
+//! Generates the KServe v2 gRPC service and a transport-neutral client (for benchmarks and
+//! tests) from `proto/*.proto` with a pure-Rust protobuf compiler (protox), so building needs no
+//! `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(["grpc_service.proto"], ["proto"])?;
     tonic_prost_build::configure()
-        .build_client(false)
+        .build_client(true)
         .build_transport(false)
         .compile_fds(fds)?;
     Ok(())

@@ -1,7 +1,8 @@
-//! `cargo xtask serve-bench`: what the HTTP server adds over calling the engine directly,
-//! measured side by side in one run over loopback with keep-alive connections: tiny at batch
-//! 1 and streamrec-26 (row-capped) at batch 128; requests/s and p50/p99, with one client
-//! (latency) and with several (throughput), in interleaved rounds with their spread.
+//! `cargo xtask serve-bench`: what the server adds over calling the engine directly, measured
+//! side by side in one run over loopback with keep-alive connections, per protocol (HTTP with a
+//! JSON body, HTTP with Triton's binary extension, KServe v2 gRPC): tiny at batch 1 and
+//! streamrec-26 (row-capped) at batch 128; requests/s and p50/p99, with one client (latency)
+//! and with several (throughput), in interleaved rounds with their spread.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -19,7 +20,10 @@ use streamrec_runtime::gen::{random_batch, random_validated, Skew};
 use streamrec_runtime::request::InferRequest;
 use streamrec_runtime::BackendKind;
 use streamrec_runtime::Infer;
+use streamrec_runtime::ValidatedBatch;
 use streamrec_serve::client::Client;
+use streamrec_serve::grpc::pb;
+use streamrec_serve::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 use streamrec_serve::{Model, ServeConfig, Server};
 
 use crate::common::spread;
@@ -64,15 +68,21 @@ fn parse(args: &[String]) -> Result<Opts> {
     Ok(o)
 }
 
-/// One keep-alive connection posting one prepared JSON body.
+/// A prepared HTTP body: JSON, or Triton's binary extension with its header length.
+struct Body {
+    bytes: Vec<u8>,
+    header_len: Option<String>,
+}
+
+/// One keep-alive connection posting one prepared body.
 struct Caller {
     client: Client,
     path: String,
-    body: Arc<Vec<u8>>,
+    body: Arc<Body>,
 }
 
 impl Caller {
-    fn new(addr: SocketAddr, path: &str, body: Arc<Vec<u8>>) -> Self {
+    fn new(addr: SocketAddr, path: &str, body: Arc<Body>) -> Self {
         Self {
             client: Client::new(addr),
             path: path.to_string(),
@@ -81,12 +91,16 @@ impl Caller {
     }
 
     fn call(&mut self) -> Result<()> {
-        let r = self.client.request(
-            "POST",
-            &self.path,
-            &[("Content-Type", "application/json")],
-            &self.body,
-        )?;
+        let mut headers = vec![("Content-Type", "application/json")];
+        if let Some(n) = &self.body.header_len {
+            headers = vec![
+                ("Content-Type", "application/octet-stream"),
+                ("Inference-Header-Content-Length", n.as_str()),
+            ];
+        }
+        let r = self
+            .client
+            .request("POST", &self.path, &headers, &self.body.bytes)?;
         if r.status != 200 {
             bail!(
                 "server answered {}: {}",
@@ -95,6 +109,81 @@ impl Caller {
             );
         }
         Ok(())
+    }
+}
+
+/// One HTTP/2 connection calling `ModelInfer` with one prepared request (raw input contents).
+struct GrpcCaller {
+    rt: tokio::runtime::Runtime,
+    client: GrpcInferenceServiceClient<tonic::transport::Channel>,
+    req: pb::ModelInferRequest,
+}
+
+impl GrpcCaller {
+    fn new(addr: SocketAddr, req: pb::ModelInferRequest) -> Result<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let channel = rt.block_on(
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+                .tcp_nodelay(true)
+                .connect(),
+        )?;
+        Ok(Self {
+            rt,
+            client: GrpcInferenceServiceClient::new(channel),
+            req,
+        })
+    }
+
+    fn call(&mut self) -> Result<()> {
+        let r = self
+            .rt
+            .block_on(self.client.model_infer(self.req.clone()))
+            .map_err(|s| anyhow::anyhow!("gRPC ModelInfer: {s}"))?;
+        if r.get_ref().raw_output_contents.is_empty() && r.get_ref().outputs.is_empty() {
+            bail!("gRPC ModelInfer answered no output");
+        }
+        Ok(())
+    }
+}
+
+/// `batch` as a gRPC `ModelInfer` request: every input's little-endian bytes in
+/// `raw_input_contents`, in the spec's input order.
+fn grpc_request(spec: &ModelSpec, batch: &ValidatedBatch) -> pb::ModelInferRequest {
+    let tensor =
+        |name: String, datatype: &str, shape: Vec<i64>| pb::model_infer_request::InferInputTensor {
+            name,
+            datatype: datatype.into(),
+            shape,
+            ..Default::default()
+        };
+    let le64 = |v: Vec<i64>| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let mut inputs = vec![tensor(
+        "dense".into(),
+        "FP32",
+        vec![batch.size as i64, spec.dense as i64],
+    )];
+    let mut raw = vec![batch.dense.iter().flat_map(|x| x.to_le_bytes()).collect()];
+    for (f, s) in spec.features.iter().zip(&batch.sparse) {
+        inputs.push(tensor(
+            f.name.clone(),
+            "INT64",
+            vec![s.indices.len() as i64],
+        ));
+        raw.push(le64(s.indices.to_i64()));
+        inputs.push(tensor(
+            format!("{}_offsets", f.name),
+            "INT64",
+            vec![batch.size as i64],
+        ));
+        raw.push(le64(s.offsets.to_i64()));
+    }
+    pb::ModelInferRequest {
+        model_name: spec.name.clone(),
+        inputs,
+        raw_input_contents: raw,
+        ..Default::default()
     }
 }
 
@@ -110,7 +199,7 @@ struct Figures {
 fn closed_loop(
     clients: usize,
     secs: f64,
-    make: impl Fn() -> Result<Box<dyn FnMut() -> Result<()> + Send>> + Sync,
+    make: impl Fn() -> Result<Call> + Sync,
 ) -> Result<Figures> {
     let done = AtomicUsize::new(0);
     let start = Instant::now();
@@ -148,6 +237,12 @@ fn closed_loop(
         p99_us: all.value_at_quantile(0.99) as f64 / 1e3,
     })
 }
+
+/// How the requests are made: the engine called directly, then the server per protocol.
+const MODES: [&str; 4] = ["direct", "json", "binary", "grpc"];
+
+/// A client's call.
+type Call = Box<dyn FnMut() -> Result<()> + Send>;
 
 /// Runs the task.
 pub fn run(args: &[String]) -> Result<()> {
@@ -191,11 +286,22 @@ pub fn run(args: &[String]) -> Result<()> {
             hundred.len(),
             median(&times)
         );
-        let b = random_validated(&spec, batch, Skew::Uniform, 3).unwrap();
-        let body = Arc::new(serde_json::to_vec(&InferRequest::from_batch(&spec, &b))?);
+        let b = random_validated(&spec, batch, Skew::Uniform, 3)?;
+        let request = InferRequest::from_batch(&spec, &b);
+        let json = Arc::new(Body {
+            bytes: serde_json::to_vec(&request)?,
+            header_len: None,
+        });
+        let encoded = request.to_binary();
+        let binary = Arc::new(Body {
+            bytes: encoded.body,
+            header_len: encoded.header_len.map(|n| n.to_string()),
+        });
+        let grpc = grpc_request(&spec, &b);
         let server = Server::start(
             ServeConfig {
                 port: 0,
+                grpc_port: Some(0),
                 max_batch: batch.max(256),
                 contexts,
                 ..ServeConfig::default()
@@ -207,24 +313,38 @@ pub fn run(args: &[String]) -> Result<()> {
         )?
         .spawn();
         let addr = server.addr();
+        let grpc_addr = server
+            .grpc_addr()
+            .context("the gRPC endpoint did not start")?;
         let infer_path = format!("/v2/models/{}/infer", spec.name);
         eprintln!(
             "{} batch {batch}: {} rounds of {:.1} s per setting",
             spec.name, o.rounds, o.secs
         );
         for clients in [1, o.clients] {
-            let (mut direct, mut served) = (Vec::new(), Vec::new());
+            // Per mode, its rounds; the modes alternate within each round.
+            let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); MODES.len()];
             for _ in 0..o.rounds {
-                direct.push(closed_loop(clients, o.secs, || {
-                    let (e, b) = (Arc::clone(&engine), b.clone());
-                    Ok(Box::new(move || {
-                        e.infer(&b).map(|_| ()).map_err(Into::into)
-                    }))
-                })?);
-                served.push(closed_loop(clients, o.secs, || {
-                    let mut c = Caller::new(addr, &infer_path, Arc::clone(&body));
-                    Ok(Box::new(move || c.call()))
-                })?);
+                for (m, mode) in MODES.iter().enumerate() {
+                    let f = closed_loop(clients, o.secs, || -> Result<Call> {
+                        Ok(match *mode {
+                            "direct" => {
+                                let (e, b) = (Arc::clone(&engine), b.clone());
+                                Box::new(move || e.infer(&b).map(|_| ()).map_err(Into::into))
+                            }
+                            "grpc" => {
+                                let mut c = GrpcCaller::new(grpc_addr, grpc.clone())?;
+                                Box::new(move || c.call())
+                            }
+                            _ => {
+                                let body = if *mode == "json" { &json } else { &binary };
+                                let mut c = Caller::new(addr, &infer_path, Arc::clone(body));
+                                Box::new(move || c.call())
+                            }
+                        })
+                    })?;
+                    runs[m].push(f);
+                }
             }
             let summary = |runs: &[Figures]| {
                 let rps: Vec<f64> = runs.iter().map(|f| f.rps).collect();
@@ -238,9 +358,9 @@ pub fn run(args: &[String]) -> Result<()> {
                     spread(&p50),
                 )
             };
-            let d = summary(&direct);
-            let s = summary(&served);
-            for (mode, f) in [("direct", d), ("server", s)] {
+            let figures: Vec<_> = runs.iter().map(|r| summary(r)).collect();
+            let d = figures[0];
+            for (mode, &f) in MODES.iter().zip(&figures) {
                 let _ = writeln!(
                     csv,
                     "{},{batch},{mode},{clients},{},{:.1},{:.1},{:.1},{:.3},{:.3}",
@@ -257,13 +377,15 @@ pub fn run(args: &[String]) -> Result<()> {
                     f.4 * 100.0
                 );
             }
-            let _ = writeln!(
-                table,
-                "{:<13} {batch:>5} server adds p50 {:.1} us, throughput {:.2}x of direct, with {clients} client(s)",
-                spec.name,
-                s.1 - d.1,
-                s.0 / d.0
-            );
+            for (mode, s) in MODES.iter().zip(&figures).skip(1) {
+                let _ = writeln!(
+                    table,
+                    "{:<13} {batch:>5} {mode} adds p50 {:.1} us, throughput {:.2}x of direct, with {clients} client(s)",
+                    spec.name,
+                    s.1 - d.1,
+                    s.0 / d.0
+                );
+            }
         }
         server.stop()?;
     }

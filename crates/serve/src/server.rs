@@ -389,16 +389,17 @@ impl Server {
                     .map_err(|e| ServeError::Io(e.to_string()))?;
                 let (tx, rx) = oneshot::channel::<()>();
                 let svc = crate::grpc::service(Arc::clone(&state));
+                // TCP_NODELAY on every accepted connection (the builder's own setting applies
+                // only to listeners it binds): without it a response's last frame waits for the
+                // client's delayed ACK, 40 ms.
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true));
                 let task = tokio::spawn(
                     tonic::transport::Server::builder()
-                        .tcp_nodelay(true)
                         .add_service(svc)
-                        .serve_with_incoming_shutdown(
-                            tokio_stream::wrappers::TcpListenerStream::new(l),
-                            async {
-                                let _ = rx.await;
-                            },
-                        ),
+                        .serve_with_incoming_shutdown(incoming, async {
+                            let _ = rx.await;
+                        }),
                 );
                 (Some(tx), Some(task))
             }
