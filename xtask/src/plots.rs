@@ -35,8 +35,40 @@ fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
         .map_err(err)
 }
 
+/// Tick values for a log axis over `[lo, hi]`: 1, 2 and 5 times the powers of ten inside it,
+/// refined (1, 1.5, 2, 3, 5, 7) when that gives fewer than four, so that an axis spanning less
+/// than a decade still reads.
+fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let within = |mults: &[f64]| -> Vec<f64> {
+        let (e0, e1) = (lo.log10().floor() as i32, hi.log10().ceil() as i32);
+        (e0..=e1)
+            .flat_map(|e| mults.iter().map(move |m| m * 10f64.powi(e)))
+            .filter(|v| *v >= lo && *v <= hi)
+            .collect()
+    };
+    let coarse = within(&[1.0, 2.0, 5.0]);
+    if coarse.len() >= 4 {
+        coarse
+    } else {
+        within(&[1.0, 1.5, 2.0, 3.0, 5.0, 7.0])
+    }
+}
+
+/// The median of `v` (not empty).
+fn mid(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
 /// p50 (solid) and p99 (dashed) latency against offered QPS, one colour per plan, log-log, with
-/// the p99 bound as a horizontal line. `points`: (plan, offered QPS, p50 us, p99 us).
+/// the p99 bound as a horizontal line. `points`: (plan, offered QPS, p50 us, p99 us); every
+/// point is a dot, and the lines join, in order of offered load, the medians of the points
+/// measured at one load (rounds), so repeated loads draw no zig-zag.
 pub fn latency_vs_qps(
     path: &Path,
     title: &str,
@@ -64,12 +96,15 @@ pub fn latency_vs_qps(
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale())
+        .build_cartesian_2d(
+            (x0..x1).log_scale().with_key_points(log_ticks(x0, x1)),
+            (y0..y1).log_scale().with_key_points(log_ticks(y0, y1)),
+        )
         .map_err(err)?;
     chart
         .configure_mesh()
-        .x_labels(8)
-        .y_labels(8)
+        .x_labels(24)
+        .y_labels(24)
         .x_label_formatter(&|x| format!("{x:.0}"))
         .y_label_formatter(&|y| format!("{y:.0}"))
         .x_desc("offered load (requests/s)")
@@ -96,10 +131,26 @@ pub fn latency_vs_qps(
             .map(|p| (p.1, p.2, p.3))
             .collect();
         mine.sort_by(|a, b| a.0.total_cmp(&b.0));
+        // One point per offered load (within 0.5%): the medians of its rounds.
+        let mut line: Vec<(f64, f64, f64)> = Vec::new();
+        let mut i = 0;
+        while i < mine.len() {
+            let j = i + mine[i..]
+                .iter()
+                .take_while(|p| p.0 <= mine[i].0 * 1.005)
+                .count();
+            let g = &mine[i..j];
+            line.push((
+                mid(g.iter().map(|p| p.0).collect()),
+                mid(g.iter().map(|p| p.1).collect()),
+                mid(g.iter().map(|p| p.2).collect()),
+            ));
+            i = j;
+        }
         let c = color(plan);
         chart
             .draw_series(LineSeries::new(
-                mine.iter().map(|p| (p.0, p.1.max(1.0))),
+                line.iter().map(|p| (p.0, p.1.max(1.0))),
                 c.stroke_width(2),
             ))
             .map_err(err)?
@@ -107,7 +158,7 @@ pub fn latency_vs_qps(
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c.stroke_width(2)));
         chart
             .draw_series(DashedLineSeries::new(
-                mine.iter().map(|p| (p.0, p.2.max(1.0))),
+                line.iter().map(|p| (p.0, p.2.max(1.0))),
                 6,
                 4,
                 c.stroke_width(2),
@@ -244,4 +295,68 @@ pub fn latency_cdf(path: &Path, title: &str, hists: &[(&str, &Histogram<u64>)]) 
     legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     root.present().map_err(err)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_axis_within_a_decade_still_has_ticks() {
+        assert_eq!(log_ticks(200.0, 900.0), [200.0, 300.0, 500.0, 700.0]);
+        assert_eq!(
+            log_ticks(1.0, 1000.0),
+            [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0]
+        );
+    }
+
+    #[test]
+    fn rounds_at_one_load_draw_one_point_of_the_line() {
+        let dir = std::env::temp_dir().join(format!("streamrec-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("lat.svg");
+        // Two rounds at each load, measured out of order.
+        let pts = [
+            ("single", 200.0, 320.0, 800.0),
+            ("single", 100.0, 300.0, 600.0),
+            ("single", 200.0, 340.0, 900.0),
+            ("single", 100.0, 280.0, 500.0),
+        ];
+        latency_vs_qps(&f, "t", &pts, 1000.0).unwrap();
+        let svg = std::fs::read_to_string(&f).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        // Every line of the plan runs left to right: no segment goes back or straight up.
+        let mut lines = 0;
+        for p in svg.split("<polyline").skip(1) {
+            // The plan's own lines (its colour), not the grid.
+            let p = p.split("/>").next().unwrap();
+            if !p.to_uppercase().contains("#4477AA") {
+                continue;
+            }
+            let pts = p
+                .split("points=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap();
+            let xs: Vec<f64> = pts
+                .split_whitespace()
+                .map(|xy| xy.split(',').next().unwrap().parse().unwrap())
+                .collect();
+            assert!(
+                xs.windows(2).all(|w| w[1] > w[0]),
+                "a line goes back: {pts}"
+            );
+            lines += 1;
+        }
+        assert!(lines >= 2, "{svg}");
+        // The y axis, 190-1350 us, reads at several values.
+        for tick in [200, 300, 500, 700, 1000] {
+            assert!(
+                svg.contains(&format!(">\n{tick}\n</text>")),
+                "no tick {tick}"
+            );
+        }
+    }
 }
