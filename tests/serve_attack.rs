@@ -277,6 +277,57 @@ fn at_the_connection_limit_the_slowest_client_makes_room() {
     srv.stop().unwrap();
 }
 
+/// The gRPC port's connections are in the same registry as the HTTP port's: one that never
+/// sends its preface is closed at the header timeout, and at the connection limit new HTTP
+/// connections close the oldest silent gRPC ones.
+#[test]
+fn grpc_connections_share_the_timeouts_and_the_connection_limit() {
+    let srv = serve(
+        ServeConfig {
+            grpc_port: Some(0),
+            header_timeout_s: 0.5,
+            ..config()
+        },
+        engine(&tiny()),
+    );
+    let t = Instant::now();
+    let mut silent = TcpStream::connect(srv.grpc_addr().unwrap()).unwrap();
+    let (_, _, closed) = read_reply(&mut silent, Duration::from_secs(3));
+    assert!(closed, "a silent gRPC connection is closed");
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "closed after {:?}, before its timeout",
+        t.elapsed()
+    );
+    srv.stop().unwrap();
+
+    let srv = serve(
+        ServeConfig {
+            grpc_port: Some(0),
+            max_connections: 8,
+            ..config()
+        },
+        engine(&tiny()),
+    );
+    let g = srv.grpc_addr().unwrap();
+    let mut held: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(5));
+            TcpStream::connect(g).unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    for i in 0..5 {
+        let (status, took) = infer_once(srv.addr(), Duration::from_secs(5));
+        assert_eq!(status, 200, "request {i} at the limit, after {took:?}");
+    }
+    let (_, _, closed) = read_reply(&mut held[0], Duration::from_secs(2));
+    assert!(closed, "the oldest gRPC connection made room");
+    let (_, _, closed) = read_reply(&mut held[7], Duration::from_millis(300));
+    assert!(!closed, "the youngest gRPC connection is still open");
+    srv.stop().unwrap();
+}
+
 #[test]
 fn uploads_past_the_memory_budget_are_503_and_small_requests_still_get_in() {
     let srv = serve(

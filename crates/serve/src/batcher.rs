@@ -167,7 +167,6 @@ impl Batcher {
                 reply: tx,
             };
             s.execute(vec![job]);
-            s.one_done();
             return Ok(rx);
         }
         if q.samples + batch.size > s.cfg.queue_capacity {
@@ -274,11 +273,11 @@ impl Shared {
     fn work(&self) {
         while let Some(jobs) = self.next_jobs() {
             self.execute(jobs);
-            self.one_done();
         }
     }
 
-    /// Runs `jobs` as one engine execution and answers each.
+    /// Runs `jobs` as one engine execution (counted in `busy` by the caller, released here
+    /// as soon as the engine returns, before the answers go out) and answers each.
     fn execute(&self, jobs: Vec<Job>) {
         {
             let started = Instant::now();
@@ -292,6 +291,7 @@ impl Shared {
             let merged = ValidatedBatch::concat(parts).expect("merged batch within the limits");
             let res = self.engine.infer(&merged);
             let compute = started.elapsed();
+            self.one_done();
             self.metrics.executed(merged.size, compute);
             let ns = compute.as_nanos().min(u128::from(u64::MAX / 2)) as u64;
             let prev = self.recent_ns.load(Ordering::Relaxed);

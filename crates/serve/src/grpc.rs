@@ -21,6 +21,7 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::batcher::Refused;
 use crate::budget::BINARY_COST;
+use crate::grpc_conn::CallGuard;
 use crate::infer::{InFlight, Tally};
 use crate::metrics::FailureReason;
 use crate::protocol;
@@ -156,15 +157,17 @@ fn to_binary_request(req: &pb::ModelInferRequest) -> Result<(Vec<u8>, usize), St
 impl GrpcInferenceService for Service {
     async fn server_live(
         &self,
-        _: Request<pb::ServerLiveRequest>,
+        req: Request<pb::ServerLiveRequest>,
     ) -> Result<Response<pb::ServerLiveResponse>, Status> {
+        let _call = CallGuard::start(&req);
         Ok(Response::new(pb::ServerLiveResponse { live: true }))
     }
 
     async fn server_ready(
         &self,
-        _: Request<pb::ServerReadyRequest>,
+        req: Request<pb::ServerReadyRequest>,
     ) -> Result<Response<pb::ServerReadyResponse>, Status> {
+        let _call = CallGuard::start(&req);
         Ok(Response::new(pb::ServerReadyResponse {
             ready: self.state.ready(),
         }))
@@ -174,6 +177,7 @@ impl GrpcInferenceService for Service {
         &self,
         req: Request<pb::ModelReadyRequest>,
     ) -> Result<Response<pb::ModelReadyResponse>, Status> {
+        let _call = CallGuard::start(&req);
         let r = req.into_inner();
         self.check_model(&r.name, &r.version)?;
         Ok(Response::new(pb::ModelReadyResponse {
@@ -183,8 +187,9 @@ impl GrpcInferenceService for Service {
 
     async fn server_metadata(
         &self,
-        _: Request<pb::ServerMetadataRequest>,
+        req: Request<pb::ServerMetadataRequest>,
     ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
+        let _call = CallGuard::start(&req);
         let m = protocol::server_metadata();
         Ok(Response::new(pb::ServerMetadataResponse {
             name: str_of(&m["name"]),
@@ -200,6 +205,7 @@ impl GrpcInferenceService for Service {
         &self,
         req: Request<pb::ModelMetadataRequest>,
     ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+        let _call = CallGuard::start(&req);
         let r = req.into_inner();
         self.check_model(&r.name, &r.version)?;
         let m = self.metadata();
@@ -230,6 +236,7 @@ impl GrpcInferenceService for Service {
         &self,
         req: Request<pb::ModelConfigRequest>,
     ) -> Result<Response<pb::ModelConfigResponse>, Status> {
+        let _call = CallGuard::start(&req);
         let r = req.into_inner();
         self.check_model(&r.name, &r.version)?;
         let (spec, cfg) = (&self.state.spec, &self.state.cfg);
@@ -286,6 +293,7 @@ impl GrpcInferenceService for Service {
         &self,
         req: Request<pb::ModelStatisticsRequest>,
     ) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
+        let _call = CallGuard::start(&req);
         let r = req.into_inner();
         if !r.name.is_empty() {
             self.check_model(&r.name, &r.version)?;
@@ -327,6 +335,7 @@ impl GrpcInferenceService for Service {
         &self,
         req: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
+        let _call = CallGuard::start(&req);
         let state = &*self.state;
         // Counted as cancelled if tonic drops this future (the client went away).
         let mut tally = Tally(&state.metrics, true);

@@ -89,6 +89,7 @@ pub mod error;
 #[cfg(feature = "testing")]
 pub mod fuzz;
 pub mod grpc;
+pub mod grpc_conn;
 mod infer;
 pub mod metrics;
 pub mod protocol;

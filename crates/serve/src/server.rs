@@ -389,11 +389,10 @@ impl Server {
                     .map_err(|e| ServeError::Io(e.to_string()))?;
                 let (tx, rx) = oneshot::channel::<()>();
                 let svc = crate::grpc::service(Arc::clone(&state));
-                // TCP_NODELAY on every accepted connection (the builder's own setting applies
-                // only to listeners it binds): without it a response's last frame waits for the
-                // client's delayed ACK, 40 ms.
-                let incoming =
-                    tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true));
+                // Registered with the HTTP port's connections (limit, eviction, sweeper), and
+                // TCP_NODELAY on each (without it a response's last frame waits for the client's
+                // delayed ACK, 40 ms).
+                let incoming = crate::grpc_conn::Incoming::new(l, Arc::clone(&state.conns));
                 let task = tokio::spawn(
                     tonic::transport::Server::builder()
                         .add_service(svc)
