@@ -23,6 +23,7 @@ use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use streamrec_loadgen::results::histogram;
+use streamrec_loadgen::sizes::mlperf_quantiles;
 use streamrec_loadgen::{
     run_load, wait_ready, BatchSizes, BodyConfig, LoadSpec, ModelInputs, RunConfig, RunResult,
     ScheduleConfig, ScheduleKind, Shard, Target, Trace,
@@ -48,8 +49,8 @@ pub struct Opts {
     pub spec: PathBuf,
     /// Row cap for the spec's tables.
     pub row_cap: Option<u64>,
-    /// Samples per request.
-    pub batch: u32,
+    /// Samples per request: a number, or `mlperf` (the MLPerf DLRM-v2 query sizes, 1-700).
+    pub batch: BatchSizes,
     /// The p99 bound, milliseconds.
     pub p99_ms: f64,
     /// Seconds of load per point.
@@ -89,7 +90,13 @@ impl Opts {
                 "workloads/streamrec-26.toml"
             }),
             row_cap: if quick { None } else { Some(100_000) },
-            batch: 1,
+            // Ranking-sized requests (a user's candidates) for the full run; one sample for the
+            // quick one.
+            batch: if quick {
+                BatchSizes::Fixed(1)
+            } else {
+                BatchSizes::Mlperf
+            },
             p99_ms: 10.0,
             secs: if quick { 0.5 } else { 3.0 },
             passes: if quick { 1 } else { 2 },
@@ -104,6 +111,15 @@ impl Opts {
             deadline_s: None,
             load_threads: 1,
         }
+    }
+
+    /// The most samples one request may carry (at least 256, the server's default max batch).
+    pub fn max_request(&self) -> u32 {
+        let largest = match &self.batch {
+            BatchSizes::Fixed(n) => *n,
+            _ => mlperf_quantiles().into_iter().max().unwrap_or(1),
+        };
+        largest.max(256)
     }
 
     /// Takes one serving option (and its value) if `flag` is one; false otherwise.
@@ -126,7 +142,13 @@ impl Opts {
             "--p99-ms" => self.p99_ms = num(val()?, 0.01, 60_000.0)?,
             "--serve-spec" => self.spec = PathBuf::from(val()?),
             "--serve-row-cap" => self.row_cap = Some(num(val()?, 1.0, 1e12)? as u64),
-            "--serve-batch" => self.batch = num(val()?, 1.0, 65_536.0)? as u32,
+            "--serve-batch" => {
+                let v = val()?;
+                self.batch = match v.as_str() {
+                    "mlperf" => BatchSizes::Mlperf,
+                    _ => BatchSizes::Fixed(num(v, 1.0, 65_536.0)? as u32),
+                }
+            }
             "--serve-secs" => self.secs = num(val()?, 0.1, 600.0)?,
             "--serve-passes" => self.passes = num(val()?, 1.0, 10.0)? as usize,
             "--serve-rounds" => self.rounds = num(val()?, 1.0, 20.0)? as usize,
@@ -150,7 +172,8 @@ pub const HELP: &str = "\
     --p99-ms MS            p99 bound of the max-QPS search (default 10)
     --serve-spec FILE      model (default workloads/streamrec-26.toml; --quick: tiny.toml)
     --serve-row-cap N      row cap of the served model (default 100000; --quick: none)
-    --serve-batch B        samples per request (default 1)
+    --serve-batch B        samples per request: a number, or mlperf (MLPerf DLRM-v2 query sizes,
+                           1-700; the default; --quick: 1)
     --serve-secs S         seconds of load per point (default 3; --quick: 0.5)
     --serve-passes N       max-QPS searches per plan and schedule (default 2; --quick: 1)
     --serve-rounds N       rounds at the common load (default 3; --quick: 1)
@@ -175,6 +198,8 @@ pub(crate) struct Point {
     pub(crate) qps: f64,
     pub(crate) offered: f64,
     pub(crate) achieved: f64,
+    /// Samples answered per second (requests times their sizes).
+    pub(crate) samples_per_s: f64,
     pub(crate) requests: u64,
     pub(crate) failed: u64,
     pub(crate) p50: u64,
@@ -199,6 +224,10 @@ fn start_server(o: &Opts, bin: &Path, algo: &str, model: &str) -> Result<ServerP
         .args(["--port", "0", "--algo", algo]);
     if let Some(c) = o.row_cap {
         cmd.args(["--row-cap", &c.to_string()]);
+    }
+    if o.max_request() > 256 {
+        // Room for the largest request (the server refuses one over its max batch).
+        cmd.args(["--max-batch", &o.max_request().to_string()]);
     }
     cmd.args(&o.server_args);
     let mut child = cmd
@@ -307,8 +336,8 @@ impl<'a> Ctx<'a> {
                 seed,
                 shard: Shard::ALL,
             },
-            batch: BatchSizes::Fixed(self.o.batch),
-            max_batch: 256.max(self.o.batch),
+            batch: self.o.batch.clone(),
+            max_batch: self.o.max_request(),
             bodies: BodyConfig::default(),
             run: RunConfig {
                 connections: 512,
@@ -358,6 +387,7 @@ impl<'a> Ctx<'a> {
             qps,
             offered: s.offered_qps,
             achieved: s.achieved_qps,
+            samples_per_s: s.samples_per_s,
             requests: s.requests,
             failed: s.failed(),
             p50: s.latency_us.p50,

@@ -16,12 +16,12 @@ use crate::serving::{
 /// serving.csv: every measured point.
 pub(crate) fn points_csv(points: &[Point]) -> String {
     let mut csv = String::from(
-        "phase,pass_or_round,schedule,plan,target_qps,offered_qps,achieved_qps,requests,failed,p50_us,p90_us,p99_us,p999_us,max_us,within_bound\n",
+        "phase,pass_or_round,schedule,plan,target_qps,offered_qps,achieved_qps,samples_per_s,requests,failed,p50_us,p90_us,p99_us,p999_us,max_us,within_bound\n",
     );
     for p in points {
         let _ = writeln!(
             csv,
-            "{},{},{},{},{:.1},{:.1},{:.1},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{:.1},{:.1},{:.1},{:.1},{},{},{},{},{},{},{},{}",
             p.phase,
             p.pass + 1,
             p.schedule,
@@ -29,6 +29,7 @@ pub(crate) fn points_csv(points: &[Point]) -> String {
             p.qps,
             p.offered,
             p.achieved,
+            p.samples_per_s,
             p.requests,
             p.failed,
             p.p50,
@@ -46,7 +47,7 @@ pub(crate) fn points_csv(points: &[Point]) -> String {
 pub(crate) fn intro(o: &Opts, model: &str, resolution: f64, plan_lines: [&str; 2]) -> String {
     format!(
         "## Serving: single-stream vs auto behind `streamrec serve`\n\n\
-         {model} with {} sample(s) per request, served by `streamrec serve --algo single` and \
+         {model} with {} sample(s) per request (`--serve-batch`), served by `streamrec serve --algo single` and \
          `--algo auto` (each its own process{}), driven open-loop over loopback by the load \
          generator (binary bodies, latency from the intended send time). Max QPS: the largest \
          offered rate whose p99 stays under {} ms with no failed request and the achieved rate \
