@@ -336,7 +336,7 @@ impl<'a> Ctx<'a> {
                 seed,
                 shard: Shard::ALL,
             },
-            batch: self.o.batch.clone(),
+            batch: self.o.batch,
             max_batch: self.o.max_request(),
             bodies: BodyConfig::default(),
             run: RunConfig {
