@@ -4,9 +4,6 @@
 mod bench;
 mod bench_report;
 mod cluster;
-mod cluster_checks;
-mod cluster_manifest;
-mod cluster_net;
 mod common;
 mod device_bundle;
 mod fuzz;
@@ -15,7 +12,6 @@ mod peer;
 mod plots;
 mod serve_bench;
 mod serving;
-mod serving_report;
 
 use anyhow::Result;
 

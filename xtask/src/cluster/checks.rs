@@ -9,7 +9,7 @@ use std::process::Command;
 use anyhow::Result;
 use streamrec_loadgen::Summary;
 
-use crate::cluster::{Cluster, Opts};
+use super::{Cluster, Opts};
 
 /// One check: its name, whether it held, and the figures.
 pub(crate) struct Check {
@@ -273,7 +273,7 @@ pub(crate) fn check(phase: &str, d: &PhaseData, o: &Opts) -> Vec<Check> {
                     format!(
                         "worker {victim} started {:.1} s after --start-at: {}; {others} on-time \
                          workers say so",
-                        crate::cluster::LATE.as_secs_f64(),
+                        super::LATE.as_secs_f64(),
                         if late_says {
                             format!("its log says `{SAYS}`")
                         } else {

@@ -6,12 +6,12 @@ use std::fmt::Write as _;
 use anyhow::Result;
 use streamrec_runtime::stats::median;
 
-use crate::common::spread;
-use crate::plots;
-use crate::serving::{
+use super::{
     verdict, Measured, Opts, Point, Schedules, PUBLISHED_LATENCY_REDUCTION,
     PUBLISHED_THROUGHPUT_GAIN,
 };
+use crate::common::spread;
+use crate::plots;
 
 /// serving.csv: every measured point.
 pub(crate) fn points_csv(points: &[Point]) -> String {

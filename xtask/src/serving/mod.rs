@@ -30,7 +30,7 @@ use streamrec_loadgen::{
 };
 
 use crate::load::Guard;
-use crate::serving_report as report;
+mod report;
 
 /// The published figures the headline ratios sit next to.
 pub const PUBLISHED_LATENCY_REDUCTION: f64 = 0.278;

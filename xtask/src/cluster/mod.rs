@@ -1,11 +1,11 @@
 //! `cargo xtask cluster --workers N --replicas R`: the sharded load of deploy/k8s/ on many
 //! network stacks: R `streamrec serve` replicas, nginx and N `streamrec load --shards N`
-//! workers, each on a host of its own (a network namespace, see [`crate::cluster_net`]),
+//! workers, each on a host of its own (a network namespace, see [`net`]),
 //! started together with `--start-at`, their shards merged with `streamrec load merge`.
 //!
 //! Each phase is one load: `base`, then the fault scenarios of `--faults` (a worker's link
 //! down and back, a worker killed, a replica's link down and back, a worker started late),
-//! each with the checks of what must hold ([`crate::cluster_checks`]). Everything goes into
+//! each with the checks of what must hold ([`checks`]). Everything goes into
 //! one run folder: `hosts.tsv` (each host's namespace, address, pid, role and log), the logs,
 //! per phase the shards, the merge and its log, and `report.md`. The task fails when a check
 //! fails; the network is torn down in every case (also on ctrl-c).
@@ -17,9 +17,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 
-use crate::cluster_checks::{self, Check, PhaseData};
-use crate::cluster_manifest;
-use crate::cluster_net::{self as net, Net};
+mod checks;
+mod manifest;
+mod net;
+
+use checks::{Check, PhaseData};
+use net::Net;
 
 pub const HELP: &str = "\
   cluster [--workers N] [--replicas R] [--qps Q] [--duration D] [--faults LIST] [--spec FILE]
@@ -324,7 +327,7 @@ impl Cluster {
         for p in &phases {
             net::check_interrupted()?;
             let data = self.phase(p)?;
-            let checks = cluster_checks::check(p, &data, &self.o);
+            let checks = checks::check(p, &data, &self.o);
             for c in &checks {
                 println!(
                     "  [{}] {p}: {}: {}",
@@ -333,7 +336,7 @@ impl Cluster {
                     c.detail
                 );
             }
-            report.push_str(&cluster_checks::report_section(p, &data, &checks));
+            report.push_str(&checks::report_section(p, &data, &checks));
             std::fs::write(self.out.join("report.md"), &report)?;
             all.extend(checks);
         }
@@ -361,7 +364,7 @@ impl Cluster {
             let log = self.log(&format!("{host}.log"));
             // deploy/k8s/server.yaml's command line.
             let mut args = vec![self.bin.display().to_string()];
-            args.extend(cluster_manifest::serve_command(
+            args.extend(manifest::serve_command(
                 &self.root,
                 &self.o.spec.display().to_string(),
                 PORT,
@@ -486,8 +489,8 @@ impl Cluster {
                     bail!("GET /metrics on {host}: status {st}");
                 }
                 Ok((
-                    cluster_checks::metric_sum(&body, "nv_inference_request_success"),
-                    cluster_checks::metric_sum(&body, "nv_inference_request_failure"),
+                    checks::metric_sum(&body, "nv_inference_request_success"),
+                    checks::metric_sum(&body, "nv_inference_request_failure"),
                 ))
             })
             .collect()
@@ -582,9 +585,8 @@ impl Cluster {
         };
         let lb_text = std::fs::read(&lb_log).unwrap_or_default();
         let lb_text = String::from_utf8_lossy(lb_text.get(lb_from..).unwrap_or_default());
-        let nginx = cluster_checks::NginxRetries::count(&lb_text);
-        let mut data =
-            cluster_checks::collect(self, phase, &dir, exits, replicas, victim_during, pids)?;
+        let nginx = checks::NginxRetries::count(&lb_text);
+        let mut data = checks::collect(self, phase, &dir, exits, replicas, victim_during, pids)?;
         data.nginx = nginx;
         Ok(data)
     }
@@ -604,7 +606,7 @@ impl Cluster {
             Vec::new()
         };
         args.push(self.bin.display().to_string());
-        args.extend(cluster_manifest::load_command(
+        args.extend(manifest::load_command(
             &self.root,
             &[
                 ("--url", format!("http://{lb}:{PORT}")),
