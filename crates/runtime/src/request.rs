@@ -4,9 +4,9 @@
 //! [`crate::ValidatedBatch::from_request`]) and a [`Batch`] into a
 //! request (`InferRequest::from_batch(&spec, &batch)`, through [`ToInputs`]).
 //!
-//! Errors keep the runtime's type: a refused request is [`RuntimeError::Request`] with the
+//! Errors keep the runtime's type: a refused request is [`crate::RuntimeError::Request`] with the
 //! protocol's typed error (naming the input, position and value), an unreadable file
-//! [`RuntimeError::Io`].
+//! [`crate::RuntimeError::Io`].
 
 use std::path::Path;
 
