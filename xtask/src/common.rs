@@ -23,3 +23,18 @@ pub(crate) fn spread(v: &[f64]) -> f64 {
     let median = s[s.len() / 2];
     (s[s.len() - 1] - s[0]) / median
 }
+
+/// Builds the release CLI (`cargo build --release --bin streamrec` in `root`) and returns its
+/// path.
+pub(crate) fn build_release_cli(root: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    eprintln!("building the release CLI ...");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let st = std::process::Command::new(cargo)
+        .current_dir(root)
+        .args(["build", "--release", "--bin", "streamrec"])
+        .status()?;
+    if !st.success() {
+        anyhow::bail!("cargo build --release --bin streamrec failed");
+    }
+    Ok(root.join("target/release/streamrec"))
+}

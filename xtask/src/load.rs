@@ -144,15 +144,7 @@ pub fn run(args: &[String]) -> Result<()> {
     prepare_out(&o.out, o.replace, &files(o.workers))?;
     let bin = root.join("target/release/streamrec");
     if o.build {
-        eprintln!("building the release CLI ...");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let st = Command::new(cargo)
-            .current_dir(&root)
-            .args(["build", "--release", "--bin", "streamrec"])
-            .status()?;
-        if !st.success() {
-            bail!("cargo build --release --bin streamrec failed");
-        }
+        crate::common::build_release_cli(&root)?;
     }
     if !bin.is_file() {
         bail!("{} is missing (drop --no-build)", bin.display());

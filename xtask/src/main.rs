@@ -10,6 +10,7 @@ mod fuzz;
 mod load;
 mod peer;
 mod plots;
+mod rootfs;
 mod serve_bench;
 mod serving;
 
@@ -62,6 +63,10 @@ tasks:
         nginx and workers each on a host of its own, faults (a worker's or a replica's link
         down, a worker killed, a worker started late) each checked, merged counts against the
         replicas' metrics (`cargo xtask cluster --help` for every option).
+  rootfs [--out DIR] [--bin PATH]
+        The image's files as a folder (default target/rootfs), the layout deploy/k8s/Dockerfile
+        copies: `cargo xtask rootfs --out deploy/k8s/rootfs && docker build -t streamrec:latest
+        deploy/k8s` where a registry is reachable.
   fuzz [--secs N] [--seed S]
         Random and mutated infer bodies (JSON and binary) through the parser and every 20th
         through a live server for N seconds (default 30): no panic, only 200 or 4xx.
@@ -85,6 +90,7 @@ fn main() -> Result<()> {
         Some("fuzz") => fuzz::run(&args[1..]),
         Some("load") => load::run(&args[1..]),
         Some("cluster") => cluster::run(&args[1..]),
+        Some("rootfs") => rootfs::run(&args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
             print!("{HELP}{}", serving::HELP);
             Ok(())
