@@ -12,7 +12,6 @@
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
@@ -193,15 +192,7 @@ fn binary(o: &Opts, root: &Path) -> Result<PathBuf> {
     }
     let bin = root.join("target/release/streamrec");
     if o.build {
-        eprintln!("building the release CLI ...");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let st = Command::new(cargo)
-            .current_dir(root)
-            .args(["build", "--release", "--bin", "streamrec"])
-            .status()?;
-        if !st.success() {
-            bail!("cargo build --release --bin streamrec failed");
-        }
+        crate::common::build_release_cli(root)?;
     }
     if !bin.is_file() {
         bail!(

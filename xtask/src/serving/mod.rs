@@ -280,16 +280,7 @@ fn binary(o: &Opts) -> Result<PathBuf> {
         }
         return Ok(b.clone());
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    eprintln!("building the release CLI for the serving experiment ...");
-    let st = Command::new(cargo)
-        .current_dir(&o.root)
-        .args(["build", "--release", "--bin", "streamrec"])
-        .status()?;
-    if !st.success() {
-        bail!("cargo build --release --bin streamrec failed");
-    }
-    Ok(o.root.join("target/release/streamrec"))
+    crate::common::build_release_cli(&o.root)
 }
 
 struct Ctx<'a> {
