@@ -53,14 +53,10 @@ impl Replica {
             .stderr(stderr)
             .spawn()
             .expect("streamrec serve starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        let url = common::serving::listening_on(&mut child);
+        let addr = url
+            .strip_prefix("http://")
+            .unwrap_or_else(|| panic!("not an http URL: {url:?}"))
             .parse()
             .unwrap();
         Replica { child, addr }

@@ -65,6 +65,19 @@ pub fn serve(cfg: ServeConfig, engine: Arc<dyn Infer>) -> Running {
     .spawn()
 }
 
+/// The URL a `streamrec serve` process (stdout piped) gives on its first line, `listening on
+/// http://ADDR`, which it prints once ready.
+pub fn listening_on(child: &mut Child) -> String {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    line.trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string()
+}
+
 /// `streamrec serve workloads/tiny.toml` on a free port, as a process; killed when dropped.
 pub struct ServeProcess {
     /// The process.
@@ -83,15 +96,7 @@ impl ServeProcess {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
+        let url = listening_on(&mut child);
         ServeProcess { child, url }
     }
 }
