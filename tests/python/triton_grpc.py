@@ -13,10 +13,9 @@ the first failure.
 """
 
 import asyncio
-import json
-import sys
 
 import numpy as np
+from interop_case import load_case
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.grpc import model_config_pb2
@@ -155,11 +154,7 @@ async def aio_checks(url, model, tensors, expected):
 
 
 def main() -> None:
-    url, model, request_path, expected_path = sys.argv[1:5]
-    with open(request_path) as f:
-        request = json.load(f)
-    with open(expected_path) as f:
-        expected = np.array(json.load(f)["outputs"][0]["data"], dtype=np.float32)
+    url, model, request, expected = load_case()
     tensors = arrays(request)
     sync_checks(url, model, tensors, expected)
     asyncio.run(aio_checks(url, model, tensors, expected))

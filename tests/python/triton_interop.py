@@ -10,19 +10,14 @@ model configuration and statistics extensions (get_model_config, get_inference_s
 Prints one line per check; exits non-zero on the first failure.
 """
 
-import json
-import sys
 
 import numpy as np
+from interop_case import load_case
 import tritonclient.http as httpclient
 
 
 def main() -> None:
-    url, model, request_path, expected_path = sys.argv[1:5]
-    with open(request_path) as f:
-        request = json.load(f)
-    with open(expected_path) as f:
-        expected = np.array(json.load(f)["outputs"][0]["data"], dtype=np.float32)
+    url, model, request, expected = load_case()
 
     client = httpclient.InferenceServerClient(url=url)
     assert client.is_server_live(), "server not live"
