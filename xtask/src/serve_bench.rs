@@ -2,7 +2,14 @@
 //! side by side in one run over loopback with keep-alive connections, per protocol (HTTP with a
 //! JSON body, HTTP with Triton's binary extension, KServe v2 gRPC): tiny at batch 1 and
 //! streamrec-26 (row-capped) at batch 128; requests/s and p50/p99, with one client (latency)
-//! and with several (throughput), in interleaved rounds with their spread.
+//! and with several (throughput), in interleaved rounds with their spread. Beside them, `echo`:
+//! the same bytes exchanged over a bare loopback TCP connection with a thread that does nothing
+//! else, the machine's own floor for any client and server pair (on a virtual machine, waking
+//! a thread on another vCPU alone can cost tens of microseconds).
+//!
+//! Options: `--secs S` per setting, `--rounds N`, `--clients N` (the throughput runs),
+//! `--row-cap ROWS` (streamrec-26's tables), `--modes echo,json,binary,grpc` (a subset;
+//! `direct` always runs), `--model tiny|streamrec-26`, `--out DIR` (serve.csv).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -15,6 +22,8 @@ use streamrec_runtime::stats::median;
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use streamrec_graph::{Algorithm, ModelSpec};
+use streamrec_protocol::grpc::pb;
+use streamrec_protocol::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 use streamrec_runtime::builder::EngineBuilder;
 use streamrec_runtime::gen::{random_batch, random_validated, Skew};
 use streamrec_runtime::request::InferRequest;
@@ -22,8 +31,6 @@ use streamrec_runtime::BackendKind;
 use streamrec_runtime::Infer;
 use streamrec_runtime::ValidatedBatch;
 use streamrec_serve::client::Client;
-use streamrec_serve::grpc::pb;
-use streamrec_serve::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 use streamrec_serve::{Model, ServeConfig, Server};
 
 use crate::common::spread;
@@ -34,6 +41,10 @@ struct Opts {
     row_cap: usize,
     rounds: usize,
     out: Option<PathBuf>,
+    /// The modes measured after `direct` (all of [`MODES`] unless `--modes` names some).
+    modes: Vec<&'static str>,
+    /// The models measured (`tiny` and `streamrec-26` unless `--model` names one).
+    models: Vec<&'static str>,
 }
 
 fn parse(args: &[String]) -> Result<Opts> {
@@ -43,6 +54,8 @@ fn parse(args: &[String]) -> Result<Opts> {
         row_cap: 100_000,
         rounds: 3,
         out: None,
+        modes: MODES[1..].to_vec(),
+        models: vec!["tiny", "streamrec-26"],
     };
     let mut it = args.iter();
     let num = |v: Option<&String>, flag: &str| -> Result<f64> {
@@ -62,6 +75,30 @@ fn parse(args: &[String]) -> Result<Opts> {
             "--row-cap" => o.row_cap = num(it.next(), "--row-cap")? as usize,
             "--rounds" => o.rounds = (num(it.next(), "--rounds")? as usize).clamp(1, 20),
             "--out" => o.out = Some(PathBuf::from(it.next().context("--out needs a folder")?)),
+            "--modes" => {
+                let list = it
+                    .next()
+                    .context("--modes needs a list, e.g. echo,binary,grpc")?;
+                o.modes = Vec::new();
+                for m in list.split(',') {
+                    match MODES[1..].iter().find(|&&x| x == m) {
+                        Some(&x) if !o.modes.contains(&x) => o.modes.push(x),
+                        Some(_) => {}
+                        None => bail!(
+                            "--modes: unknown mode `{m}` (modes: {}; direct is always measured)",
+                            MODES[1..].join(", ")
+                        ),
+                    }
+                }
+            }
+            "--model" => {
+                let m = it.next().context("--model needs tiny or streamrec-26")?;
+                o.models = match m.as_str() {
+                    "tiny" => vec!["tiny"],
+                    "streamrec-26" => vec!["streamrec-26"],
+                    _ => bail!("--model: `{m}` is not tiny or streamrec-26"),
+                };
+            }
             x => bail!("serve-bench: unknown option `{x}`"),
         }
     }
@@ -238,8 +275,58 @@ fn closed_loop(
     })
 }
 
-/// How the requests are made: the engine called directly, then the server per protocol.
-const MODES: [&str; 4] = ["direct", "json", "binary", "grpc"];
+/// How the requests are made: the engine called directly; a bare TCP exchange over loopback
+/// of the binary body's bytes for the scores' bytes (what the kernel's round trip between a
+/// client and a server thread costs on this machine, with no server code at all); then the
+/// server per protocol.
+const MODES: [&str; 5] = ["direct", "echo", "json", "binary", "grpc"];
+
+/// A loopback exchange server: each message is a 16-byte header (the payload's length and the
+/// reply's, little-endian u64s, at most 64 MiB each) and the payload; the reply is that many
+/// bytes. A thread per connection, ending with its connection.
+fn echo_server() -> Result<SocketAddr> {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = l.local_addr()?;
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || -> std::io::Result<()> {
+                s.set_nodelay(true)?;
+                let mut buf = Vec::new();
+                loop {
+                    let mut head = [0u8; 16];
+                    s.read_exact(&mut head)?;
+                    let len = |b: &[u8]| {
+                        (u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize).min(64 << 20)
+                    };
+                    let (payload, reply) = (len(&head[..8]), len(&head[8..]));
+                    buf.resize(payload.max(reply), 0);
+                    s.read_exact(&mut buf[..payload])?;
+                    s.write_all(&buf[..reply])?;
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// One connection to the exchange server sending `len` bytes and reading `reply` back per call.
+fn echo_caller(addr: SocketAddr, len: usize, reply: usize) -> Result<Call> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    let mut out = Vec::with_capacity(16 + len);
+    out.extend_from_slice(&(len as u64).to_le_bytes());
+    out.extend_from_slice(&(reply as u64).to_le_bytes());
+    out.resize(16 + len, 7);
+    let mut back = vec![0u8; reply];
+    Ok(Box::new(move || {
+        s.write_all(&out)?;
+        s.read_exact(&mut back)?;
+        Ok(())
+    }))
+}
 
 /// A client's call.
 type Call = Box<dyn FnMut() -> Result<()> + Send>;
@@ -252,10 +339,17 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut csv = String::from(
         "model,batch,mode,clients,rounds,requests_per_s,p50_us,p99_us,rps_spread,p50_spread\n",
     );
+    let modes: Vec<&str> = std::iter::once("direct")
+        .chain(o.modes.iter().copied())
+        .collect();
+    let echo = echo_server()?;
     for (file, cap, batch) in [
         ("tiny.toml", None, 1usize),
         ("streamrec-26.toml", Some(o.row_cap), 128),
     ] {
+        if !o.models.iter().any(|m| file.starts_with(&format!("{m}."))) {
+            continue;
+        }
         let path = root.join("workloads").join(file);
         let spec = ModelSpec::load(&path, cap).with_context(|| path.display().to_string())?;
         let contexts = 2;
@@ -323,15 +417,16 @@ pub fn run(args: &[String]) -> Result<()> {
         );
         for clients in [1, o.clients] {
             // Per mode, its rounds; the modes alternate within each round.
-            let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); MODES.len()];
+            let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); modes.len()];
             for _ in 0..o.rounds {
-                for (m, mode) in MODES.iter().enumerate() {
+                for (m, mode) in modes.iter().enumerate() {
                     let f = closed_loop(clients, o.secs, || -> Result<Call> {
                         Ok(match *mode {
                             "direct" => {
                                 let (e, b) = (Arc::clone(&engine), b.clone());
                                 Box::new(move || e.infer(&b).map(|_| ()).map_err(Into::into))
                             }
+                            "echo" => echo_caller(echo, binary.bytes.len(), 4 * batch)?,
                             "grpc" => {
                                 let mut c = GrpcCaller::new(grpc_addr, grpc.clone())?;
                                 Box::new(move || c.call())
@@ -360,7 +455,7 @@ pub fn run(args: &[String]) -> Result<()> {
             };
             let figures: Vec<_> = runs.iter().map(|r| summary(r)).collect();
             let d = figures[0];
-            for (mode, &f) in MODES.iter().zip(&figures) {
+            for (mode, &f) in modes.iter().zip(&figures) {
                 let _ = writeln!(
                     csv,
                     "{},{batch},{mode},{clients},{},{:.1},{:.1},{:.1},{:.3},{:.3}",
@@ -377,7 +472,7 @@ pub fn run(args: &[String]) -> Result<()> {
                     f.4 * 100.0
                 );
             }
-            for (mode, s) in MODES.iter().zip(&figures).skip(1) {
+            for (mode, s) in modes.iter().zip(&figures).skip(1) {
                 let _ = writeln!(
                     table,
                     "{:<13} {batch:>5} {mode} adds p50 {:.1} us, throughput {:.2}x of direct, with {clients} client(s)",

@@ -49,6 +49,16 @@ pub enum RequestError {
     /// Binary data is left over after the last input's.
     #[error("{0} bytes of binary data follow the last input's")]
     TrailingBinary(usize),
+    /// A gRPC request whose `raw_input_contents` is not one entry per input.
+    #[error(
+        "raw_input_contents has {entries} entries for {inputs} inputs (one per input, in input order)"
+    )]
+    RawContentsCount {
+        /// Entries in `raw_input_contents`.
+        entries: usize,
+        /// Inputs in the request.
+        inputs: usize,
+    },
     /// An input of the model is not in the request.
     #[error("input `{0}` is missing")]
     MissingInput(String),
@@ -276,6 +286,9 @@ pub enum TensorProblem {
     /// Both JSON `data` and binary data.
     #[error("has both `data` and `parameters.binary_data_size`")]
     BothData,
+    /// A gRPC input with typed `contents` and an entry in `raw_input_contents`.
+    #[error("has both `contents` and an entry in `raw_input_contents`")]
+    BothContents,
     /// Binary data that runs past the end of the body.
     #[error("binary_data_size {size} runs past the end of the binary data ({left} bytes left)")]
     BinaryPastEnd {

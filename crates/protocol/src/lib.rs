@@ -8,6 +8,8 @@
 //! - [`validate`]: [`InferRequest::validate`] checks a request against a
 //!   [`streamrec_graph::ModelSpec`] (names, shapes, datatypes, offsets, index ranges, finite
 //!   values) and gives its values as [`ValidInputs`].
+//! - [`grpc`]: the KServe v2 gRPC messages and service stubs ([`grpc::pb`]), and
+//!   [`grpc::decode_infer`], which turns a `ModelInferRequest` into the same [`Decoded`] request.
 //! - [`response`]: the `score` response (JSON or binary), model metadata, error bodies.
 //! - [`limits`]: the default body limit and the request bounds; [`error`]: [`RequestError`],
 //!   each naming the tensor and the problem.
@@ -39,6 +41,7 @@
 
 pub mod binary;
 pub mod error;
+pub mod grpc;
 pub mod limits;
 pub mod request;
 pub mod response;

@@ -16,8 +16,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde_json::{json, Value};
-use tonic::{Code, Request, Response, Status};
+use serde_json::Value;
+use streamrec_graph::ModelSpec;
+use tonic::{Request, Response, Status};
 
 use crate::batcher::Refused;
 use crate::budget::BINARY_COST;
@@ -27,11 +28,7 @@ use crate::metrics::FailureReason;
 use crate::protocol;
 use crate::state::State;
 
-/// The code generated from `proto/grpc_service.proto` and `proto/model_config.proto`.
-#[allow(missing_docs, clippy::all, clippy::pedantic)]
-pub mod pb {
-    tonic::include_proto!("inference");
-}
+pub use streamrec_protocol::grpc::pb;
 
 use pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 
@@ -93,64 +90,6 @@ fn data_type(datatype: &str) -> pb::DataType {
 
 fn duration(count: u64, ns: u64) -> Option<pb::StatisticDuration> {
     Some(pb::StatisticDuration { count, ns })
-}
-
-/// The JSON header of the binary request equivalent to `req` and its binary part: the raw
-/// contents in input order, or typed contents as JSON `data`.
-fn to_binary_request(req: &pb::ModelInferRequest) -> Result<(Vec<u8>, usize), Status> {
-    let raw = &req.raw_input_contents;
-    if !raw.is_empty() && raw.len() != req.inputs.len() {
-        return Err(Status::invalid_argument(format!(
-            "raw_input_contents has {} entries for {} inputs (one per input, in input order)",
-            raw.len(),
-            req.inputs.len()
-        )));
-    }
-    let mut inputs = Vec::with_capacity(req.inputs.len());
-    let mut bin_len = 0;
-    for (i, t) in req.inputs.iter().enumerate() {
-        let mut input = json!({"name": t.name, "datatype": t.datatype, "shape": t.shape});
-        if let Some(bytes) = raw.get(i) {
-            if t.contents.is_some() {
-                return Err(Status::invalid_argument(format!(
-                    "input `{}` has both contents and raw_input_contents",
-                    t.name
-                )));
-            }
-            input["parameters"] = json!({"binary_data_size": bytes.len()});
-            bin_len += bytes.len();
-        } else {
-            let c = t.contents.clone().unwrap_or_default();
-            input["data"] = if !c.fp32_contents.is_empty() {
-                json!(c.fp32_contents)
-            } else if !c.int64_contents.is_empty() {
-                json!(c.int64_contents)
-            } else if !c.int_contents.is_empty() {
-                json!(c.int_contents)
-            } else {
-                json!([])
-            };
-        }
-        inputs.push(input);
-    }
-    let mut head = json!({"inputs": inputs});
-    if !req.id.is_empty() {
-        head["id"] = json!(req.id);
-    }
-    if !req.outputs.is_empty() {
-        head["outputs"] = req
-            .outputs
-            .iter()
-            .map(|o| json!({"name": o.name}))
-            .collect();
-    }
-    let mut body = serde_json::to_vec(&head).map_err(|e| Status::internal(e.to_string()))?;
-    let header_len = body.len();
-    body.reserve(bin_len);
-    for bytes in raw {
-        body.extend_from_slice(bytes);
-    }
-    Ok((body, header_len))
 }
 
 #[tonic::async_trait]
@@ -385,20 +324,10 @@ async fn infer(
         };
         return Err((FailureReason::InvalidInput, Status::not_found(msg)));
     }
-    let (body, header_len) = to_binary_request(&req).map_err(|s| {
-        (
-            if s.code() == Code::InvalidArgument {
-                FailureReason::InvalidInput
-            } else {
-                FailureReason::Backend
-            },
-            s,
-        )
-    })?;
-    drop(req);
     // The request as received and its decoding, charged to the budget HTTP bodies share.
+    let size = prost::Message::encoded_len(&req);
     let mut charge = state.budget.charge();
-    if !charge.grow_to(body.len().saturating_mul(1 + BINARY_COST)) {
+    if !charge.grow_to(size.saturating_mul(1 + BINARY_COST)) {
         return Err(unavailable(
             "overloaded: the server holds as many request bytes as its memory budget allows",
         ));
@@ -409,11 +338,14 @@ async fn infer(
     }
     state.metrics.inflight_add(1);
     let _guard = InFlight(state);
-    let parsed = if body.len() <= crate::infer::INLINE_PARSE_BYTES {
-        protocol::parse(&body, Some(header_len), &state.spec)
+    let parse = |req, spec: &ModelSpec| {
+        protocol::validate(streamrec_protocol::grpc::decode_infer(req)?, spec)
+    };
+    let parsed = if size <= crate::infer::INLINE_PARSE_BYTES {
+        parse(req, &state.spec)
     } else {
         let spec = state.spec.clone();
-        tokio::task::spawn_blocking(move || protocol::parse(&body, Some(header_len), &spec))
+        tokio::task::spawn_blocking(move || parse(req, &spec))
             .await
             .map_err(|e| {
                 (
@@ -467,50 +399,4 @@ async fn infer(
         }],
         raw_output_contents: vec![raw],
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn raw_contents_become_a_binary_request_in_input_order() {
-        let req = pb::ModelInferRequest {
-            model_name: "m".into(),
-            id: "7".into(),
-            inputs: vec![
-                pb::model_infer_request::InferInputTensor {
-                    name: "a".into(),
-                    datatype: "INT64".into(),
-                    shape: vec![1],
-                    ..Default::default()
-                },
-                pb::model_infer_request::InferInputTensor {
-                    name: "b".into(),
-                    datatype: "FP32".into(),
-                    shape: vec![1],
-                    ..Default::default()
-                },
-            ],
-            raw_input_contents: vec![5i64.to_le_bytes().to_vec(), 1.5f32.to_le_bytes().to_vec()],
-            ..Default::default()
-        };
-        let (body, n) = to_binary_request(&req).unwrap();
-        let d = streamrec_protocol::decode(&body, Some(n)).unwrap();
-        assert_eq!(d.request.id.as_deref(), Some("7"));
-        assert_eq!(d.request.inputs[0].data.as_i64(), Some(&[5][..]));
-        assert_eq!(d.request.inputs[1].data.to_f32(), vec![1.5]);
-    }
-
-    #[test]
-    fn raw_contents_must_match_the_inputs() {
-        let req = pb::ModelInferRequest {
-            inputs: vec![Default::default(), Default::default()],
-            raw_input_contents: vec![vec![0; 8]],
-            ..Default::default()
-        };
-        let e = to_binary_request(&req).unwrap_err();
-        assert_eq!(e.code(), Code::InvalidArgument);
-        assert!(e.message().contains("1 entries for 2 inputs"), "{e}");
-    }
 }

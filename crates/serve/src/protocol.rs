@@ -8,6 +8,7 @@
 
 use serde_json::{json, Value};
 use streamrec_graph::ModelSpec;
+use streamrec_protocol::Decoded;
 pub use streamrec_protocol::{
     encode_response, error_body, model_metadata, Encoded, RequestError, HEADER_LENGTH, OUTPUT,
 };
@@ -31,7 +32,11 @@ pub fn parse(
     header_len: Option<usize>,
     spec: &ModelSpec,
 ) -> Result<Parsed, RequestError> {
-    let decoded = streamrec_protocol::decode(body, header_len)?;
+    validate(streamrec_protocol::decode(body, header_len)?, spec)
+}
+
+/// Validates a decoded request (an HTTP body's or a gRPC message's) against `spec`.
+pub fn validate(decoded: Decoded, spec: &ModelSpec) -> Result<Parsed, RequestError> {
     decoded.check_outputs(spec)?;
     let id = decoded.request.id.clone();
     Ok(Parsed {

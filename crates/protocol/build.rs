@@ -1,6 +1,6 @@
-//! Generates the KServe v2 gRPC service and a transport-neutral client (for benchmarks and
-//! tests) from `proto/*.proto` with a pure-Rust protobuf compiler (protox), so building needs no
-//! `protoc`.
+//! Generates the KServe v2 gRPC messages, the service trait (for the server) and a
+//! transport-neutral client (for the load generator, benchmarks and tests) from `proto/*.proto`
+//! with a pure-Rust protobuf compiler (protox), so building needs no `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
