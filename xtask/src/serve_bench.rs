@@ -1,6 +1,7 @@
 //! `cargo xtask serve-bench`: what the server adds over calling the engine directly, measured
 //! side by side in one run over loopback with keep-alive connections, per protocol (HTTP with a
-//! JSON body, HTTP with Triton's binary extension, KServe v2 gRPC): tiny at batch 1 and
+//! JSON body, HTTP with Triton's binary extension, KServe v2 gRPC with a lean unary call and
+//! with tonic's client): tiny at batch 1 and
 //! streamrec-26 (row-capped) at batch 128; requests/s and p50/p99, with one client (latency)
 //! and with several (throughput), in interleaved rounds with their spread. Beside them, `echo`:
 //! the same bytes exchanged over a bare loopback TCP connection with a thread that does nothing
@@ -8,7 +9,7 @@
 //! a thread on another vCPU alone can cost tens of microseconds).
 //!
 //! Options: `--secs S` per setting, `--rounds N`, `--clients N` (the throughput runs),
-//! `--row-cap ROWS` (streamrec-26's tables), `--modes echo,json,binary,grpc` (a subset;
+//! `--row-cap ROWS` (streamrec-26's tables), `--modes echo,json,binary,grpc,tonic` (a subset;
 //! `direct` always runs), `--model tiny|streamrec-26`, `--out DIR` (serve.csv).
 
 use std::fmt::Write as _;
@@ -22,6 +23,7 @@ use streamrec_runtime::stats::median;
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use streamrec_graph::{Algorithm, ModelSpec};
+use streamrec_loadgen::grpc::{frame, GrpcConn};
 use streamrec_protocol::grpc::pb;
 use streamrec_protocol::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 use streamrec_runtime::builder::EngineBuilder;
@@ -149,14 +151,47 @@ impl Caller {
     }
 }
 
-/// One HTTP/2 connection calling `ModelInfer` with one prepared request (raw input contents).
+/// One HTTP/2 connection calling `ModelInfer` with one prepared request (raw input contents),
+/// through the load generator's unary call (the request in one write).
 struct GrpcCaller {
+    rt: tokio::runtime::Runtime,
+    conn: GrpcConn,
+    framed: bytes::Bytes,
+}
+
+impl GrpcCaller {
+    fn new(addr: SocketAddr, req: &pb::ModelInferRequest) -> Result<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let conn = rt.block_on(GrpcConn::connect(addr))?;
+        Ok(Self {
+            rt,
+            conn,
+            framed: frame(req),
+        })
+    }
+
+    fn call(&mut self) -> Result<()> {
+        let r = self
+            .rt
+            .block_on(self.conn.model_infer(self.framed.clone()))?;
+        if r.raw_output_contents.is_empty() && r.outputs.is_empty() {
+            bail!("gRPC ModelInfer answered no output");
+        }
+        Ok(())
+    }
+}
+
+/// The same with tonic's client, as a tonic user would call (it ends each request with a
+/// separate empty frame).
+struct TonicCaller {
     rt: tokio::runtime::Runtime,
     client: GrpcInferenceServiceClient<tonic::transport::Channel>,
     req: pb::ModelInferRequest,
 }
 
-impl GrpcCaller {
+impl TonicCaller {
     fn new(addr: SocketAddr, req: pb::ModelInferRequest) -> Result<Self> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -278,8 +313,8 @@ fn closed_loop(
 /// How the requests are made: the engine called directly; a bare TCP exchange over loopback
 /// of the binary body's bytes for the scores' bytes (what the kernel's round trip between a
 /// client and a server thread costs on this machine, with no server code at all); then the
-/// server per protocol.
-const MODES: [&str; 5] = ["direct", "echo", "json", "binary", "grpc"];
+/// server per protocol (`grpc` with a lean unary call, `tonic` with tonic's client).
+const MODES: [&str; 6] = ["direct", "echo", "json", "binary", "grpc", "tonic"];
 
 /// A loopback exchange server: each message is a 16-byte header (the payload's length and the
 /// reply's, little-endian u64s, at most 64 MiB each) and the payload; the reply is that many
@@ -428,7 +463,11 @@ pub fn run(args: &[String]) -> Result<()> {
                             }
                             "echo" => echo_caller(echo, binary.bytes.len(), 4 * batch)?,
                             "grpc" => {
-                                let mut c = GrpcCaller::new(grpc_addr, grpc.clone())?;
+                                let mut c = GrpcCaller::new(grpc_addr, &grpc)?;
+                                Box::new(move || c.call())
+                            }
+                            "tonic" => {
+                                let mut c = TonicCaller::new(grpc_addr, grpc.clone())?;
                                 Box::new(move || c.call())
                             }
                             _ => {

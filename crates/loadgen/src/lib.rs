@@ -73,6 +73,7 @@
 
 pub mod body;
 pub mod error;
+pub mod grpc;
 pub mod merge;
 pub mod model;
 pub mod out;
