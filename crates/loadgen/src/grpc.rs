@@ -1,5 +1,5 @@
-//! A unary gRPC call over one HTTP/2 connection (hyper's client), as lean as the protocol
-//! allows: the request's HEADERS and its one DATA frame (END_STREAM set) go out in one write,
+//! A unary gRPC call over one HTTP/2 connection (the h2 crate's client), as lean as the
+//! protocol allows: the request's HEADERS and its one DATA frame (END_STREAM set) go out in one write,
 //! and the answer is read to its trailers. A general gRPC client (tonic's) streams its request
 //! body and ends it with a separate empty frame, which on loopback costs the server an extra
 //! wake-up per call; a load generator should not add that to what it measures.
@@ -8,14 +8,63 @@
 //! uncompressed message, a 5-byte prefix (flag 0, big-endian length).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message;
 use streamrec_protocol::grpc::pb;
 
 /// The path of `ModelInfer` in the KServe v2 service.
 pub const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
+/// The path of `ModelReady`.
+pub const MODEL_READY: &str = "/inference.GRPCInferenceService/ModelReady";
+/// The path of `ModelMetadata`.
+pub const MODEL_METADATA: &str = "/inference.GRPCInferenceService/ModelMetadata";
+
+/// The name of a gRPC status code (`OK`, `UNAVAILABLE`, ...), `CODE_<n>` beyond the 17 the
+/// protocol defines.
+pub fn code_name(code: u32) -> String {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    NAMES
+        .get(code as usize)
+        .map_or_else(|| format!("CODE_{code}"), |n| n.to_string())
+}
+
+/// The HTTP status a gRPC status code corresponds to (google.rpc.Code's table; also what
+/// `streamrec serve` answers over HTTP for the failure it answers over gRPC with that code:
+/// `INVALID_ARGUMENT` 400, `NOT_FOUND` 404, `UNAVAILABLE` 503, overload included). Unknown codes
+/// are 500.
+pub fn http_status(code: u32) -> u16 {
+    match code {
+        0 => 200,
+        1 => 499,
+        3 | 9 | 11 => 400,
+        4 => 504,
+        5 => 404,
+        6 | 10 => 409,
+        7 => 403,
+        8 => 429,
+        12 => 501,
+        14 => 503,
+        16 => 401,
+        _ => 500,
+    }
+}
 
 /// Why a call failed: the transport, the HTTP/2 status, or the gRPC status and message.
 #[derive(Debug, thiserror::Error)]
@@ -39,25 +88,25 @@ pub enum GrpcError {
     Malformed(String),
 }
 
+fn transport(e: impl std::fmt::Display) -> GrpcError {
+    GrpcError::Transport(e.to_string())
+}
+
 /// One HTTP/2 connection sending unary calls (cheap to clone; clones share the connection).
 #[derive(Clone)]
 pub struct GrpcConn {
-    send: SendRequest<Full<Bytes>>,
+    send: h2::client::SendRequest<Bytes>,
     authority: String,
 }
 
 impl GrpcConn {
     /// Connects to `addr` (TCP_NODELAY; the connection's task runs on the current runtime).
     pub async fn connect(addr: std::net::SocketAddr) -> Result<Self, GrpcError> {
-        let t = |e: &dyn std::fmt::Display| GrpcError::Transport(e.to_string());
         let stream = tokio::net::TcpStream::connect(addr)
             .await
-            .map_err(|e| t(&e))?;
-        stream.set_nodelay(true).map_err(|e| t(&e))?;
-        let (send, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .map_err(|e| t(&e))?;
+            .map_err(transport)?;
+        stream.set_nodelay(true).map_err(transport)?;
+        let (send, conn) = h2::client::handshake(stream).await.map_err(transport)?;
         tokio::spawn(conn);
         Ok(GrpcConn {
             send,
@@ -65,40 +114,54 @@ impl GrpcConn {
         })
     }
 
+    /// Whether the connection has closed (a new one is needed).
+    pub fn is_closed(&self) -> bool {
+        self.send.is_closed()
+    }
+
+    /// Calls `path` with `req` (framed here) and decodes the answer.
+    pub async fn call<Resp: Message + Default>(
+        &mut self,
+        path: &str,
+        req: &impl Message,
+    ) -> Result<Resp, GrpcError> {
+        let bytes = self.unary(path, frame(req)).await?;
+        Resp::decode(bytes).map_err(|e| GrpcError::Malformed(e.to_string()))
+    }
+
     /// Calls `path` with an already framed message ([`frame`]) and gives the response message's
-    /// bytes (unframed).
+    /// bytes (unframed). The HEADERS and the DATA frame are queued together, before the
+    /// connection writes, so they leave in one write.
     pub async fn unary(&mut self, path: &str, framed: Bytes) -> Result<Bytes, GrpcError> {
-        let req = hyper::Request::post(format!("http://{}{path}", self.authority))
+        let req = http::Request::post(format!("http://{}{path}", self.authority))
             .header("content-type", "application/grpc")
             .header("te", "trailers")
-            .body(Full::new(framed))
-            .map_err(|e| GrpcError::Transport(e.to_string()))?;
-        self.send
-            .ready()
-            .await
-            .map_err(|e| GrpcError::Transport(e.to_string()))?;
-        let resp = self
-            .send
-            .send_request(req)
-            .await
-            .map_err(|e| GrpcError::Transport(e.to_string()))?;
-        if resp.status() != hyper::StatusCode::OK {
+            .body(())
+            .map_err(transport)?;
+        let mut send = self.send.clone().ready().await.map_err(transport)?;
+        let (resp, mut stream) = send.send_request(req, false).map_err(transport)?;
+        stream.reserve_capacity(framed.len());
+        stream.send_data(framed, true).map_err(transport)?;
+        let resp = resp.await.map_err(transport)?;
+        if resp.status() != http::StatusCode::OK {
             return Err(GrpcError::Http(resp.status().as_u16()));
         }
         // A status can come in the headers alone (a trailers-only answer) or in the trailers.
         let head_status = status_of(resp.headers());
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| GrpcError::Transport(e.to_string()))?;
-        let status = body.trailers().and_then(status_of).or(head_status);
-        match status {
+        let mut body = resp.into_body();
+        let mut data = BytesMut::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.map_err(transport)?;
+            let _ = body.flow_control().release_capacity(chunk.len());
+            data.extend_from_slice(&chunk);
+        }
+        let trailers = body.trailers().await.map_err(transport)?;
+        match trailers.as_ref().and_then(status_of).or(head_status) {
             Some((0, _)) => {}
             Some((code, message)) => return Err(GrpcError::Status { code, message }),
             None => return Err(GrpcError::Malformed("no grpc-status".into())),
         }
-        unframe(body.to_bytes())
+        unframe(data.freeze())
     }
 
     /// `ModelInfer` with a framed request: the response, decoded.
@@ -111,7 +174,7 @@ impl GrpcConn {
     }
 }
 
-fn status_of(h: &hyper::HeaderMap) -> Option<(u32, String)> {
+fn status_of(h: &http::HeaderMap) -> Option<(u32, String)> {
     let code = h.get("grpc-status")?.to_str().ok()?.parse().ok()?;
     let message = h
         .get("grpc-message")
