@@ -97,6 +97,8 @@ fn transport(e: impl std::fmt::Display) -> GrpcError {
 pub struct GrpcConn {
     send: h2::client::SendRequest<Bytes>,
     authority: String,
+    /// Set when the connection's task ends (the connection closed or failed).
+    closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl GrpcConn {
@@ -107,16 +109,22 @@ impl GrpcConn {
             .map_err(transport)?;
         stream.set_nodelay(true).map_err(transport)?;
         let (send, conn) = h2::client::handshake(stream).await.map_err(transport)?;
-        tokio::spawn(conn);
+        let closed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = std::sync::Arc::clone(&closed);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
         Ok(GrpcConn {
             send,
             authority: addr.to_string(),
+            closed,
         })
     }
 
     /// Whether the connection has closed (a new one is needed).
     pub fn is_closed(&self) -> bool {
-        self.send.is_closed()
+        self.closed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Calls `path` with `req` (framed here) and decodes the answer.
