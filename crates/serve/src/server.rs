@@ -140,7 +140,8 @@ impl Binding {
         &self.cfg
     }
 
-    /// Warms the engine up (one batch of 1 and one of `max_batch` samples), takes the address
+    /// Warms the engine up (the sizes it asks for: each context, each graph bucket; and one
+    /// batch of `max_batch` samples), takes the address
     /// back from the loading responder and starts the batcher. Ready once this returns.
     pub fn start(mut self, model: Model) -> Result<Server, ServeError> {
         let cfg = self.cfg.clone();
@@ -148,7 +149,13 @@ impl Binding {
         // The name goes into URL paths and metric labels.
         streamrec_graph::spec::check_model_name(&spec.name)
             .map_err(|e| ServeError::Config(format!("model {e}")))?;
-        for (i, size) in [1, cfg.max_batch].into_iter().enumerate() {
+        // Every size the engine asks for (each context, and with graphs each bucket), capped at
+        // the server's max batch, before readiness: no capture or first-touch inside a request.
+        let sizes = engine
+            .warm_up_sizes()
+            .into_iter()
+            .map(|s| s.min(cfg.max_batch));
+        for (i, size) in sizes.chain([cfg.max_batch]).enumerate() {
             let b = ValidatedBatch::new(
                 random_batch(&spec, size, Skew::Uniform, 7 + i as u64),
                 &spec,
@@ -620,5 +627,60 @@ mod tests {
             line.contains("(11 time(s) since the last report)"),
             "{line}"
         );
+    }
+
+    /// Records the batch sizes it runs; asks to be warmed up with `sizes`.
+    struct Sizes {
+        sizes: Vec<usize>,
+        ran: std::sync::Mutex<Vec<usize>>,
+    }
+
+    impl Infer for Sizes {
+        fn infer(&self, batch: &ValidatedBatch) -> streamrec_runtime::Result<Vec<f32>> {
+            self.ran.lock().unwrap().push(batch.size);
+            Ok(vec![0.5; batch.size])
+        }
+        fn take_trace(&self) -> Vec<streamrec_runtime::trace::TraceEvent> {
+            Vec::new()
+        }
+        fn backend_name(&self) -> &'static str {
+            "sizes"
+        }
+        fn warm_up_sizes(&self) -> Vec<usize> {
+            self.sizes.clone()
+        }
+    }
+
+    #[test]
+    fn the_engine_runs_every_warm_up_size_before_readiness() {
+        let spec = ModelSpec::parse(
+            "dense = 2\n[bottom]\nlayers = [4]\n[sparse]\ncount = 1\nrows = [9]\ndim = 4\n\
+             [top]\nlayers = [1]\n[interaction]\nkind = \"cat\"\n",
+            "m",
+            None,
+        )
+        .unwrap();
+        let engine = Arc::new(Sizes {
+            // Buckets past the server's max batch are capped at it.
+            sizes: vec![1, 1, 2, 2, 4, 4, 8, 8, 16, 16],
+            ran: Default::default(),
+        });
+        let server = Server::start(
+            ServeConfig {
+                port: 0,
+                max_batch: 10,
+                ..ServeConfig::default()
+            },
+            Model {
+                spec,
+                engine: Arc::clone(&engine) as Arc<dyn Infer>,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            *engine.ran.lock().unwrap(),
+            [1, 1, 2, 2, 4, 4, 8, 8, 10, 10, 10]
+        );
+        drop(server);
     }
 }

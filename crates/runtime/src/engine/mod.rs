@@ -446,10 +446,39 @@ impl<B: Backend> Engine<B> {
         }
     }
 
+    /// The batch sizes to run, in this order, for every context to have everything it keeps
+    /// between requests ready: [`warm_up_sizes`] of this engine's settings.
+    pub fn warm_up_sizes(&self) -> Vec<usize> {
+        warm_up_sizes(self.cfg.max_batch, self.cfg.graphs, self.cfg.contexts)
+    }
+
     /// Takes the spans recorded so far (with `trace` on).
     pub fn take_trace(&self) -> Vec<TraceEvent> {
         std::mem::take(&mut *self.trace.lock().expect("trace"))
     }
+}
+
+/// The batch sizes to run, in this order, for every context to have everything it keeps between
+/// requests ready (buffers, and with graphs a capture per bucket): each size repeated once per
+/// context (requests take the contexts in turn, so consecutive calls run on each). Without
+/// graphs: 1 and the max batch; with graphs: every bucket (powers of two below the max batch,
+/// and the max batch).
+pub fn warm_up_sizes(max_batch: usize, graphs: bool, contexts: usize) -> Vec<usize> {
+    let max = max_batch.max(1);
+    let mut sizes = vec![1];
+    if graphs {
+        let mut b = 2;
+        while b < max {
+            sizes.push(b);
+            b *= 2;
+        }
+    }
+    sizes.push(max);
+    sizes.dedup();
+    sizes
+        .into_iter()
+        .flat_map(|s| std::iter::repeat_n(s, contexts.max(1)))
+        .collect()
 }
 
 /// Anything that turns a batch into scores (an [`Engine`] on any backend): the one interface
@@ -471,6 +500,11 @@ pub trait Infer: Send + Sync {
     fn launches_per_request(&self) -> Option<u64> {
         None
     }
+    /// The batch sizes a server runs before it says it is ready, in order (see
+    /// [`Engine::warm_up_sizes`]); one batch of 1 by default.
+    fn warm_up_sizes(&self) -> Vec<usize> {
+        vec![1]
+    }
 }
 
 impl<B: Backend> Infer for Engine<B> {
@@ -488,5 +522,8 @@ impl<B: Backend> Infer for Engine<B> {
     }
     fn launches_per_request(&self) -> Option<u64> {
         Engine::launches_per_request(self)
+    }
+    fn warm_up_sizes(&self) -> Vec<usize> {
+        Engine::warm_up_sizes(self)
     }
 }
