@@ -45,7 +45,7 @@ pub struct ServeArgs {
     /// at most this many microseconds (default 50; 0: always through the batcher threads).
     #[arg(long, value_name = "US")]
     inline_max_us: Option<u64>,
-    /// Execution contexts, each with a batcher thread (default 1).
+    /// Execution contexts, each with a batcher thread (default: 2 on a GPU, 1 on the CPU).
     #[arg(long, value_name = "N")]
     contexts: Option<usize>,
     /// Stream-assignment algorithm (default auto: the fastest predicted plan).
@@ -118,6 +118,12 @@ pub fn main(a: ServeArgs) -> Result<()> {
             8
         }
     });
+    // 0 (the default): two contexts on a GPU (one's host work overlaps another's device work),
+    // one on the CPU.
+    let contexts = match cfg.contexts {
+        0 => ServeConfig::auto_contexts(backend == BackendKind::Cuda),
+        n => n,
+    };
     let plan = PlanOpts {
         algo: Some(a.algo),
         streams,
@@ -130,7 +136,7 @@ pub fn main(a: ServeArgs) -> Result<()> {
         .builder(&spec)?
         .backend(backend)
         .plan_options(plan.options(a.algo)?)
-        .contexts(cfg.contexts)
+        .contexts(contexts)
         .max_batch(cfg.max_batch)
         // One validation per request: the server's parse makes a ValidatedBatch of every request
         // before it is queued, and the engine runs only those.
@@ -163,7 +169,7 @@ pub fn main(a: ServeArgs) -> Result<()> {
         cfg.max_batch,
         cfg.max_queue_delay_us,
         cfg.inline_max_us,
-        cfg.contexts
+        contexts
     );
     let name = spec.name.clone();
     let version = cfg.version.clone();

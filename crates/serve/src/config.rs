@@ -63,9 +63,15 @@ pub struct ServeConfig {
     /// A body over 1 MiB may use at most three quarters, so small requests still get in.
     /// 0 (the default): 1 GiB, or a quarter of the memory limit (cgroup, else physical) if less.
     pub max_buffered_bytes: usize,
-    /// Engine execution contexts, each with its own batcher thread.
+    /// Engine execution contexts, each with its own batcher thread (and on a GPU its own
+    /// streams and staging buffers, so one context's host work overlaps another's device work).
+    /// 0 (the default): 2 on a GPU backend, 1 on the CPU (whose one context already runs on
+    /// every core); `streamrec serve` decides before building the engine
+    /// ([`ServeConfig::auto_contexts`]); a server started with 0 takes the engine's count.
     pub contexts: usize,
-    /// Threads of the async HTTP front end.
+    /// Threads of the async front end (HTTP and gRPC; a lone fast request runs on them inline,
+    /// `inline_max_us`). 0 (the default): half the processor's cores, at least 2 and at most 8
+    /// ([`ServeConfig::auto_http_threads`]).
     pub http_threads: usize,
     /// Seconds that in-flight and queued requests get to finish on SIGTERM or ctrl-c.
     pub drain_timeout_s: f64,
@@ -93,8 +99,8 @@ impl Default for ServeConfig {
             min_body_rate: 64 << 10,
             max_connections: 0,
             max_buffered_bytes: 0,
-            contexts: 1,
-            http_threads: 2,
+            contexts: 0,
+            http_threads: 0,
             drain_timeout_s: 30.0,
             retry_after_s: 1,
             version: "1".into(),
@@ -213,8 +219,9 @@ impl ServeConfig {
         }
         count("max_body_bytes", self.max_body_bytes, 1 << 32)?;
         count("max_inflight", self.max_inflight, 1 << 20)?;
-        count("contexts", self.contexts, 64)?;
-        count("http_threads", self.http_threads, 1024)?;
+        // 0: derived (contexts from the backend, threads from the machine).
+        count("contexts", self.contexts.max(1), 64)?;
+        count("http_threads", self.http_threads.max(1), 1024)?;
         seconds("drain_timeout_s", self.drain_timeout_s, 0.0)?;
         seconds("header_timeout_s", self.header_timeout_s, 0.1)?;
         seconds("keepalive_idle_s", self.keepalive_idle_s, 0.1)?;
@@ -248,12 +255,34 @@ impl ServeConfig {
         Ok(())
     }
 
-    /// The settings as the server runs them: `max_connections` and `max_buffered_bytes` derived
-    /// from the machine where they are 0, and checked against it (the open-file limit, and a
+    /// The default number of execution contexts: 2 on a GPU backend (host work of one request
+    /// overlaps the device work of another), 1 on the CPU.
+    pub fn auto_contexts(gpu: bool) -> usize {
+        if gpu {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// The default number of front-end threads: half the cores this process may use, at
+    /// least 2 and at most 8.
+    pub fn auto_http_threads() -> usize {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        (cores / 2).clamp(2, 8)
+    }
+
+    /// The settings as the server runs them: `max_connections`, `max_buffered_bytes` and
+    /// `http_threads` derived from the machine where they are 0 (`contexts` stays 0 until the
+    /// server starts with its engine), and checked against it (the open-file limit, and a
     /// body of `max_body_bytes` decoded from JSON must fit the budget's share for large bodies).
     pub fn resolved(&self) -> Result<Self, ServeError> {
         self.validate()?;
         let mut cfg = self.clone();
+        if cfg.http_threads == 0 {
+            cfg.http_threads = Self::auto_http_threads();
+        }
+
         let files = open_file_limit();
         let room = files.saturating_sub(FD_RESERVE);
         if room < 16 {

@@ -144,8 +144,11 @@ impl Binding {
     /// batch of `max_batch` samples), takes the address
     /// back from the loading responder and starts the batcher. Ready once this returns.
     pub fn start(mut self, model: Model) -> Result<Server, ServeError> {
-        let cfg = self.cfg.clone();
+        let mut cfg = self.cfg.clone();
         let Model { spec, engine } = model;
+        if cfg.contexts == 0 {
+            cfg.contexts = engine.contexts();
+        }
         // The name goes into URL paths and metric labels.
         streamrec_graph::spec::check_model_name(&spec.name)
             .map_err(|e| ServeError::Config(format!("model {e}")))?;
@@ -649,6 +652,9 @@ mod tests {
         fn warm_up_sizes(&self) -> Vec<usize> {
             self.sizes.clone()
         }
+        fn contexts(&self) -> usize {
+            3
+        }
     }
 
     #[test]
@@ -681,6 +687,11 @@ mod tests {
             *engine.ran.lock().unwrap(),
             [1, 1, 2, 2, 4, 4, 8, 8, 10, 10, 10]
         );
+        // Contexts left at 0: the engine's; front-end threads from the machine.
+        let cfg = &server.state.cfg;
+        assert_eq!(cfg.contexts, 3);
+        assert_eq!(cfg.http_threads, ServeConfig::auto_http_threads());
+        assert!((2..=8).contains(&cfg.http_threads), "{}", cfg.http_threads);
         drop(server);
     }
 }

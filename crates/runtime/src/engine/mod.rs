@@ -505,6 +505,10 @@ pub trait Infer: Send + Sync {
     fn warm_up_sizes(&self) -> Vec<usize> {
         vec![1]
     }
+    /// How many batches can run at once (execution contexts); 1 by default.
+    fn contexts(&self) -> usize {
+        1
+    }
 }
 
 impl<B: Backend> Infer for Engine<B> {
@@ -525,5 +529,8 @@ impl<B: Backend> Infer for Engine<B> {
     }
     fn warm_up_sizes(&self) -> Vec<usize> {
         Engine::warm_up_sizes(self)
+    }
+    fn contexts(&self) -> usize {
+        self.cfg.contexts
     }
 }
