@@ -25,8 +25,11 @@
 #   CHECK_MODELS   models of the correctness checks, default "tiny dlrm-kaggle streamrec-26"
 #   CHECK_ROW_CAP  table rows in the correctness checks, default 100000
 #   ITERS          timed requests per measurement, default 200
-#   SERVE_MODEL    the serving experiment's model, default streamrec-26
-#   SERVE_ROW_CAP  its table rows, default 100000
+#   SERVE_MODEL    the serving experiment's model, default streamrec-26 (requests of MLPerf
+#                  DLRM-v2 query sizes, 100-700 samples: the experiment's default --serve-batch)
+#   SERVE_ROW_CAP  its table rows, default 1000000 (the benchmark's 13.3 GB of tables; each server
+#                  generates and uploads its own)
+#   SERVE_SERVER   options every server of the experiment gets, default "--backend cuda"
 #   SERVE_ARGS     options of `xtask serving` (see `bin/xtask serving --help`), default
 #                  "--serve-secs 2 --serve-passes 1 --serve-rounds 3 --serve-start-qps 500
 #                  --serve-growth 2 --serve-load-threads 4"
@@ -78,7 +81,8 @@ CHECK_MODELS=${CHECK_MODELS:-tiny dlrm-kaggle streamrec-26}
 CHECK_ROW_CAP=${CHECK_ROW_CAP:-100000}
 ITERS=${ITERS:-200}
 SERVE_MODEL=${SERVE_MODEL:-streamrec-26}
-SERVE_ROW_CAP=${SERVE_ROW_CAP:-100000}
+SERVE_ROW_CAP=${SERVE_ROW_CAP:-1000000}
+SERVE_SERVER=${SERVE_SERVER:---backend cuda}
 SERVE_ARGS=${SERVE_ARGS:---serve-secs 2 --serve-passes 1 --serve-rounds 3 --serve-start-qps 500 --serve-growth 2 --serve-load-threads 4}
 SERVE_BUDGET=${SERVE_BUDGET:-200}
 BIN=$HERE/bin
@@ -277,14 +281,14 @@ if has bench; then
 fi
 
 if has serve; then
-    say "serving experiment: $SERVE_MODEL behind streamrec serve --backend cuda, single vs auto"
+    say "serving experiment: $SERVE_MODEL ($SERVE_ROW_CAP rows) behind streamrec serve $SERVE_SERVER, single vs auto"
     if budget "$SERVE_BUDGET" "serving experiment"; then
         # The experiment stops starting points 30 s before its timeout, then writes its report.
         stop=$((T > 60 ? T - 30 : T / 2))
         # shellcheck disable=SC2086 # SERVE_ARGS is a list of options
         timeout -k 10 "$T" "$BIN/xtask" serving --root "$HERE" --out "$OUT/serving" \
             --serve-bin "$BIN/streamrec" --serve-spec "workloads/$SERVE_MODEL.toml" \
-            --serve-row-cap "$SERVE_ROW_CAP" --server-args "--backend cuda" \
+            --serve-row-cap "$SERVE_ROW_CAP" --server-args "$SERVE_SERVER" \
             --serve-deadline-s "$stop" $SERVE_ARGS 2>&1 | tee "$OUT/serving.log"
         after_run "${PIPESTATUS[0]}" "$T" "$SERVE_BUDGET" "serving experiment" "$OUT/serving.log"
     fi
