@@ -243,15 +243,25 @@ impl Batch {
     }
 }
 
-/// What identifies a model to its batches: the dense width and each feature's name and rows,
-/// everything validation checks a batch against.
-fn model_key(spec: &ModelSpec) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    spec.dense.hash(&mut h);
-    for f in &spec.features {
-        (&f.name, f.rows).hash(&mut h);
+/// What identifies a model to its batches: a hash of the dense width and each feature's name
+/// and rows, everything validation checks a batch against. An engine computes its model's once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelKey(u64);
+
+impl ModelKey {
+    /// The key of `spec`.
+    pub fn of(spec: &ModelSpec) -> ModelKey {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        spec.dense.hash(&mut h);
+        for f in &spec.features {
+            (&f.name, f.rows).hash(&mut h);
+        }
+        ModelKey(h.finish())
     }
-    h.finish()
+}
+
+fn model_key(spec: &ModelSpec) -> ModelKey {
+    ModelKey::of(spec)
 }
 
 /// A [`Batch`] that passed validation against a model: only [`ValidatedBatch::new`] (which runs
@@ -261,7 +271,7 @@ fn model_key(spec: &ModelSpec) -> u64 {
 #[derive(Clone, Debug)]
 pub struct ValidatedBatch {
     batch: Arc<Batch>,
-    model: u64,
+    model: ModelKey,
 }
 
 impl ValidatedBatch {
@@ -310,6 +320,11 @@ impl ValidatedBatch {
     /// rows).
     pub fn is_for(&self, spec: &ModelSpec) -> bool {
         self.model == model_key(spec)
+    }
+
+    /// Whether this batch was validated against the model whose key is `key`.
+    pub fn is_for_key(&self, key: ModelKey) -> bool {
+        self.model == key
     }
 
     /// Concatenates validated batches of one model ([`Batch::concat`]): the result is valid

@@ -75,7 +75,7 @@ pub mod weights;
 
 pub use backend::cpu::CpuBackend;
 pub use backend::Backend;
-pub use batch::{Batch, IndexVec, SparseInput, ValidatedBatch};
+pub use batch::{Batch, IndexVec, ModelKey, SparseInput, ValidatedBatch};
 pub use engine::{build_engine, BackendKind, BackendOptions, Engine, EngineConfig, Infer};
 pub use error::{Result, RuntimeError};
 pub use measure::{measure, MeasureConfig};

@@ -36,7 +36,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use streamrec_graph::{OpGraph, Plan, Step};
 
 use crate::backend::{Backend, Span, SpanKind};
-use crate::batch::{Batch, ValidatedBatch};
+use crate::batch::{Batch, ModelKey, ValidatedBatch};
 use crate::error::{BatchError, Result, RuntimeError};
 use crate::trace::{replay_name, TraceEvent, REPLAY_OP};
 use crate::weights::Weights;
@@ -82,6 +82,8 @@ pub struct Engine<B: Backend> {
     /// Dropped after the contexts, under [`Backend::quiesce`] (see `Drop`).
     backend: ManuallyDrop<B>,
     graph: Arc<OpGraph>,
+    /// What a batch validated for this engine's model carries (computed once, not per request).
+    model: ModelKey,
     plan: Plan,
     issue: Vec<(usize, Step)>,
     out_stream: usize,
@@ -171,6 +173,7 @@ impl<B: Backend> Engine<B> {
         Ok(Self {
             issue: plan.issue_order(),
             out_stream,
+            model: ModelKey::of(&graph.spec),
             weights: ManuallyDrop::new(dw),
             pool: Mutex::new(pool),
             freed: Condvar::new(),
@@ -208,7 +211,7 @@ impl<B: Backend> Engine<B> {
     /// Runs one batch and returns its scores (one per sample). The batch was validated (a
     /// [`ValidatedBatch`]); the engine checks only that it was for this model.
     pub fn infer(&self, batch: &ValidatedBatch) -> Result<Vec<f32>> {
-        if !batch.is_for(&self.graph.spec) {
+        if !batch.is_for_key(self.model) {
             return Err(BatchError::OtherModel {
                 model: self.graph.spec.name.clone(),
             }
