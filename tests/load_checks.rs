@@ -203,6 +203,7 @@ fn write_shard(dir: &Path, i: u32, n: u32, edit: impl Fn(&mut Summary)) {
     lag.record_n(20, 12).unwrap();
     let mut summary = Summary {
         version: SUMMARY_VERSION,
+        protocol: "http".into(),
         url: "http://127.0.0.1:8000".into(),
         model: "tiny".into(),
         schedule: "poisson".into(),
@@ -223,6 +224,7 @@ fn write_shard(dir: &Path, i: u32, n: u32, edit: impl Fn(&mut Summary)) {
         latency_us: Percentiles::of(&latency),
         send_lag_us: Percentiles::of(&lag),
         status: [("200".to_string(), 12)].into(),
+        grpc_status: Default::default(),
         errors: Default::default(),
         connection_waits: 0,
         connections: 64,

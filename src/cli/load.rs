@@ -1,6 +1,9 @@
 //! `streamrec load`: the open-loop load generator (streamrec-loadgen) against a KServe v2
 //! server, as one shard of a load split over workers; `streamrec load merge` merges the shards'
-//! results exactly. The load generator speaks HTTP only.
+//! results exactly. The load generator speaks HTTP (`--url http://...`: KServe v2 REST, JSON or
+//! Triton's binary bodies) and gRPC (`--url grpc://...`: KServe v2 `ModelInfer` with raw
+//! contents over a few HTTP/2 connections; readiness and metadata over gRPC too), and can pin
+//! its threads to CPUs (`--cpus`).
 //!
 //! Both check `--out` before any work (created, written and cleaned of a probe file; a
 //! non-empty folder only with `--replace`, which removes the result files of an earlier run
@@ -17,9 +20,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use streamrec_loadgen::results::RESULT_FILES;
 use streamrec_loadgen::schedule::{self, derive_seed};
 use streamrec_loadgen::{
-    describe, fetch_metadata, merge_dirs, out, parse_duration, run, saturation_note,
-    wait_ready_noting, BatchSizes, Bodies, BodyConfig, BodyFormat, MergeOptions, ModelInputs,
-    RunConfig, ScheduleConfig, ScheduleKind, Shard, Skew, Summary, Target,
+    default_connections, describe, fetch_metadata, merge_dirs, out, parse_duration, run,
+    saturation_note, wait_ready_noting, BatchSizes, Bodies, BodyConfig, BodyFormat, CpuSet,
+    MergeOptions, ModelInputs, Protocol, RunConfig, ScheduleConfig, ScheduleKind, Shard, Skew,
+    Summary, Target,
 };
 
 /// Arguments of `streamrec load`.
@@ -66,7 +70,9 @@ struct MergeArgs {
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// Server base URL, e.g. http://127.0.0.1:8000.
+    /// Server base URL: http://HOST:PORT (KServe v2 REST, e.g. http://127.0.0.1:8000) or
+    /// grpc://HOST:PORT (KServe v2 gRPC, e.g. the port of `streamrec serve --grpc-port`; the
+    /// readiness wait and the metadata use gRPC ModelReady and ModelMetadata).
     #[arg(long, value_name = "URL")]
     url: Option<String>,
     /// Model name.
@@ -107,9 +113,11 @@ struct RunArgs {
     /// Cap on the total number of requests over all shards.
     #[arg(long, value_name = "N")]
     requests: Option<u64>,
-    /// Most keep-alive connections of this worker.
-    #[arg(long, default_value_t = 64, value_name = "N")]
-    connections: usize,
+    /// Most keep-alive connections of this worker (default 64 for http://, where each
+    /// carries one request at a time; 4 for grpc://: HTTP/2 connections, calls dealt to them in
+    /// turn, each carrying many at once).
+    #[arg(long, value_name = "N")]
+    connections: Option<usize>,
     /// Connections opened before the start (default: min(8, --connections)).
     #[arg(long, value_name = "N")]
     warm_connections: Option<usize>,
@@ -118,9 +126,10 @@ struct RunArgs {
     /// plus this.
     #[arg(long, default_value = "10s", value_name = "D")]
     timeout: String,
-    /// Request body format: binary (Triton's binary tensor extension) or json.
-    #[arg(long, default_value = "binary")]
-    format: String,
+    /// Request body format of an http:// URL: binary (Triton's binary tensor extension, the
+    /// default) or json. A grpc:// URL always sends raw contents in a ModelInferRequest.
+    #[arg(long)]
+    format: Option<String>,
     /// Model spec (TOML) for the table sizes and pooling; checked against the server's
     /// metadata.
     #[arg(long, value_name = "FILE", conflicts_with = "rows")]
@@ -141,6 +150,11 @@ struct RunArgs {
     /// all, the most precise on a small machine).
     #[arg(long, default_value_t = 1, value_name = "N")]
     threads: usize,
+    /// Pin the generator's threads to these CPUs, e.g. 2-7 or 0,2,4-6 (each one this process
+    /// may run on); keep the server's cores out of it (e.g. `taskset -c 0-1 streamrec serve`).
+    /// Default: not pinned.
+    #[arg(long, value_name = "LIST")]
+    cpus: Option<String>,
     /// How long to wait for the model to be ready before starting.
     #[arg(long, default_value = "60s", value_name = "D")]
     ready_timeout: String,
@@ -212,12 +226,29 @@ fn load(mut a: RunArgs) -> Result<()> {
     let kind = ScheduleKind::parse(&a.schedule)?;
     let batch: BatchSizes = a.batch.parse()?;
     let skew: Skew = a.skew.parse()?;
-    let format: BodyFormat = a.format.parse()?;
     let target = Target {
         url,
         model,
         version: a.model_version.take(),
     };
+    let protocol = target.protocol()?;
+    let format = match (protocol, &a.format) {
+        (Protocol::Http, Some(f)) => f.parse()?,
+        (Protocol::Http, None) => BodyFormat::Binary,
+        (Protocol::Grpc, None) => BodyFormat::Grpc,
+        (Protocol::Grpc, Some(f)) => bail!(
+            "--format {f}: applies to http:// URLs; a grpc:// URL sends raw tensor contents in \
+             a ModelInferRequest"
+        ),
+    };
+    let connections = a
+        .connections
+        .unwrap_or_else(|| default_connections(protocol));
+    let cpus = a
+        .cpus
+        .as_deref()
+        .map(|c| CpuSet::parse("--cpus", c))
+        .transpose()?;
     let progress = std::io::stderr().is_terminal().then(|| {
         ProgressBar::new(0).with_style(
             ProgressStyle::with_template("{bar:40} {pos}/{len} requests {elapsed_precise} {msg}")
@@ -225,14 +256,15 @@ fn load(mut a: RunArgs) -> Result<()> {
         )
     });
     let run_cfg = RunConfig {
-        connections: a.connections,
-        warm_connections: a.warm_connections.unwrap_or(8).min(a.connections),
+        connections,
+        warm_connections: a.warm_connections.unwrap_or(8).min(connections),
         timeout,
         threads: a.threads,
         records: a.records,
         progress,
         start_at,
         max_send_lag,
+        cpus,
     };
     // Every flag is checked before the server is asked anything.
     target.check()?;
@@ -312,7 +344,7 @@ fn send(
     )?;
     eprintln!(
         "streamrec load: shard {}: {} at {:.1} req/s for {:.1} s: {} requests, batch {}, \
-         {} skew, {} bodies of {} bytes in all",
+         {} skew, {} bodies of {} bytes in all, {} connection(s), {}",
         sched.shard,
         sched.kind,
         sched.target_qps,
@@ -321,7 +353,12 @@ fn send(
         sched.batch_label,
         skew,
         format.name(),
-        bodies.bytes()
+        bodies.bytes(),
+        run_cfg.connections,
+        match &run_cfg.cpus {
+            Some(c) => format!("pinned to CPUs {c}"),
+            None => "not pinned".into(),
+        }
     );
     if let Some(t) = run_cfg.start_at {
         if t < SystemTime::now() {

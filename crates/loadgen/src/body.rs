@@ -2,7 +2,13 @@
 //! KServe v2 JSON, or Triton's binary tensor data extension (a JSON header of
 //! `Inference-Header-Content-Length` bytes, then each input's raw little-endian data in input
 //! order, `parameters.binary_data_size` bytes each, and scores asked back in binary), both
-//! encoded by [`streamrec_protocol`] from random data drawn here.
+//! encoded by [`streamrec_protocol`] from random data drawn here; or, for gRPC, a KServe v2
+//! `ModelInferRequest` with each input's little-endian data in `raw_input_contents`, in input
+//! order.
+//!
+//! A gRPC body is encoded without the model's name and version: a run adds them from its
+//! [`Target`](crate::Target) ([`grpc_message`]), as an HTTP run puts them in the request's
+//! path, so the bodies of one load can go to any model of the same inputs.
 //!
 //! For every distinct batch size of a schedule, `variants` bodies with different random data
 //! are made; request `i` of that size uses variant `i mod variants`.
@@ -14,6 +20,7 @@ use bytes::Bytes;
 use hyper::header::HeaderValue;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use streamrec_protocol::grpc::pb;
 use streamrec_protocol::{offsets_name, InferRequest, InferTensor};
 
 use crate::error::LoadError;
@@ -33,6 +40,9 @@ pub enum BodyFormat {
     Json,
     /// Triton's binary tensor data extension, scores back in binary.
     Binary,
+    /// A gRPC `ModelInferRequest` with raw contents (for a `grpc://` target; not a `--format`
+    /// value: the URL's scheme chooses it).
+    Grpc,
 }
 
 impl FromStr for BodyFormat {
@@ -49,11 +59,12 @@ impl FromStr for BodyFormat {
 }
 
 impl BodyFormat {
-    /// `json` or `binary`.
+    /// `json`, `binary` or `grpc`.
     pub fn name(&self) -> &'static str {
         match self {
             BodyFormat::Json => "json",
             BodyFormat::Binary => "binary",
+            BodyFormat::Grpc => "grpc",
         }
     }
 }
@@ -61,7 +72,8 @@ impl BodyFormat {
 /// One prepared request body.
 #[derive(Clone, Debug)]
 pub struct Body {
-    /// The bytes sent.
+    /// The bytes sent (gRPC: the encoded `ModelInferRequest` without the model's name and
+    /// version, unframed; see [`grpc_message`]).
     pub bytes: Bytes,
     /// The value of `Inference-Header-Content-Length` (binary format only).
     pub header_len: Option<HeaderValue>,
@@ -133,7 +145,7 @@ impl Bodies {
         }
         // Bound the memory before allocating anything (JSON takes at most ~4x the raw bytes).
         let per_byte = match cfg.format {
-            BodyFormat::Binary => 1,
+            BodyFormat::Binary | BodyFormat::Grpc => 1,
             BodyFormat::Json => 4,
         };
         let mut total: u64 = 0;
@@ -179,6 +191,29 @@ impl Bodies {
     pub fn pick(&self, batch: u32, i: usize) -> Option<&Body> {
         let v = self.by_size.get(&batch)?;
         v.get(i % v.len())
+    }
+
+    /// The same bodies, each turned into what goes on the wire by `f` (the run's gRPC
+    /// messages, made once before the start).
+    pub(crate) fn map_bytes(&self, f: impl Fn(&Bytes) -> Bytes) -> Bodies {
+        Bodies {
+            by_size: self
+                .by_size
+                .iter()
+                .map(|(&b, list)| {
+                    let list = list
+                        .iter()
+                        .map(|body| Body {
+                            bytes: f(&body.bytes),
+                            ..body.clone()
+                        })
+                        .collect();
+                    (b, list)
+                })
+                .collect(),
+            format: self.format,
+            skew: self.skew,
+        }
     }
 
     /// Total bytes of all bodies.
@@ -230,7 +265,63 @@ fn make(
                 batch,
             }
         }
+        BodyFormat::Grpc => Body {
+            bytes: Bytes::from(prost::Message::encode_to_vec(&grpc_request(&req))),
+            header_len: None,
+            batch,
+        },
     }
+}
+
+/// `req` as a `ModelInferRequest` without model name or version: every input's shape and
+/// datatype, and its values little-endian in `raw_input_contents` (FP32 as `f32`, INT64 as
+/// `i64`, INT32 as `i32`), in input order.
+fn grpc_request(req: &InferRequest) -> pb::ModelInferRequest {
+    let mut inputs = Vec::with_capacity(req.inputs.len());
+    let mut raw = Vec::with_capacity(req.inputs.len());
+    for t in &req.inputs {
+        let bytes: Vec<u8> = match (t.datatype.as_str(), t.data.as_i64()) {
+            ("INT64", Some(v)) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ("INT32", Some(v)) => v.iter().flat_map(|&x| (x as i32).to_le_bytes()).collect(),
+            _ => t
+                .data
+                .to_f32()
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect(),
+        };
+        inputs.push(pb::model_infer_request::InferInputTensor {
+            name: t.name.clone(),
+            datatype: t.datatype.clone(),
+            shape: t.shape.clone(),
+            ..Default::default()
+        });
+        raw.push(bytes);
+    }
+    pb::ModelInferRequest {
+        id: req.id.clone().unwrap_or_default(),
+        inputs,
+        raw_input_contents: raw,
+        ..Default::default()
+    }
+}
+
+/// The framed gRPC message of a gRPC body for `model` (and `version`): the 5-byte prefix, the
+/// encoded name and version, then the body. Protocol buffers merge concatenated encodings, so
+/// this is the `ModelInferRequest` of the body with its name and version set.
+pub fn grpc_message(model: &str, version: Option<&str>, body: &[u8]) -> Bytes {
+    let head = pb::ModelInferRequest {
+        model_name: model.to_string(),
+        model_version: version.unwrap_or_default().to_string(),
+        ..Default::default()
+    };
+    let len = prost::Message::encoded_len(&head) + body.len();
+    let mut b = bytes::BytesMut::with_capacity(5 + len);
+    b.extend_from_slice(&[0]);
+    b.extend_from_slice(&(len as u32).to_be_bytes());
+    prost::Message::encode(&head, &mut b).expect("the buffer has the message's length");
+    b.extend_from_slice(body);
+    b.freeze()
 }
 
 #[cfg(test)]
@@ -277,18 +368,17 @@ mod tests {
             .all(|x| (0..5).contains(&x.as_i64().unwrap())));
     }
 
+    /// The JSON header's length of a binary body.
+    fn head_len(body: &Body) -> usize {
+        let h = body.header_len.as_ref().unwrap();
+        h.to_str().unwrap().parse().unwrap()
+    }
+
     #[test]
     fn binary_body_frames() {
         let b = Bodies::prepare(&tiny(), &[2], &BodyConfig::default()).unwrap();
         let body = b.pick(2, 0).unwrap();
-        let n: usize = body
-            .header_len
-            .as_ref()
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let n = head_len(body);
         let head: serde_json::Value = serde_json::from_slice(&body.bytes[..n]).unwrap();
         let sizes: u64 = head["inputs"]
             .as_array()
@@ -298,6 +388,45 @@ mod tests {
             .sum();
         assert_eq!(sizes as usize, body.bytes.len() - n);
         assert_eq!(tiny().raw_bytes(2).unwrap(), (body.bytes.len() - n) as u64);
+    }
+
+    #[test]
+    fn grpc_body_is_a_model_infer_request_with_raw_contents() {
+        let cfg = BodyConfig {
+            format: BodyFormat::Grpc,
+            ..BodyConfig::default()
+        };
+        let b = Bodies::prepare(&tiny(), &[2], &cfg).unwrap();
+        let body = b.pick(2, 1).unwrap();
+        let framed = grpc_message("tiny", Some("3"), &body.bytes);
+        assert_eq!(framed[0], 0);
+        let len = u32::from_be_bytes([framed[1], framed[2], framed[3], framed[4]]) as usize;
+        assert_eq!(len, framed.len() - 5);
+        let req: pb::ModelInferRequest = prost::Message::decode(&framed[5..]).unwrap();
+        assert_eq!(
+            (req.model_name.as_str(), req.model_version.as_str()),
+            ("tiny", "3")
+        );
+        let names: Vec<&str> = req.inputs.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["dense", "C1", "C1_offsets", "C2", "C2_offsets"]);
+        assert_eq!(req.inputs[0].shape, [2, 3]);
+        assert_eq!(req.inputs[1].shape, [4]);
+        assert_eq!(req.raw_input_contents.len(), 5);
+        assert_eq!(req.raw_input_contents[0].len(), 2 * 3 * 4);
+        let le = |b: &[u8]| -> Vec<i64> {
+            b.chunks(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        };
+        assert_eq!(le(&req.raw_input_contents[2]), [0, 2]);
+        assert!(le(&req.raw_input_contents[3])
+            .iter()
+            .all(|x| (0..5).contains(x)));
+        // The same tensors as the binary body of the same seed, byte for byte.
+        let bin = Bodies::prepare(&tiny(), &[2], &BodyConfig::default()).unwrap();
+        let bin = bin.pick(2, 1).unwrap();
+        let n = head_len(bin);
+        assert_eq!(req.raw_input_contents.concat(), &bin.bytes[n..]);
     }
 
     #[test]

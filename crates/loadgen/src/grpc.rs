@@ -45,6 +45,32 @@ pub fn code_name(code: u32) -> String {
         .map_or_else(|| format!("CODE_{code}"), |n| n.to_string())
 }
 
+/// A `grpc-message` percent-decoded (the protocol percent-encodes it); a malformed escape is
+/// kept as written.
+pub fn percent_decode(m: &str) -> String {
+    let b = m.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).and_then(|&c| hex(c)),
+            b.get(i + 2).and_then(|&c| hex(c)),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The HTTP status a gRPC status code corresponds to (google.rpc.Code's table; also what
 /// `streamrec serve` answers over HTTP for the failure it answers over gRPC with that code:
 /// `INVALID_ARGUMENT` 400, `NOT_FOUND` 404, `UNAVAILABLE` 503, overload included). Unknown codes
@@ -251,5 +277,25 @@ mod tests {
         );
         let e = unframe(Bytes::from_static(&[0, 0])).unwrap_err();
         assert!(e.to_string().contains("less than a message prefix"), "{e}");
+    }
+
+    #[test]
+    fn statuses_have_names_and_http_equivalents() {
+        assert_eq!(
+            percent_decode("unknown%20model%20%60x%60 100%"),
+            "unknown model `x` 100%"
+        );
+        assert_eq!(code_name(14), "UNAVAILABLE");
+        assert_eq!(code_name(99), "CODE_99");
+        for (code, http) in [
+            (0, 200),
+            (3, 400),
+            (5, 404),
+            (14, 503),
+            (13, 500),
+            (42, 500),
+        ] {
+            assert_eq!(http_status(code), http, "{}", code_name(code));
+        }
     }
 }

@@ -1,7 +1,9 @@
 //! StreamRec load generator: open-loop request replay with latency histograms.
 //!
-//! It speaks HTTP only (KServe v2 REST, JSON or Triton's binary extension) and links none of
-//! the engine crates (the spec parser of streamrec-graph and the wire format of
+//! It speaks HTTP (KServe v2 REST, JSON or Triton's binary extension) and gRPC (KServe v2
+//! `inference.GRPCInferenceService/ModelInfer` with raw tensor contents, a lean unary call over
+//! a few HTTP/2 connections, [`grpc`]), chosen by the target URL's scheme (`http://` or
+//! `grpc://`, [`Protocol`]), and links none of the engine crates (the spec parser of streamrec-graph and the wire format of
 //! streamrec-protocol only). A run is: a [`Schedule`] of intended send times ([`schedule::build`]:
 //! constant, Poisson or a rescaled trace, split into shards), batch sizes set on it
 //! ([`BatchSizes::apply`]), request bodies prepared up front ([`Bodies`], from the model's
@@ -9,7 +11,9 @@
 //! times, into HdrHistograms and a JSON [`Summary`] ([`RunResult`]); shards [`merge()`] exactly
 //! (after checking that they are shards of one load). The run watches its own send lag: more
 //! than 1% of requests later than [`RunConfig::max_send_lag`] and the summary says the
-//! generator saturated (the run is invalid). [`out::prepare`] makes an output folder ready
+//! generator saturated (the run is invalid). [`RunConfig::cpus`] pins the run's threads to a
+//! [`CpuSet`] (so that a server pinned elsewhere never shares a core with the generator).
+//! [`out::prepare`] makes an output folder ready
 //! without deleting anything the tool did not write.
 //!
 //! A Poisson schedule split into two shards, and an exact merge of the shards' histograms
@@ -72,6 +76,7 @@
 #![warn(missing_docs)]
 
 pub mod body;
+pub mod cpus;
 pub mod error;
 pub mod grpc;
 pub mod merge;
@@ -85,14 +90,18 @@ pub mod skew;
 mod timer;
 pub mod trace;
 
-pub use body::{Bodies, Body, BodyConfig, BodyFormat};
+pub use body::{grpc_message, Bodies, Body, BodyConfig, BodyFormat};
+pub use cpus::CpuSet;
 pub use error::LoadError;
 pub use merge::{merge, merge_dirs, MergeOptions};
 pub use model::{FeatureInput, ModelInputs};
 pub use results::{
     describe, partial_note, saturation_note, Outcome, Percentiles, Record, RunResult, Summary,
 };
-pub use run::{fetch_metadata, http_get, run, wait_ready, wait_ready_noting, RunConfig, Target};
+pub use run::{
+    default_connections, fetch_metadata, http_get, run, wait_ready, wait_ready_noting, Protocol,
+    RunConfig, Target,
+};
 pub use schedule::{parse_duration, Arrival, Schedule, ScheduleConfig, ScheduleKind, Shard};
 pub use sizes::BatchSizes;
 pub use skew::{Skew, PRODUCTION_ZIPF};
@@ -110,7 +119,7 @@ pub struct LoadSpec {
     /// Body format, skew and variants; its seed is replaced by one derived from the
     /// schedule's seed and shard.
     pub bodies: BodyConfig,
-    /// Connections, timeout, threads, records, progress.
+    /// Connections, timeout, threads, CPUs, records, progress.
     pub run: RunConfig,
 }
 

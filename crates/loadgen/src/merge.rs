@@ -3,7 +3,7 @@
 //! Histograms are added bucket by bucket, which is exact: the merged histogram equals the
 //! histogram of all the shards' samples. Before that, each part must be consistent on its own
 //! ([`check`]: shards `i/n` with `i < n`, `ok + failed + not_sent == requests`, histogram counts
-//! equal to the summary's, ...), and all parts must be shards of one load: the same URL, model,
+//! equal to the summary's, ...), and all parts must be shards of one load: the same protocol, URL, model,
 //! schedule, batch sizes, skew, body format, seed, per-shard rate, duration, send-lag bound and
 //! shard count, each shard index once. Counts are summed with checked arithmetic. Shards missing
 //! from the split are an error naming them, unless [`MergeOptions::partial`] allows them; the
@@ -123,13 +123,29 @@ pub fn check(what: &str, p: &RunResult) -> Result<u32, LoadError> {
     for (kind, &n) in &s.errors {
         let known = match kind.strip_prefix("status_") {
             Some(code) => s.status.get(code) == Some(&n),
-            None => ["timeout", "connect", "io"].contains(&kind.as_str()),
+            None => ["timeout", "connect", "io", "malformed"].contains(&kind.as_str()),
         };
         if !known {
             return Err(bad(format!(
                 "error `{kind}` ({n}) is not a known kind or has no matching status"
             )));
         }
+    }
+    // gRPC answers by name: every ok is an `OK` (an HTTP run has none).
+    let grpc_ok = s.grpc_status.get("OK").copied().unwrap_or(0);
+    let grpc_all = sum(what, "grpc_status", s.grpc_status.values())?;
+    let answers = sum(what, "status", s.status.values())?;
+    match s.protocol.as_str() {
+        "http" if s.grpc_status.is_empty() => {}
+        "http" => return Err(bad("an http run with gRPC statuses (grpc_status)".into())),
+        "grpc" if grpc_ok == s.ok && grpc_all <= answers => {}
+        "grpc" => {
+            return Err(bad(format!(
+                "grpc_status holds {grpc_ok} OK of {grpc_all} answers, but ok is {} of {answers}",
+                s.ok
+            )))
+        }
+        p => return Err(bad(format!("protocol `{p}` is neither http nor grpc"))),
     }
     let ok2 = sum(what, "status", &ok_status)?;
     if ok2 != s.ok {
@@ -179,8 +195,9 @@ pub fn check(what: &str, p: &RunResult) -> Result<u32, LoadError> {
 }
 
 /// The fields every shard of one load shares, as (name, value) to compare and print.
-fn identity(s: &Summary) -> [(&'static str, String); 10] {
+fn identity(s: &Summary) -> [(&'static str, String); 11] {
     [
+        ("protocol", s.protocol.clone()),
         ("url", s.url.clone()),
         ("model", s.model.clone()),
         ("schedule", s.schedule.clone()),
@@ -271,6 +288,7 @@ pub fn merge(parts: &[RunResult], opts: &MergeOptions) -> Result<RunResult, Load
     s.late = sums("late", |s| s.late)?;
     s.status = sum_maps("status", parts.iter().map(|p| &p.summary.status))?;
     s.errors = sum_maps("errors", parts.iter().map(|p| &p.summary.errors))?;
+    s.grpc_status = sum_maps("grpc_status", parts.iter().map(|p| &p.summary.grpc_status))?;
     let floats = |f: fn(&Summary) -> f64| parts.iter().map(move |p| f(&p.summary));
     s.target_qps = floats(|s| s.target_qps).sum();
     s.offered_qps = floats(|s| s.offered_qps).sum();

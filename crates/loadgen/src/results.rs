@@ -22,8 +22,11 @@ use crate::error::LoadError;
 /// Highest value the histograms hold: one hour, in microseconds.
 pub const HIST_MAX_US: u64 = 3_600_000_000;
 /// Version of the summary format (2: the generator's own check, `not_sent`, `late`,
-/// `saturated`, `missing_shards`).
-pub const SUMMARY_VERSION: u32 = 2;
+/// `saturated`, `missing_shards`; 3: `protocol` and `grpc_status`). Version 2 summaries are
+/// read as HTTP runs.
+pub const SUMMARY_VERSION: u32 = 3;
+/// The oldest summary version read.
+pub const OLDEST_SUMMARY_VERSION: u32 = 2;
 /// Largest `summary.json` read.
 pub const MAX_SUMMARY_BYTES: u64 = 1 << 20;
 /// The files a result folder may hold, all written by [`RunResult::write`].
@@ -95,6 +98,9 @@ impl Percentiles {
 pub struct Summary {
     /// Format version.
     pub version: u32,
+    /// `http` (KServe v2 REST) or `grpc` (KServe v2 gRPC), from the URL's scheme.
+    #[serde(default = "http")]
+    pub protocol: String,
     /// Server URL.
     pub url: String,
     /// Model name.
@@ -105,7 +111,7 @@ pub struct Summary {
     pub batch: String,
     /// Index skew.
     pub skew: String,
-    /// Body format: json or binary.
+    /// Body format: json, binary, or grpc (raw contents in a `ModelInferRequest`).
     pub format: String,
     /// Seed.
     pub seed: u64,
@@ -134,10 +140,17 @@ pub struct Summary {
     pub latency_us: Percentiles,
     /// Send lag of the generator (intended time to the start of the request), microseconds.
     pub send_lag_us: Percentiles,
-    /// Responses by HTTP status.
+    /// Responses by HTTP status; a gRPC answer counts under the HTTP status its gRPC status
+    /// corresponds to ([`crate::grpc::http_status`]: OK 200, INVALID_ARGUMENT 400, NOT_FOUND
+    /// 404, UNAVAILABLE 503, ...).
     pub status: BTreeMap<String, u64>,
-    /// Failures by kind: `timeout`, `connect`, `io`, and `status_<code>` for each non-2xx
-    /// status.
+    /// gRPC answers by gRPC status name (`OK`, `UNAVAILABLE`, ...); empty for HTTP.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub grpc_status: BTreeMap<String, u64>,
+    /// Failures by kind: `timeout`, `connect`, `io`, `malformed` (a gRPC `OK` answer without
+    /// one finite score per sample, or not a gRPC answer), and `status_<code>` for each non-2xx
+    /// status (a gRPC status other than `OK` by its HTTP equivalent: `status_503` is
+    /// `UNAVAILABLE`, the server's overload).
     pub errors: BTreeMap<String, u64>,
     /// Requests that found every connection busy and waited for one.
     pub connection_waits: u64,
@@ -157,6 +170,10 @@ pub struct Summary {
     /// Shards of the split missing from a partial merge (`i/n` each); empty otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing_shards: Vec<String>,
+}
+
+fn http() -> String {
+    "http".into()
 }
 
 impl Summary {
@@ -181,8 +198,14 @@ impl Summary {
 /// How one request ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Outcome {
-    /// The server answered with this status.
+    /// The server answered with this HTTP status.
     Status(u16),
+    /// The server answered a gRPC call with this gRPC status (0: `OK`, with a score per
+    /// sample).
+    Grpc(u32),
+    /// A gRPC answer that is not one: no status, a malformed message, or `OK` without one
+    /// finite score per sample.
+    Malformed,
     /// No answer within the timeout (counted from the intended send time).
     Timeout,
     /// Could not connect.
@@ -200,6 +223,9 @@ impl Outcome {
         match self {
             Outcome::Status(s) if (200..300).contains(s) => None,
             Outcome::Status(s) => Some(format!("status_{s}")),
+            Outcome::Grpc(0) => None,
+            Outcome::Grpc(c) => Some(format!("status_{}", crate::grpc::http_status(*c))),
+            Outcome::Malformed => Some("malformed".into()),
             Outcome::Timeout => Some("timeout".into()),
             Outcome::Connect => Some("connect".into()),
             Outcome::Io => Some("io".into()),
@@ -333,6 +359,7 @@ impl RunResult {
             for r in &self.records {
                 let o = match r.outcome {
                     Outcome::Status(s) => s.to_string(),
+                    Outcome::Grpc(c) => crate::grpc::code_name(c),
                     other => other.error_kind().unwrap_or_default(),
                 };
                 let _ = writeln!(
@@ -357,12 +384,12 @@ impl RunResult {
         }
         let v: Version =
             serde_json::from_slice(&text).map_err(|e| LoadError::format(&p, e.to_string()))?;
-        if v.version != SUMMARY_VERSION {
+        if !(OLDEST_SUMMARY_VERSION..=SUMMARY_VERSION).contains(&v.version) {
             return Err(LoadError::format(
                 &p,
                 format!(
-                    "summary version {} is not {SUMMARY_VERSION} (written by another version of \
-                     streamrec load)",
+                    "summary version {} is not {OLDEST_SUMMARY_VERSION} to {SUMMARY_VERSION} \
+                     (written by another version of streamrec load)",
                     v.version
                 ),
             ));

@@ -1,7 +1,9 @@
 //! The open-loop sender: each request leaves at its intended time whether or not earlier ones
 //! have returned, over a pool of keep-alive HTTP/1.1 connections (tokio + hyper's client
-//! connections), and its latency runs from the intended time, so a slow server cannot hide its
-//! queueing (no coordinated omission).
+//! connections), or for a `grpc://` target as a unary `ModelInfer` call over a few HTTP/2
+//! connections ([`crate::grpc`]; calls are dealt to them in turn, each carrying many at once),
+//! and its latency runs from the intended time, so a slow server cannot hide its queueing (no
+//! coordinated omission).
 //!
 //! A pacer task waits for each intended time on a timerfd (microsecond precision on the
 //! runtime's own event loop; tokio's timers tick in milliseconds) and starts the request, on
@@ -11,7 +13,14 @@
 //!
 //! Every request ends in exactly one outcome: a status (2xx is success, every other status is
 //! counted by code), a timeout (counted from the intended time), a connection failure or an I/O
-//! error, or "not sent"; nothing is dropped.
+//! error, or "not sent"; nothing is dropped. A gRPC call ends in a gRPC status, counted under
+//! the HTTP status it corresponds to ([`crate::grpc::http_status`]: `UNAVAILABLE`, the server's
+//! overload, is `status_503` as over HTTP) and by name in [`Summary::grpc_status`]; an `OK`
+//! answer must hold one finite score per sample, else it is `malformed`.
+//!
+//! With [`RunConfig::cpus`] every thread of the run is pinned to those CPUs: the calling thread
+//! while the run lasts (it gets its own mask back after), and the runtime's threads, started
+//! by it once pinned, inherit its mask.
 //!
 //! The send lag (intended time to the start of the request on the runtime) measures the
 //! generator itself. A request started more than [`RunConfig::max_send_lag`] late is late; a
@@ -38,8 +47,10 @@ use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, Semaphore};
 
-use crate::body::{Bodies, Body};
+use crate::body::{grpc_message, Bodies, Body, BodyFormat};
+use crate::cpus::CpuSet;
 use crate::error::LoadError;
+use crate::grpc::{GrpcConn, GrpcError};
 use crate::results::{
     histogram, saturated, Outcome, Percentiles, Record, RunResult, Summary, SUMMARY_VERSION,
 };
@@ -59,10 +70,38 @@ pub const MAX_START_DELAY: Duration = Duration::from_secs(3600);
 /// The default send-lag bound (`--max-send-lag`).
 pub const DEFAULT_MAX_SEND_LAG: Duration = Duration::from_millis(10);
 
+/// The protocol of a run, chosen by the target URL's scheme.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// `http://`: KServe v2 REST (JSON or Triton's binary extension), HTTP/1.1.
+    Http,
+    /// `grpc://`: KServe v2 gRPC (`inference.GRPCInferenceService/ModelInfer`), HTTP/2.
+    Grpc,
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Http => "http",
+            Protocol::Grpc => "grpc",
+        })
+    }
+}
+
+/// The default number of connections (`--connections`) for each protocol: HTTP/1.1 carries
+/// one request at a time per connection, HTTP/2 many.
+pub fn default_connections(p: Protocol) -> usize {
+    match p {
+        Protocol::Http => 64,
+        Protocol::Grpc => 4,
+    }
+}
+
 /// The server and model a run targets.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
-    /// Base URL, `http://host:port` (an optional path prefix is kept).
+    /// Base URL: `http://host:port` (an optional path prefix is kept), or `grpc://host:port`
+    /// for KServe v2 gRPC.
     pub url: String,
     /// Model name.
     pub model: String,
@@ -73,6 +112,7 @@ pub struct Target {
 /// Where requests go, resolved from a [`Target`].
 #[derive(Clone, Debug)]
 struct Endpoint {
+    protocol: Protocol,
     authority: String,
     host: HeaderValue,
     base: String,
@@ -93,19 +133,33 @@ impl Target {
         self.endpoint().map(|_| ())
     }
 
+    /// The protocol the URL's scheme names (checked as [`Target::check`] does).
+    pub fn protocol(&self) -> Result<Protocol, LoadError> {
+        self.endpoint().map(|e| e.protocol)
+    }
+
     fn endpoint(&self) -> Result<Endpoint, LoadError> {
         let bad = |why: &str| LoadError::invalid(format!("--url `{}`: {why}", self.url));
         let uri: Uri = self.url.parse().map_err(|_| bad("not a URL"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some(s) => return Err(bad(&format!("scheme `{s}` is not supported (use http://)"))),
-            None => return Err(bad("expected http://host:port")),
-        }
-        let a = uri.authority().ok_or_else(|| bad("no host"))?;
-        let authority = match a.port_u16() {
-            Some(_) => a.as_str().to_string(),
-            None => format!("{}:80", a.host()),
+        let protocol = match uri.scheme_str() {
+            Some("http") => Protocol::Http,
+            Some("grpc") => Protocol::Grpc,
+            Some(s) => {
+                return Err(bad(&format!(
+                    "scheme `{s}` is not supported (use http:// or grpc://)"
+                )))
+            }
+            None => return Err(bad("expected http://host:port or grpc://host:port")),
         };
+        let a = uri.authority().ok_or_else(|| bad("no host"))?;
+        let authority = match (a.port_u16(), protocol) {
+            (Some(_), _) => a.as_str().to_string(),
+            (None, Protocol::Http) => format!("{}:80", a.host()),
+            (None, Protocol::Grpc) => return Err(bad("expected grpc://host:port (no port)")),
+        };
+        if protocol == Protocol::Grpc && !matches!(uri.path(), "" | "/") {
+            return Err(bad("a grpc:// URL has no path (expected grpc://host:port)"));
+        }
         let ok = |s: &str| {
             !s.is_empty()
                 && s.len() <= 256
@@ -126,6 +180,7 @@ impl Target {
             }
         }
         Ok(Endpoint {
+            protocol,
             host: HeaderValue::from_str(a.as_str()).map_err(|_| bad("bad host"))?,
             authority,
             base: uri.path().trim_end_matches('/').to_string(),
@@ -144,7 +199,9 @@ impl Target {
 /// How a run sends.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
-    /// Most keep-alive connections open at once.
+    /// Most keep-alive connections open at once (HTTP/1.1: one request each at a time); for
+    /// gRPC the HTTP/2 connections the calls are dealt to in turn, each carrying any number at
+    /// once ([`default_connections`]).
     pub connections: usize,
     /// Connections opened before the start (at most `connections`).
     pub warm_connections: usize,
@@ -164,6 +221,9 @@ pub struct RunConfig {
     /// A request started more than this after its intended time is late; more than 1% late
     /// and the run is invalid (the generator saturated).
     pub max_send_lag: Duration,
+    /// Pin the run's threads (the calling thread while the run lasts, and the runtime's) to
+    /// these CPUs; None: leave them where the system puts them.
+    pub cpus: Option<CpuSet>,
 }
 
 impl Default for RunConfig {
@@ -177,6 +237,7 @@ impl Default for RunConfig {
             progress: None,
             start_at: None,
             max_send_lag: DEFAULT_MAX_SEND_LAG,
+            cpus: None,
         }
     }
 }
@@ -208,6 +269,15 @@ impl RunConfig {
                 "--threads: must be in 1..={MAX_THREADS}, not {}",
                 self.threads
             )));
+        }
+        if let Some(cpus) = &self.cpus {
+            let allowed = CpuSet::available()?;
+            if let Some(c) = cpus.cpus().iter().find(|c| !allowed.contains(**c)) {
+                return Err(LoadError::invalid(format!(
+                    "--cpus {cpus}: CPU {c} is not one this process may run on (available: \
+                     {allowed})"
+                )));
+            }
         }
         Ok(())
     }
@@ -249,8 +319,17 @@ impl Collector {
     }
 }
 
+/// The HTTP/2 connections of a gRPC run: call `i` goes to slot `i mod n`; a slot whose
+/// connection closed is connected again by the next call that finds it so.
+struct GrpcPool {
+    slots: Vec<Mutex<Option<GrpcConn>>>,
+    next: AtomicUsize,
+}
+
 struct Shared {
     addr: std::net::SocketAddr,
+    /// Some for a gRPC run.
+    grpc: Option<GrpcPool>,
     host: HeaderValue,
     uri: Uri,
     content_type: HeaderValue,
@@ -362,8 +441,54 @@ async fn connect(addr: std::net::SocketAddr) -> Result<Sender, Outcome> {
     Ok(tx)
 }
 
+/// One `ModelInfer` call with a framed message; its gRPC status, or how it failed.
+async fn grpc_exchange(sh: &Shared, pool: &GrpcPool, body: &Body) -> Outcome {
+    let k = pool.next.fetch_add(1, Ordering::Relaxed) % pool.slots.len();
+    let open = pool.slots[k]
+        .lock()
+        .expect("pool lock")
+        .as_ref()
+        .filter(|c| !c.is_closed())
+        .cloned();
+    let mut conn = match open {
+        Some(c) => c,
+        None => match GrpcConn::connect(sh.addr).await {
+            Ok(c) => {
+                *pool.slots[k].lock().expect("pool lock") = Some(c.clone());
+                c
+            }
+            Err(_) => return Outcome::Connect,
+        },
+    };
+    match conn.model_infer(body.bytes.clone()).await {
+        Ok(resp) => {
+            // One finite little-endian f32 score per sample.
+            let scores = resp.raw_output_contents.first().map(Vec::as_slice);
+            let good = scores.is_some_and(|s| {
+                s.len() == 4 * body.batch as usize
+                    && s.chunks_exact(4)
+                        .all(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite())
+            });
+            if good {
+                Outcome::Grpc(0)
+            } else {
+                Outcome::Malformed
+            }
+        }
+        Err(GrpcError::Status { code, .. }) => Outcome::Grpc(code),
+        // A gRPC answer has HTTP status 200: another 2xx is not one.
+        Err(GrpcError::Http(s)) if (200..300).contains(&s) => Outcome::Malformed,
+        Err(GrpcError::Http(s)) => Outcome::Status(s),
+        Err(GrpcError::Malformed(_)) => Outcome::Malformed,
+        Err(GrpcError::Transport(_)) => Outcome::Io,
+    }
+}
+
 /// Sends one request and reads the whole response; returns its status.
 async fn exchange(sh: &Shared, body: &Body) -> Outcome {
+    if let Some(pool) = &sh.grpc {
+        return grpc_exchange(sh, pool, body).await;
+    }
     let permit = match sh.permits.clone().try_acquire_owned() {
         Ok(p) => p,
         Err(_) => {
@@ -499,6 +624,24 @@ async fn resolve(authority: &str) -> Result<std::net::SocketAddr, LoadError> {
         .ok_or_else(|| LoadError::Http(format!("`{authority}` resolves to no address")))
 }
 
+/// The calling thread pinned to a CPU set until dropped, when it gets its former mask back.
+struct Pinned(CpuSet);
+
+impl Pinned {
+    fn to(cpus: &CpuSet) -> Result<Pinned, LoadError> {
+        let before = CpuSet::available()?;
+        cpus.pin_current_thread()
+            .map_err(|e| LoadError::invalid(format!("--cpus {cpus}: pinning a thread: {e}")))?;
+        Ok(Pinned(before))
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        let _ = self.0.pin_current_thread();
+    }
+}
+
 /// Sends `schedule` to `target` with `bodies` and returns the results. Blocks the calling
 /// thread (it paces the requests) until every request has ended.
 pub fn run(
@@ -509,6 +652,18 @@ pub fn run(
 ) -> Result<RunResult, LoadError> {
     cfg.check()?;
     let ep = target.endpoint()?;
+    match (ep.protocol, bodies.format) {
+        (Protocol::Grpc, BodyFormat::Grpc) => {}
+        (Protocol::Http, BodyFormat::Json | BodyFormat::Binary) => {}
+        (p, f) => {
+            return Err(LoadError::invalid(format!(
+                "--url `{}`: {p} cannot send {} bodies (a grpc:// URL takes BodyFormat::Grpc, \
+                 an http:// URL json or binary)",
+                target.url,
+                f.name()
+            )))
+        }
+    }
     for a in &schedule.arrivals {
         if bodies.pick(a.batch, 0).is_none() {
             return Err(LoadError::invalid(format!(
@@ -520,19 +675,28 @@ pub fn run(
     if schedule.arrivals.len() > u32::MAX as usize {
         return Err(LoadError::invalid("too many requests in one schedule"));
     }
+    // Pinned before the runtime starts its threads, which inherit the mask (and so do the
+    // threads they start).
+    let _pinned = cfg.cpus.as_ref().map(Pinned::to).transpose()?;
     let rt = runtime(cfg.threads)?;
     let addr = rt.block_on(resolve(&ep.authority))?;
     let path = format!("{}/infer", target.model_path(&ep.base));
     let n = schedule.arrivals.len();
+    let grpc = (ep.protocol == Protocol::Grpc).then(|| GrpcPool {
+        slots: (0..cfg.connections).map(|_| Mutex::new(None)).collect(),
+        next: AtomicUsize::new(0),
+    });
     let sh = Arc::new(Shared {
         addr,
+        grpc,
         host: ep.host.clone(),
         uri: path
             .parse()
             .map_err(|_| LoadError::invalid(format!("bad request path `{path}`")))?,
         content_type: HeaderValue::from_static(match bodies.format {
-            crate::body::BodyFormat::Json => "application/json",
-            crate::body::BodyFormat::Binary => "application/octet-stream",
+            BodyFormat::Json => "application/json",
+            BodyFormat::Binary => "application/octet-stream",
+            BodyFormat::Grpc => "application/grpc",
         }),
         timeout: cfg.timeout,
         max_send_lag: cfg.max_send_lag,
@@ -548,11 +712,18 @@ pub fn run(
     // Open the warm connections now, so the first requests do not pay for them.
     let warm = cfg.warm_connections.min(cfg.connections);
     rt.block_on(async {
-        for _ in 0..warm {
-            let tx = connect(addr).await.map_err(|_| {
-                LoadError::Http(format!("cannot connect to {} ({addr})", target.url))
-            })?;
-            sh.idle.lock().expect("pool lock").push(tx);
+        let refused = || LoadError::Http(format!("cannot connect to {} ({addr})", target.url));
+        for k in 0..warm {
+            match &sh.grpc {
+                Some(pool) => {
+                    let c = GrpcConn::connect(addr).await.map_err(|_| refused())?;
+                    *pool.slots[k].lock().expect("pool lock") = Some(c);
+                }
+                None => {
+                    let tx = connect(addr).await.map_err(|_| refused())?;
+                    sh.idle.lock().expect("pool lock").push(tx);
+                }
+            }
         }
         Ok::<(), LoadError>(())
     })?;
@@ -578,7 +749,13 @@ pub fn run(
     // microseconds, on the runtime's own event loop, so no other thread has to be woken) and
     // starts the request; requests already due go out back to back.
     let arrivals: Arc<[crate::schedule::Arrival]> = schedule.arrivals.clone().into();
-    let all_bodies = Arc::new(bodies.clone());
+    // A gRPC body gets the model's name and version here, as an HTTP request gets its path.
+    let all_bodies = Arc::new(match ep.protocol {
+        Protocol::Http => bodies.clone(),
+        Protocol::Grpc => {
+            bodies.map_bytes(|b| grpc_message(&target.model, target.version.as_deref(), b))
+        }
+    });
     let progress = cfg.progress.clone();
     // Every request's deadline is at most its intended time (before the end of the schedule)
     // plus the timeout: at this moment the run stops, whatever is left.
@@ -648,9 +825,19 @@ pub fn run(
     let window = duration.max(elapsed);
     let mut status = BTreeMap::new();
     let mut errors = BTreeMap::new();
+    let mut grpc_status = BTreeMap::new();
     for (o, k) in &c.outcomes {
-        if let Outcome::Status(s) = o {
-            *status.entry(s.to_string()).or_default() += k;
+        match o {
+            Outcome::Status(s) => *status.entry(s.to_string()).or_default() += k,
+            Outcome::Grpc(code) => {
+                *status
+                    .entry(crate::grpc::http_status(*code).to_string())
+                    .or_default() += k;
+                *grpc_status
+                    .entry(crate::grpc::code_name(*code))
+                    .or_default() += k;
+            }
+            _ => {}
         }
         if let Some(e) = o.error_kind() {
             *errors.entry(e).or_default() += k;
@@ -660,6 +847,7 @@ pub fn run(
     let late = c.late + not_sent;
     let summary = Summary {
         version: SUMMARY_VERSION,
+        protocol: ep.protocol.to_string(),
         url: target.url.clone(),
         model: target.model.clone(),
         schedule: schedule.kind.to_string(),
@@ -680,6 +868,7 @@ pub fn run(
         latency_us: Percentiles::of(&c.latency),
         send_lag_us: Percentiles::of(&c.lag),
         status,
+        grpc_status,
         errors,
         connection_waits: sh.waits.load(Ordering::Relaxed),
         connections: cfg.connections,
@@ -778,8 +967,75 @@ pub fn http_get(url: &str, path: &str, timeout: Duration) -> Result<(u16, Bytes)
     })
 }
 
-/// The model's metadata (`GET /v2/models/{m}[/versions/{v}]`).
+/// One gRPC call of `target`'s service on a fresh connection, answered within `timeout`.
+fn grpc_call<Resp: prost::Message + Default>(
+    target: &Target,
+    method: &str,
+    req: &impl prost::Message,
+    timeout: Duration,
+) -> Result<Resp, LoadError> {
+    let ep = target.endpoint()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| LoadError::Http(format!("starting the async runtime: {e}")))?;
+    let path = format!("/inference.GRPCInferenceService/{method}");
+    let what = format!("{} {method}", target.url);
+    rt.block_on(async {
+        let addr = resolve(&ep.authority).await?;
+        let call = async {
+            let mut c = GrpcConn::connect(addr).await?;
+            c.call::<Resp>(&path, req).await
+        };
+        tokio::time::timeout(timeout, call)
+            .await
+            .map_err(|_| LoadError::Http(format!("{what}: no answer in {timeout:?}")))?
+            .map_err(|e| {
+                LoadError::Http(match e {
+                    GrpcError::Status { code, message } => format!(
+                        "{what}: gRPC status {code} {}: {}",
+                        crate::grpc::code_name(code),
+                        crate::grpc::percent_decode(&message)
+                    ),
+                    e => format!("{what}: {e}"),
+                })
+            })
+    })
+}
+
+/// The model's metadata as the REST endpoint gives it (name, versions, platform, inputs and
+/// outputs with name, datatype and shape), from gRPC `ModelMetadata`.
+fn grpc_metadata(target: &Target) -> Result<Value, LoadError> {
+    use streamrec_protocol::grpc::pb;
+    let m: pb::ModelMetadataResponse = grpc_call(
+        target,
+        "ModelMetadata",
+        &pb::ModelMetadataRequest {
+            name: target.model.clone(),
+            version: target.version.clone().unwrap_or_default(),
+        },
+        Duration::from_secs(10),
+    )?;
+    let tensors = |ts: &[pb::model_metadata_response::TensorMetadata]| -> Value {
+        ts.iter()
+            .map(|t| serde_json::json!({"name": t.name, "datatype": t.datatype, "shape": t.shape}))
+            .collect()
+    };
+    Ok(serde_json::json!({
+        "name": m.name,
+        "versions": m.versions,
+        "platform": m.platform,
+        "inputs": tensors(&m.inputs),
+        "outputs": tensors(&m.outputs),
+    }))
+}
+
+/// The model's metadata (`GET /v2/models/{m}[/versions/{v}]`; for a `grpc://` target gRPC
+/// `ModelMetadata`, in the same JSON shape).
 pub fn fetch_metadata(target: &Target) -> Result<Value, LoadError> {
+    if target.protocol()? == Protocol::Grpc {
+        return grpc_metadata(target);
+    }
     let path = target.model_path("");
     let (status, body) = http_get(&target.url, &path, Duration::from_secs(10))?;
     if status != 200 {
@@ -793,7 +1049,8 @@ pub fn fetch_metadata(target: &Target) -> Result<Value, LoadError> {
         .map_err(|e| LoadError::Http(format!("GET {}{path}: not JSON: {e}", target.url)))
 }
 
-/// Waits until `GET /v2/models/{m}[/versions/{v}]/ready` answers 200, polling every 200 ms.
+/// Waits until `GET /v2/models/{m}[/versions/{v}]/ready` answers 200 (for a `grpc://` target:
+/// until gRPC `ModelReady` answers ready), polling every 200 ms.
 pub fn wait_ready(target: &Target, limit: Duration) -> Result<(), LoadError> {
     wait_ready_noting(target, limit, Duration::MAX, &mut |_| {})
 }
@@ -807,20 +1064,39 @@ pub fn wait_ready_noting(
     every: Duration,
     note: &mut dyn FnMut(String),
 ) -> Result<(), LoadError> {
-    target.check()?;
+    let grpc = target.protocol()? == Protocol::Grpc;
     let path = format!("{}/ready", target.model_path(""));
-    let url = format!("{}{path}", target.url.trim_end_matches('/'));
+    let url = if grpc {
+        format!("{} ModelReady `{}`", target.url, target.model)
+    } else {
+        format!("{}{path}", target.url.trim_end_matches('/'))
+    };
+    let answer = if grpc { "ready" } else { "200" };
     note(format!(
-        "waiting for {url} to answer 200 (timeout {})...",
+        "waiting for {url} to answer {answer} (timeout {})...",
         secs(limit)
     ));
     let t = Instant::now();
     let mut next_note = t.checked_add(every);
     loop {
-        let last = match http_get(&target.url, &path, Duration::from_secs(2)) {
-            Ok((200, _)) => return Ok(()),
-            Ok((s, _)) => format!("status {s}"),
-            Err(e) => e.to_string(),
+        let last = if grpc {
+            let req = streamrec_protocol::grpc::pb::ModelReadyRequest {
+                name: target.model.clone(),
+                version: target.version.clone().unwrap_or_default(),
+            };
+            let r: Result<streamrec_protocol::grpc::pb::ModelReadyResponse, _> =
+                grpc_call(target, "ModelReady", &req, Duration::from_secs(2));
+            match r {
+                Ok(r) if r.ready => return Ok(()),
+                Ok(_) => "not ready".to_string(),
+                Err(e) => e.to_string(),
+            }
+        } else {
+            match http_get(&target.url, &path, Duration::from_secs(2)) {
+                Ok((200, _)) => return Ok(()),
+                Ok((s, _)) => format!("status {s}"),
+                Err(e) => e.to_string(),
+            }
         };
         if t.elapsed() >= limit {
             return Err(LoadError::Http(format!(

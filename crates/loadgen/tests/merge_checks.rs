@@ -25,6 +25,7 @@ fn shard(i: u32, n: u32) -> RunResult {
     };
     let summary = Summary {
         version: SUMMARY_VERSION,
+        protocol: "http".into(),
         url: "http://127.0.0.1:8000".into(),
         model: "tiny".into(),
         schedule: "poisson".into(),
@@ -45,6 +46,7 @@ fn shard(i: u32, n: u32) -> RunResult {
         latency_us: Percentiles::of(&latency),
         send_lag_us: Percentiles::of(&lag),
         status: counts(&[("200", 10), ("503", 1)]),
+        grpc_status: BTreeMap::new(),
         errors: counts(&[("status_503", 1), ("timeout", 1)]),
         connection_waits: 0,
         connections: 64,
@@ -297,4 +299,45 @@ fn a_saturated_shard_makes_the_merge_invalid() {
     assert!(m.saturated && !m.valid());
     assert_eq!(m.late, 2);
     assert!(describe(&m).contains("INVALID: generator saturated: 2 of 24 requests"));
+}
+
+/// Shard `i/n` as a gRPC run would write it: the same counts, the answers also by gRPC name.
+fn grpc_shard(i: u32, n: u32) -> RunResult {
+    let mut p = shard(i, n);
+    let s = &mut p.summary;
+    s.protocol = "grpc".into();
+    s.url = "grpc://127.0.0.1:8001".into();
+    s.format = "grpc".into();
+    s.grpc_status = [("OK".to_string(), 10), ("UNAVAILABLE".to_string(), 1)].into();
+    p
+}
+
+#[test]
+fn grpc_shards_merge_their_grpc_statuses_and_never_with_http_ones() {
+    let dir = scratch("grpc");
+    let dirs = write(&dir, &[grpc_shard(0, 2), grpc_shard(1, 2)]);
+    let m = merge_dirs(&dirs, &all()).unwrap().summary;
+    assert_eq!(m.protocol, "grpc");
+    assert_eq!(m.grpc_status["OK"], 20);
+    assert_eq!(m.grpc_status["UNAVAILABLE"], 2);
+    assert_eq!(m.errors["status_503"], 2);
+    let _ = std::fs::remove_dir_all(&dir);
+    // The same load over HTTP is another load.
+    let mut http = grpc_shard(1, 2);
+    http.summary.protocol = "http".into();
+    http.summary.grpc_status.clear();
+    let e = refusal("grpc-http", &[grpc_shard(0, 2), http], &all());
+    assert!(e.contains("protocol differs (`grpc` and `http`)"), "{e}");
+    // A gRPC part whose OK answers are not its ok count, an HTTP part with gRPC statuses.
+    let mut bad = grpc_shard(1, 2);
+    bad.summary.grpc_status.insert("OK".into(), 9);
+    let e = refusal("grpc-ok", &[grpc_shard(0, 2), bad], &all());
+    assert!(
+        e.contains("grpc_status holds 9 OK of 10 answers, but ok is 10 of 11"),
+        "{e}"
+    );
+    let mut bad = shard(1, 2);
+    bad.summary.grpc_status.insert("OK".into(), 10);
+    let e = refusal("http-grpc", &[shard(0, 2), bad], &all());
+    assert!(e.contains("an http run with gRPC statuses"), "{e}");
 }
