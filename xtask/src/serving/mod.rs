@@ -10,6 +10,13 @@
 //! reduction at the common load, throughput gain at the bound) are read against the run's own
 //! noise floor: the round-to-round spread of the baseline, and for throughput also the search's
 //! resolution. Writes serving.csv, serving-latency.csv, serving.md and three SVG plots.
+//!
+//! The load goes over HTTP (binary bodies) or, with `--serve-protocol grpc`, over KServe v2
+//! gRPC (`streamrec serve --grpc-port 0`, the generator's lean unary `ModelInfer`). On a
+//! machine with at least [`MIN_CPUS_TO_PIN`] CPUs the servers and the generator are pinned to
+//! disjoint CPU sets (the generator gets one CPU per thread, the servers the rest; or
+//! `--serve-cpus`/`--load-cpus`), and the report says which CPUs each had, the servers' read
+//! back from /proc; on a smaller one, or with `--no-pin`, it says they were not pinned.
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
@@ -25,8 +32,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use streamrec_loadgen::results::histogram;
 use streamrec_loadgen::sizes::mlperf_quantiles;
 use streamrec_loadgen::{
-    run_load, wait_ready, BatchSizes, BodyConfig, LoadSpec, ModelInputs, RunConfig, RunResult,
-    ScheduleConfig, ScheduleKind, Shard, Target, Trace,
+    default_connections, run_load, wait_ready, BatchSizes, BodyConfig, BodyFormat, CpuSet,
+    LoadSpec, ModelInputs, Protocol, RunConfig, RunResult, ScheduleConfig, ScheduleKind, Shard,
+    Target, Trace,
 };
 
 use crate::load::Guard;
@@ -39,6 +47,96 @@ pub const PUBLISHED_THROUGHPUT_GAIN: f64 = 0.52;
 
 /// The trace replayed beside Poisson (relative to the workspace root).
 const TRACE: &str = "workloads/traces/azure-llm-2023-conv.csv";
+
+/// Fewest CPUs on which the servers and the generator get disjoint sets by default: with
+/// fewer, splitting would leave the engine one or two cores, so nothing is pinned.
+pub const MIN_CPUS_TO_PIN: usize = 4;
+
+/// How the servers and the load generator are placed on CPUs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Pin {
+    /// Split the available CPUs when there are at least [`MIN_CPUS_TO_PIN`].
+    Auto,
+    /// Not pinned (`--no-pin`).
+    Off,
+    /// These sets (`--serve-cpus`, `--load-cpus`).
+    Sets {
+        /// The servers' CPUs.
+        server: CpuSet,
+        /// The load generator's CPUs.
+        load: CpuSet,
+    },
+}
+
+/// Where the servers and the generator run: the sets (None: not pinned) and a sentence for the
+/// report.
+#[derive(Clone, Debug)]
+pub(crate) struct Placement {
+    pub(crate) server: Option<CpuSet>,
+    pub(crate) load: Option<CpuSet>,
+    pub(crate) note: String,
+}
+
+/// The placement `pin` asks for on a machine whose process may use `avail`, for a generator
+/// of `load_threads` threads.
+pub(crate) fn placement(pin: &Pin, avail: &CpuSet, load_threads: usize) -> Result<Placement> {
+    match pin {
+        Pin::Off => Ok(Placement {
+            server: None,
+            load: None,
+            note: "not pinned (`--no-pin`): the servers and the load generator share the \
+                   machine's CPUs"
+                .into(),
+        }),
+        Pin::Sets { server, load } => {
+            if let Some(c) = server.cpus().iter().find(|&&c| load.contains(c)) {
+                bail!("--serve-cpus {server} and --load-cpus {load} share CPU {c}");
+            }
+            Ok(Placement {
+                note: format!(
+                    "pinned as asked: the servers on CPUs {server}, the load generator on \
+                     CPUs {load}"
+                ),
+                server: Some(server.clone()),
+                load: Some(load.clone()),
+            })
+        }
+        Pin::Auto if avail.len() < MIN_CPUS_TO_PIN => Ok(Placement {
+            server: None,
+            load: None,
+            note: format!(
+                "not pinned: this machine has {} CPU(s) ({avail}), too few to give the servers \
+                 and the load generator cores of their own ({MIN_CPUS_TO_PIN} needed), so they \
+                 share them",
+                avail.len()
+            ),
+        }),
+        Pin::Auto => {
+            // The generator: one CPU per thread, at most half; the servers: the rest.
+            let k = load_threads.clamp(1, avail.len() / 2);
+            let (srv, gen) = avail.cpus().split_at(avail.len() - k);
+            let server = CpuSet::new(srv.iter().copied()).context("no CPU for the servers")?;
+            let load = CpuSet::new(gen.iter().copied()).context("no CPU for the generator")?;
+            Ok(Placement {
+                note: format!(
+                    "pinned: the servers on CPUs {server}, the load generator on CPUs {load} \
+                     (of {avail})"
+                ),
+                server: Some(server),
+                load: Some(load),
+            })
+        }
+    }
+}
+
+/// `Cpus_allowed_list` of process `pid`, as /proc gives it.
+fn allowed_cpus(pid: u32) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|l| l.trim().to_string())
+}
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -77,6 +175,14 @@ pub struct Opts {
     pub deadline_s: Option<f64>,
     /// Threads of the load generator.
     pub load_threads: usize,
+    /// HTTP (binary bodies) or gRPC.
+    pub protocol: Protocol,
+    /// Pin nothing (`--no-pin`).
+    pub no_pin: bool,
+    /// The servers' CPUs (`--serve-cpus`, with `--load-cpus`).
+    pub serve_cpus: Option<CpuSet>,
+    /// The generator's CPUs (`--load-cpus`, with `--serve-cpus`).
+    pub load_cpus: Option<CpuSet>,
 }
 
 impl Opts {
@@ -110,6 +216,10 @@ impl Opts {
             out,
             deadline_s: None,
             load_threads: 1,
+            protocol: Protocol::Http,
+            no_pin: false,
+            serve_cpus: None,
+            load_cpus: None,
         }
     }
 
@@ -120,6 +230,21 @@ impl Opts {
             _ => mlperf_quantiles().into_iter().max().unwrap_or(1),
         };
         largest.max(256)
+    }
+
+    /// The placement the options ask for; an error names the flags that do not go together.
+    pub fn pin(&self) -> Result<Pin> {
+        match (self.no_pin, &self.serve_cpus, &self.load_cpus) {
+            (false, None, None) => Ok(Pin::Auto),
+            (true, None, None) => Ok(Pin::Off),
+            (true, _, _) => bail!("--no-pin does not go with --serve-cpus or --load-cpus"),
+            (false, Some(server), Some(load)) => Ok(Pin::Sets {
+                server: server.clone(),
+                load: load.clone(),
+            }),
+            (false, Some(_), None) => bail!("--serve-cpus needs --load-cpus (disjoint from it)"),
+            (false, None, Some(_)) => bail!("--load-cpus needs --serve-cpus (disjoint from it)"),
+        }
     }
 
     /// Takes one serving option (and its value) if `flag` is one; false otherwise.
@@ -160,6 +285,16 @@ impl Opts {
             }
             "--serve-deadline-s" => self.deadline_s = Some(num(val()?, 1.0, 86_400.0)?),
             "--serve-load-threads" => self.load_threads = num(val()?, 1.0, 64.0)? as usize,
+            "--serve-protocol" => {
+                self.protocol = match val()?.as_str() {
+                    "http" => Protocol::Http,
+                    "grpc" => Protocol::Grpc,
+                    v => bail!("--serve-protocol: `{v}` is not http or grpc"),
+                }
+            }
+            "--no-pin" => self.no_pin = true,
+            "--serve-cpus" => self.serve_cpus = Some(CpuSet::parse(flag, &val()?)?),
+            "--load-cpus" => self.load_cpus = Some(CpuSet::parse(flag, &val()?)?),
             _ => return Ok(false),
         }
         Ok(true)
@@ -183,6 +318,13 @@ pub const HELP: &str = "\
     --server-args \"...\"    extra arguments for streamrec serve (e.g. \"--backend cuda\")
     --serve-deadline-s S   start no new point after S seconds; report what was measured
     --serve-load-threads N threads of the load generator (default 1)
+    --serve-protocol P     http (binary bodies; the default) or grpc (KServe v2 gRPC ModelInfer
+                           with raw contents, the servers started with --grpc-port 0)
+    --serve-cpus LIST      pin the servers to these CPUs (e.g. 0-5; with --load-cpus)
+    --load-cpus LIST       pin the load generator to these CPUs (e.g. 6-7; disjoint from
+                           --serve-cpus). Default: with at least 4 CPUs the generator gets one per
+                           thread (the highest), the servers the rest; with fewer, not pinned
+    --no-pin               pin nothing
 ";
 
 /// One measured point of a sweep.
@@ -212,16 +354,45 @@ pub(crate) struct Point {
 
 /// A running `streamrec serve` and what it said about its plan.
 struct ServerProc {
+    /// Where the load goes: its HTTP URL, or `grpc://ADDR` of its gRPC endpoint.
     url: String,
     plan_line: String,
+    /// The CPUs it may run on, from /proc.
+    cpus: String,
     _guard: Guard,
 }
 
-fn start_server(o: &Opts, bin: &Path, algo: &str, model: &str) -> Result<ServerProc> {
+/// The calling thread pinned to a set until dropped (a child started meanwhile inherits it).
+struct PinnedHere(CpuSet);
+
+impl PinnedHere {
+    fn to(cpus: &CpuSet) -> Result<PinnedHere> {
+        let before = CpuSet::available()?;
+        cpus.pin_current_thread()
+            .with_context(|| format!("pinning to CPUs {cpus}"))?;
+        Ok(PinnedHere(before))
+    }
+}
+
+impl Drop for PinnedHere {
+    fn drop(&mut self) {
+        let _ = self.0.pin_current_thread();
+    }
+}
+
+fn start_server(
+    o: &Opts,
+    bin: &Path,
+    (algo, model): (&str, &str),
+    cpus: Option<&CpuSet>,
+) -> Result<ServerProc> {
     let mut cmd = Command::new(bin);
     cmd.arg("serve")
         .arg(&o.spec)
         .args(["--port", "0", "--algo", algo]);
+    if o.protocol == Protocol::Grpc {
+        cmd.args(["--grpc-port", "0"]);
+    }
     if let Some(c) = o.row_cap {
         cmd.args(["--row-cap", &c.to_string()]);
     }
@@ -230,12 +401,17 @@ fn start_server(o: &Opts, bin: &Path, algo: &str, model: &str) -> Result<ServerP
         cmd.args(["--max-batch", &o.max_request().to_string()]);
     }
     cmd.args(&o.server_args);
+    // The server inherits the CPUs of the thread that starts it (its engine sizes its pool to
+    // them).
+    let pinned = cpus.map(PinnedHere::to).transpose()?;
     let mut child = cmd
         .current_dir(&o.root)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {} serve", bin.display()))?;
+    drop(pinned);
+    let allowed = allowed_cpus(child.id()).unwrap_or_else(|| "unknown".into());
     let stdout = child.stdout.take().context("server stdout")?;
     let stderr = child.stderr.take().context("server stderr")?;
     let guard = Guard(child);
@@ -257,17 +433,40 @@ fn start_server(o: &Opts, bin: &Path, algo: &str, model: &str) -> Result<ServerP
         bail!("streamrec serve --algo {algo} did not start:\n{log}");
     };
     wait_ready(&Target::new(url.clone(), model), Duration::from_secs(300))?;
-    let plan_line = log
-        .lock()
-        .expect("log lock")
-        .iter()
-        .rev()
-        .find(|l| l.contains("; ready"))
-        .cloned()
-        .unwrap_or_default();
+    let find = |pat: &str| {
+        log.lock()
+            .expect("log lock")
+            .iter()
+            .rev()
+            .find(|l| l.contains(pat))
+            .cloned()
+    };
+    let plan_line = find("; ready").unwrap_or_default();
+    let url = match o.protocol {
+        Protocol::Http => url,
+        Protocol::Grpc => {
+            // `grpc on ADDR`, printed on stderr once the gRPC endpoint is bound.
+            let mut line = None;
+            for _ in 0..100 {
+                line = find("grpc on ");
+                if line.is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let line = line.with_context(|| {
+                format!("streamrec serve --algo {algo} printed no `grpc on ADDR` line")
+            })?;
+            let addr = line.trim().trim_start_matches("grpc on ").to_string();
+            let target = Target::new(format!("grpc://{addr}"), model);
+            wait_ready(&target, Duration::from_secs(30))?;
+            target.url
+        }
+    };
     Ok(ServerProc {
         url,
         plan_line,
+        cpus: allowed,
         _guard: guard,
     })
 }
@@ -285,6 +484,8 @@ fn binary(o: &Opts) -> Result<PathBuf> {
 
 struct Ctx<'a> {
     o: &'a Opts,
+    /// The generator's CPUs (None: not pinned).
+    load_cpus: Option<CpuSet>,
     inputs: ModelInputs,
     model: String,
     started: Instant,
@@ -294,7 +495,7 @@ struct Ctx<'a> {
 
 impl<'a> Ctx<'a> {
     /// Nothing measured yet; the progress bar sized for the searches and the rounds.
-    fn new(o: &'a Opts, inputs: ModelInputs, model: String) -> Self {
+    fn new(o: &'a Opts, inputs: ModelInputs, model: String, load_cpus: Option<CpuSet>) -> Self {
         // A rough count for the progress bar: about 10 sweep points per search, plus the rounds.
         let est = (o.passes * 4 * (8 + o.refine) + o.rounds * 4) as u64;
         let bar = ProgressBar::new(est).with_style(
@@ -303,6 +504,7 @@ impl<'a> Ctx<'a> {
         );
         Ctx {
             o,
+            load_cpus,
             inputs,
             model,
             started: Instant::now(),
@@ -329,12 +531,23 @@ impl<'a> Ctx<'a> {
             },
             batch: self.o.batch,
             max_batch: self.o.max_request(),
-            bodies: BodyConfig::default(),
+            bodies: BodyConfig {
+                format: match self.o.protocol {
+                    Protocol::Http => BodyFormat::Binary,
+                    Protocol::Grpc => BodyFormat::Grpc,
+                },
+                ..BodyConfig::default()
+            },
             run: RunConfig {
-                connections: 512,
+                // HTTP/1.1: a connection per request in flight; HTTP/2: a few carry them all.
+                connections: match self.o.protocol {
+                    Protocol::Http => 512,
+                    Protocol::Grpc => default_connections(Protocol::Grpc),
+                },
                 warm_connections: 32,
                 timeout: Duration::from_secs(10),
                 threads: self.o.load_threads,
+                cpus: self.load_cpus.clone(),
                 ..RunConfig::default()
             },
         }
@@ -560,20 +773,27 @@ pub fn run(o: &Opts) -> Result<String> {
         .name;
     let trace = Trace::load(&o.root.join(TRACE))?;
     let bin = binary(o)?;
-    let [single, auto] = start_servers(o, &bin, &model)?;
+    let place = placement(&o.pin()?, &CpuSet::available()?, o.load_threads)?;
+    eprintln!("serving experiment: {}", place.note);
+    let [single, auto] = start_servers(o, &bin, &model, place.server.as_ref())?;
     let schedules: Schedules = [
         ("poisson", ScheduleKind::Poisson),
         ("trace", ScheduleKind::Trace(Arc::new(trace))),
     ];
     let plans: [(&'static str, &str); 2] = [("single", &single.url), ("auto", &auto.url)];
-    let mut cx = Ctx::new(o, inputs, model.clone());
+    let mut cx = Ctx::new(o, inputs, model.clone(), place.load.clone());
     let measured = measure_all(&mut cx, &schedules, plans)?;
     cx.bar.finish_and_clear();
     // Tables and files.
     std::fs::write(o.out.join("serving.csv"), report::points_csv(&cx.points))?;
     std::fs::write(o.out.join("serving-latency.csv"), &measured.lat_csv)?;
     let resolution = o.growth.powf(0.5f64.powi(o.refine as i32)) - 1.0;
+    let cpus = format!(
+        "CPUs: {}; /proc gives the single server CPUs {}, the auto server {}.",
+        place.note, single.cpus, auto.cpus
+    );
     let mut md = report::intro(o, &model, resolution, [&single.plan_line, &auto.plan_line]);
+    let _ = writeln!(md, "{cpus}\n");
     let (summary_csv, headline) = report::summary(o, &schedules, &measured, resolution, &mut md);
     std::fs::write(o.out.join("serving-summary.csv"), &summary_csv)?;
     let _ = writeln!(md, "\n{headline}\n");
@@ -594,19 +814,31 @@ pub fn run(o: &Opts) -> Result<String> {
     println!("\nserving experiment ({model}):");
     print!("{}", report::summary_table(&summary_csv));
     println!("{headline}");
+    println!("{cpus}");
     Ok(md)
 }
 
-/// `streamrec serve --algo single` and `--algo auto`, each its own process.
-fn start_servers(o: &Opts, bin: &Path, model: &str) -> Result<[ServerProc; 2]> {
+/// `streamrec serve --algo single` and `--algo auto`, each its own process (on `cpus` when
+/// given).
+fn start_servers(
+    o: &Opts,
+    bin: &Path,
+    model: &str,
+    cpus: Option<&CpuSet>,
+) -> Result<[ServerProc; 2]> {
     eprintln!(
-        "serving experiment: {model} (batch {} per request), p99 bound {} ms, {} s per point",
-        o.batch, o.p99_ms, o.secs
+        "serving experiment: {model} (batch {} per request) over {}, p99 bound {} ms, {} s per \
+         point",
+        o.batch, o.protocol, o.p99_ms, o.secs
     );
-    let single = start_server(o, bin, "single", model)?;
-    let auto = start_server(o, bin, "auto", model)?;
+    let single = start_server(o, bin, ("single", model), cpus)?;
+    let auto = start_server(o, bin, ("auto", model), cpus)?;
     eprintln!("  single: {}", single.plan_line);
     eprintln!("  auto:   {}", auto.plan_line);
+    eprintln!(
+        "  CPUs: single server {}, auto server {}",
+        single.cpus, auto.cpus
+    );
     Ok([single, auto])
 }
 
@@ -779,6 +1011,79 @@ mod tests {
         assert!(!o.take("--unknown", &mut args(&[]).iter()).unwrap());
         let e = o.take("--p99-ms", &mut args(&[]).iter()).unwrap_err();
         assert!(e.to_string().contains("needs a value"), "{e}");
+    }
+
+    #[test]
+    fn servers_and_generator_get_disjoint_cpus_or_are_said_not_pinned() {
+        let set = |t: &str| CpuSet::parse_list("--x", t).unwrap();
+        // Eight CPUs, a generator of 2 threads: it gets the two highest, the servers the rest.
+        let p = placement(&Pin::Auto, &set("0-7"), 2).unwrap();
+        assert_eq!(p.server, Some(set("0-5")));
+        assert_eq!(p.load, Some(set("6-7")));
+        assert!(p
+            .note
+            .contains("servers on CPUs 0-5, the load generator on CPUs 6-7"));
+        // Never more than half for the generator, always one.
+        let p = placement(&Pin::Auto, &set("0-3"), 64).unwrap();
+        assert_eq!((p.server, p.load), (Some(set("0-1")), Some(set("2-3"))));
+        let p = placement(&Pin::Auto, &set("0,2,4,6,8"), 1).unwrap();
+        assert_eq!((p.server, p.load), (Some(set("0,2,4,6")), Some(set("8"))));
+        // Two CPUs (this kind of VM): not pinned, and the report says why.
+        let p = placement(&Pin::Auto, &set("0-1"), 1).unwrap();
+        assert_eq!((p.server, p.load), (None, None));
+        assert!(
+            p.note
+                .starts_with("not pinned: this machine has 2 CPU(s) (0-1), too few"),
+            "{}",
+            p.note
+        );
+        let p = placement(&Pin::Off, &set("0-63"), 1).unwrap();
+        assert_eq!((p.server, p.load), (None, None));
+        assert!(p.note.starts_with("not pinned (`--no-pin`)"));
+        // Sets given: used as given, but never overlapping.
+        let both = Pin::Sets {
+            server: set("0-2"),
+            load: set("2-3"),
+        };
+        let e = placement(&both, &set("0-3"), 1).unwrap_err().to_string();
+        assert_eq!(e, "--serve-cpus 0-2 and --load-cpus 2-3 share CPU 2");
+    }
+
+    #[test]
+    fn cpu_and_protocol_options_are_checked() {
+        let mut o = Opts::new(true, PathBuf::from("."), PathBuf::from("out"));
+        assert_eq!(o.pin().unwrap(), Pin::Auto);
+        let avail = CpuSet::available().unwrap();
+        let first = avail.cpus()[0].to_string();
+        assert!(o.take("--serve-cpus", &mut args(&[&first]).iter()).unwrap());
+        let e = o.pin().unwrap_err().to_string();
+        assert_eq!(e, "--serve-cpus needs --load-cpus (disjoint from it)");
+        assert!(o.take("--load-cpus", &mut args(&[&first]).iter()).unwrap());
+        assert!(matches!(o.pin().unwrap(), Pin::Sets { .. }));
+        assert!(o.take("--no-pin", &mut args(&[]).iter()).unwrap());
+        assert!(o
+            .pin()
+            .unwrap_err()
+            .to_string()
+            .contains("--no-pin does not go"));
+        let beyond = (avail.cpus().last().unwrap() + 1).to_string();
+        let e = o
+            .take("--load-cpus", &mut args(&[&beyond]).iter())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!("--load-cpus {beyond}: CPU {beyond} is not one")),
+            "{e}"
+        );
+        let e = o
+            .take("--serve-protocol", &mut args(&["udp"]).iter())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "--serve-protocol: `udp` is not http or grpc");
+        assert!(o
+            .take("--serve-protocol", &mut args(&["grpc"]).iter())
+            .unwrap());
+        assert_eq!(o.protocol, Protocol::Grpc);
     }
 
     /// A server that holds the bound up to `limit` req/s, and is over it once at each rate in

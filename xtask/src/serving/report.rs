@@ -49,7 +49,7 @@ pub(crate) fn intro(o: &Opts, model: &str, resolution: f64, plan_lines: [&str; 2
         "## Serving: single-stream vs auto behind `streamrec serve`\n\n\
          {model} with {} sample(s) per request (`--serve-batch`), served by `streamrec serve --algo single` and \
          `--algo auto` (each its own process{}), driven open-loop over loopback by the load \
-         generator (binary bodies, latency from the intended send time). Max QPS: the largest \
+         generator ({}, latency from the intended send time). Max QPS: the largest \
          offered rate whose p99 stays under {} ms with no failed request and the achieved rate \
          within 2% of the offered, a failing point measured again and over only if it fails twice \
          (sweep from {} req/s by x{}, {} bisection step(s): resolution {:.1}%; {} pass(es)). Common load: half the single plan's max QPS, {} interleaved \
@@ -59,6 +59,12 @@ pub(crate) fn intro(o: &Opts, model: &str, resolution: f64, plan_lines: [&str; 2
             String::new()
         } else {
             format!(", `{}`", o.server_args.join(" "))
+        },
+        match o.protocol {
+            streamrec_loadgen::Protocol::Http => "HTTP/1.1, binary bodies",
+            streamrec_loadgen::Protocol::Grpc =>
+                "KServe v2 gRPC `ModelInfer` with raw contents over 4 HTTP/2 connections \
+                 (`--serve-protocol grpc`)",
         },
         o.p99_ms,
         o.start_qps,
