@@ -49,7 +49,18 @@ struct Opts {
     models: Vec<&'static str>,
 }
 
-fn parse(args: &[String]) -> Result<Opts> {
+const HELP: &str = "\
+cargo xtask serve-bench [--secs S] [--rounds N] [--clients N] [--row-cap ROWS]
+                        [--modes echo,json,binary,grpc,tonic] [--model tiny|streamrec-26] [--out DIR]
+
+What the server adds over calling the engine directly, per protocol, over loopback with
+keep-alive connections: tiny at batch 1 and streamrec-26 (ROWS rows per table, default 100000)
+at batch 128, with 1 client and with N (default 8), in N interleaved rounds (default 3) of S
+seconds (default 2). `echo` is a bare loopback exchange of the same bytes (the machine's floor),
+`grpc` the load generator's lean unary call, `tonic` tonic's client. --out DIR writes serve.csv.
+";
+
+fn parse(args: &[String]) -> Result<Option<Opts>> {
     let mut o = Opts {
         secs: 2.0,
         clients: 8,
@@ -101,10 +112,14 @@ fn parse(args: &[String]) -> Result<Opts> {
                     _ => bail!("--model: `{m}` is not tiny or streamrec-26"),
                 };
             }
-            x => bail!("serve-bench: unknown option `{x}`"),
+            "-h" | "--help" => {
+                print!("{HELP}");
+                return Ok(None);
+            }
+            x => bail!("serve-bench: unknown option `{x}`\n\n{HELP}"),
         }
     }
-    Ok(o)
+    Ok(Some(o))
 }
 
 /// A prepared HTTP body: JSON, or Triton's binary extension with its header length.
@@ -368,7 +383,9 @@ type Call = Box<dyn FnMut() -> Result<()> + Send>;
 
 /// Runs the task.
 pub fn run(args: &[String]) -> Result<()> {
-    let o = parse(args)?;
+    let Some(o) = parse(args)? else {
+        return Ok(());
+    };
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut table = String::new();
     let mut csv = String::from(
