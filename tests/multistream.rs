@@ -237,11 +237,16 @@ fn trace_has_one_track_per_stream_without_overlap() {
 #[test]
 fn folded_embedding_projections_match_the_layers_they_replace() {
     // streamrec-26's branch layers (128 -> 128, one per feature) fold into their tables on the
-    // CPU backend by default; off, every layer runs as a GEMM. Batch 64 takes the streaming
-    // stores of the folded layers' epilogue, batch 3 the plain ones.
+    // CPU backend by default, each lookup applying its layer's bias and ReLU as it writes the
+    // layer's output (a concat's columns); off, every layer runs as a GEMM. On every ISA path
+    // of the lookups and GEMMs, with per-feature and table-batched (fused) lookups.
+    use streamrec::kernels::cpu::Isa;
     let (spec, graph, w) = load("streamrec-26.toml", 1000);
     let mut differ = 0;
-    for b in [3, 64] {
+    for (b, isa) in [3, 64]
+        .into_iter()
+        .flat_map(|b| Isa::supported().into_iter().map(move |i| (b, i)))
+    {
         let cfg = EngineConfig {
             max_batch: b,
             ..EngineConfig::default()
@@ -260,7 +265,10 @@ fn folded_embedding_projections_match_the_layers_they_replace() {
                 &CostModel::new(DeviceProfile::cpu()),
             )
             .expect("plans");
-            let backend = CpuBackend::with_threads(2).with_fold(fold);
+            let backend = CpuBackend::with_threads(2)
+                .with_fold(fold)
+                .with_isa(isa)
+                .expect("a supported path");
             Engine::new(
                 backend,
                 Arc::new(planned.graph),
@@ -282,7 +290,7 @@ fn folded_embedding_projections_match_the_layers_they_replace() {
                 .map(|x| x.to_bits())
                 .collect::<Vec<_>>(),
             folded.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-            "batch {b}: fused lookups"
+            "batch {b} {isa}: fused lookups"
         );
         let err = folded
             .iter()
@@ -290,13 +298,13 @@ fn folded_embedding_projections_match_the_layers_they_replace() {
             .map(|(a, u)| (a - u).abs())
             .fold(0.0f32, f32::max);
         // Scores are probabilities; the two summation orders differ by f32 rounding only.
-        assert!(err <= 1e-6, "batch {b}: folded differs by {err}");
+        assert!(err <= 1e-6, "batch {b} {isa}: folded differs by {err}");
         differ += folded
             .iter()
             .zip(&unfolded)
             .filter(|(a, u)| a.to_bits() != u.to_bits())
             .count();
-        println!("batch {b}: folded within {err:.2e} of unfolded");
+        println!("batch {b} {isa}: folded within {err:.2e} of unfolded");
     }
     // Probabilities are coarse (one ulp near 0.5 is 6e-8): some of the 67 scores still show
     // the other summation order, else the layers were not folded at all.

@@ -745,24 +745,28 @@ fn embedding_bags_are_bit_identical_on_every_path_and_split() {
                     .all(|(a, b)| a.to_bits() == b.to_bits()),
                 "embedding_bag rows={rows} dim={dim} {mode:?}: not the in-order f32 sum"
             );
-            for threads in [2, 3, 8] {
-                let mut par = vec![f32::NAN; bags * dim];
-                cpu::embedding_bag_par(
-                    &table,
-                    rows,
-                    dim,
-                    &indices,
-                    &offsets,
-                    mode,
-                    MatMut::contiguous(&mut par, bags, dim),
-                    &cpu::ScopedThreads(threads),
-                );
-                assert!(
-                    par.iter()
-                        .zip(&seq)
-                        .all(|(a, b)| a.to_bits() == b.to_bits()),
-                    "embedding_bag_par x{threads} rows={rows} dim={dim} {mode:?} differs"
-                );
+            // Every ISA path, on one thread and split into tiles, gives the in-order bits.
+            for isa in cpu::Isa::supported() {
+                for threads in [1, 2, 3, 8] {
+                    let mut par = vec![f32::NAN; bags * dim];
+                    cpu::embedding_bag_par(
+                        &table,
+                        rows,
+                        dim,
+                        &indices,
+                        &offsets,
+                        mode,
+                        MatMut::contiguous(&mut par, bags, dim),
+                        &cpu::ScopedThreads(threads),
+                        &cpu::BagOpts::new(isa),
+                    );
+                    assert!(
+                        par.iter()
+                            .zip(&seq)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "embedding_bag_par {isa} x{threads} rows={rows} dim={dim} {mode:?} differs"
+                    );
+                }
             }
             // Table-batched over three copies of the table, split by table.
             let refs: Vec<TableRef<'_>> = (0..3)
@@ -775,23 +779,26 @@ fn embedding_bags_are_bit_identical_on_every_path_and_split() {
                 .collect();
             let idx = vec![indices.as_slice(); 3];
             let offs = vec![offsets.as_slice(); 3];
-            let mut tb = vec![f32::NAN; bags * dim * 3];
-            cpu::table_batched_embedding_bag_par(
-                &refs,
-                &idx,
-                &offs,
-                MatMut::contiguous(&mut tb, bags, dim * 3),
-                &cpu::ScopedThreads(2),
-            );
-            for b in 0..bags {
-                for t in 0..3 {
-                    let got = &tb[b * dim * 3 + t * dim..][..dim];
-                    assert!(
-                        got.iter()
-                            .zip(&seq[b * dim..][..dim])
-                            .all(|(a, w)| a.to_bits() == w.to_bits()),
-                        "table_batched_embedding_bag_par table {t} bag {b} differs"
-                    );
+            for isa in cpu::Isa::supported() {
+                let mut tb = vec![f32::NAN; bags * dim * 3];
+                cpu::table_batched_embedding_bag_par(
+                    isa,
+                    &refs,
+                    &idx,
+                    &offs,
+                    MatMut::contiguous(&mut tb, bags, dim * 3),
+                    &cpu::ScopedThreads(2),
+                );
+                for b in 0..bags {
+                    for t in 0..3 {
+                        let got = &tb[b * dim * 3 + t * dim..][..dim];
+                        assert!(
+                            got.iter()
+                                .zip(&seq[b * dim..][..dim])
+                                .all(|(a, w)| a.to_bits() == w.to_bits()),
+                            "table_batched_embedding_bag_par {isa} table {t} bag {b} differs"
+                        );
+                    }
                 }
             }
         }
@@ -840,4 +847,109 @@ fn bias_act_par_gives_the_same_values_on_every_path() {
             }
         }
     }
+}
+
+/// A lookup with a folded layer's epilogue (`BagOpts::with_epilogue`, on every ISA path and
+/// every prefetch distance) gives the bits of the plain lookup followed by `bias_act_par`, and
+/// `table_batched_embedding_bag_into` gives each table's own options' bits in its own view
+/// (a column block of a wider buffer, whose other columns stay untouched).
+#[test]
+fn lookups_with_an_epilogue_give_the_bits_of_the_lookup_then_the_bias_pass() {
+    let mut r = rng(97);
+    for &(rows, dim, bags) in &[(500usize, 128usize, 40usize), (300, 48, 21), (60, 5, 30)] {
+        let table = uniform(&mut r, rows * dim);
+        // Bias about the size of the pooled sums, so that ReLU clips about half the outputs.
+        let bias: Vec<f32> = uniform(&mut r, dim).iter().map(|b| 3.0 * b).collect();
+        let (indices, offsets) = random_bags::<i64>(&mut r, rows, bags);
+        for mode in [Pooling::Sum, Pooling::Mean] {
+            let mut plain = vec![f32::NAN; bags * dim];
+            cpu::embedding_bag(
+                &table,
+                rows,
+                dim,
+                &indices,
+                &offsets,
+                mode,
+                MatMut::contiguous(&mut plain, bags, dim),
+            );
+            for act in [Activation::None, Activation::Relu, Activation::Sigmoid] {
+                let mut want = vec![f32::NAN; bags * dim];
+                cpu::bias_act_par(
+                    MatRef::contiguous(&plain, bags, dim),
+                    &bias,
+                    act,
+                    MatMut::contiguous(&mut want, bags, dim),
+                    &cpu::Sequential,
+                );
+                let same = |got: &[f32]| {
+                    got.iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits())
+                };
+                for isa in cpu::Isa::supported() {
+                    for ahead in [0, cpu::PREFETCH_ROWS, 32] {
+                        let opts = cpu::BagOpts::new(isa)
+                            .with_epilogue(Some(&bias), act)
+                            .with_ahead(ahead);
+                        let mut got = vec![f32::NAN; bags * dim];
+                        cpu::embedding_bag_par(
+                            &table,
+                            rows,
+                            dim,
+                            &indices,
+                            &offsets,
+                            mode,
+                            MatMut::contiguous(&mut got, bags, dim),
+                            &cpu::ScopedThreads(2),
+                            &opts,
+                        );
+                        assert!(same(&got), "{isa} ahead {ahead} dim {dim} {mode:?} {act:?}");
+                    }
+                    // Two tables: the first with the epilogue into a buffer of its own, the
+                    // second plain into the first columns of a wider one.
+                    let refs = [TableRef {
+                        data: &table,
+                        rows,
+                        dim,
+                        mode,
+                    }; 2];
+                    let ld = dim + 3;
+                    let mut own = vec![f32::NAN; bags * dim];
+                    let mut wide = vec![7.5f32; bags * ld];
+                    let outs = vec![
+                        (
+                            MatMut::contiguous(&mut own, bags, dim),
+                            cpu::BagOpts::new(isa).with_epilogue(Some(&bias), act),
+                        ),
+                        (
+                            MatMut::new(&mut wide, bags, dim, ld),
+                            cpu::BagOpts::new(isa),
+                        ),
+                    ];
+                    let idx = [indices.as_slice(); 2];
+                    let offs = [offsets.as_slice(); 2];
+                    cpu::table_batched_embedding_bag_into(
+                        &refs,
+                        &idx,
+                        &offs,
+                        outs,
+                        &cpu::ScopedThreads(2),
+                    );
+                    assert!(same(&own), "table-batched {isa} dim {dim} {mode:?} {act:?}");
+                    for row in 0..bags {
+                        let w = &wide[row * ld..][..ld];
+                        assert!(
+                            same_bits(&w[..dim], &plain[row * dim..][..dim])
+                                && w[dim..].iter().all(|&v| v == 7.5),
+                            "table-batched plain {isa} dim {dim} {mode:?} bag {row}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }

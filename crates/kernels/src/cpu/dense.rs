@@ -116,6 +116,17 @@ fn sigmoid_scalar(x: f32) -> f32 {
     }
 }
 
+/// `act(y)` as every epilogue applies it: ReLU as `y > 0 ? y : 0` (NaN and -0 give +0).
+#[inline(always)]
+pub(crate) fn epilogue(y: f32, act: Activation) -> f32 {
+    match act {
+        Activation::None => y,
+        Activation::Relu if y > 0.0 => y,
+        Activation::Relu => 0.0,
+        Activation::Sigmoid => sigmoid_scalar(y),
+    }
+}
+
 /// Applies `act` to every element of `row`, after adding `bias` (same length) if given.
 #[inline(always)]
 fn bias_act_row(row: &mut [f32], bias: Option<&[f32]>, act: Activation) {
@@ -305,13 +316,7 @@ pub fn bias_act_par(
                 continue;
             }
             for ((o, &v), &b) in dst.iter_mut().zip(src).zip(bias) {
-                let y = v + b;
-                *o = match act {
-                    Activation::None => y,
-                    Activation::Relu if y > 0.0 => y,
-                    Activation::Relu => 0.0,
-                    Activation::Sigmoid => sigmoid_scalar(y),
-                };
+                *o = epilogue(v + b, act);
             }
         }
         #[cfg(target_arch = "x86_64")]

@@ -18,7 +18,9 @@ pub use dense::{
     STREAM_MIN_ROWS,
 };
 pub use embedding::{
-    embedding_bag, embedding_bag_par, table_batched_embedding_bag, table_batched_embedding_bag_par,
+    embedding_bag, embedding_bag_opts, embedding_bag_par, table_batched_embedding_bag,
+    table_batched_embedding_bag_into, table_batched_embedding_bag_isa,
+    table_batched_embedding_bag_par, BagOpts, PREFETCH_ROWS,
 };
 pub use gemm::{
     linear_packed, linear_packed_cat_par, linear_packed_isa, linear_packed_par,

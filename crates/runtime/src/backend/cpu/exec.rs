@@ -32,8 +32,14 @@ pub(crate) struct OpCall<'a> {
     pub(crate) weights: &'a OpWeights,
     /// The op's prepacked linear weights, when it is a linear layer.
     pub(crate) packed: Option<&'a cpu::PackedLinear>,
-    /// A linear layer folded into its feature's table: only its bias and activation are left.
+    /// A linear layer folded into its feature's table: its lookup applied its bias and
+    /// activation as it wrote the layer's output, nothing is left to do.
     pub(crate) folded: bool,
+    /// On a lookup: the layers folded into its tables, as (table slot, layer); their outputs are
+    /// written by the lookup, with their bias and activation ([`epilogue_of`]).
+    pub(crate) fused: &'a [(usize, OpId)],
+    /// The instruction set of the lookups' pooling loops.
+    pub(crate) isa: cpu::Isa,
     /// Where each op's output lives ([`Placement`]).
     pub(crate) place: &'a Placement,
     pub(crate) bufs: &'a BufInner,
@@ -41,6 +47,50 @@ pub(crate) struct OpCall<'a> {
     pub(crate) batch: usize,
     /// Where large kernels hand their tiles (the backend's worker pool).
     pub(crate) par: &'a dyn cpu::Parallel,
+    /// Every op's weights (a lookup applies its folded layers' biases).
+    pub(crate) by_op: &'a [OpWeights],
+}
+
+/// The bias and activation of folded layer `linear`, for its lookup's final write.
+fn epilogue_of<'a>(
+    graph: &OpGraph,
+    by_op: &'a [OpWeights],
+    linear: OpId,
+) -> std::result::Result<(&'a [f32], Activation), String> {
+    match (&graph.op(linear).kind, &by_op[linear]) {
+        (OpKind::Linear { act, .. }, OpWeights::Linear { bias, .. }) => {
+            Ok((&bias.data, activation(*act)))
+        }
+        _ => Err(format!(
+            "folded op `{}` is not a linear layer",
+            graph.op(linear).name
+        )),
+    }
+}
+
+/// The output view of `op`'s columns `[col, col + width)` for `batch` samples: in its concat's
+/// buffer when it is written there, else in its own.
+///
+/// # Safety
+///
+/// As [`BufInner`]'s `block_mut`: nothing else reads or writes those elements while the view is
+/// alive (the plan orders `op`'s writer before its readers).
+unsafe fn out_block<'b>(
+    graph: &OpGraph,
+    place: &Placement,
+    bufs: &'b BufInner,
+    op: OpId,
+    col: usize,
+    width: usize,
+    batch: usize,
+) -> std::result::Result<MatMut<'b>, String> {
+    let (buf, col, ld) = match place.into[op] {
+        Some((c, ccol)) => (c, ccol + col, graph.op(c).width),
+        None => (op, col, graph.op(op).width),
+    };
+    // SAFETY: the caller's contract.
+    unsafe { bufs.acts[buf].block_mut(col, batch, width, ld) }
+        .ok_or_else(|| format!("`{}` does not fit in its buffer", graph.op(op).name))
 }
 
 /// Linear layers below this many FLOPs run on one thread: handing out tiles costs a few
@@ -58,31 +108,50 @@ pub(crate) fn run_op(call: &OpCall<'_>) -> std::result::Result<(), String> {
         weights,
         packed,
         folded,
+        fused,
+        isa,
         place,
         bufs,
         input,
         batch,
         par,
+        by_op,
     } = call;
+    if folded {
+        // Its lookup wrote its output, bias and activation applied.
+        return Ok(());
+    }
     let op = graph.op(id);
     let request = || input.ok_or_else(|| "no request staged".to_string());
-    let (out, scratch) = match place.into[id] {
+    // A feature's own lookup with a folded layer writes that layer's output.
+    let dst = match (&op.kind, fused) {
+        (OpKind::EmbeddingBag { .. }, [(0, linear)]) => *linear,
+        _ => id,
+    };
+    let dst_op = graph.op(dst);
+    let (out, scratch) = match place.into[dst] {
         Some((c, col)) => {
             // Written straight into its concat's buffer, at its own columns.
             let ld = graph.op(c).width;
             // SAFETY: the plan orders this op after every producer it reads and before every
             // consumer of the concat; the concat's other producers write other columns, and
-            // nothing reads the buffer until all of them are done.
-            let out = unsafe { bufs.acts[c].block_mut(col, batch, op.width, ld) }
-                .ok_or_else(|| format!("`{}` does not fit in its concat's buffer", op.name))?;
+            // nothing reads the buffer until all of them are done. A lookup writing its folded
+            // layer's columns runs before that layer, which writes nothing, and before the
+            // layer's consumers, which wait for it.
+            let out = unsafe { bufs.acts[c].block_mut(col, batch, dst_op.width, ld) }
+                .ok_or_else(|| format!("`{}` does not fit in its concat's buffer", dst_op.name))?;
             (out, &mut [][..])
         }
         None => {
             // SAFETY: the plan orders this op after every producer it reads and before every
-            // consumer of its output; no other op writes this op's buffer.
-            let out_buf = unsafe { bufs.acts[id].get_mut() };
-            let (out_act, scratch) = out_buf.split_at_mut(op.width * batch);
-            (MatMut::new(out_act, batch, op.width, op.width), scratch)
+            // consumer of its output; no other op writes this op's buffer (nor, for a lookup
+            // with a folded layer, that layer's, which the layer leaves alone).
+            let out_buf = unsafe { bufs.acts[dst].get_mut() };
+            let (out_act, scratch) = out_buf.split_at_mut(dst_op.width * batch);
+            (
+                MatMut::new(out_act, batch, dst_op.width, dst_op.width),
+                scratch,
+            )
         }
     };
     let view = |t: &TensorRef| -> std::result::Result<MatRef<'_>, String> {
@@ -111,9 +180,18 @@ pub(crate) fn run_op(call: &OpCall<'_>) -> std::result::Result<(), String> {
             let f = &graph.spec.features[*feature];
             let s = &b.sparse[*feature];
             let mode = pooling(f.mode);
+            let bag_opts = match fused {
+                [(0, linear)] => {
+                    let (bias, act) = epilogue_of(graph, by_op, *linear)?;
+                    cpu::BagOpts::new(isa).with_epilogue(Some(bias), act)
+                }
+                _ => cpu::BagOpts::new(isa),
+            };
             macro_rules! bag {
                 ($i:expr, $o:expr) => {
-                    cpu::embedding_bag_par(&t[0].data, f.rows, f.dim, $i, $o, mode, out, par)
+                    cpu::embedding_bag_par(
+                        &t[0].data, f.rows, f.dim, $i, $o, mode, out, par, &bag_opts,
+                    )
                 };
             }
             match bags(s, batch)? {
@@ -140,20 +218,46 @@ pub(crate) fn run_op(call: &OpCall<'_>) -> std::result::Result<(), String> {
                 .iter()
                 .map(|&f| bags(&b.sparse[f], batch))
                 .collect::<std::result::Result<Vec<_>, _>>()?;
+            let outs = if fused.is_empty() {
+                Outs::One(out)
+            } else {
+                // Each table's rows to their own place: a folded layer's output (its bias and
+                // activation applied) or the lookup's columns.
+                let mut outs = Vec::with_capacity(features.len());
+                let mut col = 0;
+                for (slot, &f) in features.iter().enumerate() {
+                    let dim = graph.spec.features[f].dim;
+                    let (view, opts) = match fused.iter().find(|(s, _)| *s == slot) {
+                        Some(&(_, linear)) => {
+                            let (bias, act) = epilogue_of(graph, by_op, linear)?;
+                            (
+                                // SAFETY: as for a feature's own lookup above.
+                                unsafe { out_block(graph, place, bufs, linear, 0, dim, batch) }?,
+                                cpu::BagOpts::new(isa).with_epilogue(Some(bias), act),
+                            )
+                        }
+                        // SAFETY: the lookup's own columns of its output, which only it writes
+                        // (each table's block apart from the others).
+                        None => (
+                            unsafe { out_block(graph, place, bufs, id, col, dim, batch) }?,
+                            cpu::BagOpts::new(isa),
+                        ),
+                    };
+                    outs.push((view, opts));
+                    col += dim;
+                }
+                Outs::Each(outs)
+            };
             if let Some(v) = all.iter().map(Bags::as_i64).collect::<Option<Vec<_>>>() {
-                table_batched(&tables, v, out, par);
+                table_batched(isa, &tables, v, outs, par);
             } else if let Some(v) = all.iter().map(Bags::as_i32).collect::<Option<Vec<_>>>() {
-                table_batched(&tables, v, out, par);
+                table_batched(isa, &tables, v, outs, par);
             } else {
                 // Features of both integer types: all widened to i64.
                 let wide: Vec<(Vec<i64>, Vec<i64>)> = all.iter().map(|b| b.widened()).collect();
                 let v = wide.iter().map(|(i, o)| (&i[..], &o[..])).collect();
-                table_batched(&tables, v, out, par);
+                table_batched(isa, &tables, v, outs, par);
             }
-        }
-        (OpKind::Linear { act, .. }, OpWeights::Linear { bias, .. }) if folded => {
-            // The lookup pooled the projected table: `W · Σ e` is already there.
-            cpu::bias_act_par(view(&op.inputs[0])?, &bias.data, activation(*act), out, par);
         }
         (OpKind::Linear { act, .. }, OpWeights::Linear { .. }) => {
             // The input, or the parts of a concat that is read in place.
@@ -277,13 +381,26 @@ fn bags(s: &SparseInput, batch: usize) -> std::result::Result<Bags<'_>, String> 
     }
 }
 
+/// Where a table-batched lookup writes.
+enum Outs<'a> {
+    /// Every table's columns of its own output.
+    One(MatMut<'a>),
+    /// Each table's rows to a view of their own, with that table's options (a folded layer's
+    /// epilogue).
+    Each(Vec<(MatMut<'a>, cpu::BagOpts<'a>)>),
+}
+
 /// The table-batched bag kernel on per-table (indices, offsets).
 fn table_batched<I: Index>(
+    isa: cpu::Isa,
     tables: &[TableRef<'_>],
     v: Vec<(&[I], &[I])>,
-    out: MatMut<'_>,
+    outs: Outs<'_>,
     par: &dyn Parallel,
 ) {
     let (i, o): (Vec<_>, Vec<_>) = v.into_iter().unzip();
-    cpu::table_batched_embedding_bag_par(tables, &i, &o, out, par);
+    match outs {
+        Outs::One(out) => cpu::table_batched_embedding_bag_par(isa, tables, &i, &o, out, par),
+        Outs::Each(outs) => cpu::table_batched_embedding_bag_into(tables, &i, &o, outs, par),
+    }
 }

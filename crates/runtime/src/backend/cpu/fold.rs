@@ -4,12 +4,20 @@
 //! Pooling is a sum (or a mean) of table rows, and a linear layer is linear:
 //! `W · Σ e_i + b = Σ (W · e_i) + b`. So when a square linear layer (`dim -> dim`, as the first
 //! layer of each of streamrec-26's per-feature branches) is the only reader of a feature's pooled
-//! rows, the backend computes the projected table `T' = T · Wᵀ` once and pools `T'` instead; the
-//! layer then only adds its bias and applies its activation
-//! ([`bias_act_par`](streamrec_kernels::cpu::bias_act_par)). That removes one GEMM per feature from every request
-//! (about 7% of streamrec-26's time at batch 128 and 1024 on a 2-core Xeon) and leaves each
-//! output within the f32 rounding of the unfolded order (the end-to-end reference tests bound
-//! it against f64).
+//! rows, the backend computes the projected table `T' = T · Wᵀ` once and pools `T'` instead; only
+//! the layer's bias and activation are left. That removes one GEMM per feature from every
+//! request and leaves each output within the f32 rounding of the unfolded order (the end-to-end
+//! reference tests bound it against f64).
+//!
+//! The layer's bias and activation are applied by the lookup itself as it writes each pooled row,
+//! straight into the layer's output (its own buffer or its columns of a concat), and the layer
+//! then does nothing. A separate bias pass over the pooled rows measured twice the GEMM it
+//! replaced on an AVX2-only EPYC (its ordinary stores into a concat's cold lines; issue 28);
+//! in the lookup's final write it costs nothing a request would notice, so a fold always pays
+//! per request: it saves one GEMM per feature for one projection at load. Its price is paid at
+//! load (time and a second copy of each folded table, bounded by [`FOLD_MAX_BYTES`]); the first
+//! load that projects tables prints what it folded, what that cost and what a request saves
+//! ([`report`]).
 //!
 //! Every plan of an engine folds the same layers, so outputs stay bit-identical across plans,
 //! stream counts and fused lookups. A projected table is as large as its table, so folding is
@@ -121,11 +129,13 @@ fn cache() -> &'static Cache {
 }
 
 /// `table · weightᵀ` (`[rows, dim]` by `[dim, dim]`), from the cache or computed now on
-/// `threads` threads. An allocation the machine cannot make is an error.
+/// `threads` threads (then `computed` is set). An allocation the machine cannot make is an
+/// error.
 pub(crate) fn project(
     table: &Arc<Tensor>,
     weight: &Arc<Tensor>,
     threads: usize,
+    computed: &mut bool,
 ) -> Result<Arc<Tensor>> {
     let key = (Arc::as_ptr(table) as usize, Arc::as_ptr(weight) as usize);
     // The cache holds only weak references: while an entry is alive, so is some engine that
@@ -139,6 +149,7 @@ pub(crate) fn project(
     {
         return Ok(t);
     }
+    *computed = true;
     let (rows, dim) = match table.shape[..] {
         [r, d] => (r, d),
         _ => return Err(WeightsError::Fold("a table is not 2-D".into()).into()),
@@ -177,8 +188,16 @@ pub(crate) fn project(
 }
 
 /// Applies `folds` to the resolved weights: each folded lookup reads its projected table. The
-/// folded linear ops keep their weights (their bias is still applied).
-pub(crate) fn apply(folds: &[Fold], by_op: &mut [OpWeights], threads: usize) -> Result<()> {
+/// folded linear ops keep their weights (their bias is still applied). When it projected any
+/// table (not all came from the cache), it prints [`report`] to stderr.
+pub(crate) fn apply(
+    graph: &OpGraph,
+    folds: &[Fold],
+    by_op: &mut [OpWeights],
+    threads: usize,
+) -> Result<()> {
+    let t0 = std::time::Instant::now();
+    let mut computed = false;
     for f in folds {
         let OpWeights::Linear { weight, .. } = &by_op[f.linear] else {
             return Err(
@@ -192,9 +211,44 @@ pub(crate) fn apply(folds: &[Fold], by_op: &mut [OpWeights], threads: usize) -> 
         let table = tables.get_mut(f.slot).ok_or_else(|| {
             WeightsError::Fold(format!("lookup op {} has no table {}", f.lookup, f.slot))
         })?;
-        *table = project(table, &weight, threads)?;
+        *table = project(table, &weight, threads, &mut computed)?;
+    }
+    if computed {
+        eprintln!(
+            "{}",
+            report(graph, folds, t0.elapsed().as_secs_f64(), threads)
+        );
     }
     Ok(())
+}
+
+/// What a load folded and what it pays: the layers, the projection's cost (seconds at load and
+/// bytes of projected tables) and the GEMM work a request saves per sample.
+pub(crate) fn report(graph: &OpGraph, folds: &[Fold], secs: f64, threads: usize) -> String {
+    let (mut bytes, mut flops) = (0usize, 0.0f64);
+    for f in folds {
+        let op = graph.op(f.linear);
+        let rows = match &graph.op(f.lookup).kind {
+            OpKind::EmbeddingBag { feature } => graph.spec.features[*feature].rows,
+            OpKind::TableBatchedEmbeddingBag { features } => {
+                graph.spec.features[features[f.slot]].rows
+            }
+            _ => 0,
+        };
+        bytes += rows * op.width * 4;
+        flops += graph.flops(f.linear, 1);
+    }
+    format!(
+        "cpu fold: {} linear layers of {} folded into their tables, bias and activation applied \
+         in the lookup's write: it pays (no pass of its own per request; {:.3} MFLOP of GEMM \
+         saved per sample) for {:.2} s at load on {threads} threads and {:.2} GB of projected \
+         tables",
+        folds.len(),
+        graph.spec.name,
+        flops / 1e6,
+        secs,
+        bytes as f64 / 1e9,
+    )
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use streamrec_kernels::cpu::PackedLinear;
 
-use streamrec_graph::{OpGraph, OpKind};
+use streamrec_graph::{OpGraph, OpId, OpKind};
 
 use crate::backend::shared::{concat_slots, OpWeights, Placement};
 use crate::batch::Batch;
@@ -144,8 +144,12 @@ pub struct CpuWeights {
     /// Each linear layer's weight and bias, packed once into the panels the kernels stream.
     pub(crate) packed: Vec<Option<PackedLinear>>,
     /// Per op: a linear layer folded into its feature's table (its lookup pools the projected
-    /// table; the layer adds its bias and applies its activation), see `super::fold`.
+    /// table and writes the layer's output, bias and activation applied), see `super::fold`.
     pub(crate) folded: Vec<bool>,
+    /// Per lookup op: the layers folded into its tables, as (table slot, layer op).
+    pub(crate) fused: Vec<Vec<(usize, OpId)>>,
+    /// The instruction set of the lookups' pooling loops.
+    pub(crate) isa: streamrec_kernels::cpu::Isa,
     /// Where each op's output lives, and which concats copy nothing ([`Placement`]).
     pub(crate) place: Placement,
 }

@@ -46,7 +46,8 @@ pub struct CpuBackend {
     workers: Vec<JoinHandle<()>>,
     /// Fold square linear layers into the tables they alone read ([`fold`]).
     fold: bool,
-    /// The instruction set of the linear layers' kernels (`None`: the fastest this processor has).
+    /// The instruction set of the linear layers' and lookups' kernels (`None`: the fastest this
+    /// processor has).
     isa: Option<Isa>,
 }
 
@@ -88,8 +89,8 @@ impl CpuBackend {
         }
     }
 
-    /// Runs the linear layers' kernels on `isa` instead of the fastest path this processor has
-    /// (for comparisons); an error when the processor cannot run it.
+    /// Runs the linear layers' and the lookups' kernels on `isa` instead of the fastest path
+    /// this processor has (for comparisons); an error when the processor cannot run it.
     pub fn with_isa(mut self, isa: Isa) -> Result<Self> {
         self.isa = Some(isa.require()?);
         Ok(self)
@@ -125,15 +126,18 @@ impl Backend for CpuBackend {
         let mut by_op: Vec<OpWeights> = (0..graph.len())
             .map(|id| resolve_weights(graph, id, weights))
             .collect::<Result<_>>()?;
+        let isa = self.isa.unwrap_or_else(Isa::detect);
         let folds = if self.fold {
             fold::plan(graph)
         } else {
             Vec::new()
         };
-        fold::apply(&folds, &mut by_op, self.pool.width())?;
+        fold::apply(graph, &folds, &mut by_op, self.pool.width())?;
         let mut folded = vec![false; graph.len()];
+        let mut fused = vec![Vec::new(); graph.len()];
         for f in &folds {
             folded[f.linear] = true;
+            fused[f.lookup].push((f.slot, f.linear));
         }
         let packed = by_op
             .iter()
@@ -160,6 +164,8 @@ impl Backend for CpuBackend {
             by_op,
             packed,
             folded,
+            fused,
+            isa,
             place: Placement::new(graph),
         })
     }
