@@ -7,12 +7,16 @@ use clap::Parser;
 mod cli;
 
 fn main() -> ExitCode {
-    // Die quietly on a closed pipe (`streamrec plan ... | head`), as command-line tools do.
-    // SAFETY: setting a signal's disposition to the default before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = cli::Cli::parse();
+    // Die quietly on a closed pipe (`streamrec plan ... | head`), as command-line tools do; but
+    // not the server or the load generator, whose sockets' peers may reset any time (Rust's
+    // default, SIGPIPE ignored: a write to such a socket fails with EPIPE for that connection).
+    if !cli.uses_sockets() {
+        // SAFETY: setting a signal's disposition to the default before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match cli::dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

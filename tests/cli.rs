@@ -2,7 +2,7 @@
 //! requests and unavailable backends; scores for a request file; plans, DOT and comparisons.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 fn streamrec(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_streamrec"))
@@ -1101,5 +1101,78 @@ fn cpu_fold_and_isa_flags_run_and_the_environment_still_sets_them() {
     assert!(
         err.contains("STREAMREC_CPU_ISA ignored: unknown CPU ISA \"bogus\""),
         "{err}"
+    );
+}
+
+/// The signals a running process ignores (`SigIgn` of /proc/PID/status).
+fn ignored_signals(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .expect("a SigIgn line");
+    u64::from_str_radix(line.trim(), 16).unwrap()
+}
+
+#[test]
+fn the_server_and_the_load_generator_ignore_sigpipe() {
+    use std::io::BufRead;
+    // A client that resets its connection while the server writes must cost that connection
+    // an EPIPE, not the server its life (SIGPIPE's default action), and likewise a server that
+    // resets the load generator's connections.
+    const SIGPIPE_BIT: u64 = 1 << (libc::SIGPIPE - 1);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut server = Command::new(env!("CARGO_BIN_EXE_streamrec"))
+        .current_dir(root)
+        .args(["serve", "workloads/tiny.toml", "--port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let url = first
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+    let served = ignored_signals(server.id());
+    let out = tmp("sigpipe-load");
+    let _ = std::fs::remove_dir_all(&out);
+    let mut load = Command::new(env!("CARGO_BIN_EXE_streamrec"))
+        .current_dir(root)
+        .args([
+            "load",
+            "--url",
+            &url,
+            "--model",
+            "tiny",
+            "--spec",
+            "workloads/tiny.toml",
+        ])
+        .args(["--qps", "50", "--duration", "3s", "--out"])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let loading = ignored_signals(load.id());
+    let _ = load.kill();
+    let _ = load.wait();
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&out);
+    assert_ne!(
+        served & SIGPIPE_BIT,
+        0,
+        "serve does not ignore SIGPIPE: {served:x}"
+    );
+    assert_ne!(
+        loading & SIGPIPE_BIT,
+        0,
+        "load does not ignore SIGPIPE: {loading:x}"
     );
 }

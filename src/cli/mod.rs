@@ -25,6 +25,14 @@ pub struct Cli {
     cmd: Cmd,
 }
 
+impl Cli {
+    /// Whether the command talks over sockets (serves or sends load): a peer that resets its
+    /// connection must cost that connection an error (EPIPE), never the process a SIGPIPE.
+    pub fn uses_sockets(&self) -> bool {
+        matches!(self.cmd, Cmd::Serve(_) | Cmd::Load(_))
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Build the operator graph, assign it to streams and print the plan (or DOT, or a comparison).
