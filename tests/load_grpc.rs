@@ -300,3 +300,87 @@ fn flags_that_do_not_fit_a_grpc_url_are_one_line_errors() {
         assert!(!out.exists(), "{args:?}");
     }
 }
+
+#[test]
+fn a_burst_of_calls_on_one_connection_all_get_answers() {
+    // Thousands of calls in flight on one HTTP/2 connection: their answers (each a small DATA
+    // frame before the trailers) pile up on the client faster than its tasks take them. h2's
+    // guard against floods of small frames must not mistake that for an attack and close the
+    // connection (it did with its default budget: "too_many_data_frames").
+    use streamrec_loadgen::grpc::{frame, GrpcConn, GrpcError};
+    use streamrec_protocol::grpc::pb;
+    let spec = common::serving::tiny();
+    let running = common::serving::serve(
+        ServeConfig {
+            grpc_port: Some(0),
+            max_inflight: 8192,
+            queue_capacity: 8192,
+            ..common::serving::config()
+        },
+        common::serving::engine(&spec, 64, 1),
+    );
+    let addr = running.grpc_addr().expect("a gRPC endpoint");
+    let batch =
+        streamrec_runtime::gen::random_batch(&spec, 1, streamrec_runtime::gen::Skew::Uniform, 3);
+    let req = streamrec_protocol::InferRequest::from_batch(&spec, &batch);
+    let msg = pb::ModelInferRequest {
+        model_name: "tiny".into(),
+        inputs: req
+            .inputs
+            .iter()
+            .map(|t| pb::model_infer_request::InferInputTensor {
+                name: t.name.clone(),
+                datatype: t.datatype.clone(),
+                shape: t.shape.clone(),
+                ..Default::default()
+            })
+            .collect(),
+        raw_input_contents: req
+            .inputs
+            .iter()
+            .map(|t| match t.data.as_i64() {
+                Some(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                None => t
+                    .data
+                    .to_f32()
+                    .iter()
+                    .flat_map(|x| x.to_le_bytes())
+                    .collect(),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let framed = frame(&msg);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (ok, transport, other) = rt.block_on(async {
+        let conn = GrpcConn::connect(addr).await.unwrap();
+        let calls: Vec<_> = (0..3000)
+            .map(|_| {
+                let (mut c, f) = (conn.clone(), framed.clone());
+                tokio::spawn(async move { c.model_infer(f).await })
+            })
+            .collect();
+        let (mut ok, mut transport, mut other) = (0, Vec::new(), 0);
+        for c in calls {
+            match c.await.unwrap() {
+                Ok(r) => {
+                    assert_eq!(r.raw_output_contents[0].len(), 4);
+                    ok += 1;
+                }
+                Err(GrpcError::Transport(e)) => transport.push(e),
+                Err(_) => other += 1,
+            }
+        }
+        (ok, transport, other)
+    });
+    assert!(
+        transport.is_empty(),
+        "{} transport errors, e.g. {:?}",
+        transport.len(),
+        transport.first()
+    );
+    assert_eq!((ok, other), (3000, 0));
+}

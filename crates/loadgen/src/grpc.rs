@@ -134,7 +134,17 @@ impl GrpcConn {
             .await
             .map_err(transport)?;
         stream.set_nodelay(true).map_err(transport)?;
-        let (send, conn) = h2::client::handshake(stream).await.map_err(transport)?;
+        // Windows large enough for ranking-sized requests in one round trip, and h2's guard
+        // against floods of small DATA frames sized for thousands of answers in flight (each
+        // answer's message is a small frame before its trailers; the default budget, about a
+        // hundred unread ones, closed the connection under load).
+        let (send, conn) = h2::client::Builder::new()
+            .initial_window_size(4 << 20)
+            .initial_connection_window_size(64 << 20)
+            .data_frame_budget(256 << 20)
+            .handshake(stream)
+            .await
+            .map_err(transport)?;
         let closed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let done = std::sync::Arc::clone(&closed);
         tokio::spawn(async move {
