@@ -1,5 +1,7 @@
 //! `cargo xtask bench`: the CPU engine experiments, measured side by side in one process.
 
+mod cpu;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -30,6 +32,8 @@ struct Opts {
     serving: Option<crate::serving::Opts>,
     /// `--peer onnxruntime`: ONNX Runtime checked and timed beside the engine.
     peer: bool,
+    /// `--cpu-only`: only the fold and roofline tables of streamrec-26.
+    cpu_only: bool,
 }
 
 fn parse(args: &[String]) -> Result<Opts> {
@@ -40,6 +44,7 @@ fn parse(args: &[String]) -> Result<Opts> {
         row_cap: 100_000,
         serving: None,
         peer: false,
+        cpu_only: false,
     };
     let mut serving =
         crate::serving::Opts::new(quick, crate::serving::default_root(), PathBuf::new());
@@ -49,6 +54,10 @@ fn parse(args: &[String]) -> Result<Opts> {
         match a.as_str() {
             "--quick" => {}
             "--no-serve" => no_serve = true,
+            "--cpu-only" => {
+                o.cpu_only = true;
+                no_serve = true;
+            }
             "--peer" => match it.next().map(String::as_str) {
                 Some("onnxruntime") => o.peer = true,
                 Some(p) => bail!("--peer: unknown peer `{p}` (known: onnxruntime)"),
@@ -364,6 +373,9 @@ pub fn run(args: &[String]) -> Result<()> {
         model_experiments(&cx, name, *cap, &mut t)?;
     }
     cx.bar.finish_and_clear();
+    if cx.o.cpu_only {
+        return Ok(());
+    }
     let o = &cx.o;
     write_tables(&o.out, &t)?;
     let mut report = engine_report(o.quick, &t);
@@ -392,7 +404,9 @@ fn peer_available() -> bool {
 
 /// The models (spec file, row cap) of this run.
 fn models(o: &Opts) -> Vec<(&'static str, Option<usize>)> {
-    if o.quick {
+    if o.cpu_only {
+        vec![("streamrec-26.toml", Some(o.row_cap))]
+    } else if o.quick {
         vec![("tiny.toml", None)]
     } else {
         vec![("tiny.toml", None), ("streamrec-26.toml", Some(o.row_cap))]
@@ -436,6 +450,9 @@ fn calibrate_cpu(o: Opts, peer: bool, models: usize) -> Result<Ctx> {
 fn model_experiments(cx: &Ctx, name: &str, cap: Option<usize>, t: &mut Tables) -> Result<()> {
     cx.bar.set_message(format!("loading {name}"));
     let m = load(name, cap)?;
+    if cx.o.cpu_only {
+        return cpu_tables(cx, &m);
+    }
     let mut ort = start_peer(cx, &m, t)?;
     plan_view(cx, &m, t)?;
     // Per batch size: the best engine row (config, p50) and the best `auto` row's p50.
@@ -454,6 +471,9 @@ fn model_experiments(cx: &Ctx, name: &str, cap: Option<usize>, t: &mut Tables) -
     }
     if m.spec.name == "streamrec-26" || cx.o.quick {
         let b = if cx.o.quick { 16 } else { 128 };
+        if !cx.o.quick {
+            cpu_tables(cx, &m)?;
+        }
         let at = Fixed {
             b,
             input: batches(&m.spec, b),
@@ -463,6 +483,13 @@ fn model_experiments(cx: &Ctx, name: &str, cap: Option<usize>, t: &mut Tables) -
         threads_table(cx, &m, &at)?;
     }
     Ok(())
+}
+
+/// The fold on and off at batch 128, and the top MLP against the FMA roofline at batch 1024, on
+/// each ISA path, one thread and every core (`fold.csv`, `roofline.csv`).
+fn cpu_tables(cx: &Ctx, m: &Model) -> Result<()> {
+    cpu::fold_table(cx, m, 128, Duration::from_secs(6))?;
+    cpu::roofline_table(cx, m, 1024, Duration::from_secs(3))
 }
 
 /// The ONNX Runtime peer: exported and checked once, then timed in rounds interleaved with the

@@ -274,68 +274,6 @@ fn linear(c: &mut Criterion) {
     }
 }
 
-/// An FMA loop with 16 independent accumulators (4 cycles of latency, 2 ports, 16 lanes).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn fma_loop_avx512(iters: usize) -> f32 {
-    use std::arch::x86_64::*;
-    let mut acc = [_mm512_set1_ps(0.0); 16];
-    let (a, b) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
-    for _ in 0..iters {
-        for v in acc.iter_mut() {
-            *v = _mm512_fmadd_ps(*v, a, b);
-        }
-    }
-    let s = acc
-        .iter()
-        .fold(_mm512_setzero_ps(), |s, &v| _mm512_add_ps(s, v));
-    _mm512_reduce_add_ps(s)
-}
-
-/// As [`fma_loop_avx512`] with 8 lanes (12 accumulators: AVX2 has 16 registers, and 2 ports x
-/// 4-5 cycles of latency need at most 10 in flight).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn fma_loop_avx2(iters: usize) -> f32 {
-    use std::arch::x86_64::*;
-    let mut acc = [_mm256_set1_ps(0.0); 12];
-    let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
-    for _ in 0..iters {
-        for v in acc.iter_mut() {
-            *v = _mm256_fmadd_ps(*v, a, b);
-        }
-    }
-    let mut lanes = [0.0f32; 8];
-    let s = acc
-        .iter()
-        .fold(_mm256_setzero_ps(), |s, &v| _mm256_add_ps(s, v));
-    // SAFETY: `lanes` holds 8 floats.
-    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), s) };
-    lanes.iter().sum()
-}
-
-/// Runs the FMA loop of `isa`: the FLOPs it did and a value to keep.
-fn fma_loop(isa: Isa, iters: usize) -> (f64, f32) {
-    #[cfg(target_arch = "x86_64")]
-    match isa {
-        // SAFETY: `Isa::supported` lists only paths whose instructions the machine has.
-        Isa::Avx512 => {
-            return ((iters * 16 * 16 * 2) as f64, unsafe {
-                fma_loop_avx512(iters)
-            })
-        }
-        Isa::Avx2 => return ((iters * 12 * 8 * 2) as f64, unsafe { fma_loop_avx2(iters) }),
-        Isa::Portable => {}
-    }
-    let mut acc = [0.0f32; 16];
-    for _ in 0..iters {
-        for v in acc.iter_mut() {
-            *v = v.mul_add(0.999_999, 1e-7);
-        }
-    }
-    ((iters * 16 * 2) as f64, acc.iter().sum())
-}
-
 const FMA_ITERS: usize = 1 << 20;
 const COPY_BYTES: usize = 64 << 20;
 /// The pointer chase visits every 64-byte line of a buffer this large (well past the L3) in a
@@ -434,10 +372,10 @@ fn peak(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(300));
     for isa in Isa::supported() {
         group.throughput(Throughput::Elements(
-            fma_loop(isa, 1).0 as u64 * FMA_ITERS as u64,
+            cpu::fma_loop(isa, 1).0 as u64 * FMA_ITERS as u64,
         ));
         group.bench_function(BenchmarkId::new("fma_loop", isa), |b| {
-            b.iter(|| black_box(fma_loop(isa, FMA_ITERS)))
+            b.iter(|| black_box(cpu::fma_loop(isa, FMA_ITERS)))
         });
     }
     let src = fill(COPY_BYTES / 4, 7);
@@ -497,16 +435,7 @@ impl Peaks {
         let fma = Isa::supported()
             .into_iter()
             .map(|isa| {
-                let flops = fma_loop(isa, 1).0 * (16 * FMA_ITERS) as f64;
-                let per = |threads: usize| {
-                    threads as f64 * flops
-                        / median_secs(7, || {
-                            on_threads(threads, &|_| {
-                                black_box(fma_loop(isa, 16 * FMA_ITERS));
-                            })
-                        })
-                        / 1e9
-                };
+                let per = |threads| cpu::fma_peak(isa, threads, 16 * FMA_ITERS, 7);
                 (isa, [per(1), per(2)])
             })
             .collect();

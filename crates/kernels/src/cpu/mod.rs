@@ -12,6 +12,7 @@ mod embedding;
 mod gemm;
 mod interaction;
 mod par;
+mod peak;
 
 pub use dense::{
     bias_act_par, concat, linear, linear_parallel, relu_inplace, sigmoid, sigmoid_inplace,
@@ -28,3 +29,4 @@ pub use gemm::{
 };
 pub use interaction::{dcn_cross, dot_interaction};
 pub use par::{Parallel, ScopedThreads, Sequential};
+pub use peak::{fma_loop, fma_peak};

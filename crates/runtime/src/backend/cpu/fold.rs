@@ -241,7 +241,7 @@ pub(crate) fn report(graph: &OpGraph, folds: &[Fold], secs: f64, threads: usize)
     format!(
         "cpu fold: {} linear layers of {} folded into their tables, bias and activation applied \
          in the lookup's write: it pays (no pass of its own per request; {:.3} MFLOP of GEMM \
-         saved per sample) for {:.2} s at load on {threads} threads and {:.2} GB of projected \
+         saved per sample) for {:.2} s at load on {threads} thread(s) and {:.2} GB of projected \
          tables",
         folds.len(),
         graph.spec.name,
