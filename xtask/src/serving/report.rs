@@ -93,7 +93,7 @@ pub(crate) fn summary(
         "| schedule | single max QPS | auto max QPS | throughput gain | noise floor | verdict | common load | single p50 / p99 us | auto p50 / p99 us | p50 latency reduction | p99 latency reduction | noise floor | verdict |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     let mut headline = String::new();
-    let mut summary_csv = String::from("schedule,single_max_qps,auto_max_qps,throughput_gain,throughput_noise_floor,throughput_verdict,common_qps,single_p50_us,single_p99_us,auto_p50_us,auto_p99_us,p50_latency_reduction,p99_latency_reduction,latency_noise_floor,latency_verdict\n");
+    let mut summary_csv = String::from("schedule,single_max_qps,auto_max_qps,throughput_gain,throughput_noise_floor,throughput_verdict,common_qps,single_p50_us,single_p99_us,auto_p50_us,auto_p99_us,p50_latency_reduction,p99_latency_reduction,latency_noise_floor,latency_verdict,samples_per_request,single_max_samples_per_s,auto_max_samples_per_s\n");
     for (si, (sn, _)) in schedules.iter().enumerate() {
         let row = Row::new(&m.maxes[si], &m.common[si], resolution);
         row.md_row(sn, md);
@@ -110,6 +110,9 @@ pub(crate) fn summary(
 struct Row {
     smax: f64,
     amax: f64,
+    /// Samples per request (answered samples over answered requests at the common load):
+    /// max QPS times it is the max throughput in samples/s.
+    per_req: f64,
     gain: f64,
     t_noise: f64,
     t_verdict: String,
@@ -133,6 +136,14 @@ impl Row {
         let t_noise = resolution.max(spread(&ms)).max(spread(&ma));
         let t_verdict = verdict(gain, t_noise, "auto higher", "auto lower");
         let (q, got) = common;
+        let (samples, answered) = got.iter().flatten().fold((0.0, 0.0), |(s, a), p| {
+            (s + p.samples_per_s, a + p.achieved)
+        });
+        let per_req = if answered > 0.0 {
+            samples / answered
+        } else {
+            1.0
+        };
         let pct = |pl: usize, f: fn(&Point) -> u64| -> f64 {
             median(&got[pl].iter().map(|p| f(p) as f64).collect::<Vec<_>>())
         };
@@ -158,6 +169,7 @@ impl Row {
         Row {
             smax,
             amax,
+            per_req,
             gain,
             t_noise,
             t_verdict,
@@ -182,11 +194,18 @@ impl Row {
                 "-".into()
             }
         };
+        let with_samples = |x: f64| {
+            if x.is_finite() && (self.per_req - 1.0).abs() > 1e-9 {
+                format!("{} ({} samples/s)", fmt(x), fmt(x * self.per_req))
+            } else {
+                fmt(x)
+            }
+        };
         let _ = writeln!(
             md,
             "| {sn} | {} | {} | {:+.1}% | {:.1}% | {} | {:.0} req/s | {} / {} | {} / {} | {:+.1}% | {:+.1}% | {:.1}% | {} |",
-            fmt(self.smax),
-            fmt(self.amax),
+            with_samples(self.smax),
+            with_samples(self.amax),
             self.gain * 100.0,
             self.t_noise * 100.0,
             self.t_verdict,
@@ -213,7 +232,7 @@ impl Row {
         };
         let _ = writeln!(
             csv,
-            "{sn},{},{},{},{:.4},{},{:.1},{},{},{},{},{},{},{:.4},{}",
+            "{sn},{},{},{},{:.4},{},{:.1},{},{},{},{},{},{},{:.4},{},{:.2},{},{}",
             c(self.smax, 1),
             c(self.amax, 1),
             c(self.gain, 4),
@@ -227,7 +246,10 @@ impl Row {
             c(self.red50, 4),
             c(self.red99, 4),
             self.l_noise,
-            self.l_verdict
+            self.l_verdict,
+            self.per_req,
+            c(self.smax * self.per_req, 0),
+            c(self.amax * self.per_req, 0)
         );
     }
 
@@ -322,7 +344,7 @@ pub(crate) fn summary_table(csv: &str) -> String {
         if i == 0 {
             let _ = writeln!(
                 out,
-                "{:<8} {:>10} {:>10} {:>8} {:>16} {:>10} {:>14} {:>14} {:>9} {:>16}",
+                "{:<8} {:>10} {:>10} {:>8} {:>16} {:>10} {:>14} {:>14} {:>9} {:>16} {:>12} {:>12}",
                 "schedule",
                 "single max",
                 "auto max",
@@ -332,7 +354,9 @@ pub(crate) fn summary_table(csv: &str) -> String {
                 "single p50/p99",
                 "auto p50/p99",
                 "p50 red.",
-                "(verdict)"
+                "(verdict)",
+                "single sm/s",
+                "auto sm/s"
             );
             continue;
         }
@@ -346,7 +370,7 @@ pub(crate) fn summary_table(csv: &str) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "{:<8} {:>10} {:>10} {:>8} {:>16} {:>10} {:>14} {:>14} {:>9} {:>16}",
+            "{:<8} {:>10} {:>10} {:>8} {:>16} {:>10} {:>14} {:>14} {:>9} {:>16} {:>12} {:>12}",
             f[0],
             f[1],
             f[2],
@@ -356,7 +380,9 @@ pub(crate) fn summary_table(csv: &str) -> String {
             format!("{}/{}", f[7], f[8]),
             format!("{}/{}", f[9], f[10]),
             pct(f[11]),
-            f[14]
+            f[14],
+            f.get(16).copied().unwrap_or("-"),
+            f.get(17).copied().unwrap_or("-")
         );
     }
     out
@@ -376,5 +402,62 @@ mod tests {
             row.contains("100.0") && row.contains(" - ") && row.contains("10/20"),
             "{t}"
         );
+    }
+
+    fn point(plan: &'static str, achieved: f64, samples: f64) -> Point {
+        Point {
+            phase: "common",
+            pass: 0,
+            schedule: "poisson",
+            plan,
+            qps: achieved,
+            offered: achieved,
+            achieved,
+            samples_per_s: samples,
+            requests: 100,
+            failed: 0,
+            p50: 1000,
+            p90: 2000,
+            p99: 3000,
+            p999: 4000,
+            max: 5000,
+            ok: true,
+        }
+    }
+
+    #[test]
+    fn max_throughput_is_given_in_samples_too() {
+        // Requests of 270 samples on average: max QPS 100 and 150 are 27,000 and 40,500
+        // samples/s.
+        let maxes = vec![vec![Some(100.0)], vec![Some(150.0)]];
+        let common = (
+            50.0,
+            [
+                vec![point("single", 50.0, 13_000.0)],
+                vec![point("auto", 50.0, 14_000.0)],
+            ],
+        );
+        let row = Row::new(&maxes, &common, 0.1);
+        let (mut md, mut csv) = (String::new(), String::new());
+        row.md_row("poisson", &mut md);
+        row.csv_row("poisson", &mut csv);
+        assert!(
+            md.contains("| 100 (27000 samples/s) | 150 (40500 samples/s) |"),
+            "{md}"
+        );
+        assert!(csv.trim_end().ends_with(",270.00,27000,40500"), "{csv}");
+        let t = summary_table(&format!("h\n{csv}"));
+        assert!(t.contains("27000") && t.contains("40500"), "{t}");
+        // One sample per request: the table shows requests/s alone.
+        let common = (
+            50.0,
+            [
+                vec![point("single", 50.0, 50.0)],
+                vec![point("auto", 50.0, 50.0)],
+            ],
+        );
+        let mut md = String::new();
+        Row::new(&maxes, &common, 0.1).md_row("poisson", &mut md);
+        assert!(md.contains("| 100 | 150 |"), "{md}");
     }
 }
