@@ -82,6 +82,7 @@ pub mod grpc;
 pub mod merge;
 pub mod model;
 pub mod out;
+pub mod probe;
 pub mod results;
 pub mod run;
 pub mod schedule;
@@ -95,13 +96,11 @@ pub use cpus::CpuSet;
 pub use error::LoadError;
 pub use merge::{merge, merge_dirs, MergeOptions};
 pub use model::{FeatureInput, ModelInputs};
+pub use probe::{fetch_metadata, http_get, wait_ready, wait_ready_noting};
 pub use results::{
     describe, partial_note, saturation_note, Outcome, Percentiles, Record, RunResult, Summary,
 };
-pub use run::{
-    default_connections, fetch_metadata, http_get, run, wait_ready, wait_ready_noting, Protocol,
-    RunConfig, Target,
-};
+pub use run::{default_connections, run, Protocol, RunConfig, Target};
 pub use schedule::{parse_duration, Arrival, Schedule, ScheduleConfig, ScheduleKind, Shard};
 pub use sizes::BatchSizes;
 pub use skew::{Skew, PRODUCTION_ZIPF};
