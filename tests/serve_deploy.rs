@@ -219,10 +219,18 @@ fn tritonclient_grpc_interop_sync_and_aio() {
         return;
     }
     let (req, expected) = request_and_expected("grpc", 5);
-    let (_server, grpc) = start_with_grpc(&["workloads/tiny.toml", "--port", "0"]);
+    // A 1 MiB body limit, for the compressed request that inflates past it.
+    let config = tmp("grpc-config.toml");
+    std::fs::write(&config, "max_body_bytes = 1048576\n").unwrap();
+    let config = config.to_str().unwrap().to_string();
+    let (_server, grpc) =
+        start_with_grpc(&["workloads/tiny.toml", "--port", "0", "--config", &config]);
     let out = run_client("triton_grpc.py", grpc, &req, &expected);
     for want in [
         "infer (sync, raw contents): 6 scores equal",
+        "infer (sync, gzip-compressed): 6 scores equal",
+        "infer (sync, deflate-compressed): 6 scores equal",
+        "compressed request past the body limit: ",
         "infer (asyncio, 8 concurrent): 6 scores equal",
         "bad input (unknown tensor): INVALID_ARGUMENT naming `bogus`",
         "bad input (wrong shape): INVALID_ARGUMENT naming `dense`",

@@ -6,7 +6,9 @@ Usage: triton_grpc.py HOST:GRPC_PORT MODEL REQUEST.json EXPECTED.json
 REQUEST.json is a KServe v2 body (`streamrec run --emit-request`), EXPECTED.json the response of
 `streamrec run --input REQUEST.json`. Checks health, server and model metadata, the model
 configuration and statistics, infer with raw tensor contents (tritonclient's gRPC encoding),
-whose scores must equal the expected ones exactly (fp32), with the sync and the asyncio client;
+whose scores must equal the expected ones exactly (fp32), with the sync and the asyncio client,
+also gzip- and deflate-compressed, and a compressed request inflating past the body limit
+refused;
 and that bad inputs (an unknown tensor, a wrong shape, an index out of range) are answered with
 INVALID_ARGUMENT and a message naming the tensor. Prints one line per check; exits non-zero on
 the first failure.
@@ -102,6 +104,21 @@ def sync_checks(url, model, tensors, expected):
     result = client.infer(model, make_inputs(grpcclient, tensors), outputs=outputs)
     assert np.array_equal(result.as_numpy("score").reshape(-1), expected)
     print(f"infer (sync, raw contents): {len(expected)} scores equal `streamrec run --input`")
+
+    for algo in ("gzip", "deflate"):
+        result = client.infer(model, make_inputs(grpcclient, tensors), compression_algorithm=algo)
+        assert np.array_equal(result.as_numpy("score").reshape(-1), expected), algo
+        print(f"infer (sync, {algo}-compressed): {len(expected)} scores equal")
+    # A small compressed request that inflates past the server's body limit (1 MiB in this
+    # test's config) is refused while it is decompressed, never answered.
+    bomb = [(n, d, np.zeros((1, 2_000_000), np.float32) if n == "dense" else a) for n, d, a in tensors]
+    try:
+        client.infer(model, make_inputs(grpcclient, bomb), compression_algorithm="gzip")
+    except InferenceServerException as e:
+        assert e.status() in ("StatusCode.RESOURCE_EXHAUSTED", "StatusCode.OUT_OF_RANGE"), (e.status(), e.message())
+        print(f"compressed request past the body limit: {e.status().split('.')[-1]}")
+    else:
+        raise AssertionError("a request inflating past the body limit was answered")
 
     for what, bad, tensor in bad_cases(tensors):
         try:

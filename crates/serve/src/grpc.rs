@@ -2,7 +2,8 @@
 //! tritonclient's gRPC clients work): health, server and model metadata, Triton's model
 //! configuration and statistics, and `ModelInfer` with `raw_input_contents` (little-endian, like
 //! Triton's binary tensor data extension) or typed contents, answered in
-//! `raw_output_contents`.
+//! `raw_output_contents`. Messages may be gzip- or deflate-compressed both ways (the body limit
+//! applies to the decompressed request).
 //!
 //! It shares everything with the HTTP front end: one state (readiness, the batcher, the
 //! memory budget, the in-flight limit, the metrics). An infer request is turned into the
@@ -18,6 +19,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 use streamrec_graph::ModelSpec;
+use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
 use crate::batcher::Refused;
@@ -40,9 +42,17 @@ pub(crate) struct Service {
 /// The tonic service for `state`, taking messages up to the HTTP body limit.
 pub(crate) fn service(state: Arc<State>) -> GrpcInferenceServiceServer<Service> {
     let max = state.cfg.max_body_bytes;
+    // Compressed requests as Triton's gRPC endpoint takes them (tritonclient's
+    // `compression_algorithm`), the body limit applying to the decompressed message (tonic
+    // stops decompressing past it: RESOURCE_EXHAUSTED); answers compressed the same way when
+    // the client accepts it.
     GrpcInferenceServiceServer::new(Service { state })
         .max_decoding_message_size(max.saturating_add(64 << 10))
         .max_encoding_message_size(usize::MAX)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Deflate)
+        .send_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Deflate)
 }
 
 impl Service {
