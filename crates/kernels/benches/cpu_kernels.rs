@@ -573,7 +573,7 @@ fn summary(_c: &mut Criterion) {
 }
 
 /// Rows prefetched ahead that the lookup summary compares with the default.
-const LOOKUP_AHEAD: [usize; 3] = [4, 16, 32];
+const LOOKUP_AHEAD: [usize; 3] = [4, 8, 32];
 
 /// The 26 lookups of a streamrec-26 request (pooling 20 over 100,000 x 128 rows; each table
 /// its own `embedding_bag_opts` call; on two threads each pools half the tables) on each ISA path, one and two

@@ -361,10 +361,15 @@ fn pool_table<'o, I: Index>(
 }
 
 /// How many lookups ahead rows are prefetched, one row per row added (measured on a 2-core Xeon
-/// VM, streamrec-26 at batch 1024 over 26 tables of 100,000 x 128: 4 to 16 rows ahead are alike;
+/// VM, streamrec-26 at batch 1024 over 26 tables of 100,000 x 128: 4 to 16 rows ahead were alike;
 /// one row fetched per row added took the lookups from 28.9 to 24.9 ms against fetching a
-/// whole bag ahead at its start, which overran the core's line fill buffers).
-pub const PREFETCH_ROWS: usize = 8;
+/// whole bag ahead at its start, which overran the core's line fill buffers). On a 2-core Zen 5
+/// EPYC VM, four runs of the kernels bench (rounds interleaved with 8 ahead, AVX-512 and AVX2
+/// paths): on one thread 16 ahead took 0.86-0.97x of 8's time at batch 16 and 0.75-1.03x at
+/// 1024, no difference at 128, and on two threads no difference beyond the noise floors (a fifth
+/// run with 16 as the default: 8 ahead no different within its 2-81% floors); its gather
+/// microbenchmark peaked at 16 ahead in four runs of five.
+pub const PREFETCH_ROWS: usize = 16;
 
 /// Hints the CPU to fetch a table row into cache; out-of-range indices are ignored (the pooling
 /// itself reports them). `table` holds at least `rows * dim` elements (the callers' check).
