@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -62,17 +61,7 @@ impl GrpcServer {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut err = BufReader::new(child.stderr.take().unwrap());
-        let grpc = loop {
-            let mut l = String::new();
-            if err.read_line(&mut l).unwrap() == 0 {
-                panic!("streamrec serve printed no `grpc on ADDR` line");
-            }
-            if let Some(a) = l.trim().strip_prefix("grpc on ") {
-                break a.parse().unwrap();
-            }
-        };
-        std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+        let grpc = common::serving::grpc_on(&mut child);
         GrpcServer { child, grpc }
     }
 }

@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -196,17 +195,7 @@ fn start_with_grpc(args: &[&str]) -> (Replica, SocketAddr) {
     let mut all = args.to_vec();
     all.extend(["--grpc-port", "0"]);
     let mut replica = Replica::start_with(&all, Stdio::piped());
-    let mut err = BufReader::new(replica.child.stderr.take().unwrap());
-    let grpc = loop {
-        let mut l = String::new();
-        if err.read_line(&mut l).unwrap() == 0 {
-            panic!("streamrec serve printed no `grpc on ADDR` line");
-        }
-        if let Some(a) = l.trim().strip_prefix("grpc on ") {
-            break a.parse().unwrap();
-        }
-    };
-    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    let grpc = common::serving::grpc_on(&mut replica.child);
     (replica, grpc)
 }
 

@@ -78,6 +78,23 @@ pub fn listening_on(child: &mut Child) -> String {
         .to_string()
 }
 
+/// The gRPC address a `streamrec serve --grpc-port ...` process (stderr piped) prints on stderr,
+/// `grpc on ADDR`; the rest of its stderr is drained on a thread.
+pub fn grpc_on(child: &mut Child) -> std::net::SocketAddr {
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let grpc = loop {
+        let mut l = String::new();
+        if err.read_line(&mut l).unwrap() == 0 {
+            panic!("streamrec serve printed no `grpc on ADDR` line");
+        }
+        if let Some(a) = l.trim().strip_prefix("grpc on ") {
+            break a.parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    grpc
+}
+
 /// `streamrec serve workloads/tiny.toml` on a free port, as a process; killed when dropped.
 pub struct ServeProcess {
     /// The process.
