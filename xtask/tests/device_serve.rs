@@ -1,8 +1,9 @@
 //! The device run's serving step (`xtask/device/run.sh`, `STEPS=serve`) as a GPU machine runs
 //! it, with the CPU standing in for CUDA: a bundle laid out as `cargo xtask device-bundle`
 //! writes it (run.sh, find-libs.sh, bin/streamrec, bin/xtask, workloads/ with the trace), whose
-//! `bin/streamrec` runs this build's CLI with `cuda` read as `cpu`. The step must run `single`
-//! against `auto` with MLPerf-sized requests and write the report, within its budget.
+//! `bin/streamrec` runs this build's CLI with `cuda` read as `cpu`. The step must warm each
+//! server up, run `single` against `auto` with MLPerf-sized requests and write the report,
+//! within its budget.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -79,7 +80,14 @@ fn the_serving_step_runs_single_against_auto_and_writes_its_report() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert_eq!(o.status.code(), Some(0), "{text}");
-    assert!(out.join("serving.log").is_file(), "{text}");
+    let log = std::fs::read_to_string(out.join("serving.log")).expect("serving.log");
+    // Each server is warmed up with the experiment's requests before its first point.
+    for p in ["single", "auto"] {
+        assert!(
+            log.contains(&format!("{p} warm-up (not recorded): ")),
+            "{log}"
+        );
+    }
     let md = std::fs::read_to_string(out.join("serving/serving.md")).expect("serving.md");
     assert!(md.contains("single") && md.contains("auto"), "{md}");
     let csv = std::fs::read_to_string(out.join("serving/serving.csv")).expect("serving.csv");

@@ -467,6 +467,27 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// Load not measured before the searches: the start QPS on Poisson with the experiment's
+    /// request sizes for half a point's time (at least 0.2 s), so what a server does on its first
+    /// requests of each size (pages touched, buffers grown, connections opened; a capture on a
+    /// GPU that warm-up missed) stays out of the first point. Says what it saw; fails only if
+    /// the load could not run.
+    fn warm_up(&mut self, plan: &str, url: &str) -> Result<()> {
+        let mut spec = self.spec(&ScheduleKind::Poisson, self.o.start_qps, 0);
+        spec.schedule.duration = Duration::from_secs_f64((self.o.secs / 2.0).max(0.2));
+        let r = run_load(&Target::new(url, self.model.clone()), &self.inputs, &spec)?;
+        let s = &r.summary;
+        let line = format!(
+            "  {plan:>6} warm-up (not recorded): {} requests at {:.0} req/s, p99 {} us, {} failed",
+            s.requests,
+            s.offered_qps,
+            s.latency_us.p99,
+            s.failed()
+        );
+        self.bar.suspend(|| eprintln!("{line}"));
+        Ok(())
+    }
+
     /// Offers `qps` to `url` for one point and records it.
     fn measure(
         &mut self,
@@ -696,6 +717,9 @@ pub fn run(o: &Opts) -> Result<String> {
     ];
     let plans: [(&'static str, &str); 2] = [("single", &single.url), ("auto", &auto.url)];
     let mut cx = Ctx::new(o, inputs, model.clone(), place.load.clone());
+    for (plan, url) in plans {
+        cx.warm_up(plan, url)?;
+    }
     let measured = measure_all(&mut cx, &schedules, plans)?;
     cx.bar.finish_and_clear();
     // Tables and files.
